@@ -1,0 +1,376 @@
+"""torch -> ONNX: one graph per component, dims named from the contract, checked before use.
+
+The exporter reads only the family contract (components, specs, dims, wrapper, patches): it
+has no per-family code. An export folder is written in a staging folder and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exporters.artifacts import atomic_write_json, file_digest, staged_dir
+from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord
+from zoo.checkpoint import content_hash, is_lfs_pointer, random_preset
+from zoo.contract import Component, Dim, Envelope, Family, Reference, TensorSpec
+from zoo.errors import ArtifactError, ZooError
+
+log = logging.getLogger(__name__)
+
+# LayerNormalization needs opset >= 17; 18 is the lowest the dynamo exporter targets natively,
+# and TensorRT 8.6+ / 10.x parse it.
+OPSET = 18
+# Protobuf cannot hold more than 2 GiB: larger graphs keep their weights in model.onnx.data.
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+REFERENCE_DIR = "reference"  # where a random reference travels inside its export
+
+# Operators the TensorRT 10 ONNX parser imports (onnx-tensorrt docs/operators.md); a graph
+# with anything else would fail at `zoo build` on the deployment machine, so fail here.
+TENSORRT_OPS = frozenset(
+    """Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
+    Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
+    DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
+    Flatten Floor GRU Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool
+    GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization HardSigmoid HardSwish Hardmax
+    Identity If InstanceNormalization IsInf IsNaN LRN LSTM LayerNormalization LeakyRelu Less
+    LessOrEqual Log LogSoftmax Loop LpNormalization LpPool MatMul Max MaxPool Mean
+    MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or PRelu Pad
+    Pow QuantizeLinear RNN RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range
+    Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin
+    ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RoiAlign Round
+    ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
+    Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose
+    Trilu Unsqueeze Upsample Where Xor""".split()
+)
+# Tensor element types TensorRT has no type for (onnx.TensorProto enum names).
+TENSORRT_UNSUPPORTED_DTYPES = frozenset({"DOUBLE", "COMPLEX64", "COMPLEX128", "STRING", "UINT16", "UINT32", "UINT64"})
+
+
+class ExportError(ZooError):
+    """A component could not be exported, or its graph failed a check."""
+
+
+# --------------------------------------------------------------------------------------
+# Shapes for torch.export
+# --------------------------------------------------------------------------------------
+
+
+def example_point(dims: Mapping[str, Dim]) -> dict[str, int]:
+    """Example sizes to trace at: opt where possible, never 1 for a dynamic dim (torch.export
+    specializes size-1 dims), and distinct across dynamic dims (so none is mistaken for another)."""
+    point: dict[str, int] = {}
+    used: set[int] = set()
+    for name, d in dims.items():
+        if d.min == d.max:
+            point[name] = d.opt
+            continue
+        m = d.multiple_of
+        candidates = [d.opt + k * m for k in range(0, (d.max - d.min) // m + 1)]
+        candidates += [d.opt - k * m for k in range(1, (d.max - d.min) // m + 1)]
+        valid = [v for v in candidates if d.min <= v <= d.max and v >= 2 and v % m == 0]
+        if not valid:
+            raise ExportError(f"dim {name} [{d.min}, {d.max}] has no example size >= 2 to trace with")
+        fresh = [v for v in valid if v not in used]
+        point[name] = (fresh or valid)[0]
+        used.add(point[name])
+    return point
+
+
+def dynamic_shapes(specs: tuple[TensorSpec, ...], dims: Mapping[str, Dim]) -> dict[str, dict[int, Any]]:
+    """``torch.export`` dynamic shapes: one symbol per dynamic dim name, bounded by its profile;
+    a dim with ``multiple_of`` m becomes ``m * Dim`` so the tracer knows the divisibility."""
+    from torch.export import Dim as ExportDim
+
+    symbols: dict[str, Any] = {}
+    for name, d in dims.items():
+        if d.min == d.max:
+            continue
+        if d.multiple_of > 1:
+            m = d.multiple_of
+            symbols[name] = m * ExportDim(f"{name}_div{m}", min=max(1, d.min // m), max=d.max // m)
+        else:
+            symbols[name] = ExportDim(name, min=d.min, max=d.max)
+    return {
+        s.name: {i: symbols[a] for i, a in enumerate(s.shape) if isinstance(a, str) and a in symbols} for s in specs
+    }
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """The exporter's chatter (warnings, step logs) hidden; errors still raise."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------
+# One component
+# --------------------------------------------------------------------------------------
+
+
+def export_component(ref: Reference, component: Component, dims: Mapping[str, Dim], dest: Path) -> ComponentRecord:
+    """Trace ``component``'s wrapper into ``dest/model.onnx`` (+ ``model.onnx.data`` when large),
+    name its dims from the contract and check the graph. ``dest`` is relative to the export root."""
+    import onnx
+
+    specs = component.input_specs(ref)
+    point = example_point(dims)
+    feeds = component.sample_inputs(ref, point)
+    wrapper = component.wrapper(ref).eval()
+    path = dest / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        for patch in component.export_patches:
+            stack.enter_context(patch())
+        stack.enter_context(_quiet_export())
+        stack.enter_context(torch.no_grad())
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                (),
+                kwargs=feeds,
+                dynamic_shapes=dynamic_shapes(specs, dims),
+                input_names=[s.name for s in specs],
+                output_names=[s.name for s in component.outputs],
+                opset_version=OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+        except Exception as e:  # the exporter raises many types; report which component and why
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"torch.onnx.export failed for component {component.name!r}: {first}") from e
+        weight_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
+        program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
+    del program
+
+    model = onnx.load(str(path), load_external_data=False)
+    _name_dims(model, specs, component.outputs, component.name)
+    onnx.save(model, str(path))  # external data references are kept as they are
+    check_graph(path, component.name)
+    external = {p.name: p.stat().st_size for p in sorted(dest.iterdir()) if p.name != "model.onnx"}
+    return ComponentRecord(
+        name=component.name,
+        kind=component.kind,
+        module=component.module,
+        file=f"{component.name}/model.onnx",
+        size=path.stat().st_size,
+        sha256=file_digest(path),
+        external_data={f"{component.name}/{k}": v for k, v in external.items()},
+        inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in specs),
+        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.outputs),
+        dims=dict(dims),
+        precision=component.precision.dtype,
+        opset=OPSET,
+    )
+
+
+def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], component: str) -> None:
+    """Give graph inputs and outputs the contract's names and dims (the exporter's own symbol
+    names, like ``2*latent_height_div2``, mean nothing to a user or a TensorRT profile)."""
+    graph_io = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
+    for spec in inputs + outputs:
+        if spec.name not in graph_io:
+            raise ExportError(
+                f"component {component!r}: graph has no tensor {spec.name!r}; it has {', '.join(graph_io)}"
+            )
+        shape = graph_io[spec.name].type.tensor_type.shape
+        if len(shape.dim) != len(spec.shape):
+            raise ExportError(
+                f"component {component!r}: {spec.name} has rank {len(shape.dim)} in the graph, "
+                f"the contract says {len(spec.shape)}"
+            )
+        for dim, want in zip(shape.dim, spec.shape):
+            if isinstance(want, str):
+                dim.dim_param = want
+            elif dim.HasField("dim_value") and dim.dim_value != want:
+                raise ExportError(
+                    f"component {component!r}: {spec.name} has a dim of {dim.dim_value}, the contract says {want}"
+                )
+            else:
+                dim.dim_value = want
+
+
+def check_graph(path: Path, component: str) -> None:
+    """onnx checker with full shape inference, then TensorRT-parser operator and dtype support."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"component {component!r}: {path} fails the ONNX checker: {e}") from None
+    model = onnx.load(str(path), load_external_data=False)
+    unsupported = sorted(
+        {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type not in TENSORRT_OPS}
+        | {f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")}
+    )
+    if unsupported:
+        raise ExportError(
+            f"component {component!r}: operators the TensorRT ONNX parser does not import: {', '.join(unsupported)}"
+        )
+    names = onnx.TensorProto.DataType.Name
+    bad = sorted(
+        {f"{t.name} ({names(t.data_type)})" for t in model.graph.initializer if names(t.data_type) in TENSORRT_UNSUPPORTED_DTYPES}
+        | {
+            f"{v.name} ({names(v.type.tensor_type.elem_type)})"
+            for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+            if v.type.HasField("tensor_type") and names(v.type.tensor_type.elem_type) in TENSORRT_UNSUPPORTED_DTYPES
+        }
+    )
+    if bad:
+        raise ExportError(f"component {component!r}: tensors of types TensorRT lacks: {', '.join(bad[:10])}")
+
+
+# --------------------------------------------------------------------------------------
+# Loading-time checks of an artifact (truncated, LFS pointer, missing external data)
+# --------------------------------------------------------------------------------------
+
+
+def check_artifact(root: Path, record: ComponentRecord) -> Path:
+    """The component's ``model.onnx`` path, after checking it is whole; :class:`ArtifactError` if not."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = root / record.file
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing (component {record.name!r}); re-export")
+    size = path.stat().st_size
+    if size == 0:
+        raise ArtifactError(f"{path} is empty (component {record.name!r}); re-export")
+    if is_lfs_pointer(path):
+        raise ArtifactError(f"{path} is a git-LFS pointer, not a model; run `git lfs pull`")
+    if size != record.size:
+        raise ArtifactError(
+            f"{path} is {size} bytes, the manifest says {record.size}: truncated or replaced; re-export"
+        )
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export") from None
+    for rel, expected in record.external_data.items():
+        data = root / rel
+        if not data.is_file():
+            raise ArtifactError(f"external data {data} of {path} is missing; copy it beside the model or re-export")
+        if is_lfs_pointer(data):
+            raise ArtifactError(f"external data {data} is a git-LFS pointer; run `git lfs pull`")
+        if data.stat().st_size != expected:
+            raise ArtifactError(
+                f"external data {data} is {data.stat().st_size} bytes, the manifest says {expected}: truncated; re-export"
+            )
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            info = ExternalDataInfo(tensor)
+            data = path.parent / info.location
+            if not data.is_file():
+                raise ArtifactError(f"external data {data} (tensor {tensor.name}) of {path} is missing")
+            if info.length and info.offset + info.length > data.stat().st_size:
+                raise ArtifactError(f"external data {data} is truncated: tensor {tensor.name} lies past its end")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# A whole family
+# --------------------------------------------------------------------------------------
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    import zoo
+
+    versions["zoo"] = zoo.__version__
+    return versions
+
+
+def _json_config(config: Any) -> dict[str, Any]:
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: v for k, v in data.items() if not k.startswith("_") or k == "_class_name"}
+
+
+def export_family(
+    family: Family,
+    ref: Reference,
+    envelope: Envelope,
+    out: str | Path,
+    *,
+    carry_reference: bool = False,
+    components: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Export every component of ``ref`` into ``out`` and write ``out/manifest.json`` last.
+
+    The folder is staged and swapped in whole, so an interrupted export leaves ``out`` as it
+    was. With ``carry_reference`` (random models) the reference folder is copied into
+    ``out/reference`` so the export is self-contained, torch backend included.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out).resolve()
+    chosen = [family.component(c) for c in components] if components else list(family.components)
+    source = Path(ref.source).resolve()
+    with staged_dir(out) as stage:
+        if carry_reference:
+            shutil.copytree(source, stage / REFERENCE_DIR)
+            source_record: dict[str, Any] = {"path": REFERENCE_DIR}
+        else:
+            source_record = {"path": str(source)}
+        source_record.update(hash=content_hash(source), preset=random_preset(source))
+
+        records: dict[str, ComponentRecord] = {}
+        bar = tqdm(chosen, desc="export", unit="component", disable=not progress)
+        for component in bar:
+            bar.set_postfix_str(component.name)
+            dims = component.dims(envelope, ref)
+            log.info("exporting %s/%s with dims %s", family.name, component.name, dims)
+            records[component.name] = export_component(ref, component, dims, stage / component.name)
+
+        host = {}
+        for name in family.host_modules:
+            module = ref.module(name)
+            module.save_pretrained(stage / name)
+            host[name] = {"library": type(module).__module__.split(".")[0], "class": type(module).__name__}
+        manifest = Manifest(
+            family=family.name,
+            variant=ref.variant,
+            source=source_record,
+            versions=library_versions(),
+            envelope=dict(envelope),
+            components=records,
+            pipeline=ref.pipeline,
+            configs={s.module: _json_config(ref.module(s.module).config) for s in family.pipeline_slots},
+            host_modules=host,
+            root=out,
+        )
+        atomic_write_json(stage / MANIFEST, manifest.to_json())
+    log.info("wrote %s (%s)", out, ", ".join(records))
+    return manifest
+
+
+@contextlib.contextmanager
+def random_reference(family: Family, *, variant: str | None, preset: str, seed: int = 0) -> Iterator[Reference]:
+    """A random-weight reference in a temporary folder, removed afterwards."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"zoo-{family.name}-") as tmp:
+        path = family.build_random(Path(tmp) / REFERENCE_DIR, variant=variant, preset=preset, seed=seed)
+        yield family.load(path)

@@ -1,0 +1,97 @@
+"""Checks on local checkpoint folders, and their content hash, before any library loads them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import CheckpointError
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".data")
+RANDOM_MARKER = "zoo_random.json"  # written by Family.build_random: preset and seed
+
+
+def is_lfs_pointer(path: Path) -> bool:
+    """True for a git-LFS pointer file (a few hundred bytes of text) standing where weights should be."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
+    except OSError:
+        return False
+
+
+def require_folder(path: str | Path, *, family: str, index_file: str, accepted: Iterable[str]) -> dict[str, Any]:
+    """Check that ``path`` is a checkpoint folder of one of the ``accepted`` classes.
+
+    Returns the parsed ``index_file`` (``model_index.json`` or ``config.json``). Raises
+    :class:`CheckpointError` naming the folder and what was expected: missing, not a folder,
+    empty, no index file, another model's folder, or weights that are LFS pointers / empty.
+    """
+    path = Path(path)
+    accepted = tuple(accepted)
+    expected = f"a diffusers-format folder of {' or '.join(accepted)} for family {family!r}"
+    if not path.exists():
+        raise CheckpointError(f"checkpoint folder {path} does not exist; expected {expected}")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a folder; expected {expected}")
+    if not any(path.iterdir()):
+        raise CheckpointError(f"checkpoint folder {path} is empty; expected {expected}")
+    index = path / index_file
+    if not index.is_file():
+        raise CheckpointError(f"checkpoint folder {path} has no {index_file}; expected {expected}")
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{index} is not valid JSON ({e}); expected {expected}") from None
+    cls = data.get("_class_name") if isinstance(data, dict) else None
+    if cls not in accepted:
+        what = f"a {cls} checkpoint" if cls else "no _class_name"
+        raise CheckpointError(f"checkpoint folder {path} holds {what}; expected {expected}")
+    for weights in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
+        if weights.stat().st_size == 0:
+            raise CheckpointError(f"weights file {weights} is empty")
+        if is_lfs_pointer(weights):
+            raise CheckpointError(
+                f"weights file {weights} is a git-LFS pointer, not the weights; run `git lfs pull` in {path}"
+            )
+    return data
+
+
+def content_hash(path: str | Path, *, full_below: int = 64 << 20, sample: int = 1 << 20) -> str:
+    """A sha256 over the folder's files: names, sizes and contents.
+
+    Files under ``full_below`` bytes are hashed whole; larger ones (multi-GB weights) by their
+    size, first and last ``sample`` bytes, so hashing a 30 GB checkpoint takes a second.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        size = f.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size < full_below:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(sample))
+                fh.seek(size - sample)
+                h.update(fh.read(sample))
+    return h.hexdigest()
+
+
+def random_preset(path: Path) -> str | None:
+    """The preset of a folder written by ``build_random`` (``tiny``, ``bench``), else None."""
+    marker = Path(path) / RANDOM_MARKER
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text()).get("preset")
+
+
+def write_random_marker(path: Path, *, family: str, variant: str, preset: str, seed: int) -> None:
+    (Path(path) / RANDOM_MARKER).write_text(
+        json.dumps({"family": family, "variant": variant, "preset": preset, "seed": seed}, indent=2) + "\n"
+    )

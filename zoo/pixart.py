@@ -1,0 +1,493 @@
+"""PixArt-alpha and PixArt-Sigma: T5 text encoder, PixArt transformer, SD VAE decoder.
+
+References are the diffusers classes (``PixArtTransformer2DModel``, ``AutoencoderKL``,
+``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline``) and transformers' ``T5EncoderModel``.
+
+Variants:
+- ``sigma``: PixArt-Sigma (text length 300, no size conditions);
+- ``alpha-1024``: PixArt-alpha with ``use_additional_conditions`` (sample_size 128): the
+  transformer also takes ``resolution (B,2)`` and ``aspect_ratio (B,1)``;
+- ``alpha-512``: PixArt-alpha without them (sample_size 64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.checkpoint import random_preset, require_folder, write_random_marker
+from zoo.contract import (
+    Axis,
+    Component,
+    ConditionalSpec,
+    Dim,
+    Envelope,
+    Family,
+    PipelineSlot,
+    Precision,
+    Range,
+    Reference,
+    TensorSpec,
+)
+from zoo.errors import CheckpointError, UnknownFamilyError
+from zoo.patches import attention_mask_expand
+
+PIPELINES = {"sigma": "PixArtSigmaPipeline", "alpha-1024": "PixArtAlphaPipeline", "alpha-512": "PixArtAlphaPipeline"}
+TEXT_LENGTH = {"PixArtSigmaPipeline": 300, "PixArtAlphaPipeline": 120}  # the pipelines' max_sequence_length
+VAE_SCALE = 8  # SD VAE: 2 ** (len(block_out_channels) - 1)
+
+
+# --------------------------------------------------------------------------------------
+# Export wrappers
+# --------------------------------------------------------------------------------------
+
+
+class T5EncoderExport(nn.Module):
+    """``T5EncoderModel`` with flat inputs and its last hidden state as the one output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class PixArtTransformerExport(nn.Module):
+    """``PixArtTransformer2DModel.forward`` made exportable, computing the same function.
+
+    Differences from the library forward (all value-preserving):
+    1. the 2D sin-cos position embedding is computed in the graph for the actual (h, w)
+       (the library recomputes it in Python when (h, w) differs from the config, which a
+       trace bakes in), in float32 instead of float64 (TensorRT has no float64);
+    2. the output is un-patchified with reshape + transpose instead of ``einsum``, and without
+       the ``squeeze(1)`` that exports as an unconditional ONNX Squeeze;
+    3. the attention mask arrives as float (1 keep, 0 discard) and becomes the -10000 bias here.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        pe = model.pos_embed
+        half = pe.proj.out_channels // 2  # each of the two 1D embeddings gets half the width
+        omega = torch.arange(half // 2, dtype=torch.float64) / (half / 2.0)
+        self.register_buffer("omega", (1.0 / 10000**omega).float(), persistent=False)  # (D/4,)
+        self.base_size = pe.base_size
+        self.interpolation_scale = pe.interpolation_scale
+
+    def _sincos(self, pos: torch.Tensor) -> torch.Tensor:
+        out = pos[:, None] * self.omega[None, :]  # (N, D/4)
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)  # (N, D/2)
+
+    def position_embedding(self, h: int, w: int) -> torch.Tensor:
+        """``get_2d_sincos_pos_embed(D, (h, w), base_size, interpolation_scale)`` in the graph."""
+        dev = self.omega.device
+        rows = torch.arange(h, device=dev, dtype=torch.float32) / (h / self.base_size) / self.interpolation_scale
+        cols = torch.arange(w, device=dev, dtype=torch.float32) / (w / self.base_size) / self.interpolation_scale
+        col = cols[None, :].expand(h, w).reshape(-1)  # (h*w,) x position of each patch
+        row = rows[:, None].expand(h, w).reshape(-1)  # (h*w,) y position of each patch
+        return torch.cat([self._sincos(col), self._sincos(row)], dim=1)  # (h*w, D)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, C_in, H, W) latents
+        encoder_hidden_states: torch.Tensor,  # (B, L, caption_channels)
+        encoder_attention_mask: torch.Tensor,  # (B, L) 1 keep / 0 discard
+        timestep: torch.Tensor,  # (B,) float
+        resolution: torch.Tensor | None = None,  # (B, 2) alpha-1024 only
+        aspect_ratio: torch.Tensor | None = None,  # (B, 1) alpha-1024 only
+    ) -> torch.Tensor:
+        m = self.model
+        p = m.config.patch_size
+        batch, _, height, width = hidden_states.shape
+        h, w = height // p, width // p
+
+        # 1. mask -> additive bias (B, 1, L), as the library does for a 2D mask
+        bias = ((1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(1)
+
+        # 2. patchify + position embedding
+        x = m.pos_embed.proj(hidden_states)  # (B, D, h, w)
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        if m.pos_embed.layer_norm:
+            x = m.pos_embed.norm(x)
+        x = (x + self.position_embedding(h, w)[None]).to(x.dtype)
+
+        # 3. timestep (+ size) conditioning and caption projection
+        added = {"resolution": resolution, "aspect_ratio": aspect_ratio}
+        t, embedded_t = m.adaln_single(timestep, added, batch_size=batch, hidden_dtype=x.dtype)
+        context = m.caption_projection(encoder_hidden_states)
+        context = context.view(batch, -1, x.shape[-1])  # (B, L, D)
+
+        # 4. transformer blocks
+        for block in m.transformer_blocks:
+            x = block(
+                x,
+                attention_mask=None,
+                encoder_hidden_states=context,
+                encoder_attention_mask=bias,
+                timestep=t,
+                cross_attention_kwargs=None,
+                class_labels=None,
+            )
+
+        # 5. final modulation and projection
+        shift, scale = (m.scale_shift_table[None] + embedded_t[:, None]).chunk(2, dim=1)
+        x = m.norm_out(x)
+        x = x * (1 + scale) + shift
+        x = m.proj_out(x)  # (B, h*w, p*p*C_out)
+
+        # 6. unpatchify: (B, h, w, p, q, C) -> (B, C, h, p, w, q) -> (B, C, H, W)
+        c = m.out_channels
+        x = x.reshape(batch, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(batch, c, h * p, w * p)
+
+
+class VaeDecoderExport(nn.Module):
+    """``AutoencoderKL.decode``: scaled latents in, image in [-1, 1] out."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent, return_dict=False)[0]
+
+
+# --------------------------------------------------------------------------------------
+# References called exactly as the pipeline calls them
+# --------------------------------------------------------------------------------------
+
+
+def _text_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = ref.module("text_encoder")(feeds["input_ids"], attention_mask=feeds["attention_mask"])
+    return {"last_hidden_state": out[0]}
+
+
+def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    added = {"resolution": feeds.get("resolution"), "aspect_ratio": feeds.get("aspect_ratio")}
+    out = ref.module("transformer")(
+        feeds["hidden_states"],
+        encoder_hidden_states=feeds["encoder_hidden_states"],
+        timestep=feeds["timestep"],
+        added_cond_kwargs=added,
+        encoder_attention_mask=feeds["encoder_attention_mask"],
+        return_dict=False,
+    )[0]
+    return {"sample": out}
+
+
+def _vae_decoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"sample": ref.module("vae").decode(feeds["latent"], return_dict=False)[0]}
+
+
+# --------------------------------------------------------------------------------------
+# Dims of each component, from the envelope (pixels, images) and the model config
+# --------------------------------------------------------------------------------------
+
+
+def _latent_dims(env: Envelope, multiple_of: int) -> dict[str, Dim]:
+    return {
+        "latent_height": Dim.of("latent_height", env["height"].scaled(1, VAE_SCALE), multiple_of),
+        "latent_width": Dim.of("latent_width", env["width"].scaled(1, VAE_SCALE), multiple_of),
+    }
+
+
+def _static(name: str, value: int) -> Dim:
+    return Dim(name, value, value, value)
+
+
+def _text_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    cfg = ref.module("text_encoder").config
+    return {
+        "batch": Dim.of("batch", env["batch"]),
+        "text_length": Dim.of("text_length", env["text_length"]),
+        "hidden_size": _static("hidden_size", cfg.d_model),
+    }
+
+
+def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    cfg = ref.module("transformer").config
+    b = env["batch"]
+    return {
+        # classifier-free guidance runs negative and positive as one 2B batch
+        "cfg_batch": Dim("cfg_batch", b.min, 2 * b.opt, 2 * b.max),
+        "text_length": Dim.of("text_length", env["text_length"]),
+        **_latent_dims(env, cfg.patch_size),
+        "in_channels": _static("in_channels", cfg.in_channels),
+        "out_channels": _static("out_channels", ref.module("transformer").out_channels),
+        "caption_channels": _static("caption_channels", cfg.caption_channels),
+    }
+
+
+def _vae_decoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    return {
+        "batch": Dim.of("batch", env["batch"]),
+        **_latent_dims(env, 1),
+        "latent_channels": _static("latent_channels", ref.module("vae").config.latent_channels),
+    }
+
+
+def _uses_size_conditions(ref: Reference) -> bool:
+    return bool(ref.module("transformer").use_additional_conditions)
+
+
+def _token_ids(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
+    return torch.randint(0, ref.module("text_encoder").config.vocab_size, shape, generator=gen)
+
+
+def _resolution(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
+    return torch.randint(32, 2048, shape, generator=gen).float()
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline slots: the pipeline's modules, replaced by exported components
+# --------------------------------------------------------------------------------------
+
+
+def _call_text_encoder(runners, input_ids, attention_mask=None, **_: Any):
+    out = runners["text_encoder"]({"input_ids": input_ids, "attention_mask": attention_mask})
+    return (out["last_hidden_state"],)
+
+
+def _call_transformer(
+    runners,
+    hidden_states,
+    encoder_hidden_states=None,
+    timestep=None,
+    added_cond_kwargs=None,
+    cross_attention_kwargs=None,
+    attention_mask=None,
+    encoder_attention_mask=None,
+    return_dict=True,
+):
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    batch = hidden_states.shape[0]
+    feeds = {
+        "hidden_states": hidden_states,
+        "encoder_hidden_states": encoder_hidden_states,
+        "encoder_attention_mask": encoder_attention_mask.float(),
+        "timestep": timestep.float().reshape(-1).expand(batch),
+    }
+    for key, value in (added_cond_kwargs or {}).items():
+        if value is not None:
+            feeds[key] = value.float()
+    sample = runners["transformer"](feeds)["sample"]
+    return Transformer2DModelOutput(sample=sample) if return_dict else (sample,)
+
+
+def _call_vae_decode(runners, z, return_dict=True, **_: Any):
+    from diffusers.models.autoencoders.vae import DecoderOutput
+
+    sample = runners["vae_decoder"]({"latent": z})["sample"]
+    return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+
+# --------------------------------------------------------------------------------------
+# The family
+# --------------------------------------------------------------------------------------
+
+
+class PixArt(Family):
+    name = "pixart"
+    description = "PixArt-alpha / PixArt-Sigma text-to-image (T5 encoder, DiT, SD VAE decoder)"
+    variants = ("sigma", "alpha-1024", "alpha-512")
+    random_presets = ("tiny", "bench")
+
+    components = (
+        Component(
+            name="text_encoder",
+            kind="text_encoder",
+            module="text_encoder",
+            inputs=(
+                TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=_token_ids),
+                TensorSpec("attention_mask", "int64", ("batch", "text_length"), sample="mask"),
+            ),
+            outputs=(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "hidden_size")),),
+            dims=_text_encoder_dims,
+            wrapper=lambda ref: T5EncoderExport(ref.module("text_encoder")),
+            reference=_text_encoder_reference,
+            precision=Precision(
+                keep_fp32=("DenseReluDense.wo",),
+                note="T5 feed-forward overflows in fp16: keep wo in fp32, or run the encoder in bf16/fp32",
+            ),
+        ),
+        Component(
+            name="transformer",
+            kind="denoiser",
+            module="transformer",
+            inputs=(
+                TensorSpec("hidden_states", "float32", ("cfg_batch", "in_channels", "latent_height", "latent_width")),
+                TensorSpec("encoder_hidden_states", "float32", ("cfg_batch", "text_length", "caption_channels")),
+                TensorSpec("encoder_attention_mask", "float32", ("cfg_batch", "text_length"), sample="mask"),
+                TensorSpec("timestep", "float32", ("cfg_batch",), sample="timestep"),
+                ConditionalSpec("resolution", "float32", ("cfg_batch", 2), sample=_resolution, when=_uses_size_conditions),
+                ConditionalSpec("aspect_ratio", "float32", ("cfg_batch", 1), sample="uniform", when=_uses_size_conditions),
+            ),
+            outputs=(TensorSpec("sample", "float32", ("cfg_batch", "out_channels", "latent_height", "latent_width")),),
+            dims=_transformer_dims,
+            wrapper=lambda ref: PixArtTransformerExport(ref.module("transformer")),
+            reference=_transformer_reference,
+            export_patches=(attention_mask_expand,),
+            precision=Precision(keep_fp32=("adaln_single", "norm", "pos_embed"), note="timestep embedding and norms in fp32"),
+        ),
+        Component(
+            name="vae_decoder",
+            kind="vae_decoder",
+            module="vae",
+            inputs=(TensorSpec("latent", "float32", ("batch", "latent_channels", "latent_height", "latent_width")),),
+            outputs=(TensorSpec("sample", "float32", ("batch", 3, "height", "width")),),
+            dims=_vae_decoder_dims,
+            wrapper=lambda ref: VaeDecoderExport(ref.module("vae")),
+            reference=_vae_decoder_reference,
+            precision=Precision(keep_fp32=("*",), note="the SD VAE decoder runs in fp32"),
+        ),
+    )
+
+    pipeline_slots = (
+        PipelineSlot("text_encoder", "text_encoder", {"forward": _call_text_encoder}),
+        PipelineSlot("transformer", "transformer", {"forward": _call_transformer}),
+        PipelineSlot("vae", "vae", {"decode": _call_vae_decode}),
+    )
+    host_modules = ("tokenizer", "scheduler")
+    request_axes = {
+        "height": "height",
+        "width": "width",
+        "num_images_per_prompt": "batch",
+        "max_sequence_length": "text_length",
+    }
+    trajectory = ("transformer", "hidden_states")
+
+    # -- shapes -------------------------------------------------------------------------
+    def axes(self, ref: Reference) -> tuple[Axis, ...]:
+        text_length = TEXT_LENGTH[ref.pipeline]
+        patch = ref.module("transformer").config.patch_size * VAE_SCALE
+        if random_preset(ref.source) == "tiny":
+            height = width = Range(32, 64, 96)
+            batch = Range(1, 1, 2)
+            text = Range(16, text_length, text_length)
+        else:
+            native = ref.module("transformer").config.sample_size * VAE_SCALE
+            height = width = Range(max(patch, native // 2), native, native * 2)
+            batch = Range(1, 1, 4)
+            text = Range(16, text_length, text_length)
+        return (
+            Axis("batch", batch, help="images per prompt (the transformer sees 2x with CFG)"),
+            Axis("height", height, multiple_of=patch, unit="pixels"),
+            Axis("width", width, multiple_of=patch, unit="pixels"),
+            Axis("text_length", text, floor=2, ceiling=ref.module("tokenizer").model_max_length, unit="tokens"),
+        )
+
+    def parity_request(self, envelope: Envelope) -> dict[str, Any]:
+        return {
+            "prompt": "a red fox in the snow, detailed photo",
+            "negative_prompt": "blurry",
+            "num_inference_steps": 3,
+            "guidance_scale": 4.5,
+            "height": envelope["height"].opt,
+            "width": envelope["width"].opt,
+            "max_sequence_length": envelope["text_length"].opt,
+            "use_resolution_binning": False,
+        }
+
+    # -- loading ------------------------------------------------------------------------
+    def load(self, source: Path) -> Reference:
+        import diffusers
+
+        index = require_folder(source, family=self.name, index_file="model_index.json", accepted=set(PIPELINES.values()))
+        pipeline = index["_class_name"]
+        try:
+            pipe = getattr(diffusers, pipeline).from_pretrained(str(source), dtype=torch.float32)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"could not load {pipeline} from {source}: {e}") from None
+        modules = dict(pipe.components)
+        for m in modules.values():
+            if isinstance(m, nn.Module):
+                m.eval().requires_grad_(False)
+        if pipeline == "PixArtSigmaPipeline":
+            variant = "sigma"
+        else:
+            variant = "alpha-1024" if modules["transformer"].use_additional_conditions else "alpha-512"
+        return Reference(self.name, variant, Path(source), modules, pipeline=pipeline)
+
+    def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
+        import diffusers
+        from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
+        from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+        from zoo.tiny import build_t5_tokenizer
+
+        variant = variant or self.variants[0]
+        if variant not in self.variants:
+            raise UnknownFamilyError(f"pixart has no variant {variant!r}; its variants are {', '.join(self.variants)}")
+        if preset not in self.random_presets:
+            raise UnknownFamilyError(f"pixart has no preset {preset!r}; its presets are {', '.join(self.random_presets)}")
+        dest = Path(dest)
+        pipeline = PIPELINES[variant]
+        bench = preset == "bench"
+        torch.manual_seed(seed)
+
+        build_t5_tokenizer(dest / "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(dest / "tokenizer")
+        d_model = 1024 if bench else 32
+        text_encoder = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer),
+                d_model=d_model,
+                d_kv=64 if bench else 8,
+                d_ff=2816 if bench else 64,
+                num_layers=2,
+                num_heads=16 if bench else 4,
+                relative_attention_num_buckets=32 if bench else 8,
+                relative_attention_max_distance=128 if bench else 16,
+                feed_forward_proj="gated-gelu",
+                dropout_rate=0.0,
+            )
+        )
+        sample_size = {"sigma": 128, "alpha-1024": 128, "alpha-512": 64}[variant]
+        transformer = PixArtTransformer2DModel(
+            num_attention_heads=16 if bench else 2,
+            attention_head_dim=72 if bench else 12,  # inner dim divisible by 3 (size conditions)
+            in_channels=4,
+            out_channels=8,
+            num_layers=2,
+            cross_attention_dim=1152 if bench else 24,
+            caption_channels=d_model,
+            sample_size=sample_size,
+            patch_size=2,
+            norm_type="ada_norm_single",
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+            num_embeds_ada_norm=1000,
+            activation_fn="gelu-approximate",
+            attention_bias=True,
+            use_additional_conditions=variant == "alpha-1024",
+            interpolation_scale=None,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(32, 64, 64, 64) if bench else (8, 8, 16, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=64,
+        )
+        scheduler = DPMSolverMultistepScheduler(
+            beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000, prediction_type="epsilon"
+        )
+        pipe = getattr(diffusers, pipeline)(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+        )
+        pipe.save_pretrained(dest)
+        write_random_marker(dest, family=self.name, variant=variant, preset=preset, seed=seed)
+        return dest
+
+
+FAMILY = PixArt()

@@ -1,0 +1,29 @@
+"""The registry of families: name -> declaration. Adding a family = one module + its tests."""
+
+from __future__ import annotations
+
+import importlib
+
+from zoo.contract import Family
+from zoo.errors import UnknownFamilyError
+
+# family name -> module that declares it (imported on first use: torch/diffusers are heavy)
+_MODULES: dict[str, str] = {
+    "pixart": "zoo.pixart",
+    "transformer-temporal": "zoo.transformer_temporal",
+}
+_LOADED: dict[str, Family] = {}
+
+
+def family_names() -> list[str]:
+    return sorted(_MODULES)
+
+
+def get_family(name: str) -> Family:
+    """The declaration of ``name``; :class:`UnknownFamilyError` lists the known ones."""
+    if name not in _MODULES:
+        raise UnknownFamilyError(f"unknown family {name!r}; known families: {', '.join(family_names())}")
+    if name not in _LOADED:
+        module = importlib.import_module(_MODULES[name])
+        _LOADED[name] = module.FAMILY
+    return _LOADED[name]
