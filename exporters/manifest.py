@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.contract import Dim, Range
+from zoo.contract import Axis, Dim, Range
 from zoo.errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -88,6 +88,7 @@ class Manifest:
     source: dict[str, Any]  # path (relative to the export folder when inside it), hash, preset
     versions: dict[str, str]
     envelope: dict[str, Range]
+    axes: dict[str, Axis]  # the envelope's constraints (multiple_of, unit), to check requests
     components: dict[str, ComponentRecord]
     pipeline: str | None = None
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # module -> library config
@@ -101,7 +102,11 @@ class Manifest:
             "variant": self.variant,
             "source": self.source,
             "versions": self.versions,
-            "envelope": {k: {"min": r.min, "opt": r.opt, "max": r.max} for k, r in self.envelope.items()},
+            "envelope": {
+                k: {"min": r.min, "opt": r.opt, "max": r.max, "multiple_of": self.axes[k].multiple_of,
+                    "unit": self.axes[k].unit}
+                for k, r in self.envelope.items()
+            },
             "pipeline": self.pipeline,
             "host_modules": self.host_modules,
             "components": {k: c.to_json() for k, c in self.components.items()},
@@ -141,6 +146,10 @@ def load_manifest(export_dir: str | Path) -> Manifest:
             source=d["source"],
             versions=d["versions"],
             envelope={k: Range(v["min"], v["opt"], v["max"]) for k, v in d["envelope"].items()},
+            axes={
+                k: Axis(k, Range(v["min"], v["opt"], v["max"]), multiple_of=v.get("multiple_of", 1), unit=v.get("unit", ""))
+                for k, v in d["envelope"].items()
+            },
             components={k: ComponentRecord.from_json(k, v) for k, v in d["components"].items()},
             pipeline=d.get("pipeline"),
             configs=d.get("configs", {}),

@@ -355,6 +355,7 @@ def export_family(
             source=source_record,
             versions=library_versions(),
             envelope=dict(envelope),
+            axes={a.name: a for a in family.axes(ref)},
             components=records,
             pipeline=ref.pipeline,
             configs={s.module: _json_config(ref.module(s.module).config) for s in family.pipeline_slots},

@@ -1,0 +1,103 @@
+"""Feed and output validation against an exported component's contract.
+
+Runs before any runtime is touched: a wrong name, dtype, rank, a dim outside its profile or
+breaking its constraint, a batch of 0, or NaN / Inf values give an :class:`InputError` that
+names the input, the dim, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporters.manifest import ComponentRecord, TensorRecord
+from zoo.contract import DTYPES
+from zoo.errors import InputError, OutputError
+
+
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    raise InputError(f"input {name!r}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
+
+
+def _nonfinite(t: torch.Tensor) -> tuple[int, int]:
+    if not t.is_floating_point():
+        return 0, 0
+    return int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+
+
+def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The feeds as tensors, checked against ``record``; raises :class:`InputError`."""
+    expected = [t.name for t in record.inputs]
+    missing = [n for n in expected if n not in feeds]
+    extra = sorted(set(feeds) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected input(s) {', '.join(extra)}")
+        raise InputError(f"component {record.name!r}: {'; '.join(parts)}; expected exactly {', '.join(expected)}")
+
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[str, tuple[int, str]] = {}  # symbolic dim -> (value, where it was seen)
+    for spec in record.inputs:
+        t = _as_tensor(spec.name, feeds[spec.name])
+        where = f"component {record.name!r} input {spec.name!r}"
+        if t.dtype != DTYPES[spec.dtype]:
+            got = str(t.dtype).replace("torch.", "")
+            raise InputError(f"{where}: dtype {got}, expected {spec.dtype}")
+        if t.dim() != len(spec.shape):
+            raise InputError(f"{where}: rank {t.dim()} (shape {tuple(t.shape)}), expected rank {len(spec.shape)} {_fmt(spec)}")
+        for axis, (size, want) in enumerate(zip(t.shape, spec.shape)):
+            if isinstance(want, int):
+                if size != want:
+                    raise InputError(f"{where}: dim {axis} is {size}, expected {want} {_fmt(spec)}")
+                continue
+            dim = record.dims[want]
+            problem = dim.problem(size)
+            if problem:
+                raise InputError(f"{where}: dim {axis} ({want}) is {size}, {problem} (exported profile)")
+            if want in seen and seen[want][0] != size:
+                raise InputError(
+                    f"{where}: dim {axis} ({want}) is {size}, but {seen[want][1]} has {want} = {seen[want][0]}"
+                )
+            seen.setdefault(want, (size, f"input {spec.name!r}"))
+        nan, inf = _nonfinite(t)
+        if nan or inf:
+            raise InputError(f"{where}: contains {nan} NaN and {inf} Inf values")
+        out[spec.name] = t
+    return out
+
+
+def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
+    """Outputs must be all there, of the contract's rank and dims, and finite (:class:`OutputError`)."""
+    point: dict[str, int] = {}
+    for spec in record.inputs:
+        for size, want in zip(feeds[spec.name].shape, spec.shape):
+            if isinstance(want, str):
+                point[want] = size
+    for spec in record.outputs:
+        where = f"component {record.name!r} output {spec.name!r}"
+        if spec.name not in outputs:
+            raise OutputError(f"{where} is missing; the backend returned {', '.join(outputs)}")
+        t = outputs[spec.name]
+        if t.dim() != len(spec.shape):
+            raise OutputError(f"{where}: rank {t.dim()}, expected {len(spec.shape)} {_fmt(spec)}")
+        for axis, (size, want) in enumerate(zip(t.shape, spec.shape)):
+            expected = want if isinstance(want, int) else point.get(want)
+            if expected is not None and size != expected:
+                raise OutputError(f"{where}: dim {axis} is {size}, expected {expected} {_fmt(spec)}")
+        nan, inf = _nonfinite(t)
+        if nan or inf:
+            raise OutputError(f"{where}: {nan} NaN and {inf} Inf values (shape {tuple(t.shape)}); nothing written")
+
+
+def _fmt(spec: TensorRecord) -> str:
+    return "(" + ", ".join(str(d) for d in spec.shape) + ")"

@@ -1,0 +1,120 @@
+"""The sampler: the family's own diffusers pipeline, its modules replaced by backends.
+
+Re-implemented pipelines that drift from the reference are what breaks video output in public
+attempts. So the sampler does not re-implement the loop: it builds the very diffusers pipeline
+class the checkpoint names (same scheduler class and config, same CFG arithmetic, same latent
+preparation and decoding) and gives it :class:`BackendModule` s whose calls run exported
+components. What differs from diffusers is only where each module's arithmetic runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exporters.manifest import Manifest, load_manifest
+from runtimes.backends import Backend, load_backends
+from zoo.contract import PipelineSlot
+from zoo.errors import ArtifactError, ZooError
+from zoo.registry import get_family
+
+log = logging.getLogger(__name__)
+
+
+class BackendModule(torch.nn.Module):
+    """Stands where the pipeline expects a library module: same ``config``, ``device``,
+    ``dtype`` and call signature, its methods running exported components."""
+
+    def __init__(self, slot: PipelineSlot, config: Mapping[str, Any], runners: Mapping[str, Callable], device: torch.device) -> None:
+        from diffusers.configuration_utils import FrozenDict
+
+        super().__init__()
+        self.slot = slot
+        self.config = FrozenDict(config)
+        self._runners = runners
+        self._device = device
+        for method, fn in slot.calls.items():
+            if method != "forward":
+                object.__setattr__(self, method, lambda *a, _fn=fn, **k: _fn(self._runners, *a, **k))
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if "forward" not in self.slot.calls:
+            raise ZooError(f"pipeline module {self.slot.attribute!r} is not called directly by this family")
+        return self.slot.calls["forward"](self._runners, *args, **kwargs)
+
+
+def _load_host_module(path: Path, info: Mapping[str, str]) -> Any:
+    """Tokenizers and schedulers saved beside the graphs, loaded with their own classes."""
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing from the export; re-export")
+    cls = getattr(importlib.import_module(info["library"]), info["class"])
+    return cls.from_pretrained(str(path))
+
+
+class Sampler:
+    """Generates with an export folder through a backend (``onnxruntime``, ``torch``, ``tensorrt``)."""
+
+    def __init__(self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu") -> None:
+        import diffusers
+
+        self.manifest: Manifest = load_manifest(export_dir)
+        self.family = get_family(self.manifest.family)
+        if not self.family.pipeline_slots or not self.manifest.pipeline:
+            raise ZooError(
+                f"family {self.family.name!r} has no sampler: its components are checked with "
+                f"`zoo parity` and timed with `zoo bench`"
+            )
+        self.device = torch.device(device)
+        self.backends: dict[str, Backend] = load_backends(backend, self.manifest, device)
+        self.runners: dict[str, Callable] = dict(self.backends)
+        modules: dict[str, Any] = {
+            slot.attribute: BackendModule(slot, self.manifest.configs[slot.module], self.runners, self.device)
+            for slot in self.family.pipeline_slots
+        }
+        for name, info in self.manifest.host_modules.items():
+            modules[name] = _load_host_module(self.manifest.root / name, info)
+        self.pipeline = getattr(diffusers, self.manifest.pipeline)(**modules)
+        self.pipeline.set_progress_bar_config(desc="sampling", leave=False)
+
+    def request(self, **kwargs: Any) -> dict[str, Any]:
+        """The pipeline kwargs with shape options filled from the export's opt point and checked
+        against its envelope (range and multiple-of) before anything runs."""
+        kwargs = dict(kwargs)
+        for option, axis_name in self.family.request_axes.items():
+            axis = self.manifest.axes[axis_name]
+            allowed = self.manifest.envelope[axis_name]
+            if kwargs.get(option) is None:
+                kwargs[option] = allowed.opt
+            value = kwargs[option]
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ZooError(f"{option} must be an integer, got {value!r}")
+            axis.check_value(value, allowed, option=option)
+        return kwargs
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.pipeline(**self.request(**kwargs))
+
+    def record_inputs(self, component: str, feed: str) -> list[torch.Tensor]:
+        """Record ``feed`` of every call to ``component`` (the denoiser's latents: the trajectory)."""
+        calls: list[torch.Tensor] = []
+        backend = self.backends[component]
+
+        def recording(feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+            calls.append(feeds[feed].detach().clone())
+            return backend(feeds)
+
+        self.runners[component] = recording
+        return calls
