@@ -1,0 +1,132 @@
+"""Component, trajectory and end-to-end parity of an export folder against its PyTorch reference."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporters.manifest import Manifest, load_manifest
+from parity.metrics import compare
+from parity.points import describe, profile_points
+from parity.report import Row
+from parity.tolerances import Tolerance, tolerance
+from runtimes.backends import TorchBackend, load_backend, load_reference
+from runtimes.sampler import Sampler
+from zoo.contract import bind_argument
+from zoo.errors import ZooError
+from zoo.registry import get_family
+
+log = logging.getLogger(__name__)
+
+
+def scale_of(manifest: Manifest) -> str:
+    """``tiny`` rows for random-weight exports, ``full`` for real checkpoints."""
+    return "tiny" if manifest.source.get("preset") else "full"
+
+
+def _rows_for(level: str, component: str, label: str, shape: str, candidate: Mapping[str, torch.Tensor],
+              reference: Mapping[str, torch.Tensor], tol: Tolerance, data_range: float | None = None) -> list[Row]:
+    rows = []
+    for name, ref in reference.items():
+        cand = candidate[name]
+        if cand.shape != ref.shape or cand.dtype != ref.dtype:
+            failure = f"shape/dtype {tuple(cand.shape)} {cand.dtype} vs reference {tuple(ref.shape)} {ref.dtype}"
+            rows.append(Row(level, component, label, shape, name, None, tol, [failure]))
+            continue
+        m = compare(cand, ref, rtol=tol.rtol, data_range=data_range)
+        rows.append(Row(level, component, label, shape, name, m, tol, tol.failures(m)))
+    return rows
+
+
+def component_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
+                     components: tuple[str, ...] | None = None, seed: int = 0) -> list[Row]:
+    """Each component's backend against the reference module at every profile point."""
+    from tqdm.auto import tqdm
+
+    manifest = load_manifest(export_dir)
+    family = get_family(manifest.family)
+    ref = load_reference(manifest)
+    rows: list[Row] = []
+    names = components or tuple(manifest.components)
+    for name in names:
+        record = manifest.component(name)
+        component = family.component(name)
+        reference = TorchBackend(manifest, name, device)
+        candidate = load_backend(backend, manifest, name, device)
+        tol = tolerance(record.kind, record.precision, scale_of(manifest))
+        data_range = 2.0 if record.kind == "vae_decoder" else None  # images in [-1, 1]
+        points = profile_points(record.dims)
+        for label, point in tqdm(points, desc=f"parity {name}", unit="shape", leave=False):
+            feeds = component.sample_inputs(ref, point, seed=seed)
+            expected = reference(feeds)
+            got = candidate(feeds)
+            rows += _rows_for("component", name, label, describe(point, record.dims), got, expected, tol, data_range)
+    return rows
+
+
+def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
+                      seed: int = 0, request: Mapping[str, Any] | None = None) -> list[Row]:
+    """The sampler against the diffusers pipeline itself: latents at every step, decoded frames."""
+    import diffusers
+
+    manifest = load_manifest(export_dir)
+    family = get_family(manifest.family)
+    if not family.pipeline_slots:
+        return []
+    scale = scale_of(manifest)
+    kwargs = dict(family.parity_request(manifest.envelope), **(request or {}))
+    kwargs["output_type"] = "np"
+
+    # the reference: the library pipeline on the reference modules, latents recorded by a hook
+    ref = load_reference(manifest)
+    pipeline = getattr(diffusers, manifest.pipeline)(**{k: v for k, v in ref.modules.items()})
+    pipeline.set_progress_bar_config(disable=True)
+    component, feed = family.trajectory
+    module = ref.module(family.component(component).module)
+    reference_steps: list[torch.Tensor] = []
+
+    def hook(mod: torch.nn.Module, args: tuple, kw: dict) -> None:
+        reference_steps.append(bind_argument(mod.forward, feed, args, kw).detach().clone())
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            expected = pipeline(generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
+    finally:
+        handle.remove()
+
+    sampler = Sampler(export_dir, backend=backend, device=device)
+    sampler.pipeline.set_progress_bar_config(disable=True)
+    candidate_steps = sampler.record_inputs(component, feed)
+    got = sampler(generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
+
+    rows: list[Row] = []
+    tol = tolerance("trajectory", "float32", scale)
+    if len(candidate_steps) != len(reference_steps):
+        rows.append(Row("trajectory", component, "steps", "-", feed, None, tol,
+                        [f"{len(candidate_steps)} denoiser calls vs {len(reference_steps)} in the pipeline"]))
+    for i, (c, r) in enumerate(zip(candidate_steps, reference_steps)):
+        rows += _rows_for("trajectory", component, f"step {i}", "x".join(map(str, r.shape)), {feed: c}, {feed: r}, tol)
+    tol = tolerance("end_to_end", "float32", scale)
+    shape = "x".join(map(str, np.asarray(expected).shape))
+    # frames compared in [-1, 1], as the pipeline's decoder produced them
+    rows += _rows_for("end_to_end", "sampler", f"{kwargs.get('num_inference_steps')} steps", shape,
+                      {"frames": torch.from_numpy(np.asarray(got)) * 2 - 1},
+                      {"frames": torch.from_numpy(np.asarray(expected)) * 2 - 1}, tol, data_range=2.0)
+    return rows
+
+
+def run_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
+               end_to_end: bool = True) -> list[Row]:
+    """All levels: components at every profile point, then trajectory and end to end."""
+    if backend == "torch":
+        raise ZooError("parity compares a backend against the torch reference: choose --backend onnxruntime or tensorrt")
+    rows = component_parity(export_dir, backend, device)
+    if end_to_end:
+        rows += end_to_end_parity(export_dir, backend, device)
+    return rows

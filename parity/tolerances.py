@@ -1,0 +1,112 @@
+"""The tolerance table of PARITY.md, in one place. Never loosened to make a test pass.
+
+Rows are keyed by (component kind, precision, scale): ``scale`` is ``tiny`` for random-weight
+models (tests, the embedded demo) and ``full`` for real checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parity.metrics import Metrics
+from zoo.errors import ZooError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Bounds a comparison must meet; ``None`` bounds are not checked."""
+
+    atol: float | None = None  # elementwise |c - r| <= atol + rtol * |r|
+    rtol: float = 0.0
+    max_abs: float | None = None
+    min_cosine: float | None = None
+    max_rel_l2: float | None = None
+    min_psnr: float | None = None
+
+    def failures(self, m: Metrics) -> list[str]:
+        """What failed, each with the bound that would have passed."""
+        if m.nan or m.inf:
+            return [f"{m.nan} NaN / {m.inf} Inf in the candidate"]
+        out = []
+        if self.atol is not None and m.atol_needed > self.atol:
+            out.append(f"needs atol {m.atol_needed:.3g} at rtol {self.rtol:g} (allowed atol {self.atol:g})")
+        if self.max_abs is not None and m.max_abs > self.max_abs:
+            out.append(f"max abs {m.max_abs:.3g} > {self.max_abs:g} (would pass with max_abs {m.max_abs:.3g})")
+        if self.min_cosine is not None and not m.cosine >= self.min_cosine:
+            out.append(f"cosine {m.cosine:.7f} < {self.min_cosine:g} (would pass with min_cosine {m.cosine:.7f})")
+        if self.max_rel_l2 is not None and not m.rel_l2 <= self.max_rel_l2:
+            out.append(f"rel-L2 {m.rel_l2:.3g} > {self.max_rel_l2:g} (would pass with max_rel_l2 {m.rel_l2:.3g})")
+        if self.min_psnr is not None and not m.psnr >= self.min_psnr:
+            out.append(f"PSNR {m.psnr:.2f} dB < {self.min_psnr:g} dB (would pass with min_psnr {m.psnr:.2f})")
+        return out
+
+    def __str__(self) -> str:
+        parts = []
+        if self.atol is not None:
+            parts.append(f"atol {self.atol:g} rtol {self.rtol:g}")
+        if self.max_abs is not None:
+            parts.append(f"max_abs {self.max_abs:g}")
+        if self.min_cosine is not None:
+            parts.append(f"cos >= {self.min_cosine:g}")
+        if self.max_rel_l2 is not None:
+            parts.append(f"rel-L2 <= {self.max_rel_l2:g}")
+        if self.min_psnr is not None:
+            parts.append(f"PSNR >= {self.min_psnr:g} dB")
+        return ", ".join(parts)
+
+
+_ENCODER = {
+    ("float32", "tiny"): Tolerance(atol=1e-4, rtol=1e-3),
+    ("float32", "full"): Tolerance(min_cosine=0.99999),
+    ("float16", "any"): Tolerance(min_cosine=0.9995, max_rel_l2=3e-2),
+    ("bfloat16", "any"): Tolerance(min_cosine=0.998, max_rel_l2=6e-2),
+}
+_REDUCED_E2E = Tolerance(min_cosine=1 - 5e-2, min_psnr=30.0)
+
+TABLE: dict[str, dict[tuple[str, str], Tolerance]] = {
+    "text_encoder": _ENCODER,
+    "image_encoder": _ENCODER,
+    "denoiser": {
+        ("float32", "tiny"): Tolerance(atol=1e-4, rtol=1e-3),
+        ("float32", "full"): Tolerance(atol=2e-3, rtol=1e-2),
+        ("float16", "any"): Tolerance(min_cosine=0.999, max_rel_l2=3e-2),
+        ("bfloat16", "any"): Tolerance(min_cosine=0.998, max_rel_l2=6e-2),
+    },
+    "vae_encoder": {
+        ("float32", "tiny"): Tolerance(atol=3e-4),
+        ("float32", "full"): Tolerance(atol=3e-3),
+        ("float16", "any"): Tolerance(min_cosine=0.999),
+        ("bfloat16", "any"): Tolerance(min_cosine=0.998),
+    },
+    "vae_decoder": {
+        ("float32", "tiny"): Tolerance(atol=3e-4),
+        ("float32", "full"): Tolerance(min_psnr=50.0),
+        ("float16", "any"): Tolerance(min_psnr=40.0),
+        ("bfloat16", "any"): Tolerance(min_psnr=35.0),
+    },
+    # decoded frames in [-1, 1] of sampler vs diffusers pipeline, tiny model, 2-4 steps, fixed noise
+    "end_to_end": {
+        ("float32", "tiny"): Tolerance(max_abs=1e-3),
+        ("float32", "full"): Tolerance(max_abs=1e-3),
+        ("float16", "any"): _REDUCED_E2E,
+        ("bfloat16", "any"): _REDUCED_E2E,
+    },
+    # the denoiser's latent input at every step: held to the end-to-end bound, in latent units
+    "trajectory": {
+        ("float32", "tiny"): Tolerance(max_abs=1e-3),
+        ("float32", "full"): Tolerance(max_abs=1e-3),
+        ("float16", "any"): _REDUCED_E2E,
+        ("bfloat16", "any"): _REDUCED_E2E,
+    },
+}
+
+
+def tolerance(kind: str, precision: str = "float32", scale: str = "tiny") -> Tolerance:
+    """The row for a component kind at a precision and scale (``tiny`` or ``full``)."""
+    rows = TABLE.get(kind)
+    if rows is None:
+        raise ZooError(f"no tolerance row for component kind {kind!r}; rows exist for {', '.join(TABLE)}")
+    row = rows.get((precision, scale)) or rows.get((precision, "any"))
+    if row is None:
+        raise ZooError(f"no tolerance for {kind} at precision {precision!r}")
+    return row
