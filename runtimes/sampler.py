@@ -64,6 +64,28 @@ def _load_host_module(path: Path, info: Mapping[str, str]) -> Any:
     return cls.from_pretrained(str(path))
 
 
+def check_request(manifest: Manifest, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline kwargs with shape options filled from the export's opt point and checked
+    against its envelope (range and multiple-of), before any backend is loaded."""
+    family = get_family(manifest.family)
+    kwargs = dict(kwargs)
+    for option, axis_name in family.request_axes.items():
+        axis = manifest.axes[axis_name]
+        allowed = manifest.envelope[axis_name]
+        if kwargs.get(option) is None:
+            kwargs[option] = allowed.opt
+        value = kwargs[option]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ZooError(f"{option} must be an integer, got {value!r}")
+        axis.check_value(value, allowed, option=_option_name(option))
+    return kwargs
+
+
+def _option_name(kwarg: str) -> str:
+    """How the command line spells a pipeline kwarg."""
+    return {"num_images_per_prompt": "--batch"}.get(kwarg, "--" + kwarg.replace("_", "-"))
+
+
 class Sampler:
     """Generates with an export folder through a backend (``onnxruntime``, ``torch``, ``tensorrt``)."""
 
@@ -89,23 +111,8 @@ class Sampler:
         self.pipeline = getattr(diffusers, self.manifest.pipeline)(**modules)
         self.pipeline.set_progress_bar_config(desc="sampling", leave=False)
 
-    def request(self, **kwargs: Any) -> dict[str, Any]:
-        """The pipeline kwargs with shape options filled from the export's opt point and checked
-        against its envelope (range and multiple-of) before anything runs."""
-        kwargs = dict(kwargs)
-        for option, axis_name in self.family.request_axes.items():
-            axis = self.manifest.axes[axis_name]
-            allowed = self.manifest.envelope[axis_name]
-            if kwargs.get(option) is None:
-                kwargs[option] = allowed.opt
-            value = kwargs[option]
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ZooError(f"{option} must be an integer, got {value!r}")
-            axis.check_value(value, allowed, option=option)
-        return kwargs
-
     def __call__(self, **kwargs: Any) -> Any:
-        return self.pipeline(**self.request(**kwargs))
+        return self.pipeline(**check_request(self.manifest, kwargs))
 
     def record_inputs(self, component: str, feed: str) -> list[torch.Tensor]:
         """Record ``feed`` of every call to ``component`` (the denoiser's latents: the trajectory)."""
