@@ -159,7 +159,7 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
     del program
 
     model = onnx.load(str(path), load_external_data=False)
-    _name_dims(model, specs, component.outputs, component.name)
+    _name_dims(model, specs, component.outputs, dims, component.name)
     onnx.save(model, str(path))  # external data references are kept as they are
     check_graph(path, component.name)
     external = {p.name: p.stat().st_size for p in sorted(dest.iterdir()) if p.name != "model.onnx"}
@@ -179,9 +179,11 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
     )
 
 
-def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], component: str) -> None:
-    """Give graph inputs and outputs the contract's names and dims (the exporter's own symbol
-    names, like ``2*latent_height_div2``, mean nothing to a user or a TensorRT profile)."""
+def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+               dims: Mapping[str, Dim], component: str) -> None:
+    """Give graph inputs and outputs the contract's dims: dynamic dims by name (the exporter's own
+    symbols, like ``2*latent_height_div2``, mean nothing to a user or a TensorRT profile),
+    static ones by value."""
     graph_io = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
     for spec in inputs + outputs:
         if spec.name not in graph_io:
@@ -195,6 +197,8 @@ def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[Tensor
                 f"the contract says {len(spec.shape)}"
             )
         for dim, want in zip(shape.dim, spec.shape):
+            if isinstance(want, str) and want in dims and dims[want].min == dims[want].max:
+                want = dims[want].min
             if isinstance(want, str):
                 dim.dim_param = want
             elif dim.HasField("dim_value") and dim.dim_value != want:

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random models and their ONNX exports, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from exporters.onnx import export_family, random_reference  # noqa: E402
+from zoo.registry import get_family  # noqa: E402
+
+_EXPORTS: dict[tuple[str, str], Path] = {}
+_REFERENCES: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """``tiny_export(family, variant)`` -> an export folder of the tiny model, made once per session."""
+
+    def make(family: str, variant: str | None = None) -> Path:
+        fam = get_family(family)
+        variant = variant or fam.variants[0]
+        key = (family, variant)
+        if key not in _EXPORTS:
+            out = tmp_path_factory.mktemp(f"export-{family}-{variant}") / "export"
+            with random_reference(fam, variant=variant, preset="tiny") as ref:
+                export_family(fam, ref, fam.envelope(ref), out, carry_reference=True, progress=False)
+            _EXPORTS[key] = out
+        return _EXPORTS[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint(family, variant)`` -> a random-weight checkpoint folder (diffusers format)."""
+
+    def make(family: str, variant: str | None = None) -> Path:
+        fam = get_family(family)
+        variant = variant or fam.variants[0]
+        key = (family, variant)
+        if key not in _REFERENCES:
+            path = tmp_path_factory.mktemp(f"ckpt-{family}-{variant}") / "checkpoint"
+            fam.build_random(path, variant=variant, preset="tiny")
+            _REFERENCES[key] = path
+        return _REFERENCES[key]
+
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """TensorRT / CUDA tests run where the hardware is, and are skipped with the reason elsewhere."""
+    from runtimes.backends import tensorrt_unavailable
+
+    trt_reason = None
+    cuda_reason = None
+    for item in items:
+        if "tensorrt" in item.keywords:
+            trt_reason = trt_reason or tensorrt_unavailable() or ""
+            if trt_reason:
+                item.add_marker(pytest.mark.skip(reason=f"needs TensorRT and an NVIDIA GPU: {trt_reason}"))
+        if "cuda" in item.keywords:
+            import torch
+
+            cuda_reason = cuda_reason if cuda_reason is not None else ("" if torch.cuda.is_available() else "no CUDA GPU")
+            if cuda_reason:
+                item.add_marker(pytest.mark.skip(reason=f"needs a CUDA GPU: {cuda_reason}"))
