@@ -16,7 +16,7 @@ from parity.points import describe, profile_points
 from parity.report import Row
 from parity.tolerances import Tolerance, tolerance
 from runtimes.backends import TorchBackend, load_backend, load_reference
-from runtimes.sampler import Sampler
+from runtimes.sampler import Sampler, check_request
 from zoo.contract import bind_argument
 from zoo.errors import ZooError
 from zoo.registry import get_family
@@ -79,7 +79,7 @@ def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", devi
     if not family.pipeline_slots:
         return []
     scale = scale_of(manifest)
-    kwargs = dict(family.parity_request(manifest.envelope), **(request or {}))
+    kwargs = check_request(manifest, {**family.parity_request(manifest.envelope), **(request or {})})
     kwargs["output_type"] = "np"
 
     # the reference: the library pipeline on the reference modules, latents recorded by a hook

@@ -65,10 +65,10 @@ def _load_host_module(path: Path, info: Mapping[str, str]) -> Any:
 
 
 def check_request(manifest: Manifest, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The pipeline kwargs with shape options filled from the export's opt point and checked
-    against its envelope (range and multiple-of), before any backend is loaded."""
+    """The pipeline kwargs: the family's request defaults, shape options filled from the export's
+    opt point, each checked against its envelope (range and multiple-of) before any backend loads."""
     family = get_family(manifest.family)
-    kwargs = dict(kwargs)
+    kwargs = {**family.request_defaults, **{k: v for k, v in kwargs.items() if v is not None}}
     for option, axis_name in family.request_axes.items():
         axis = manifest.axes[axis_name]
         allowed = manifest.envelope[axis_name]

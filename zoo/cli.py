@@ -162,7 +162,7 @@ def run(export_dir: Path, prompt: str, negative_prompt: str, steps: int, guidanc
         manifest,
         dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
              height=height, width=width, num_images_per_prompt=batch, max_sequence_length=max_sequence_length,
-             use_resolution_binning=resolution_binning),
+             **({"use_resolution_binning": True} if resolution_binning else {})),
     )
     sampler = Sampler(export_dir, backend=backend, device=device)
     result = sampler(generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **request)

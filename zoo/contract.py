@@ -130,6 +130,8 @@ class Dim:
 
     def problem(self, value: int) -> str | None:
         """Why ``value`` is not allowed for this dim, or None."""
+        if self.min == self.max and value != self.min:
+            return f"expected {self.min}"
         if not self.min <= value <= self.max:
             return f"must be in [{self.min}, {self.max}]"
         if value % self.multiple_of:
@@ -285,6 +287,7 @@ class Family:
     pipeline_slots: ClassVar[tuple[PipelineSlot, ...]] = ()
     host_modules: ClassVar[tuple[str, ...]] = ()  # tokenizer, scheduler: copied into exports
     request_axes: ClassVar[Mapping[str, str]] = {}  # pipeline kwarg -> envelope axis
+    request_defaults: ClassVar[Mapping[str, Any]] = {}  # pipeline kwargs the sampler sets unless asked
     trajectory: ClassVar[tuple[str, str] | None] = None  # (component, latent input name)
 
     # -- loading ------------------------------------------------------------------------
@@ -326,7 +329,8 @@ class Family:
         )
 
     def parity_request(self, envelope: Envelope) -> dict[str, Any]:
-        """Pipeline kwargs for the end-to-end parity run (families with a sampler)."""
+        """Pipeline kwargs for the end-to-end parity run (families with a sampler); shape
+        options left out are taken at the export's opt point."""
         return {}
 
 

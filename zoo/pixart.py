@@ -360,6 +360,8 @@ class PixArt(Family):
         "num_images_per_prompt": "batch",
         "max_sequence_length": "text_length",
     }
+    # exactly the requested size: the pipelines snap to aspect-ratio bins unless told not to
+    request_defaults = {"use_resolution_binning": False}
     trajectory = ("transformer", "hidden_states")
 
     # -- shapes -------------------------------------------------------------------------
@@ -388,10 +390,6 @@ class PixArt(Family):
             "negative_prompt": "blurry",
             "num_inference_steps": 3,
             "guidance_scale": 4.5,
-            "height": envelope["height"].opt,
-            "width": envelope["width"].opt,
-            "max_sequence_length": envelope["text_length"].opt,
-            "use_resolution_binning": False,
         }
 
     # -- loading ------------------------------------------------------------------------
