@@ -396,7 +396,7 @@ class PixArt(Family):
     def load(self, source: Path) -> Reference:
         import diffusers
 
-        index = require_folder(source, family=self.name, index_file="model_index.json", accepted=set(PIPELINES.values()))
+        index = require_folder(source, family=self.name, index_file="model_index.json", accepted=sorted(set(PIPELINES.values())))
         pipeline = index["_class_name"]
         try:
             pipe = getattr(diffusers, pipeline).from_pretrained(str(source), dtype=torch.float32)

@@ -1,0 +1,200 @@
+"""The zoo command line: the main job end to end, and every bad input as a clear, typed error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from exporters.manifest import load_manifest
+from zoo.cli import main
+
+
+def zoo(*args: str):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def assert_error(result, message: str):
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_families_lists_both():
+    result = zoo("families")
+    assert result.exit_code == 0
+    assert "pixart: " in result.output and "transformer-temporal: " in result.output
+    assert "variants:   sigma, alpha-1024, alpha-512" in result.output
+
+
+def test_export_temporal_with_envelope(tmp_path):
+    out = tmp_path / "tt"
+    result = zoo("export", "transformer-temporal", "--tiny", "--variant", "single-group", "--out", out,
+                 "--frames", "4:8:24", "--height", "4:6:8", "--width", "8", "--batch", "1:2:3")
+    assert result.exit_code == 0, result.output
+    m = load_manifest(out)
+    assert m.variant == "single-group"
+    dims = m.components["transformer"].dims
+    assert (dims["frames"].min, dims["frames"].opt, dims["frames"].max) == (4, 8, 24)
+    assert (dims["width"].min, dims["width"].max) == (8, 8)
+    parity = zoo("parity", out, "--json", tmp_path / "p.json")
+    assert parity.exit_code == 0, parity.output
+    assert parity.output.strip().splitlines()[-1].endswith(" passed, 0 failed")
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["failed"] == 0 and report["passed"] > 0 and (out / "parity.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "nope", "--tiny", "--out", "{out}"], "unknown family 'nope'; known families: pixart, transformer-temporal"),
+        (["export", "pixart", "--model", "{tmp}/missing", "--out", "{out}"], "does not exist; expected a diffusers-format folder"),
+        (["export", "pixart", "--model", "{tmp}", "--out", "{out}"], "is empty; expected a diffusers-format folder"),
+        (["export", "pixart", "--tiny", "--height", "32:72:96", "--out", "{out}"], "--height 32:72:96: height must be a multiple of 16 pixels, got 72"),
+        (["export", "pixart", "--tiny", "--height", "96:64:32", "--out", "{out}"], "--height 96:64:32: expected MIN <= OPT <= MAX"),
+        (["export", "pixart", "--tiny", "--frames", "8", "--out", "{out}"], "family 'pixart' has no axis frames"),
+        (["export", "transformer-temporal", "--tiny", "--variant", "sinusoidal", "--frames", "8:16:64", "--out", "{out}"], "frames can be at most 32 frames"),
+        (["export", "pixart", "--out", "{out}"], "give exactly one of --model PATH"),
+        (["export", "pixart", "--tiny", "--variant", "beta", "--out", "{out}"], "family 'pixart' has no variant 'beta'"),
+        (["export", "pixart", "--tiny", "--component", "unet", "--out", "{out}"], "has no component 'unet'"),
+    ],
+)
+def test_export_bad_input(tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    result = zoo(*[a.format(tmp=empty, out=out) for a in args])
+    assert_error(result, message)
+    assert not out.exists()
+
+
+def test_export_folder_of_another_model(tmp_path, tiny_checkpoint):
+    result = zoo("export", "pixart", "--model", tiny_checkpoint("transformer-temporal"), "--out", tmp_path / "out")
+    assert_error(result, "has no model_index.json; expected a diffusers-format folder of")
+    result = zoo("export", "transformer-temporal", "--model", tiny_checkpoint("pixart") / "vae", "--out", tmp_path / "out")
+    assert_error(result, "holds a AutoencoderKL checkpoint; expected a diffusers-format folder of TransformerTemporalModel")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_from_local_checkpoint_records_source(tmp_path, tiny_checkpoint):
+    ckpt = tiny_checkpoint("transformer-temporal")
+    result = zoo("export", "transformer-temporal", "--model", ckpt, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    m = load_manifest(tmp_path / "out")
+    assert m.source["path"] == str(ckpt.resolve()) and not (tmp_path / "out" / "reference").exists()
+
+
+def test_run_writes_the_diffusers_image(tiny_export, tmp_path):
+    out = tiny_export("pixart", "sigma")
+    args = ["run", out, "--prompt", "a fox at night", "--negative-prompt", "blurry", "--steps", "3",
+            "--guidance-scale", "4.0", "--height", "32", "--width", "64", "--seed", "11"]
+    result = zoo(*args, "--out", tmp_path / "fox.npy")
+    assert result.exit_code == 0, result.output
+    got = np.load(tmp_path / "fox.npy")
+
+    pipe = diffusers.PixArtSigmaPipeline.from_pretrained(load_manifest(out).source_path)
+    want = pipe(prompt="a fox at night", negative_prompt="blurry", num_inference_steps=3, guidance_scale=4.0,
+                height=32, width=64, use_resolution_binning=False, generator=torch.Generator("cpu").manual_seed(11),
+                output_type="np").images
+    assert got.shape == want.shape == (1, 32, 64, 3)
+    assert np.abs(got - want).max() <= 1e-3
+
+    result = zoo(*args, "--out", tmp_path / "fox.png")
+    assert result.exit_code == 0, result.output
+    png = np.asarray(Image.open(tmp_path / "fox.png"))
+    assert png.shape == (32, 64, 3) and png.dtype == np.uint8
+    assert np.abs(png.astype(int) - (want[0] * 255).round().astype(int)).max() <= 1
+
+
+def test_run_batch_writes_one_png_per_image(tiny_export, tmp_path):
+    result = zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", "--batch", "2", "--out", tmp_path / "b.png")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b-0.png", "b-1.png"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--height", "72"], "--height 72: height must be a multiple of 16 pixels"),
+        (["--height", "68"], "--height 68: height must be a multiple of 16 pixels"),
+        (["--width", "128"], "--width 128 is outside the exported profile: width must be in [32, 96] pixels"),
+        (["--batch", "3"], "--batch 3 is outside the exported profile: batch must be in [1, 2]"),
+        (["--batch", "0"], "--batch 0 is outside the exported profile"),
+        (["--backend", "tensorrt"], "the tensorrt backend is not available here"),
+    ],
+)
+def test_run_bad_request(tiny_export, tmp_path, extra, message):
+    if extra == ["--backend", "tensorrt"]:
+        from runtimes.backends import tensorrt_unavailable
+
+        if tensorrt_unavailable() is None:
+            pytest.skip("TensorRT and a GPU are present: this checks their absence")
+    result = zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", *extra, "--out", tmp_path / "x.png")
+    assert_error(result, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_bad_paths(tiny_export, tmp_path):
+    assert_error(zoo("run", tmp_path / "nope", "--prompt", "x", "--out", tmp_path / "x.png"), "does not exist; create it with `zoo export`")
+    assert_error(zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--out", tmp_path / "x.jpg"), "expected a .png or .npy file")
+    assert_error(zoo("run", tiny_export("transformer-temporal", "default"), "--prompt", "x", "--out", tmp_path / "x.png"),
+                 "family 'transformer-temporal' has no sampler")
+
+
+def test_run_truncated_model(tiny_export, tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export("pixart", "sigma"), export)
+    model = export / "transformer" / "model.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    result = zoo("run", export, "--prompt", "x", "--steps", "1", "--out", tmp_path / "x.png")
+    assert_error(result, "transformer/model.onnx is")
+    assert "truncated or replaced; re-export" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_parity_failure_exits_non_zero(tiny_export, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from exporters.artifacts import file_digest
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export("transformer-temporal", "default"), export)
+    path = export / "transformer" / "model.onnx"
+    model = onnx.load(str(path))
+    w = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.5, w.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["components"]["transformer"].update(size=path.stat().st_size, sha256=file_digest(path))
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    result = zoo("parity", export)
+    assert_error(result, "parity failed:")
+    assert "FAIL component transformer sample at" in result.output
+    assert json.loads((export / "parity.json").read_text())["failed"] > 0
+
+
+def test_bench_reports_both_runtimes(tiny_export, tmp_path):
+    result = zoo("bench", tiny_export("transformer-temporal", "default"), "--iterations", "2", "--warmup", "0", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["component"] for r in rows] == ["transformer"]
+    assert rows[0]["torch_ms"] > 0 and rows[0]["backend_ms"] > 0
+    assert rows[0]["speedup"] == pytest.approx(rows[0]["torch_ms"] / rows[0]["backend_ms"])
+
+
+def test_console_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "zoo.cli", "export", "nope", "--tiny", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown family 'nope'; known families: pixart, transformer-temporal"
