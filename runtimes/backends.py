@@ -52,20 +52,25 @@ class Backend(ABC):
         return f"{type(self).__name__}({self.manifest.family}/{self.record.name}, {self.device})"
 
 
-_REFERENCES: dict[tuple[str, str], Reference] = {}
+_REFERENCES: dict[tuple[str, str, str], Reference] = {}
 
 
-def load_reference(manifest: Manifest) -> Reference:
-    """The manifest's reference, loaded once per process with the family's real loader."""
+def load_reference(manifest: Manifest, device: str | torch.device = "cpu") -> Reference:
+    """The manifest's reference on ``device``, loaded once per process and device with the
+    family's real loader."""
     source = manifest.source_path
-    key = (manifest.family, str(source.resolve()))
+    key = (manifest.family, str(source.resolve()), str(torch.device(device)))
     if key not in _REFERENCES:
         if not source.exists():
             raise ArtifactError(
                 f"the torch backend needs the reference checkpoint {source}, recorded in "
                 f"{manifest.root / 'manifest.json'}, and it is not on this machine"
             )
-        _REFERENCES[key] = get_family(manifest.family).load(source)
+        ref = get_family(manifest.family).load(source)
+        for module in ref.modules.values():
+            if isinstance(module, torch.nn.Module):
+                module.to(device)
+        _REFERENCES[key] = ref
     return _REFERENCES[key]
 
 
@@ -75,10 +80,8 @@ class TorchBackend(Backend):
     name = "torch"
 
     def _load(self) -> None:
-        self.reference = load_reference(self.manifest)
+        self.reference = load_reference(self.manifest, self.device)
         self.component = get_family(self.manifest.family).component(self.record.name)
-        module = self.reference.module(self.component.module)
-        module.to(self.device)
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():

@@ -91,3 +91,17 @@ def test_nan_from_a_component_stops_generation(tiny_export, monkeypatch):
 def test_component_family_has_no_sampler(tiny_export):
     with pytest.raises(ZooError, match="family 'transformer-temporal' has no sampler"):
         Sampler(tiny_export("transformer-temporal", "default"))
+
+
+@pytest.mark.cuda
+def test_torch_backend_on_cuda_matches_cpu_pipeline(tiny_export):
+    """GPU machines: the sampler on CUDA modules gives the CPU pipeline's image (TF32 off: fp32)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    out = tiny_export("pixart", "alpha-1024")
+    kwargs = dict(prompt="a dog", num_inference_steps=3, height=64, width=32, use_resolution_binning=False)
+    expected = _diffusers(out, 5, **kwargs)
+    sampler = Sampler(out, backend="torch", device="cuda")
+    got = sampler(generator=torch.Generator("cpu").manual_seed(5), output_type="np", **kwargs).images
+    m = compare(torch.from_numpy(got) * 2 - 1, torch.from_numpy(expected) * 2 - 1, data_range=2.0)
+    assert not E2E.failures(m), E2E.failures(m)

@@ -207,9 +207,10 @@ def bench(export_dir: Path, backend: str, device: str, warmup: int, iterations: 
     from runtimes.bench import bench as run_bench
 
     rows = run_bench(export_dir, backend=backend, device=device, warmup=warmup, iterations=iterations)
-    click.echo(f"{'component':<14} {'shape':<50} {'torch ms':>10} {backend + ' ms':>16} {'speedup':>8}")
+    width = max([len(r.shape) for r in rows] + [5])
+    click.echo(f"{'component':<14} {'shape':<{width}} {'torch ms':>10} {backend + ' ms':>16} {'speedup':>8}")
     for r in rows:
-        click.echo(f"{r.component:<14} {r.shape:<50} {r.torch_ms:>10.2f} {r.backend_ms:>16.2f} {r.speedup:>7.2f}x")
+        click.echo(f"{r.component:<14} {r.shape:<{width}} {r.torch_ms:>10.2f} {r.backend_ms:>16.2f} {r.speedup:>7.2f}x")
     if json_path:
         atomic_write_json(json_path, {"export": str(export_dir), "rows": [r.to_json() for r in rows]})
 
