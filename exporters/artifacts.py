@@ -53,12 +53,24 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = _temp_sibling(final, "old")
-        os.replace(final, old)
-    os.replace(stage, final)
-    if old is not None:
+    # swap: move whatever is at ``final`` aside, then rename; retried, since another process
+    # may be swapping its own folder in at the same moment (the last one wins, whole)
+    aside = []
+    for _ in range(20):
+        try:
+            os.replace(stage, final)
+            break
+        except OSError:  # final exists and is not empty
+            old = _temp_sibling(final, "old")
+            try:
+                os.replace(final, old)
+                aside.append(old)
+            except FileNotFoundError:
+                pass
+    else:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise OSError(f"could not move the new folder into place at {final}")
+    for old in aside:
         shutil.rmtree(old, ignore_errors=True)
 
 

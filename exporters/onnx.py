@@ -330,6 +330,8 @@ def export_family(
     from tqdm.auto import tqdm
 
     out = Path(out).resolve()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise ExportError(f"--out {out} exists and is not a zoo export folder: choose a new or empty folder")
     chosen = [family.component(c) for c in components] if components else list(family.components)
     source = Path(ref.source).resolve()
     with staged_dir(out) as stage:

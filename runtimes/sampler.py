@@ -20,10 +20,12 @@ import torch
 from exporters.manifest import Manifest, load_manifest
 from runtimes.backends import Backend, load_backends
 from zoo.contract import PipelineSlot
-from zoo.errors import ArtifactError, ZooError
+from zoo.errors import ArtifactError, InputError, ZooError
 from zoo.registry import get_family
 
 log = logging.getLogger(__name__)
+
+HOST_LIBRARIES = ("diffusers", "transformers")  # where tokenizers and schedulers come from
 
 
 class BackendModule(torch.nn.Module):
@@ -60,7 +62,11 @@ def _load_host_module(path: Path, info: Mapping[str, str]) -> Any:
     """Tokenizers and schedulers saved beside the graphs, loaded with their own classes."""
     if not path.exists():
         raise ArtifactError(f"{path} is missing from the export; re-export")
-    cls = getattr(importlib.import_module(info["library"]), info["class"])
+    if info.get("library") not in HOST_LIBRARIES:
+        raise ArtifactError(f"{path}: host module library {info.get('library')!r} is not one of {', '.join(HOST_LIBRARIES)}")
+    cls = getattr(importlib.import_module(info["library"]), info["class"], None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ArtifactError(f"{path}: {info['library']} has no loadable class {info['class']!r}")
     return cls.from_pretrained(str(path))
 
 
@@ -112,7 +118,13 @@ class Sampler:
         self.pipeline.set_progress_bar_config(desc="sampling", leave=False)
 
     def __call__(self, **kwargs: Any) -> Any:
-        return self.pipeline(**check_request(self.manifest, kwargs))
+        request = check_request(self.manifest, kwargs)
+        try:
+            return self.pipeline(**request)
+        except ZooError:
+            raise
+        except (ValueError, TypeError) as e:  # the pipeline's own argument checks
+            raise InputError(f"the {self.manifest.pipeline} rejected the request: {e}") from None
 
     def record_inputs(self, component: str, feed: str) -> list[torch.Tensor]:
         """Record ``feed`` of every call to ``component`` (the denoiser's latents: the trajectory)."""

@@ -198,3 +198,59 @@ def test_console_error_has_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: unknown family 'nope'; known families: pixart, transformer-temporal"
+
+
+def test_missing_external_data_is_a_clear_error(tmp_path, monkeypatch):
+    import exporters.onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = tmp_path / "tt"
+    assert zoo("export", "transformer-temporal", "--tiny", "--out", out).exit_code == 0
+    (out / "transformer" / "model.onnx.data").unlink()
+    for command in ("parity", "bench"):
+        assert_error(zoo(command, out), "model.onnx.data of")
+
+
+def test_export_into_a_foreign_folder_is_refused(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    result = zoo("export", "transformer-temporal", "--tiny", "--out", tmp_path)
+    assert_error(result, "exists and is not a zoo export folder")
+    assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+def test_custom_pixart_checkpoint_end_to_end(tmp_path):
+    """A PixArt checkpoint unlike the built-in tiny ones (VAE scale 4, patch 1, 64-token
+    tokenizer, 3 layers) goes through --model export, parity and run."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    from zoo.tiny import build_t5_tokenizer
+
+    ckpt = tmp_path / "custom"
+    torch.manual_seed(1)
+    build_t5_tokenizer(ckpt / "tokenizer", model_max_length=64)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt / "tokenizer")
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                           num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"))
+    transformer = PixArtTransformer2DModel(num_attention_heads=3, attention_head_dim=8, in_channels=4, out_channels=8,
+                                           num_layers=3, cross_attention_dim=24, caption_channels=16, sample_size=16,
+                                           patch_size=1, norm_type="ada_norm_single", norm_elementwise_affine=False,
+                                           norm_eps=1e-6, num_embeds_ada_norm=1000, use_additional_conditions=False)
+    vae = AutoencoderKL(block_out_channels=(8, 8, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4, norm_num_groups=4)
+    PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                        scheduler=DPMSolverMultistepScheduler()).save_pretrained(ckpt)
+
+    out = tmp_path / "out"
+    result = zoo("export", "pixart", "--model", ckpt, "--out", out, "--height", "32:64:80", "--width", "48:64:64")
+    assert result.exit_code == 0, result.output
+    m = load_manifest(out)
+    assert m.envelope["text_length"].max == 64 and m.axes["height"].multiple_of == 8
+    assert m.components["transformer"].dims["latent_height"].to_json() == {"min": 8, "opt": 16, "max": 20, "multiple_of": 1}
+    result = zoo("parity", out)
+    assert result.exit_code == 0, result.output
+    result = zoo("run", out, "--prompt", "a cat", "--steps", "2", "--height", "72", "--width", "56", "--out", tmp_path / "c.npy")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "c.npy").shape == (1, 72, 56, 3)
+    assert_error(zoo("run", out, "--prompt", "a cat", "--height", "68", "--out", tmp_path / "d.npy"),
+                 "--height 68: height must be a multiple of 8 pixels")

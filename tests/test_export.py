@@ -150,3 +150,39 @@ def test_external_data_export(tmp_path, monkeypatch):
     record = m.components["transformer"]
     assert list(record.external_data) == ["transformer/model.onnx.data"]
     assert (tmp_path / "out" / "transformer" / "model.onnx.data").stat().st_size == record.external_data["transformer/model.onnx.data"]
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_an_export(tmp_path):
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    fam = get_family("transformer-temporal")
+    with random_reference(fam, variant="default", preset="tiny") as ref, pytest.raises(
+        ExportError, match="exists and is not a zoo export folder: choose a new or empty folder"
+    ):
+        export_family(fam, ref, fam.envelope(ref), out, progress=False)
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_staged_dirs_racing_for_one_path_leave_one_whole_folder(tmp_path):
+    import threading
+
+    from exporters.artifacts import staged_dir
+
+    final = tmp_path / "out"
+    barrier = threading.Barrier(4)
+
+    def write(tag: str) -> None:
+        with staged_dir(final) as stage:
+            for i in range(20):
+                (stage / f"{i}.txt").write_text(tag)
+            barrier.wait()
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in "abcd"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    contents = {p.read_text() for p in final.iterdir()}
+    assert len(contents) == 1 and len(list(final.iterdir())) == 20
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -12,6 +12,7 @@ Variants:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,18 @@ from zoo.contract import (
     Range,
     Reference,
     TensorSpec,
+    round_to,
 )
 from zoo.errors import CheckpointError, UnknownFamilyError
 from zoo.patches import attention_mask_expand
 
 PIPELINES = {"sigma": "PixArtSigmaPipeline", "alpha-1024": "PixArtAlphaPipeline", "alpha-512": "PixArtAlphaPipeline"}
 TEXT_LENGTH = {"PixArtSigmaPipeline": 300, "PixArtAlphaPipeline": 120}  # the pipelines' max_sequence_length
-VAE_SCALE = 8  # SD VAE: 2 ** (len(block_out_channels) - 1)
+
+
+def vae_scale(ref: Reference) -> int:
+    """Pixels per latent, as the pipeline computes it: 2 ** (len(block_out_channels) - 1)."""
+    return 2 ** (len(ref.module("vae").config.block_out_channels) - 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -189,10 +195,11 @@ def _vae_decoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) ->
 # --------------------------------------------------------------------------------------
 
 
-def _latent_dims(env: Envelope, multiple_of: int) -> dict[str, Dim]:
+def _latent_dims(env: Envelope, ref: Reference, multiple_of: int) -> dict[str, Dim]:
+    scale = vae_scale(ref)
     return {
-        "latent_height": Dim.of("latent_height", env["height"].scaled(1, VAE_SCALE), multiple_of),
-        "latent_width": Dim.of("latent_width", env["width"].scaled(1, VAE_SCALE), multiple_of),
+        "latent_height": Dim.of("latent_height", env["height"].scaled(1, scale), multiple_of),
+        "latent_width": Dim.of("latent_width", env["width"].scaled(1, scale), multiple_of),
     }
 
 
@@ -216,7 +223,7 @@ def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
         # classifier-free guidance runs negative and positive as one 2B batch
         "cfg_batch": Dim("cfg_batch", b.min, 2 * b.opt, 2 * b.max),
         "text_length": Dim.of("text_length", env["text_length"]),
-        **_latent_dims(env, cfg.patch_size),
+        **_latent_dims(env, ref, cfg.patch_size),
         "in_channels": _static("in_channels", cfg.in_channels),
         "out_channels": _static("out_channels", ref.module("transformer").out_channels),
         "caption_channels": _static("caption_channels", cfg.caption_channels),
@@ -226,7 +233,7 @@ def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
 def _vae_decoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     return {
         "batch": Dim.of("batch", env["batch"]),
-        **_latent_dims(env, 1),
+        **_latent_dims(env, ref, 1),
         "latent_channels": _static("latent_channels", ref.module("vae").config.latent_channels),
     }
 
@@ -366,22 +373,24 @@ class PixArt(Family):
 
     # -- shapes -------------------------------------------------------------------------
     def axes(self, ref: Reference) -> tuple[Axis, ...]:
-        text_length = TEXT_LENGTH[ref.pipeline]
-        patch = ref.module("transformer").config.patch_size * VAE_SCALE
+        max_tokens = ref.module("tokenizer").model_max_length
+        text_length = min(TEXT_LENGTH[ref.pipeline], max_tokens)
+        scale = vae_scale(ref)
+        # the pipelines require multiples of 8; the transformer a whole number of patches
+        patch = math.lcm(8, ref.module("transformer").config.patch_size * scale)
         if random_preset(ref.source) == "tiny":
             height = width = Range(32, 64, 96)
             batch = Range(1, 1, 2)
-            text = Range(16, text_length, text_length)
         else:
-            native = ref.module("transformer").config.sample_size * VAE_SCALE
-            height = width = Range(max(patch, native // 2), native, native * 2)
+            native = ref.module("transformer").config.sample_size * scale
+            height = width = Range(round_to(native / 2, patch), round_to(native, patch), round_to(native * 2, patch))
             batch = Range(1, 1, 4)
-            text = Range(16, text_length, text_length)
+        text = Range(min(16, text_length), text_length, text_length)
         return (
             Axis("batch", batch, help="images per prompt (the transformer sees 2x with CFG)"),
             Axis("height", height, multiple_of=patch, unit="pixels"),
             Axis("width", width, multiple_of=patch, unit="pixels"),
-            Axis("text_length", text, floor=2, ceiling=ref.module("tokenizer").model_max_length, unit="tokens"),
+            Axis("text_length", text, floor=2, ceiling=max_tokens, unit="tokens"),
         )
 
     def parity_request(self, envelope: Envelope) -> dict[str, Any]:
