@@ -51,6 +51,27 @@ def tiny_checkpoint(tmp_path_factory):
     return make
 
 
+def perturb_graph(export: Path, component: str, change) -> None:
+    """Apply ``change(values) -> values`` to the largest weight of ``component``'s graph and
+    update the manifest (a wrong graph with a consistent manifest, as a broken exporter makes)."""
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from exporters.artifacts import file_digest
+
+    path = export / component / "model.onnx"
+    model = onnx.load(str(path))
+    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    weight.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(weight).copy()), weight.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["components"][component].update(size=path.stat().st_size, sha256=file_digest(path))
+    (export / "manifest.json").write_text(json.dumps(manifest))
+
+
 def pytest_collection_modifyitems(config, items):
     """TensorRT / CUDA tests run where the hardware is, and are skipped with the reason elsewhere."""
     from runtimes.backends import tensorrt_unavailable

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import perturb_graph
 from exporters.manifest import load_manifest
 from zoo.cli import main
 
@@ -163,21 +164,9 @@ def test_run_truncated_model(tiny_export, tmp_path):
 
 
 def test_parity_failure_exits_non_zero(tiny_export, tmp_path):
-    import onnx
-    from onnx import numpy_helper
-
-    from exporters.artifacts import file_digest
-
     export = tmp_path / "export"
     shutil.copytree(tiny_export("transformer-temporal", "default"), export)
-    path = export / "transformer" / "model.onnx"
-    model = onnx.load(str(path))
-    w = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
-    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.5, w.name))
-    onnx.save(model, str(path))
-    manifest = json.loads((export / "manifest.json").read_text())
-    manifest["components"]["transformer"].update(size=path.stat().st_size, sha256=file_digest(path))
-    (export / "manifest.json").write_text(json.dumps(manifest))
+    perturb_graph(export, "transformer", lambda w: w * 1.5)
     result = zoo("parity", export)
     assert_error(result, "parity failed:")
     assert "FAIL component transformer sample at" in result.output

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,16 @@ def require_folder(path: str | Path, *, family: str, index_file: str, accepted: 
                 f"weights file {weights} is a git-LFS pointer, not the weights; run `git lfs pull` in {path}"
             )
     return data
+
+
+@contextlib.contextmanager
+def loading(what: str, source: Path) -> Iterator[None]:
+    """Library loading errors (truncated weights, missing files, bad configs) as CheckpointError."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"could not load {what} from {source}: {first}") from None
 
 
 def content_hash(path: str | Path, *, full_below: int = 64 << 20, sample: int = 1 << 20) -> str:

@@ -7,7 +7,6 @@ becomes one line on stderr and exit code 2, with no traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -181,6 +180,7 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
     from exporters.artifacts import atomic_write_json
     from exporters.manifest import load_manifest
     from parity.compare import run_parity
+    from zoo.errors import ParityError
     from parity.report import format_table, report_json
 
     manifest = load_manifest(export_dir)
@@ -191,7 +191,7 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
         atomic_write_json(path, report)
     failed = [r for r in rows if not r.ok]
     if failed:
-        raise ZooError(f"parity failed: {len(failed)} of {len(rows)} comparisons out of tolerance (see FAIL lines above)")
+        raise ParityError(f"parity failed: {len(failed)} of {len(rows)} comparisons out of tolerance (see FAIL lines above)")
 
 
 @main.command()

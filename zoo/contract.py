@@ -299,6 +299,17 @@ class Family:
         """Write a random-weight checkpoint folder (tokenizer included) that :meth:`load` reads."""
         raise NotImplementedError
 
+    def random_choice(self, variant: str | None, preset: str) -> str:
+        """The variant to build (default: the first), after checking variant and preset exist."""
+        variant = variant or self.variants[0]
+        if variant not in self.variants:
+            raise UnknownFamilyError(f"{self.name} has no variant {variant!r}; its variants are {', '.join(self.variants)}")
+        if preset not in self.random_presets:
+            raise UnknownFamilyError(
+                f"{self.name} has no preset {preset!r}; its presets are {', '.join(self.random_presets)}"
+            )
+        return variant
+
     # -- shapes -------------------------------------------------------------------------
     def axes(self, ref: Reference) -> tuple[Axis, ...]:
         """The envelope axes and their defaults for this reference."""

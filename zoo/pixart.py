@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.checkpoint import random_preset, require_folder, write_random_marker
+from zoo.checkpoint import loading, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     Axis,
     Component,
@@ -35,7 +35,6 @@ from zoo.contract import (
     TensorSpec,
     round_to,
 )
-from zoo.errors import CheckpointError, UnknownFamilyError
 from zoo.patches import attention_mask_expand
 
 PIPELINES = {"sigma": "PixArtSigmaPipeline", "alpha-1024": "PixArtAlphaPipeline", "alpha-512": "PixArtAlphaPipeline"}
@@ -407,10 +406,8 @@ class PixArt(Family):
 
         index = require_folder(source, family=self.name, index_file="model_index.json", accepted=sorted(set(PIPELINES.values())))
         pipeline = index["_class_name"]
-        try:
+        with loading(pipeline, source):
             pipe = getattr(diffusers, pipeline).from_pretrained(str(source), dtype=torch.float32)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"could not load {pipeline} from {source}: {e}") from None
         modules = dict(pipe.components)
         for m in modules.values():
             if isinstance(m, nn.Module):
@@ -428,11 +425,7 @@ class PixArt(Family):
 
         from zoo.tiny import build_t5_tokenizer
 
-        variant = variant or self.variants[0]
-        if variant not in self.variants:
-            raise UnknownFamilyError(f"pixart has no variant {variant!r}; its variants are {', '.join(self.variants)}")
-        if preset not in self.random_presets:
-            raise UnknownFamilyError(f"pixart has no preset {preset!r}; its presets are {', '.join(self.random_presets)}")
+        variant = self.random_choice(variant, preset)
         dest = Path(dest)
         pipeline = PIPELINES[variant]
         bench = preset == "bench"

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.checkpoint import random_preset, require_folder, write_random_marker
+from zoo.checkpoint import loading, random_preset, require_folder, write_random_marker
 from zoo.contract import Axis, Component, Dim, Envelope, Family, Precision, Range, Reference, TensorSpec
-from zoo.errors import CheckpointError, UnknownFamilyError
 
 
 def _frames_first(video: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -110,10 +109,8 @@ class TransformerTemporal(Family):
         from diffusers import TransformerTemporalModel
 
         require_folder(source, family=self.name, index_file="config.json", accepted=("TransformerTemporalModel",))
-        try:
+        with loading("TransformerTemporalModel", source):
             model = TransformerTemporalModel.from_pretrained(str(source), dtype=torch.float32)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"could not load TransformerTemporalModel from {source}: {e}") from None
         model.eval().requires_grad_(False)
         cfg = model.config
         if cfg.positional_embeddings:
@@ -125,11 +122,7 @@ class TransformerTemporal(Family):
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
         from diffusers import TransformerTemporalModel
 
-        variant = variant or self.variants[0]
-        if variant not in VARIANTS:
-            raise UnknownFamilyError(f"{self.name} has no variant {variant!r}; its variants are {', '.join(VARIANTS)}")
-        if preset not in self.random_presets:
-            raise UnknownFamilyError(f"{self.name} has no preset {preset!r}; its presets are {', '.join(self.random_presets)}")
+        variant = self.random_choice(variant, preset)
         torch.manual_seed(seed)
         bench = preset == "bench"  # AnimateDiff's first motion module: 320 channels, 8 heads x 40
         extra = dict(VARIANTS[variant])
