@@ -57,12 +57,14 @@ class Row:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = ("level", "component", "point", "shape", "output", "metric", "value", "tolerance", "pass")
+    header = ("level", "component", "point", "shape", "output", "max abs", "metric", "value", "tolerance", "pass")
     lines = [header]
     for r in rows:
         metric, value = r.headline()
+        max_abs = f"{r.metrics.max_abs:.3g}" if r.metrics else "-"
         lines.append(
-            (r.level, r.component, r.point, r.shape, r.output, metric, f"{value:.3g}", str(r.tolerance), "ok" if r.ok else "FAIL")
+            (r.level, r.component, r.point, r.shape, r.output, max_abs, metric, f"{value:.3g}", str(r.tolerance),
+             "ok" if r.ok else "FAIL")
         )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     text = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
