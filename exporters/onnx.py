@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping
@@ -20,7 +21,7 @@ from exporters.artifacts import atomic_write_json, file_digest, staged_dir
 from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord
 from zoo.checkpoint import content_hash, is_lfs_pointer, random_preset
 from zoo.contract import Component, Dim, Envelope, Family, Reference, TensorSpec
-from zoo.errors import ArtifactError, ZooError
+from zoo.errors import ArtifactError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,6 @@ TENSORRT_OPS = frozenset(
 )
 # Tensor element types TensorRT has no type for (onnx.TensorProto enum names).
 TENSORRT_UNSUPPORTED_DTYPES = frozenset({"DOUBLE", "COMPLEX64", "COMPLEX128", "STRING", "UINT16", "UINT32", "UINT64"})
-
-
-class ExportError(ZooError):
-    """A component could not be exported, or its graph failed a check."""
 
 
 # --------------------------------------------------------------------------------------
@@ -100,6 +97,17 @@ def dynamic_shapes(specs: tuple[TensorSpec, ...], dims: Mapping[str, Dim]) -> di
     return {
         s.name: {i: symbols[a] for i, a in enumerate(s.shape) if isinstance(a, str) and a in symbols} for s in specs
     }
+
+
+def _export_cause(e: BaseException) -> str:
+    """The line that says why: torch.onnx wraps the real error in a long 'next steps' text."""
+    text = str(e)
+    summary = re.search(r"^<class '([\w.]+)'>: (.+)$", text, re.MULTILINE)
+    if summary:
+        return f"{summary.group(1).rsplit('.', 1)[-1]}: {summary.group(2)}"
+    cause = e.__cause__ or e
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
 
 
 @contextlib.contextmanager
@@ -152,8 +160,7 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
                 verbose=False,
             )
         except Exception as e:  # the exporter raises many types; report which component and why
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"torch.onnx.export failed for component {component.name!r}: {first}") from e
+            raise ExportError(f"torch.onnx.export failed for component {component.name!r}: {_export_cause(e)}") from e
         weight_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
         program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
     del program
@@ -200,6 +207,11 @@ def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[Tensor
             if isinstance(want, str) and want in dims and dims[want].min == dims[want].max:
                 want = dims[want].min
             if isinstance(want, str):
+                if dim.HasField("dim_value"):
+                    raise ExportError(
+                        f"component {component!r}: {spec.name} dim {want} is dynamic in the contract but the "
+                        f"exporter fixed it to {dim.dim_value} (a shape baked in while tracing)"
+                    )
                 dim.dim_param = want
             elif dim.HasField("dim_value") and dim.dim_value != want:
                 raise ExportError(
@@ -261,6 +273,8 @@ def check_artifact(root: Path, record: ComponentRecord) -> Path:
         raise ArtifactError(
             f"{path} is {size} bytes, the manifest says {record.size}: truncated or replaced; re-export"
         )
+    if file_digest(path) != record.sha256:  # the graph file only: external data is checked by size
+        raise ArtifactError(f"{path} does not match the sha256 in the manifest: corrupted or replaced; re-export")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
@@ -329,9 +343,7 @@ def export_family(
     """
     from tqdm.auto import tqdm
 
-    out = Path(out).resolve()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise ExportError(f"--out {out} exists and is not a zoo export folder: choose a new or empty folder")
+    out = check_export_target(out)
     chosen = [family.component(c) for c in components] if components else list(family.components)
     source = Path(ref.source).resolve()
     with staged_dir(out) as stage:
@@ -371,6 +383,26 @@ def export_family(
         atomic_write_json(stage / MANIFEST, manifest.to_json())
     log.info("wrote %s (%s)", out, ", ".join(records))
     return manifest
+
+
+def check_export_target(out: str | Path) -> Path:
+    """``out`` resolved, if an export may be written there: a new folder, an empty one, or a
+    previous zoo export (which is replaced whole). Anything else is refused untouched."""
+    from exporters.manifest import load_manifest
+
+    out = Path(out).resolve()
+    refuse = f"--out {out} exists and is not a zoo export folder: choose a new or empty folder"
+    if out.exists():
+        if not out.is_dir():
+            raise ExportError(refuse)
+        if any(out.iterdir()):
+            try:
+                load_manifest(out)
+            except ArtifactError:
+                raise ExportError(refuse) from None
+    elif out.parent.exists() and not out.parent.is_dir():
+        raise ExportError(f"--out {out}: {out.parent} is not a folder")
+    return out
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import torch
 from exporters.manifest import ComponentRecord, Manifest
 from runtimes.feeds import check_outputs, validate_feeds
 from zoo.contract import Reference
-from zoo.errors import ArtifactError, BackendUnavailableError, UnknownFamilyError
+from zoo.errors import ArtifactError, BackendUnavailableError, InputError, UnknownFamilyError
 from zoo.registry import get_family
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ class Backend(ABC):
 
     @abstractmethod
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.record.inputs)
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         checked = validate_feeds(self.record, feeds)
@@ -167,6 +171,12 @@ def load_backend(name: str, manifest: Manifest, component: str, device: str = "c
     """A backend of kind ``name`` for ``component``; errors name the choices."""
     if name not in BACKENDS:
         raise UnknownFamilyError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available() and name == "torch":
         raise BackendUnavailableError(f"device {device!r} asked for, but torch sees no CUDA GPU")
     return BACKENDS[name](manifest, component, device)

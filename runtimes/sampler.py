@@ -76,14 +76,17 @@ def check_request(manifest: Manifest, kwargs: Mapping[str, Any]) -> dict[str, An
     family = get_family(manifest.family)
     kwargs = {**family.request_defaults, **{k: v for k, v in kwargs.items() if v is not None}}
     for option, axis_name in family.request_axes.items():
-        axis = manifest.axes[axis_name]
-        allowed = manifest.envelope[axis_name]
         if kwargs.get(option) is None:
-            kwargs[option] = allowed.opt
+            kwargs[option] = manifest.envelope[axis_name].opt
         value = kwargs[option]
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ZooError(f"{option} must be an integer, got {value!r}")
-        axis.check_value(value, allowed, option=_option_name(option))
+            raise InputError(f"{_option_name(option)} must be an integer, got {value!r}")
+    for option, value in family.shapes_run(kwargs, manifest.configs).items():
+        axis_name = family.request_axes[option]
+        label = _option_name(option)
+        if value != kwargs[option]:
+            label = f"{label} {kwargs[option]} (binned by the pipeline to)"
+        manifest.axes[axis_name].check_value(value, manifest.envelope[axis_name], option=label)
     return kwargs
 
 
@@ -105,8 +108,15 @@ class Sampler:
                 f"family {self.family.name!r} has no sampler: its components are checked with "
                 f"`zoo parity` and timed with `zoo bench`"
             )
-        self.device = torch.device(device)
+        slots = self.family.pipeline_slots
+        missing = sorted({c for s in slots for c in s.components} - set(self.manifest.components))
+        if missing:
+            raise ArtifactError(
+                f"export {self.manifest.root} lacks component(s) {', '.join(missing)} that the sampler runs; "
+                f"re-export without --component"
+            )
         self.backends: dict[str, Backend] = load_backends(backend, self.manifest, device)
+        self.device = torch.device(device)
         self.runners: dict[str, Callable] = dict(self.backends)
         modules: dict[str, Any] = {
             slot.attribute: BackendModule(slot, self.manifest.configs[slot.module], self.runners, self.device)
@@ -123,17 +133,23 @@ class Sampler:
             return self.pipeline(**request)
         except ZooError:
             raise
-        except (ValueError, TypeError) as e:  # the pipeline's own argument checks
-            raise InputError(f"the {self.manifest.pipeline} rejected the request: {e}") from None
+        except (ValueError, TypeError, IndexError) as e:  # the pipeline's own argument checks
+            raise InputError(f"{self.manifest.pipeline} rejected the request ({type(e).__name__}: {e})") from None
 
     def record_inputs(self, component: str, feed: str) -> list[torch.Tensor]:
         """Record ``feed`` of every call to ``component`` (the denoiser's latents: the trajectory)."""
         calls: list[torch.Tensor] = []
-        backend = self.backends[component]
-
-        def recording(feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-            calls.append(feeds[feed].detach().clone())
-            return backend(feeds)
-
-        self.runners[component] = recording
+        self.runners[component] = _Recording(self.backends[component], feed, calls)
         return calls
+
+
+class _Recording:
+    """A backend that also keeps a copy of one feed of every call."""
+
+    def __init__(self, backend: Backend, feed: str, calls: list[torch.Tensor]) -> None:
+        self.backend, self.feed, self.calls = backend, feed, calls
+        self.input_names = backend.input_names
+
+    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        self.calls.append(feeds[self.feed].detach().clone())
+        return self.backend(feeds)

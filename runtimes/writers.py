@@ -26,9 +26,12 @@ def write_images(images: np.ndarray, out: Path) -> list[Path]:
         atomic_write_bytes(out, buf.getvalue())
         return [out]
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
-    for image, path in zip(images, paths):
+    encoded = []
+    for image in images:  # encode all first: a failure leaves no file behind
         buf = io.BytesIO()
         # the pipeline's own numpy_to_pil rounding: (x * 255).round()
         Image.fromarray((image * 255).round().astype("uint8")).save(buf, format="PNG")
-        atomic_write_bytes(path, buf.getvalue())
+        encoded.append(buf.getvalue())
+    for data, path in zip(encoded, paths):
+        atomic_write_bytes(path, data)
     return paths

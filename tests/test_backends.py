@@ -114,9 +114,30 @@ def test_lfs_pointer_onnx(copied_export):
 
 def test_corrupted_onnx_of_right_size(copied_export):
     model = copied_export / "transformer" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in a weight: same size, wrong model
+    model.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match the sha256 in the manifest: corrupted or replaced"):
+        load_backend("onnxruntime", load_manifest(copied_export), "transformer")
+
+
+def test_unreadable_onnx_with_matching_manifest(copied_export):
+    import json
+
+    from exporters.artifacts import file_digest
+
+    model = copied_export / "transformer" / "model.onnx"
     model.write_bytes(b"\xff" * model.stat().st_size)
+    manifest = json.loads((copied_export / "manifest.json").read_text())
+    manifest["components"]["transformer"]["sha256"] = file_digest(model)
+    (copied_export / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="is not a readable ONNX model"):
         load_backend("onnxruntime", load_manifest(copied_export), "transformer")
+
+
+def test_bad_device_is_named(tiny_export):
+    with pytest.raises(InputError, match="--device 'foo': expected cpu, cuda or cuda:N"):
+        load_backend("onnxruntime", load_manifest(tiny_export("transformer-temporal", "default")), "transformer", "foo")
 
 
 def test_missing_and_truncated_external_data(tmp_path, monkeypatch):

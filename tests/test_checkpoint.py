@@ -83,3 +83,12 @@ def test_content_hash_is_stable_and_sensitive(tmp_path, tiny_checkpoint):
     config = folder / "config.json"
     config.write_text(config.read_text().replace('"num_layers": 1', '"num_layers": 2'))
     assert content_hash(folder) != first
+
+
+def test_temporal_with_cross_attention_is_refused(tmp_path):
+    from diffusers import TransformerTemporalModel
+
+    TransformerTemporalModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4,
+                             cross_attention_dim=24, double_self_attention=False).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="cross-attends to encoder_hidden_states"):
+        get_family("transformer-temporal").load(tmp_path)

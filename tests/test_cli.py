@@ -209,8 +209,9 @@ def test_export_into_a_foreign_folder_is_refused(tmp_path):
 
 def test_custom_pixart_checkpoint_end_to_end(tmp_path):
     """A PixArt checkpoint unlike the built-in tiny ones (VAE scale 4, patch 1, 64-token
-    tokenizer, 3 layers) goes through --model export, parity and run."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    tokenizer, 3 layers, an alpha pipeline with sample_size 128 whose transformer takes no size
+    conditions although the pipeline sends them) goes through --model export, parity and run."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
     from zoo.tiny import build_t5_tokenizer
@@ -222,18 +223,19 @@ def test_custom_pixart_checkpoint_end_to_end(tmp_path):
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1,
                                            num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"))
     transformer = PixArtTransformer2DModel(num_attention_heads=3, attention_head_dim=8, in_channels=4, out_channels=8,
-                                           num_layers=3, cross_attention_dim=24, caption_channels=16, sample_size=16,
+                                           num_layers=3, cross_attention_dim=24, caption_channels=16, sample_size=128,
                                            patch_size=1, norm_type="ada_norm_single", norm_elementwise_affine=False,
                                            norm_eps=1e-6, num_embeds_ada_norm=1000, use_additional_conditions=False)
     vae = AutoencoderKL(block_out_channels=(8, 8, 16), down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4, norm_num_groups=4)
-    PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+    PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                         scheduler=DPMSolverMultistepScheduler()).save_pretrained(ckpt)
 
     out = tmp_path / "out"
     result = zoo("export", "pixart", "--model", ckpt, "--out", out, "--height", "32:64:80", "--width", "48:64:64")
     assert result.exit_code == 0, result.output
     m = load_manifest(out)
+    assert m.variant == "alpha-512" and m.pipeline == "PixArtAlphaPipeline"
     assert m.envelope["text_length"].max == 64 and m.axes["height"].multiple_of == 8
     assert m.components["transformer"].dims["latent_height"].to_json() == {"min": 8, "opt": 16, "max": 20, "multiple_of": 1}
     result = zoo("parity", out)
@@ -243,3 +245,64 @@ def test_custom_pixart_checkpoint_end_to_end(tmp_path):
     assert np.load(tmp_path / "c.npy").shape == (1, 72, 56, 3)
     assert_error(zoo("run", out, "--prompt", "a cat", "--height", "68", "--out", tmp_path / "d.npy"),
                  "--height 68: height must be a multiple of 8 pixels")
+
+
+def test_batch_envelope_without_single_image(tmp_path):
+    """--batch 2:2:2: the text encoder still sees one prompt at a time, as in the pipeline."""
+    out = tmp_path / "b2"
+    assert zoo("export", "pixart", "--tiny", "--batch", "2:2:2", "--out", out).exit_code == 0
+    assert load_manifest(out).components["text_encoder"].dims["batch"].to_json() == {"min": 1, "opt": 1, "max": 2, "multiple_of": 1}
+    result = zoo("run", out, "--prompt", "a fox", "--steps", "2", "--out", tmp_path / "b.npy")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "b.npy").shape == (2, 64, 64, 3)
+    assert zoo("parity", out).exit_code == 0
+
+
+def test_partial_export(tmp_path):
+    out = tmp_path / "part"
+    assert zoo("export", "pixart", "--tiny", "--component", "transformer", "--out", out).exit_code == 0
+    assert set(load_manifest(out).components) == {"transformer"}
+    assert_error(zoo("run", out, "--prompt", "x", "--out", tmp_path / "x.png"),
+                 "lacks component(s) text_encoder, vae_decoder that the sampler runs")
+    result = zoo("parity", out)
+    assert result.exit_code == 0, result.output
+    assert "end_to_end" not in result.output
+
+
+def test_export_over_a_foreign_manifest_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"manifest_version": 3}')
+    (tmp_path / "background.js").write_text("precious")
+    assert_error(zoo("export", "transformer-temporal", "--tiny", "--out", tmp_path), "is not a zoo export folder")
+    assert (tmp_path / "background.js").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device", "foo"], "--device 'foo': expected cpu, cuda or cuda:N"),
+        (["--resolution-binning"], "--height 64 (binned by the pipeline to) 1024 is outside the exported profile"),
+    ],
+)
+def test_run_more_bad_requests(tiny_export, tmp_path, extra, message):
+    result = zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", *extra, "--out", tmp_path / "x.png")
+    assert_error(result, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_out_is_a_folder(tiny_export, tmp_path):
+    (tmp_path / "a.png").mkdir()
+    assert_error(zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--out", tmp_path / "a.png"),
+                 "expected a file path in a folder")
+
+
+def test_pipeline_rejection_is_one_line(tiny_export, tmp_path):
+    # PixArtAlphaPipeline indexes scheduler.step(...)[1] at one step, which DPM-Solver lacks
+    result = zoo("run", tiny_export("pixart", "alpha-512"), "--prompt", "x", "--steps", "1", "--out", tmp_path / "x.png")
+    assert_error(result, "PixArtAlphaPipeline rejected the request (IndexError")
+
+
+def test_parity_json_to_stdout(tiny_export):
+    result = CliRunner().invoke(main, ["parity", str(tiny_export("transformer-temporal", "default")), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["failed"] == 0 and report["family"] == "transformer-temporal"

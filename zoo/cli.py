@@ -7,6 +7,7 @@ becomes one line on stderr and exit code 2, with no traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -27,9 +28,17 @@ class ZooGroup(click.Group):
         except ZooError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:  # unwritable --out, full disk, ...
+            click.echo(f"error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was written at the output path", err=True)
             sys.exit(130)
+        except Exception as e:  # a bug, not bad input: one line, the traceback with -v
+            if logging.getLogger().isEnabledFor(logging.INFO):
+                raise
+            click.echo(f"error: internal error ({type(e).__name__}: {e}); run `zoo -v ...` for the traceback", err=True)
+            sys.exit(1)
 
 
 def _quiet_libraries() -> None:
@@ -92,7 +101,7 @@ def families() -> None:
 def export(family: str, model: Path | None, tiny: bool, preset: str | None, variant: str | None, out: Path,
            components: tuple[str, ...], seed: int, **envelope: str | None) -> None:
     """Export FAMILY's components to ONNX under --out, with manifest.json."""
-    from exporters.onnx import export_family, random_reference
+    from exporters.onnx import check_export_target, export_family, random_reference
     from zoo.contract import Range
     from zoo.registry import get_family
 
@@ -109,6 +118,7 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
         raise ZooError(f"family {family!r} has no variant {variant!r}; its variants are {', '.join(fam.variants)}")
     for c in components:
         fam.component(c)
+    check_export_target(out)  # before any model is built or loaded
     overrides = {
         name: Range.parse(value, what=f"--{name.replace('_', '-')}") for name, value in envelope.items() if value is not None
     }
@@ -138,7 +148,8 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
 @click.option("--width", type=int, help="Pixels; default: the export's opt width.")
 @click.option("--batch", type=int, help="Images per prompt; default: the export's opt batch.")
 @click.option("--max-sequence-length", type=int, help="Text tokens; default: the export's opt text length.")
-@click.option("--seed", default=0, show_default=True, help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
+              help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).")
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]))
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--resolution-binning", is_flag=True, help="Snap to the model's aspect-ratio bins, then resize back (opt-in).")
@@ -156,6 +167,8 @@ def run(export_dir: Path, prompt: str, negative_prompt: str, steps: int, guidanc
     suffix = out.suffix.lower()
     if suffix not in (".png", ".npy"):
         raise ZooError(f"--out {out}: expected a .png or .npy file")
+    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+        raise ZooError(f"--out {out}: expected a file path in a folder")
     manifest = load_manifest(export_dir)
     request = check_request(
         manifest,
@@ -173,7 +186,8 @@ def run(export_dir: Path, prompt: str, negative_prompt: str, steps: int, guidanc
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]))
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report here (default: EXPORT_DIR/parity.json).")
+@click.option("--json", "json_path", is_flag=False, flag_value="-", type=click.Path(path_type=Path),
+              help="Also write the JSON report to FILE, or to stdout with a bare --json (it is always in EXPORT_DIR/parity.json).")
 @click.option("--no-end-to-end", is_flag=True, help="Components only: skip the trajectory and end-to-end runs.")
 def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, no_end_to_end: bool) -> None:
     """Compare every component at every profile corner, then the sampler end to end, against PyTorch."""
@@ -185,10 +199,14 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
 
     manifest = load_manifest(export_dir)
     rows = run_parity(export_dir, backend=backend, device=device, end_to_end=not no_end_to_end)
-    click.echo(format_table(rows))
     report = report_json(rows, family=manifest.family, variant=manifest.variant, backend=backend, device=device)
-    for path in {json_path or export_dir / "parity.json", export_dir / "parity.json"}:
-        atomic_write_json(path, report)
+    atomic_write_json(export_dir / "parity.json", report)
+    if str(json_path) == "-":
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_table(rows))
+        if json_path:
+            atomic_write_json(json_path, report)
     failed = [r for r in rows if not r.ok]
     if failed:
         raise ParityError(f"parity failed: {len(failed)} of {len(rows)} comparisons out of tolerance (see FAIL lines above)")

@@ -273,6 +273,7 @@ class PipelineSlot:
     attribute: str
     module: str
     calls: Mapping[str, SlotCall]
+    components: tuple[str, ...] = ()  # the exported components its calls run
 
 
 class Family:
@@ -339,10 +340,15 @@ class Family:
             f"{', '.join(c.name for c in self.components)}"
         )
 
-    def parity_request(self, envelope: Envelope) -> dict[str, Any]:
+    def parity_request(self) -> dict[str, Any]:
         """Pipeline kwargs for the end-to-end parity run (families with a sampler); shape
         options left out are taken at the export's opt point."""
         return {}
+
+    def shapes_run(self, request: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The shape options the pipeline will really run at for ``request`` (a pipeline that
+        snaps sizes to bins runs at the bin); checked against the envelope before running."""
+        return {option: request.get(option) for option in self.request_axes}
 
 
 def bind_argument(fn: Callable[..., Any], name: str, args: tuple, kwargs: Mapping[str, Any]) -> Any:

@@ -13,7 +13,7 @@ class ZooError(Exception):
 
 
 class UnknownFamilyError(ZooError, KeyError):
-    """A family, variant or component name that is not registered."""
+    """A family, variant, preset, component or backend name that is not registered."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -25,6 +25,10 @@ class CheckpointError(ZooError):
 
 class EnvelopeError(ZooError, ValueError):
     """An export envelope or request that breaks a constraint."""
+
+
+class ExportError(ZooError):
+    """A component could not be exported, or its graph failed a check."""
 
 
 class InputError(ZooError, ValueError):

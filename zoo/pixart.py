@@ -152,7 +152,7 @@ class PixArtTransformerExport(nn.Module):
 
 
 class VaeDecoderExport(nn.Module):
-    """``AutoencoderKL.decode``: scaled latents in, image in [-1, 1] out."""
+    """``AutoencoderKL.decode``: latents (already divided by the VAE scaling factor) in, image in [-1, 1] out."""
 
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
@@ -208,8 +208,9 @@ def _static(name: str, value: int) -> Dim:
 
 def _text_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     cfg = ref.module("text_encoder").config
+    # the pipeline encodes prompts (one per prompt, then negatives), before repeating per image
     return {
-        "batch": Dim.of("batch", env["batch"]),
+        "batch": Dim("batch", 1, 1, env["batch"].max),
         "text_length": Dim.of("text_length", env["text_length"]),
         "hidden_size": _static("hidden_size", cfg.d_model),
     }
@@ -279,8 +280,10 @@ def _call_transformer(
         "encoder_attention_mask": encoder_attention_mask.float(),
         "timestep": timestep.float().reshape(-1).expand(batch),
     }
+    # the pipeline sends size conditions whenever sample_size is 128; the library model reads
+    # them only with use_additional_conditions, and the export declares them only then
     for key, value in (added_cond_kwargs or {}).items():
-        if value is not None:
+        if value is not None and key in runners["transformer"].input_names:
             feeds[key] = value.float()
     sample = runners["transformer"](feeds)["sample"]
     return Transformer2DModelOutput(sample=sample) if return_dict else (sample,)
@@ -355,9 +358,9 @@ class PixArt(Family):
     )
 
     pipeline_slots = (
-        PipelineSlot("text_encoder", "text_encoder", {"forward": _call_text_encoder}),
-        PipelineSlot("transformer", "transformer", {"forward": _call_transformer}),
-        PipelineSlot("vae", "vae", {"decode": _call_vae_decode}),
+        PipelineSlot("text_encoder", "text_encoder", {"forward": _call_text_encoder}, ("text_encoder",)),
+        PipelineSlot("transformer", "transformer", {"forward": _call_transformer}, ("transformer",)),
+        PipelineSlot("vae", "vae", {"decode": _call_vae_decode}, ("vae_decoder",)),
     )
     host_modules = ("tokenizer", "scheduler")
     request_axes = {
@@ -392,13 +395,28 @@ class PixArt(Family):
             Axis("text_length", text, floor=2, ceiling=max_tokens, unit="tokens"),
         )
 
-    def parity_request(self, envelope: Envelope) -> dict[str, Any]:
+    def parity_request(self) -> dict[str, Any]:
         return {
             "prompt": "a red fox in the snow, detailed photo",
             "negative_prompt": "blurry",
             "num_inference_steps": 3,
             "guidance_scale": 4.5,
         }
+
+    def shapes_run(self, request: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        shapes = super().shapes_run(request, configs)
+        if request.get("use_resolution_binning") and shapes["height"] and shapes["width"]:
+            from diffusers.image_processor import PixArtImageProcessor
+            from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as bins
+
+            table = {256: "ASPECT_RATIO_2048_BIN", 128: "ASPECT_RATIO_1024_BIN", 64: "ASPECT_RATIO_512_BIN",
+                     32: "ASPECT_RATIO_256_BIN"}.get(configs["transformer"]["sample_size"])
+            if table is not None:  # (the pipeline itself rejects other sample sizes)
+                shapes["height"], shapes["width"] = (
+                    int(v) for v in PixArtImageProcessor.classify_height_width_bin(
+                        shapes["height"], shapes["width"], ratios=getattr(bins, table))
+                )
+        return shapes
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: Path) -> Reference:

@@ -19,6 +19,7 @@ from torch import nn
 
 from zoo.checkpoint import loading, random_preset, require_folder, write_random_marker
 from zoo.contract import Axis, Component, Dim, Envelope, Family, Precision, Range, Reference, TensorSpec
+from zoo.errors import CheckpointError
 
 
 def _frames_first(video: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -113,6 +114,12 @@ class TransformerTemporal(Family):
             model = TransformerTemporalModel.from_pretrained(str(source), dtype=torch.float32)
         model.eval().requires_grad_(False)
         cfg = model.config
+        if cfg.cross_attention_dim is not None and not cfg.double_self_attention:
+            raise CheckpointError(
+                f"{source}: this TransformerTemporalModel cross-attends to encoder_hidden_states "
+                f"(cross_attention_dim={cfg.cross_attention_dim}); the transformer-temporal family exports "
+                f"self-attention motion modules only"
+            )
         if cfg.positional_embeddings:
             variant = "sinusoidal"
         else:
