@@ -9,29 +9,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from exporters.onnx import export_family, random_reference  # noqa: E402
+from exporters.onnx import export_family  # noqa: E402
 from zoo.registry import get_family  # noqa: E402
 
-_EXPORTS: dict[tuple[str, str], Path] = {}
-_REFERENCES: dict[tuple[str, str], Path] = {}
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    """``tiny_export(family, variant)`` -> an export folder of the tiny model, made once per session."""
-
-    def make(family: str, variant: str | None = None) -> Path:
-        fam = get_family(family)
-        variant = variant or fam.variants[0]
-        key = (family, variant)
-        if key not in _EXPORTS:
-            out = tmp_path_factory.mktemp(f"export-{family}-{variant}") / "export"
-            with random_reference(fam, variant=variant, preset="tiny") as ref:
-                export_family(fam, ref, fam.envelope(ref), out, carry_reference=True, progress=False)
-            _EXPORTS[key] = out
-        return _EXPORTS[key]
-
-    return make
+_CHECKPOINTS: dict[tuple[str, str], Path] = {}
+_EXPORTS: dict[Path, Path] = {}
 
 
 @pytest.fixture(scope="session")
@@ -40,13 +22,29 @@ def tiny_checkpoint(tmp_path_factory):
 
     def make(family: str, variant: str | None = None) -> Path:
         fam = get_family(family)
-        variant = variant or fam.variants[0]
-        key = (family, variant)
-        if key not in _REFERENCES:
-            path = tmp_path_factory.mktemp(f"ckpt-{family}-{variant}") / "checkpoint"
-            fam.build_random(path, variant=variant, preset="tiny")
-            _REFERENCES[key] = path
-        return _REFERENCES[key]
+        key = (family, variant or fam.variants[0])
+        if key not in _CHECKPOINTS:
+            path = tmp_path_factory.mktemp(f"ckpt-{family}-{key[1]}") / "checkpoint"
+            fam.build_random(path, variant=key[1], preset="tiny")
+            _CHECKPOINTS[key] = path
+        return _CHECKPOINTS[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_checkpoint):
+    """``tiny_export(family, variant)`` -> an export folder of that tiny checkpoint, made once per session."""
+
+    def make(family: str, variant: str | None = None) -> Path:
+        checkpoint = tiny_checkpoint(family, variant)
+        if checkpoint not in _EXPORTS:
+            fam = get_family(family)
+            ref = fam.load(checkpoint)
+            out = tmp_path_factory.mktemp(f"export-{family}-{ref.variant}") / "export"
+            export_family(fam, ref, fam.envelope(ref), out, carry_reference=True, progress=False)
+            _EXPORTS[checkpoint] = out
+        return _EXPORTS[checkpoint]
 
     return make
 
