@@ -170,8 +170,6 @@ class TensorSpec:
     def resolve(self, point: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else int(point[d]) for d in self.shape)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
 def make_sample(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
@@ -257,7 +255,6 @@ class Reference:
         return self.modules[key]
 
 
-ComponentRunner = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
 SlotCall = Callable[..., Any]
 
 
