@@ -171,7 +171,6 @@ class TensorSpec:
         return tuple(d if isinstance(d, int) else int(point[d]) for d in self.shape)
 
 
-
 def make_sample(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
     """One sample tensor for ``spec`` at concrete ``shape`` (seeded by ``gen``)."""
     dtype = DTYPES[spec.dtype]
