@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+EXPORT_MARKER = ".zoo-export"  # in every export folder: it may be replaced by a re-export
+
 
 def _temp_sibling(path: Path, tag: str) -> Path:
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -46,6 +48,7 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final)
     stage = _temp_sibling(final, "staging")
     stage.mkdir()
     try:
@@ -80,3 +83,35 @@ def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(final: str | Path) -> list[Path]:
+    """Remove staging / set-aside folders and temp files beside ``final`` that a killed process
+    left (their pid, in the name, is no longer running). Returns what was removed."""
+    final = Path(final)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    prefix = f".{final.name}."
+    for p in final.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        tag, _, rest = p.name[len(prefix):].partition("-")
+        pid = rest.split("-", 1)[0]
+        if tag in ("staging", "old", "tmp") and pid.isdigit() and not _pid_alive(int(pid)):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

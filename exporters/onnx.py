@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from exporters.artifacts import atomic_write_json, file_digest, staged_dir
-from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord
+from exporters.artifacts import EXPORT_MARKER, atomic_write_json, file_digest, staged_dir
+from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord, inside, looks_like_export
 from zoo.checkpoint import content_hash, is_lfs_pointer, random_preset
-from zoo.contract import Component, Dim, Envelope, Family, Reference, TensorSpec
+from zoo.contract import Component, Dim, Envelope, Family, Reference, Source, TensorSpec, check_dims, resolve_point
 from zoo.errors import ArtifactError, ExportError
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,13 @@ TENSORRT_UNSUPPORTED_DTYPES = frozenset({"DOUBLE", "COMPLEX64", "COMPLEX128", "S
 
 def example_point(dims: Mapping[str, Dim]) -> dict[str, int]:
     """Example sizes to trace at: opt where possible, never 1 for a dynamic dim (torch.export
-    specializes size-1 dims), and distinct across dynamic dims (so none is mistaken for another)."""
+    specializes size-1 dims), and distinct across dynamic dims (so none is mistaken for another).
+    Derived dims follow from their sources."""
     point: dict[str, int] = {}
     used: set[int] = set()
     for name, d in dims.items():
+        if d.is_derived:
+            continue
         if d.min == d.max:
             point[name] = d.opt
             continue
@@ -77,7 +80,7 @@ def example_point(dims: Mapping[str, Dim]) -> dict[str, int]:
         fresh = [v for v in valid if v not in used]
         point[name] = (fresh or valid)[0]
         used.add(point[name])
-    return point
+    return resolve_point(dims, point)
 
 
 def dynamic_shapes(specs: tuple[TensorSpec, ...], dims: Mapping[str, Dim]) -> dict[str, dict[int, Any]]:
@@ -87,13 +90,16 @@ def dynamic_shapes(specs: tuple[TensorSpec, ...], dims: Mapping[str, Dim]) -> di
 
     symbols: dict[str, Any] = {}
     for name, d in dims.items():
-        if d.min == d.max:
+        if d.min == d.max or d.is_derived:
             continue
         if d.multiple_of > 1:
             m = d.multiple_of
             symbols[name] = m * ExportDim(f"{name}_div{m}", min=max(1, d.min // m), max=d.max // m)
         else:
             symbols[name] = ExportDim(name, min=d.min, max=d.max)
+    for name, d in dims.items():  # derived dims: expressions of their source's symbol
+        if d.is_derived and d.of in symbols:
+            symbols[name] = d.scale * symbols[d.of] + d.offset if d.scale != 1 else symbols[d.of] + d.offset
     return {
         s.name: {i: symbols[a] for i, a in enumerate(s.shape) if isinstance(a, str) and a in symbols} for s in specs
     }
@@ -136,7 +142,9 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
     name its dims from the contract and check the graph. ``dest`` is relative to the export root."""
     import onnx
 
+    check_dims(dims)
     specs = component.input_specs(ref)
+    outputs = component.output_specs(ref)
     point = example_point(dims)
     feeds = component.sample_inputs(ref, point)
     wrapper = component.wrapper(ref).eval()
@@ -154,7 +162,7 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
                 kwargs=feeds,
                 dynamic_shapes=dynamic_shapes(specs, dims),
                 input_names=[s.name for s in specs],
-                output_names=[s.name for s in component.outputs],
+                output_names=[s.name for s in outputs],
                 opset_version=OPSET,
                 dynamo=True,
                 verbose=False,
@@ -166,7 +174,7 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
     del program
 
     model = onnx.load(str(path), load_external_data=False)
-    _name_dims(model, specs, component.outputs, dims, component.name)
+    _name_dims(model, specs, outputs, dims, component.name, path.parent)
     onnx.save(model, str(path))  # external data references are kept as they are
     check_graph(path, component.name)
     external = {p.name: p.stat().st_size for p in sorted(dest.iterdir()) if p.name != "model.onnx"}
@@ -179,19 +187,24 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
         sha256=file_digest(path),
         external_data={f"{component.name}/{k}": v for k, v in external.items()},
         inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in specs),
-        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.outputs),
+        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in outputs),
         dims=dict(dims),
+        state=component.state_pairs(ref),
         precision=component.precision.dtype,
         opset=OPSET,
     )
 
 
 def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
-               dims: Mapping[str, Dim], component: str) -> None:
-    """Give graph inputs and outputs the contract's dims: dynamic dims by name (the exporter's own
-    symbols, like ``2*latent_height_div2``, mean nothing to a user or a TensorRT profile),
-    static ones by value."""
+               dims: Mapping[str, Dim], component: str, folder: Path) -> None:
+    """Give graph inputs and outputs the contract's dims, with onnx's own tool: dynamic dims by
+    name (the exporter's symbols, like ``2*latent_height_div2``, mean nothing to a user or a
+    TensorRT profile), static ones by value. First check that the graph has the contract's
+    tensors and ranks, and that no dynamic dim was fixed while tracing."""
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
     graph_io = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
+    wanted: dict[str, list[int | str]] = {}
     for spec in inputs + outputs:
         if spec.name not in graph_io:
             raise ExportError(
@@ -203,22 +216,28 @@ def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[Tensor
                 f"component {component!r}: {spec.name} has rank {len(shape.dim)} in the graph, "
                 f"the contract says {len(spec.shape)}"
             )
-        for dim, want in zip(shape.dim, spec.shape):
-            if isinstance(want, str) and want in dims and dims[want].min == dims[want].max:
-                want = dims[want].min
-            if isinstance(want, str):
-                if dim.HasField("dim_value"):
-                    raise ExportError(
-                        f"component {component!r}: {spec.name} dim {want} is dynamic in the contract but the "
-                        f"exporter fixed it to {dim.dim_value} (a shape baked in while tracing)"
-                    )
-                dim.dim_param = want
-            elif dim.HasField("dim_value") and dim.dim_value != want:
+        want: list[int | str] = []
+        for dim, d in zip(shape.dim, spec.shape):
+            if isinstance(d, str) and not dims[d].is_dynamic:
+                d = dims[d].min
+            if isinstance(d, str) and dim.HasField("dim_value"):
                 raise ExportError(
-                    f"component {component!r}: {spec.name} has a dim of {dim.dim_value}, the contract says {want}"
+                    f"component {component!r}: {spec.name} dim {d} is dynamic in the contract but the "
+                    f"exporter fixed it to {dim.dim_value} (a shape baked in while tracing)"
                 )
-            else:
-                dim.dim_value = want
+            if isinstance(d, int) and dim.HasField("dim_value") and dim.dim_value != d:
+                raise ExportError(
+                    f"component {component!r}: {spec.name} has a dim of {dim.dim_value}, the contract says {d}"
+                )
+            want.append(d)
+        wanted[spec.name] = want
+    extra = sorted(set(graph_io) - set(wanted))
+    if extra:
+        raise ExportError(f"component {component!r}: graph tensors {', '.join(extra)} are not in the contract")
+    names = {v.name for v in model.graph.input}
+    with contextlib.chdir(folder):  # the tool checks the model: external data resolves beside it
+        update_inputs_outputs_dims(model, {k: v for k, v in wanted.items() if k in names},
+                                   {k: v for k, v in wanted.items() if k not in names})
 
 
 def check_graph(path: Path, component: str) -> None:
@@ -261,7 +280,7 @@ def check_artifact(root: Path, record: ComponentRecord) -> Path:
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    path = root / record.file
+    path = inside(root, record.file, f"component {record.name!r} file")
     if not path.is_file():
         raise ArtifactError(f"{path} is missing (component {record.name!r}); re-export")
     size = path.stat().st_size
@@ -280,7 +299,7 @@ def check_artifact(root: Path, record: ComponentRecord) -> Path:
     except Exception as e:  # protobuf DecodeError and friends
         raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export") from None
     for rel, expected in record.external_data.items():
-        data = root / rel
+        data = inside(root, rel, f"component {record.name!r} external data")
         if not data.is_file():
             raise ArtifactError(f"external data {data} of {path} is missing; copy it beside the model or re-export")
         if is_lfs_pointer(data):
@@ -292,7 +311,7 @@ def check_artifact(root: Path, record: ComponentRecord) -> Path:
     for tensor in model.graph.initializer:
         if uses_external_data(tensor):
             info = ExternalDataInfo(tensor)
-            data = path.parent / info.location
+            data = inside(root, (Path(record.file).parent / info.location).as_posix(), f"tensor {tensor.name} location")
             if not data.is_file():
                 raise ArtifactError(f"external data {data} (tensor {tensor.name}) of {path} is missing")
             if info.length and info.offset + info.length > data.stat().st_size:
@@ -338,21 +357,17 @@ def export_family(
     """Export every component of ``ref`` into ``out`` and write ``out/manifest.json`` last.
 
     The folder is staged and swapped in whole, so an interrupted export leaves ``out`` as it
-    was. With ``carry_reference`` (random models) the reference folder is copied into
-    ``out/reference`` so the export is self-contained, torch backend included.
+    was. Every source (model folder, adapter, LoRA files) is recorded with its content hash, so
+    the torch side of every parity run rebuilds exactly this reference; with ``carry_reference``
+    (random models) the sources are copied into ``out/reference`` so the export is self-contained.
     """
     from tqdm.auto import tqdm
 
     out = check_export_target(out)
     chosen = [family.component(c) for c in components] if components else list(family.components)
-    source = Path(ref.source).resolve()
     with staged_dir(out) as stage:
-        if carry_reference:
-            shutil.copytree(source, stage / REFERENCE_DIR)
-            source_record: dict[str, Any] = {"path": REFERENCE_DIR}
-        else:
-            source_record = {"path": str(source)}
-        source_record.update(hash=content_hash(source), preset=random_preset(source))
+        (stage / EXPORT_MARKER).write_text("written by zoo export; a re-export may replace this folder\n")
+        sources = _record_sources(ref.sources, stage if carry_reference else None)
 
         records: dict[str, ComponentRecord] = {}
         bar = tqdm(chosen, desc="export", unit="component", disable=not progress)
@@ -370,13 +385,13 @@ def export_family(
         manifest = Manifest(
             family=family.name,
             variant=ref.variant,
-            source=source_record,
+            sources=sources,
             versions=library_versions(),
             envelope=dict(envelope),
             axes={a.name: a for a in family.axes(ref)},
             components=records,
             pipeline=ref.pipeline,
-            configs={s.module: _json_config(ref.module(s.module).config) for s in family.pipeline_slots},
+            configs={s.module: _json_config(ref.config(s.module)) for s in family.pipeline_slots},
             host_modules=host,
             root=out,
         )
@@ -385,31 +400,50 @@ def export_family(
     return manifest
 
 
+def _record_sources(sources: tuple[Source, ...], stage: Path | None) -> list[dict[str, Any]]:
+    """Each source with its content hash; copied under ``stage/reference`` when given."""
+    records = []
+    seen: dict[str, int] = {}
+    for s in sources:
+        path = Path(s.path).resolve()
+        record: dict[str, Any] = {"role": s.role, "path": str(path), "hash": content_hash(path)}
+        if s.scale is not None:
+            record["scale"] = s.scale
+        if s.role == "model":
+            record["preset"] = random_preset(path)
+        if stage is not None:
+            n = seen[s.role] = seen.get(s.role, -1) + 1
+            rel = f"{REFERENCE_DIR}/{s.role}" + (f"-{n}" if n else "") + "".join(path.suffixes if path.is_file() else ())
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, stage / rel)
+            record["path"] = rel
+        records.append(record)
+    return records
+
+
 def check_export_target(out: str | Path) -> Path:
     """``out`` resolved, if an export may be written there: a new folder, an empty one, or a
-    previous zoo export (which is replaced whole). Anything else is refused untouched."""
-    from exporters.manifest import load_manifest
-
+    previous zoo export, even one whose manifest is corrupt (it is replaced whole). Anything
+    else is refused untouched."""
     out = Path(out).resolve()
     refuse = f"--out {out} exists and is not a zoo export folder: choose a new or empty folder"
     if out.exists():
         if not out.is_dir():
             raise ExportError(refuse)
-        if any(out.iterdir()):
-            try:
-                load_manifest(out)
-            except ArtifactError:
-                raise ExportError(refuse) from None
+        if any(out.iterdir()) and not looks_like_export(out):
+            raise ExportError(refuse)
     elif out.parent.exists() and not out.parent.is_dir():
         raise ExportError(f"--out {out}: {out.parent} is not a folder")
     return out
 
 
 @contextlib.contextmanager
-def random_reference(family: Family, *, variant: str | None, preset: str, seed: int = 0) -> Iterator[Reference]:
-    """A random-weight reference in a temporary folder, removed afterwards."""
+def random_reference(family: Family, *, variant: str | None, preset: str, seed: int = 0,
+                     extra: tuple[Source, ...] | list[Source] = ()) -> Iterator[Reference]:
+    """A random-weight reference in a temporary folder (with ``extra`` sources, e.g. LoRAs),
+    removed afterwards."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix=f"zoo-{family.name}-") as tmp:
-        path = family.build_random(Path(tmp) / REFERENCE_DIR, variant=variant, preset=preset, seed=seed)
-        yield family.load(path)
+        path = family.build_random(Path(tmp) / "model", variant=variant, preset=preset, seed=seed)
+        yield family.load((Source("model", path), *extra))

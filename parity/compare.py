@@ -15,8 +15,8 @@ from parity.metrics import compare
 from parity.points import describe, profile_points
 from parity.report import Row
 from parity.tolerances import Tolerance, tolerance
-from runtimes.backends import TorchBackend, load_backend, load_reference
-from runtimes.sampler import Sampler, check_request
+from runtimes.backends import TorchBackend, backend_for, load_reference
+from runtimes.sampler import Sampler, check_request, configure_pipeline, request_context, run_pipeline
 from zoo.contract import bind_argument
 from zoo.errors import ZooError
 from zoo.registry import get_family
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def scale_of(manifest: Manifest) -> str:
     """``tiny`` rows for random-weight exports, ``full`` for real checkpoints."""
-    return "tiny" if manifest.source.get("preset") else "full"
+    return "tiny" if manifest.preset else "full"
 
 
 def _rows_for(level: str, component: str, label: str, shape: str, candidate: Mapping[str, torch.Tensor],
@@ -56,72 +56,74 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
     for name in names:
         record = manifest.component(name)
         component = family.component(name)
-        reference = TorchBackend(manifest, name, device)
-        candidate = load_backend(backend, manifest, name, device)
         tol = tolerance(record.kind, record.precision, scale_of(manifest))
         data_range = 2.0 if record.kind == "vae_decoder" else None  # images in [-1, 1]
         points = profile_points(record.dims)
-        for label, point in tqdm(points, desc=f"parity {name}", unit="shape", leave=False):
-            feeds = component.sample_inputs(ref, point, seed=seed)
-            expected = reference(feeds)
-            got = candidate(feeds)
-            rows += _rows_for("component", name, label, describe(point, record.dims), got, expected, tol, data_range)
+        with TorchBackend(manifest, name, device) as reference, backend_for(backend, manifest, name, device) as candidate:
+            for label, point in tqdm(points, desc=f"parity {name}", unit="shape", leave=False):
+                feeds = component.sample_inputs(ref, point, seed=seed)
+                expected = reference(feeds)
+                got = candidate(feeds)
+                rows += _rows_for("component", name, label, describe(point, record.dims), got, expected, tol, data_range)
     return rows
 
 
 def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
-                      seed: int = 0, request: Mapping[str, Any] | None = None) -> list[Row]:
-    """The sampler against the diffusers pipeline itself: latents at every step, decoded frames."""
-    import diffusers
-
+                      seed: int = 0) -> list[Row]:
+    """The sampler against the family's pipeline on the reference modules, for each of the
+    family's parity requests: the denoiser's latents at every step, then the decoded frames."""
     manifest = load_manifest(export_dir)
     family = get_family(manifest.family)
-    needed = {c for slot in family.pipeline_slots for c in slot.components}
-    if not needed:
+    if not family.has_sampler:
         return []
+    needed = {c for slot in family.pipeline_slots if not slot.optional for c in slot.components}
     if not needed <= set(manifest.components):
         log.warning("end-to-end parity skipped: the export lacks %s", ", ".join(sorted(needed - set(manifest.components))))
         return []
     scale = scale_of(manifest)
-    kwargs = check_request(manifest, {**family.parity_request(), **(request or {})})
-    kwargs["output_type"] = "np"
-
-    # the reference: the library pipeline on the reference modules, latents recorded by a hook
     ref = load_reference(manifest)
-    pipeline = getattr(diffusers, manifest.pipeline)(**{k: v for k, v in ref.modules.items()})
-    pipeline.set_progress_bar_config(disable=True)
     component, feed = family.trajectory
     module = ref.module(family.component(component).module)
-    reference_steps: list[torch.Tensor] = []
+    rows: list[Row] = []
+    with Sampler(export_dir, backend=backend, device=device) as sampler:
+        for label, request in family.parity_requests(request_context(manifest)):
+            check_request(manifest, request)
+            # the reference: the family's pipeline on the library modules, latents recorded by a hook
+            pipeline = configure_pipeline(family.build_pipeline(request, dict(ref.modules)), request, progress=False)
+            reference_steps: list[torch.Tensor] = []
 
-    def hook(mod: torch.nn.Module, args: tuple, kw: dict) -> None:
-        reference_steps.append(bind_argument(mod.forward, feed, args, kw).detach().clone())
+            def hook(mod: torch.nn.Module, args: tuple, kw: dict) -> None:
+                reference_steps.append(bind_argument(mod.forward, feed, args, kw).detach().clone())
 
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            expected = pipeline(generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
-    finally:
-        handle.remove()
+            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+            try:
+                with torch.no_grad():
+                    expected = run_pipeline(family, pipeline, request, seed)
+            finally:
+                handle.remove()
 
-    sampler = Sampler(export_dir, backend=backend, device=device)
-    sampler.pipeline.set_progress_bar_config(disable=True)
-    candidate_steps = sampler.record_inputs(component, feed)
-    got = sampler(generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
+            sampler.runners = dict(sampler.backends)
+            candidate_steps = sampler.record_inputs(component, feed)
+            got = sampler(request, seed, progress=False)
+            rows += _request_rows(label, component, feed, candidate_steps, reference_steps, got, expected, scale)
+    return rows
 
+
+def _request_rows(label: str, component: str, feed: str, candidate_steps: list[torch.Tensor],
+                  reference_steps: list[torch.Tensor], got: np.ndarray, expected: np.ndarray, scale: str) -> list[Row]:
     rows: list[Row] = []
     tol = tolerance("trajectory", "float32", scale)
     if len(candidate_steps) != len(reference_steps):
-        rows.append(Row("trajectory", component, "steps", "-", feed, None, tol,
+        rows.append(Row("trajectory", component, f"{label} steps", "-", feed, None, tol,
                         [f"{len(candidate_steps)} denoiser calls vs {len(reference_steps)} in the pipeline"]))
     for i, (c, r) in enumerate(zip(candidate_steps, reference_steps)):
-        rows += _rows_for("trajectory", component, f"step {i}", "x".join(map(str, r.shape)), {feed: c}, {feed: r}, tol)
+        rows += _rows_for("trajectory", component, f"{label} step {i}", "x".join(map(str, r.shape)), {feed: c}, {feed: r}, tol)
     tol = tolerance("end_to_end", "float32", scale)
-    shape = "x".join(map(str, np.asarray(expected).shape))
+    shape = "x".join(map(str, expected.shape))
     # frames compared in [-1, 1], as the pipeline's decoder produced them
-    rows += _rows_for("end_to_end", "sampler", f"{kwargs.get('num_inference_steps')} steps", shape,
-                      {"frames": torch.from_numpy(np.asarray(got)) * 2 - 1},
-                      {"frames": torch.from_numpy(np.asarray(expected)) * 2 - 1}, tol, data_range=2.0)
+    rows += _rows_for("end_to_end", "sampler", label, shape,
+                      {"frames": torch.from_numpy(got).double() * 2 - 1},
+                      {"frames": torch.from_numpy(expected).double() * 2 - 1}, tol, data_range=2.0)
     return rows
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 
-from zoo.contract import Dim, round_to
+from zoo.contract import Dim, resolve_point, round_to
 
 
 def _interior(d: Dim) -> int:
@@ -20,9 +20,10 @@ def _interior(d: Dim) -> int:
 def profile_points(dims: Mapping[str, Dim]) -> list[tuple[str, dict[str, int]]]:
     """Labelled points: ``opt``, every min/max corner of the dynamic dims, an interior point and,
     where a component has height and width dims, a portrait and a landscape point. Duplicates
-    (a dim with min == opt, say) are dropped."""
-    dynamic = [n for n, d in dims.items() if d.min != d.max]
-    opt = {n: d.opt for n, d in dims.items()}
+    (a dim with min == opt, say) are dropped. Corners are taken over the source dims; derived
+    dims follow from them."""
+    dynamic = [n for n, d in dims.items() if d.is_dynamic and not d.is_derived]
+    opt = {n: d.opt for n, d in dims.items() if not d.is_derived}
     points: list[tuple[str, dict[str, int]]] = [("opt", opt)]
     for corner in itertools.product(("min", "max"), repeat=len(dynamic)):
         p = dict(opt)
@@ -30,7 +31,7 @@ def profile_points(dims: Mapping[str, Dim]) -> list[tuple[str, dict[str, int]]]:
             p[name] = getattr(dims[name], which)
         label = "all-" + corner[0] if len(set(corner)) == 1 else "corner"
         points.append((label, p))
-    points.append(("interior", {n: _interior(d) if n in dynamic else d.opt for n, d in dims.items()}))
+    points.append(("interior", {n: _interior(d) if n in dynamic else d.opt for n, d in dims.items() if not d.is_derived}))
     heights = [n for n in dynamic if n.endswith("height")]
     for h in heights:
         w = h[: -len("height")] + "width"
@@ -39,7 +40,7 @@ def profile_points(dims: Mapping[str, Dim]) -> list[tuple[str, dict[str, int]]]:
             points.append(("landscape", {**opt, h: dims[h].min, w: dims[w].max}))
     seen: set[tuple] = set()
     unique = []
-    for label, p in points:
+    for label, p in ((label, resolve_point(dims, p)) for label, p in points):
         key = tuple(sorted(p.items()))
         if key not in seen:
             seen.add(key)
@@ -49,4 +50,4 @@ def profile_points(dims: Mapping[str, Dim]) -> list[tuple[str, dict[str, int]]]:
 
 def describe(point: Mapping[str, int], dims: Mapping[str, Dim]) -> str:
     """``cfg_batch=2 latent_height=8 ...`` for the dynamic dims of a point."""
-    return " ".join(f"{n}={v}" for n, v in point.items() if dims[n].min != dims[n].max) or "static"
+    return " ".join(f"{n}={v}" for n, v in point.items() if dims[n].is_dynamic and not dims[n].is_derived) or "static"

@@ -19,6 +19,7 @@ import torch
 from exporters.manifest import ComponentRecord, Manifest
 from runtimes.feeds import check_outputs, validate_feeds
 from zoo.contract import Reference
+from zoo.checkpoint import content_hash
 from zoo.errors import ArtifactError, BackendUnavailableError, InputError, UnknownFamilyError
 from zoo.registry import get_family
 
@@ -26,7 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class Backend(ABC):
-    """Runs one exported component. Subclasses implement ``_load`` and ``_run`` only."""
+    """Runs one exported component. Subclasses implement ``_load`` and ``_run`` (and ``_unload``
+    if they hold a runtime). The lifecycle is explicit, as Polygraphy's runners: ``activate``
+    loads the runtime, ``deactivate`` frees it; ``with backend:`` does both; a call on an
+    inactive backend activates it (components load when first used).
+
+    State pairs (an output that is the input of the next call, e.g. a VAE chunk cache) are kept
+    on the backend's device between calls: a call may leave those inputs out, and they are
+    taken from the previous call's outputs (or from :meth:`set_state`)."""
 
     name: ClassVar[str]
 
@@ -34,48 +42,103 @@ class Backend(ABC):
         self.manifest = manifest
         self.record: ComponentRecord = manifest.component(component)
         self.device = torch.device(device)
-        self._load()
+        self.is_active = False
+        self.state: dict[str, torch.Tensor] = {}
 
     @abstractmethod
     def _load(self) -> None: ...
 
+    def _unload(self) -> None:
+        return None
+
     @abstractmethod
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def activate(self) -> Backend:
+        if not self.is_active:
+            self._load()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._unload()
+            self.is_active = False
+        self.state.clear()
+
+    def __enter__(self) -> Backend:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
 
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.record.inputs)
 
+    def set_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Set the state inputs (by input name) the next call uses when its feeds leave them out."""
+        unknown = sorted(set(tensors) - set(self.record.state.values()))
+        if unknown:
+            raise InputError(f"component {self.record.name!r}: {', '.join(unknown)} are not state inputs; "
+                             f"its state inputs are {', '.join(self.record.state.values()) or 'none'}")
+        self.state.update({k: v.to(self.device) for k, v in tensors.items()})
+
+    def reset_state(self) -> None:
+        self.state.clear()
+
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Validate ``feeds`` against the contract, run, check the outputs, keep the state."""
+        feeds = {**{k: v for k, v in self.state.items() if k not in feeds}, **feeds}
         checked = validate_feeds(self.record, feeds)
-        outputs = self._run(checked)
+        outputs = self.infer(checked)
         check_outputs(self.record, checked, outputs)
+        for output, state_input in self.record.state.items():
+            self.state[state_input] = outputs[output]
         return outputs
+
+    def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run already-validated feeds (what ``zoo bench`` times)."""
+        self.activate()
+        return self._run(feeds)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.manifest.family}/{self.record.name}, {self.device})"
 
 
-_REFERENCES: dict[tuple[str, str, str], Reference] = {}
+_REFERENCES: dict[tuple, Reference] = {}
 
 
 def load_reference(manifest: Manifest, device: str | torch.device = "cpu") -> Reference:
-    """The manifest's reference on ``device``, loaded once per process and device with the
-    family's real loader."""
-    source = manifest.source_path
-    key = (manifest.family, str(source.resolve()), str(torch.device(device)))
+    """The manifest's reference on ``device``, rebuilt from exactly the recorded sources (model,
+    adapters, LoRAs with their scales) with the family's real loader, once per process and
+    device. A source that is missing or whose content hash changed since the export is refused."""
+    sources = manifest.source_paths()
+    key = (manifest.family, tuple((s.role, str(s.path.resolve()), s.scale) for s in sources), str(torch.device(device)))
     if key not in _REFERENCES:
-        if not source.exists():
-            raise ArtifactError(
-                f"the torch backend needs the reference checkpoint {source}, recorded in "
-                f"{manifest.root / 'manifest.json'}, and it is not on this machine"
-            )
-        ref = get_family(manifest.family).load(source)
-        for module in ref.modules.values():
-            if isinstance(module, torch.nn.Module):
-                module.to(device)
+        for source, record in zip(sources, manifest.sources):
+            if not source.path.exists():
+                raise ArtifactError(
+                    f"the torch reference needs the {source.role} source {source.path}, recorded in "
+                    f"{manifest.root / 'manifest.json'}, and it is not on this machine"
+                )
+            if content_hash(source.path) != record["hash"]:
+                raise ArtifactError(
+                    f"the {source.role} source {source.path} changed since the export (its content hash differs "
+                    f"from {manifest.root / 'manifest.json'}): the reference would not be the exported model; re-export"
+                )
+        ref = get_family(manifest.family).load(tuple(sources))
+        ref.device = torch.device(device)
         _REFERENCES[key] = ref
     return _REFERENCES[key]
+
+
+def reference_module(ref: Reference, key: str) -> Any:
+    """A reference module, moved to the reference's device on first use."""
+    module = ref.module(key)
+    if isinstance(module, torch.nn.Module) and next(module.parameters(), torch.empty(0)).device != ref.device:
+        module.to(ref.device)
+    return module
 
 
 class TorchBackend(Backend):
@@ -86,6 +149,7 @@ class TorchBackend(Backend):
     def _load(self) -> None:
         self.reference = load_reference(self.manifest, self.device)
         self.component = get_family(self.manifest.family).component(self.record.name)
+        reference_module(self.reference, self.component.module)
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -128,10 +192,10 @@ class OnnxRuntimeBackend(Backend):
         outputs = self.runner.infer(arrays, check_inputs=False)
         return {k: v.to(self.device) for k, v in outputs.items()}
 
-    def __del__(self) -> None:
-        runner = getattr(self, "runner", None)
-        if runner is not None and runner.is_active:
-            runner.deactivate()
+    def _unload(self) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
+        del self.runner
 
 
 class TensorRTBackend(Backend):
@@ -168,20 +232,47 @@ BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, OnnxRunt
 
 
 def load_backend(name: str, manifest: Manifest, component: str, device: str = "cpu") -> Backend:
-    """A backend of kind ``name`` for ``component``; errors name the choices."""
+    """An active backend of kind ``name`` for ``component``; errors name the choices."""
+    return backend_for(name, manifest, component, device).activate()
+
+
+def backend_for(name: str, manifest: Manifest, component: str, device: str = "cpu") -> Backend:
+    """A backend of kind ``name`` for ``component``, not yet activated; errors name the choices."""
     if name not in BACKENDS:
         raise UnknownFamilyError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    parse_device(device, name)
+    return BACKENDS[name](manifest, component, device)
+
+
+def parse_device(device: str, backend: str = "torch") -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, usable by ``backend``; :class:`InputError` otherwise."""
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
     if parsed.type not in ("cpu", "cuda"):
         raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available() and name == "torch":
+    if parsed.type == "cuda" and not torch.cuda.is_available() and backend == "torch":
         raise BackendUnavailableError(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    return BACKENDS[name](manifest, component, device)
+    return parsed
 
 
-def load_backends(name: str, manifest: Manifest, device: str = "cpu") -> dict[str, Backend]:
-    """One backend per exported component."""
-    return {c: load_backend(name, manifest, c, device) for c in manifest.components}
+class Runners(Mapping[str, Backend]):
+    """One backend per exported component, each activated when first called (a video-to-video
+    VAE encoder is never loaded for text-to-video). ``close()`` deactivates them all."""
+
+    def __init__(self, name: str, manifest: Manifest, device: str = "cpu") -> None:
+        self._backends = {c: backend_for(name, manifest, c, device) for c in manifest.components}
+
+    def __getitem__(self, key: str) -> Backend:
+        return self._backends[key]
+
+    def __iter__(self):
+        return iter(self._backends)
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.deactivate()

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from exporters.manifest import load_manifest
-from runtimes.backends import Backend, TorchBackend, load_backend, load_reference
+from runtimes.backends import Backend, TorchBackend, backend_for, load_reference
 from zoo.registry import get_family
 
 
@@ -30,13 +30,16 @@ class BenchRow:
 
 
 def _median_ms(backend: Backend, feeds: dict[str, torch.Tensor], warmup: int, iterations: int) -> float:
-    backend(feeds)  # validated once; the timed loop measures the runtime alone
+    from runtimes.feeds import validate_feeds
+
+    backend(feeds)  # validated and run once; the timed loop measures the runtime alone
+    checked = validate_feeds(backend.record, feeds)
     for _ in range(warmup):
-        backend._run(feeds)
+        backend.infer(checked)
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
-        backend._run(feeds)
+        backend.infer(checked)
         if backend.device.type == "cuda":
             torch.cuda.synchronize(backend.device)
         times.append((time.perf_counter() - start) * 1000.0)
@@ -57,10 +60,9 @@ def bench(export_dir: str | Path, backend: str = "onnxruntime", device: str = "c
         record = manifest.component(name)
         point = record.point("opt")
         feeds = family.component(name).sample_inputs(ref, point)
-        reference = TorchBackend(manifest, name, device)
-        candidate = load_backend(backend, manifest, name, device)
-        torch_ms = _median_ms(reference, feeds, warmup, iterations)
-        backend_ms = _median_ms(candidate, feeds, warmup, iterations)
+        with TorchBackend(manifest, name, device) as reference, backend_for(backend, manifest, name, device) as candidate:
+            torch_ms = _median_ms(reference, feeds, warmup, iterations)
+            backend_ms = _median_ms(candidate, feeds, warmup, iterations)
         shape = " ".join(f"{k}={v}" for k, v in point.items() if record.dims[k].min != record.dims[k].max)
         rows.append(BenchRow(name, shape, backend, torch_ms, backend_ms, torch_ms / backend_ms, iterations, torch.get_num_threads()))
     return rows

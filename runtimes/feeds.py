@@ -46,7 +46,7 @@ def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any]) -> dict[st
         raise InputError(f"component {record.name!r}: {'; '.join(parts)}; expected exactly {', '.join(expected)}")
 
     out: dict[str, torch.Tensor] = {}
-    seen: dict[str, tuple[int, str]] = {}  # symbolic dim -> (value, where it was seen)
+    seen: dict[str, tuple[int, str]] = {}  # source dim -> (value, where it was seen)
     for spec in record.inputs:
         t = _as_tensor(spec.name, feeds[spec.name])
         where = f"component {record.name!r} input {spec.name!r}"
@@ -64,11 +64,15 @@ def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any]) -> dict[st
             problem = dim.problem(size)
             if problem:
                 raise InputError(f"{where}: dim {axis} ({want}) is {size}, {problem} (exported profile)")
-            if want in seen and seen[want][0] != size:
-                raise InputError(
-                    f"{where}: dim {axis} ({want}) is {size}, but {seen[want][1]} has {want} = {seen[want][0]}"
-                )
-            seen.setdefault(want, (size, f"input {spec.name!r}"))
+            name, value = want, size
+            if dim.is_derived:  # check it through its source dim
+                name, value = dim.of, dim.source_value(size)
+                if value is None:
+                    raise InputError(f"{where}: dim {axis} ({want}) is {size}, expected {dim.formula()}")
+            if name in seen and seen[name][0] != value:
+                so = f", so {name} = {value}" if dim.is_derived else ""
+                raise InputError(f"{where}: dim {axis} ({want}) is {size}{so}, but {seen[name][1]} has {name} = {seen[name][0]}")
+            seen.setdefault(name, (value, f"input {spec.name!r}"))
         nan, inf = _nonfinite(t)
         if nan or inf:
             raise InputError(f"{where}: contains {nan} NaN and {inf} Inf values")
@@ -76,13 +80,29 @@ def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any]) -> dict[st
     return out
 
 
-def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
-    """Outputs must be all there, of the contract's rank and dims, and finite (:class:`OutputError`)."""
+def _point(record: ComponentRecord, feeds: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Every dim's value that the feeds determine (derived dims through their sources)."""
     point: dict[str, int] = {}
     for spec in record.inputs:
         for size, want in zip(feeds[spec.name].shape, spec.shape):
             if isinstance(want, str):
-                point[want] = size
+                dim = record.dims[want]
+                if dim.is_derived:
+                    point[dim.of] = dim.source_value(size)
+                else:
+                    point[want] = size
+    for name, dim in record.dims.items():
+        if not dim.is_dynamic:
+            point.setdefault(name, dim.min)
+        if dim.is_derived and point.get(dim.of) is not None:
+            point[name] = dim.value_from(point[dim.of])
+    return point
+
+
+def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
+    """Outputs must be all there, of the contract's rank and every dim (derived ones included),
+    and finite (:class:`OutputError`)."""
+    point = _point(record, feeds)
     for spec in record.outputs:
         where = f"component {record.name!r} output {spec.name!r}"
         if spec.name not in outputs:
@@ -92,7 +112,11 @@ def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], ou
             raise OutputError(f"{where}: rank {t.dim()}, expected {len(spec.shape)} {_fmt(spec)}")
         for axis, (size, want) in enumerate(zip(t.shape, spec.shape)):
             expected = want if isinstance(want, int) else point.get(want)
-            if expected is not None and size != expected:
+            if expected is None:
+                problem = record.dims[want].problem(size)
+                if problem:
+                    raise OutputError(f"{where}: dim {axis} ({want}) is {size}, {problem}")
+            elif size != expected:
                 raise OutputError(f"{where}: dim {axis} is {size}, expected {expected} {_fmt(spec)}")
         nan, inf = _nonfinite(t)
         if nan or inf:

@@ -1,8 +1,8 @@
-"""The sampler: the family's own diffusers pipeline, its modules replaced by backends.
+"""The sampler: the family's own pipeline, its modules replaced by backends.
 
 Re-implemented pipelines that drift from the reference are what breaks video output in public
-attempts. So the sampler does not re-implement the loop: it builds the very diffusers pipeline
-class the checkpoint names (same scheduler class and config, same CFG arithmetic, same latent
+attempts. So the sampler does not re-implement the loop: the family builds the very diffusers
+pipeline class the request needs (same scheduler class and config, same CFG arithmetic, same latent
 preparation and decoding) and gives it :class:`BackendModule` s whose calls run exported
 components. What differs from diffusers is only where each module's arithmetic runs.
 """
@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from exporters.manifest import Manifest, load_manifest
-from runtimes.backends import Backend, load_backends
-from zoo.contract import PipelineSlot
+from runtimes.backends import Backend, Runners, parse_device
+from zoo.contract import PipelineSlot, Request, RequestContext
 from zoo.errors import ArtifactError, InputError, ZooError
 from zoo.registry import get_family
 
@@ -70,77 +72,144 @@ def _load_host_module(path: Path, info: Mapping[str, str]) -> Any:
     return cls.from_pretrained(str(path))
 
 
-def check_request(manifest: Manifest, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The pipeline kwargs: the family's request defaults, shape options filled from the export's
-    opt point, each checked against its envelope (range and multiple-of) before any backend loads."""
+def request_context(manifest: Manifest) -> RequestContext:
+    return RequestContext(envelope=manifest.envelope, axes=manifest.axes, configs=manifest.configs,
+                          components=tuple(manifest.components), pipeline=manifest.pipeline)
+
+
+def prepare_request(manifest: Manifest, options: Mapping[str, Any]) -> Request:
+    """``zoo run``'s options as a checked :class:`Request`: the family reads them (and any media
+    they name), then every shape is checked against the export's envelope, the scheduler class
+    and every number too, before any backend is loaded."""
     family = get_family(manifest.family)
-    kwargs = {**family.request_defaults, **{k: v for k, v in kwargs.items() if v is not None}}
-    for option, axis_name in family.request_axes.items():
-        if kwargs.get(option) is None:
-            kwargs[option] = manifest.envelope[axis_name].opt
-        value = kwargs[option]
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InputError(f"{_option_name(option)} must be an integer, got {value!r}")
-    for option, value in family.shapes_run(kwargs, manifest.configs).items():
+    if not family.has_sampler or not manifest.pipeline:
+        raise ZooError(f"family {family.name!r} has no sampler: its components are checked with "
+                       f"`zoo parity` and timed with `zoo bench`")
+    for name, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"--{name.replace('_', '-')} {value}: expected a finite number")
+    request = family.request(options, request_context(manifest))
+    check_request(manifest, request)
+    return request
+
+
+def check_request(manifest: Manifest, request: Request) -> None:
+    """Shapes inside the envelope (range and multiple-of, after any binning the pipeline does),
+    finite numbers, a known scheduler class; raises :class:`InputError` / :class:`EnvelopeError`."""
+    family = get_family(manifest.family)
+    for key, value in request.kwargs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{_option_name(key)} {value}: expected a finite number")
+    for option, value in family.shapes_run(request, manifest.configs).items():
         axis_name = family.request_axes[option]
         label = _option_name(option)
-        if value != kwargs[option]:
-            label = f"{label} {kwargs[option]} (binned by the pipeline to)"
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InputError(f"{label} must be an integer, got {value!r}")
+        asked = request.kwargs.get(option)
+        if asked is not None and value != asked:
+            label = f"{label} {asked} (binned by the pipeline to)"
         manifest.axes[axis_name].check_value(value, manifest.envelope[axis_name], option=label)
-    return kwargs
+    if request.scheduler is not None:
+        scheduler_class(request.scheduler)
+
+
+def scheduler_class(name: str) -> type:
+    """A diffusers scheduler class by name; :class:`InputError` lists a few when it is not one."""
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
+        raise InputError(f"--scheduler {name!r} is not a diffusers scheduler class; for example "
+                         f"{', '.join(known[:8])}, ...")
+    return cls
+
+
+def configure_pipeline(pipeline: Any, request: Request, *, progress: bool = True) -> Any:
+    """The request's set-up on a pipeline: the scheduler class swapped on the checkpoint's own
+    scheduler config, then the set-up calls (``enable_free_init`` ...), then the progress bar."""
+    if request.scheduler is not None:
+        pipeline.scheduler = scheduler_class(request.scheduler).from_config(pipeline.scheduler.config)
+    for method, kwargs in request.setup.items():
+        getattr(pipeline, method)(**kwargs)
+    pipeline.set_progress_bar_config(desc="sampling", leave=False, disable=not progress)
+    return pipeline
 
 
 def _option_name(kwarg: str) -> str:
     """How the command line spells a pipeline kwarg."""
-    return {"num_images_per_prompt": "--batch"}.get(kwarg, "--" + kwarg.replace("_", "-"))
+    names = {"num_images_per_prompt": "--batch", "num_inference_steps": "--steps", "num_frames": "--frames"}
+    return names.get(kwarg, "--" + kwarg.replace("_", "-"))
+
+
+def run_pipeline(family: Any, pipeline: Any, request: Request, seed: int) -> np.ndarray:
+    """Call the pipeline as ``zoo run`` does (``generator=torch.Generator("cpu").manual_seed(seed)``,
+    ``output_type="np"``) and read its output the family's way."""
+    try:
+        result = pipeline(generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **request.kwargs)
+    except ZooError:
+        raise
+    except (ValueError, TypeError, IndexError) as e:  # the pipeline's own argument checks
+        raise InputError(f"{request.pipeline} rejected the request ({type(e).__name__}: {e})") from None
+    return np.asarray(family.output(result))
 
 
 class Sampler:
-    """Generates with an export folder through a backend (``onnxruntime``, ``torch``, ``tensorrt``)."""
+    """Generates with an export folder through a backend (``onnxruntime``, ``torch``, ``tensorrt``).
+
+    The pipeline is the family's own (a diffusers class, built by the family), with
+    :class:`BackendModule` s in place of its modules; backends load when first called.
+    """
 
     def __init__(self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu") -> None:
-        import diffusers
-
         self.manifest: Manifest = load_manifest(export_dir)
         self.family = get_family(self.manifest.family)
-        if not self.family.pipeline_slots or not self.manifest.pipeline:
+        if not self.family.has_sampler or not self.manifest.pipeline:
             raise ZooError(
                 f"family {self.family.name!r} has no sampler: its components are checked with "
                 f"`zoo parity` and timed with `zoo bench`"
             )
-        slots = self.family.pipeline_slots
+        slots = [s for s in self.family.pipeline_slots if not s.optional]
         missing = sorted({c for s in slots for c in s.components} - set(self.manifest.components))
         if missing:
             raise ArtifactError(
                 f"export {self.manifest.root} lacks component(s) {', '.join(missing)} that the sampler runs; "
                 f"re-export without --component"
             )
-        self.backends: dict[str, Backend] = load_backends(backend, self.manifest, device)
-        self.device = torch.device(device)
+        self.device = parse_device(device, backend)
+        self.backends = Runners(backend, self.manifest, device)
         self.runners: dict[str, Callable] = dict(self.backends)
-        modules: dict[str, Any] = {
-            slot.attribute: BackendModule(slot, self.manifest.configs[slot.module], self.runners, self.device)
-            for slot in self.family.pipeline_slots
-        }
-        for name, info in self.manifest.host_modules.items():
-            modules[name] = _load_host_module(self.manifest.root / name, info)
-        self.pipeline = getattr(diffusers, self.manifest.pipeline)(**modules)
-        self.pipeline.set_progress_bar_config(desc="sampling", leave=False)
+        self.host = {name: _load_host_module(self.manifest.root / name, info)
+                     for name, info in self.manifest.host_modules.items()}
 
-    def __call__(self, **kwargs: Any) -> Any:
-        request = check_request(self.manifest, kwargs)
-        try:
-            return self.pipeline(**request)
-        except ZooError:
-            raise
-        except (ValueError, TypeError, IndexError) as e:  # the pipeline's own argument checks
-            raise InputError(f"{self.manifest.pipeline} rejected the request ({type(e).__name__}: {e})") from None
+    def pipeline(self, request: Request, *, progress: bool = True) -> Any:
+        """The family's pipeline for ``request`` on backend modules, configured."""
+        modules: dict[str, Any] = dict(self.host)
+        for slot in self.family.pipeline_slots:
+            if set(slot.components) <= set(self.manifest.components):
+                modules[slot.attribute] = BackendModule(slot, self.manifest.configs[slot.module], self.runners, self.device)
+        return configure_pipeline(self.family.build_pipeline(request, modules), request, progress=progress)
+
+    def __call__(self, request: Request, seed: int = 0, *, progress: bool = True) -> np.ndarray:
+        """Generate: the float array of ``output_type="np"`` ((N,H,W,3) images or (B,F,H,W,3) videos)."""
+        check_request(self.manifest, request)
+        return run_pipeline(self.family, self.pipeline(request, progress=progress), request, seed)
 
     def record_inputs(self, component: str, feed: str) -> list[torch.Tensor]:
         """Record ``feed`` of every call to ``component`` (the denoiser's latents: the trajectory)."""
         calls: list[torch.Tensor] = []
         self.runners[component] = _Recording(self.backends[component], feed, calls)
         return calls
+
+    def close(self) -> None:
+        self.backends.close()
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Recording:

@@ -19,7 +19,7 @@ def transformer(tiny_export):
     out = tiny_export("pixart", "sigma")
     manifest = load_manifest(out)
     backend = OnnxRuntimeBackend(manifest, "transformer")
-    ref = get_family("pixart").load(manifest.source_path)
+    ref = get_family("pixart").load(manifest.source_paths()[0].path)
     feeds = get_family("pixart").component("transformer").sample_inputs(ref, manifest.component("transformer").point("opt"))
     return backend, feeds
 
@@ -150,7 +150,7 @@ def test_missing_and_truncated_external_data(tmp_path, monkeypatch):
         export_family(fam, ref, fam.envelope(ref), tmp_path / "out", carry_reference=True, progress=False)
     manifest = load_manifest(tmp_path / "out")
     backend = load_backend("onnxruntime", manifest, "transformer")  # whole: loads and runs
-    feeds = fam.component("transformer").sample_inputs(fam.load(manifest.source_path), manifest.component("transformer").point())
+    feeds = fam.component("transformer").sample_inputs(fam.load(manifest.source_paths()[0].path), manifest.component("transformer").point())
     assert backend(feeds)["sample"].shape == feeds["hidden_states"].shape
     data = tmp_path / "out" / "transformer" / "model.onnx.data"
     data.write_bytes(data.read_bytes()[:-64])
@@ -183,7 +183,7 @@ def test_onnxruntime_cuda_without_gpu_provider(tiny_export):
 
 def test_torch_backend_needs_its_reference(copied_export):
     shutil.rmtree(copied_export / "reference")
-    with pytest.raises(ArtifactError, match="the torch backend needs the reference checkpoint .*reference"):
+    with pytest.raises(ArtifactError, match="the torch reference needs the model source .*reference/model, recorded in"):
         load_backend("torch", load_manifest(copied_export), "transformer")
 
 

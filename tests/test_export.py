@@ -21,8 +21,9 @@ def test_manifest_records_family_source_versions_and_dims(tiny_export):
     out = tiny_export("pixart", "alpha-1024")
     m = load_manifest(out)
     assert (m.family, m.variant, m.pipeline) == ("pixart", "alpha-1024", "PixArtAlphaPipeline")
-    assert m.source["path"] == "reference" and m.source["preset"] == "tiny"
-    assert m.source["hash"] == content_hash(out / "reference")
+    (source,) = m.sources
+    assert source["role"] == "model" and source["path"] == "reference/model" and source["preset"] == "tiny"
+    assert source["hash"] == content_hash(out / "reference" / "model") and m.preset == "tiny"
     assert {"torch", "diffusers", "transformers", "onnx", "zoo"} <= set(m.versions)
     assert set(m.components) == {"text_encoder", "transformer", "vae_decoder"}
     t = m.components["transformer"]
@@ -34,7 +35,11 @@ def test_manifest_records_family_source_versions_and_dims(tiny_export):
     assert m.envelope["height"] == Range(32, 64, 96)
     assert m.axes["height"].multiple_of == 16
     raw = json.loads((out / "manifest.json").read_text())
-    assert raw["format_version"] == 1 and raw["envelope"]["height"]["unit"] == "pixels"
+    assert raw["format_version"] == 2 and raw["envelope"]["height"]["unit"] == "pixels"
+    decoder = m.components["vae_decoder"]
+    assert decoder.dims["height"].to_json() == {"min": 32, "opt": 64, "max": 96, "multiple_of": 1,
+                                                "of": "latent_height", "scale": 8, "offset": 0}
+    assert raw["components"]["vae_decoder"]["outputs"][0]["shape"] == ["batch", 3, "height", "width"]
 
 
 def test_sigma_has_no_size_condition_inputs(tiny_export):
@@ -137,7 +142,7 @@ def test_missing_manifest_is_clear(tmp_path):
 
 def test_corrupt_manifest_is_clear(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ArtifactError, match="manifest.json is corrupt"):
+    with pytest.raises(ArtifactError, match="manifest.json is not readable JSON"):
         load_manifest(tmp_path)
 
 

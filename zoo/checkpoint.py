@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +73,17 @@ def loading(what: str, source: Path) -> Iterator[None]:
 
 
 def content_hash(path: str | Path, *, full_below: int = 64 << 20, sample: int = 1 << 20) -> str:
-    """A sha256 over the folder's files: names, sizes and contents.
+    """A sha256 over a file, or a folder's files: names, sizes and contents.
 
     Files under ``full_below`` bytes are hashed whole; larger ones (multi-GB weights) by their
     size, first and last ``sample`` bytes, so hashing a 30 GB checkpoint takes a second.
+    A random-weight marker's seed is part of its contents, so another seed is another hash.
     """
     path = Path(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path).as_posix()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        rel = f.name if f == path else f.relative_to(path).as_posix()
         size = f.stat().st_size
         h.update(f"{rel}\0{size}\0".encode())
         with open(f, "rb") as fh:
@@ -106,3 +108,54 @@ def write_random_marker(path: Path, *, family: str, variant: str, preset: str, s
     (Path(path) / RANDOM_MARKER).write_text(
         json.dumps({"family": family, "variant": variant, "preset": preset, "seed": seed}, indent=2) + "\n"
     )
+
+
+def pipeline_modules(source: Path, index: dict[str, Any], *, dtype: Any = None,
+                     skip: Iterable[str] = ()) -> dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]]:
+    """Loaders for every module a diffusers ``model_index.json`` names, each with the real
+    ``from_pretrained`` of its class on its subfolder, and a config loader that builds the module
+    on the meta device (its full config, defaults included, without reading any weights)."""
+    import importlib
+
+    import torch
+
+    dtype = dtype or torch.float32
+    out: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {}
+    for name, entry in index.items():
+        if name.startswith("_") or name in skip or not isinstance(entry, list) or len(entry) != 2 or None in entry:
+            continue
+        library, class_name = entry
+        if library not in ("diffusers", "transformers"):
+            raise CheckpointError(f"{source / 'model_index.json'}: module {name} is of library {library!r}; "
+                                  f"expected diffusers or transformers")
+        cls = getattr(importlib.import_module(library), class_name, None)
+        if cls is None:
+            raise CheckpointError(f"{source / 'model_index.json'}: {library} has no class {class_name!r} (module {name})")
+        out[name] = (_module_loader(cls, source, name, dtype), _config_loader(cls, source, name))
+    return out
+
+
+def _module_loader(cls: Any, source: Path, name: str, dtype: Any) -> Callable[[], Any]:
+    import torch
+
+    def load() -> Any:
+        with loading(f"{cls.__name__} ({name})", source):
+            if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+                return cls.from_pretrained(str(source), subfolder=name, dtype=dtype)
+            return cls.from_pretrained(str(source / name))  # tokenizers, schedulers, processors
+    return load
+
+
+def _config_loader(cls: Any, source: Path, name: str) -> Callable[[], Any] | None:
+    import torch
+
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        return None
+
+    def config() -> Any:
+        with loading(f"the {name} config", source):
+            if hasattr(cls, "load_config"):  # diffusers: every default, from a module built without memory
+                with torch.device("meta"):
+                    return cls.from_config(cls.load_config(str(source), subfolder=name)).config
+            return cls.config_class.from_pretrained(str(source / name))
+    return config

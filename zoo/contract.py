@@ -116,20 +116,61 @@ Envelope = dict[str, Range]
 
 @dataclass(frozen=True)
 class Dim:
-    """A symbolic tensor dim with its profile (what a TensorRT optimization profile holds)."""
+    """A symbolic tensor dim with its profile (what a TensorRT optimization profile holds).
+
+    A *derived* dim is defined from another dim of the same component, ``scale * of + offset``
+    (pixels = 8 x latents, pixel frames = 4 x (latent frames - 1) + 1): its profile follows from
+    its source's, every value of it is checked against the source's, and engine profiles and
+    sample shapes are computed from the source alone.
+    """
 
     name: str
     min: int
     opt: int
     max: int
     multiple_of: int = 1
+    of: str | None = None  # the source dim of a derived dim
+    scale: int = 1
+    offset: int = 0
 
     @classmethod
-    def of(cls, name: str, r: Range, multiple_of: int = 1) -> Dim:
+    def of_range(cls, name: str, r: Range, multiple_of: int = 1) -> Dim:
         return cls(name, r.min, r.opt, r.max, multiple_of)
 
+    @classmethod
+    def static(cls, name: str, value: int) -> Dim:
+        return cls(name, value, value, value)
+
+    @classmethod
+    def derived(cls, name: str, source: Dim, *, scale: int = 1, offset: int = 0) -> Dim:
+        """``scale * source + offset`` (``scale`` > 0), with the profile that follows."""
+        if scale <= 0:
+            raise ValueError(f"derived dim {name}: scale must be positive, got {scale}")
+        f = lambda v: scale * v + offset  # noqa: E731
+        return cls(name, f(source.min), f(source.opt), f(source.max), 1, source.name, scale, offset)
+
+    @property
+    def is_derived(self) -> bool:
+        return self.of is not None
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.min != self.max
+
+    def value_from(self, source_value: int) -> int:
+        return self.scale * source_value + self.offset
+
+    def source_value(self, value: int) -> int | None:
+        """The source dim's value that gives ``value``, or None if no integer does."""
+        q, r = divmod(value - self.offset, self.scale)
+        return None if r else q
+
+    def formula(self) -> str:
+        text = f"{self.scale} x {self.of}" if self.scale != 1 else str(self.of)
+        return text + (f" + {self.offset}" if self.offset > 0 else f" - {-self.offset}" if self.offset < 0 else "")
+
     def problem(self, value: int) -> str | None:
-        """Why ``value`` is not allowed for this dim, or None."""
+        """Why ``value`` is not allowed for this dim (range and multiple-of), or None."""
         if self.min == self.max and value != self.min:
             return f"expected {self.min}"
         if not self.min <= value <= self.max:
@@ -138,12 +179,40 @@ class Dim:
             return f"must be a multiple of {self.multiple_of}"
         return None
 
-    def to_json(self) -> dict[str, int]:
-        return {"min": self.min, "opt": self.opt, "max": self.max, "multiple_of": self.multiple_of}
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"min": self.min, "opt": self.opt, "max": self.max, "multiple_of": self.multiple_of}
+        if self.of is not None:
+            d.update(of=self.of, scale=self.scale, offset=self.offset)
+        return d
 
     @classmethod
-    def from_json(cls, name: str, d: Mapping[str, int]) -> Dim:
-        return cls(name, int(d["min"]), int(d["opt"]), int(d["max"]), int(d.get("multiple_of", 1)))
+    def from_json(cls, name: str, d: Mapping[str, Any]) -> Dim:
+        of = d.get("of")
+        return cls(name, _int(d["min"]), _int(d["opt"]), _int(d["max"]), _int(d.get("multiple_of", 1)),
+                   None if of is None else str(of), _int(d.get("scale", 1)), _int(d.get("offset", 0)))
+
+
+def _int(value: Any) -> int:
+    """An integer from JSON (a float like 2.5, a bool or a string is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def resolve_point(dims: Mapping[str, Dim], base: Mapping[str, int]) -> dict[str, int]:
+    """Every dim's value at a point given by its source (non-derived) dims."""
+    point = {n: int(base[n]) for n, d in dims.items() if not d.is_derived}
+    for n, d in dims.items():
+        if d.is_derived:
+            point[n] = d.value_from(point[d.of])
+    return point
+
+
+def check_dims(dims: Mapping[str, Dim]) -> None:
+    """A derived dim must name a non-derived dim of the same component."""
+    for n, d in dims.items():
+        if d.is_derived and (d.of not in dims or dims[d.of].is_derived):
+            raise ValueError(f"dim {n} is derived from {d.of!r}, which is not a source dim of this component")
 
 
 # --------------------------------------------------------------------------------------
@@ -199,69 +268,169 @@ class Precision:
     note: str = ""
 
 
+Specs = tuple[TensorSpec, ...]
+SpecsFn = Callable[["Reference"], Specs]
+
+
 @dataclass(frozen=True)
 class Component:
-    """One exportable part of a family (an encoder, a denoiser, a VAE half)."""
+    """One exportable part of a family (an encoder, a denoiser, a VAE half).
+
+    ``inputs`` / ``outputs`` are computed from the loaded reference (a function of it), as
+    optimum's ``inputs`` property: optional conditions exist or not by config, and a causal
+    VAE has one cache tensor per causal conv. ``state`` pairs an output with the input it
+    feeds on the next call (a cache): the manifest records the pairs and backends keep those
+    tensors on the device between calls.
+    """
 
     name: str
     kind: str  # tolerance row: text_encoder | image_encoder | denoiser | vae_encoder | vae_decoder
     module: str  # key of the reference module in Reference.modules
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: SpecsFn
+    outputs: SpecsFn
     dims: Callable[[Envelope, Reference], dict[str, Dim]]
     wrapper: Callable[[Reference], torch.nn.Module]
     reference: Callable[[Reference, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
     precision: Precision = Precision()
     export_patches: tuple[Callable[[], contextlib.AbstractContextManager], ...] = ()
+    state: Callable[[Reference], Mapping[str, str]] = lambda ref: {}  # output -> input it feeds next call
 
-    def input_specs(self, ref: Reference) -> tuple[TensorSpec, ...]:
-        """The inputs this reference takes (some are variant-specific, see ``TensorSpec``)."""
-        return tuple(s for s in self.inputs if _spec_active(s, ref))
+    def input_specs(self, ref: Reference) -> Specs:
+        return tuple(self.inputs(ref))
+
+    def output_specs(self, ref: Reference) -> Specs:
+        return tuple(self.outputs(ref))
+
+    def state_pairs(self, ref: Reference) -> dict[str, str]:
+        pairs = dict(self.state(ref))
+        ins, outs = {s.name for s in self.input_specs(ref)}, {s.name for s in self.output_specs(ref)}
+        bad = [f"{o} -> {i}" for o, i in pairs.items() if o not in outs or i not in ins]
+        if bad:
+            raise ValueError(f"component {self.name}: state pairs name no such output / input: {', '.join(bad)}")
+        return pairs
 
     def sample_inputs(self, ref: Reference, point: Mapping[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
-        """Sample feeds at a concrete ``point`` (dim name -> size)."""
+        """Sample feeds at a concrete ``point`` (dim name -> size, derived dims included)."""
         gen = torch.Generator("cpu").manual_seed(seed)
         return {s.name: make_sample(s, s.resolve(point), gen, ref) for s in self.input_specs(ref)}
 
 
+def specs(*items: TensorSpec) -> SpecsFn:
+    """Inputs or outputs that do not depend on the config."""
+    return lambda ref: items
+
+
+# --------------------------------------------------------------------------------------
+# Where a reference comes from: its sources, and the loaded reference
+# --------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class ConditionalSpec(TensorSpec):
-    """A TensorSpec present only when ``when(ref)`` is true (e.g. PixArt-alpha size conditions)."""
+class Source:
+    """One input of a reference: the model folder, an adapter folder, a LoRA file with its scale."""
 
-    when: Callable[[Reference], bool] = field(default=lambda ref: True, compare=False)
+    role: str  # "model" or one of the family's source roles
+    path: Path
+    scale: float | None = None  # LoRA strength (like set_adapters' adapter_weights)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": self.role, "path": str(self.path)}
+        if self.scale is not None:
+            d["scale"] = self.scale
+        return d
 
 
-def _spec_active(spec: TensorSpec, ref: Reference) -> bool:
-    return not isinstance(spec, ConditionalSpec) or spec.when(ref)
+Sources = tuple[Source, ...]
 
 
-# --------------------------------------------------------------------------------------
-# The loaded reference and the pipeline a sampler rebuilds around backends
-# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceRole:
+    """A source a family loads beside ``--model``: ``--motion-adapter DIR``, ``--lora PATH[:SCALE]``."""
+
+    name: str
+    help: str
+    kind: str = "folder"  # folder | lora (a file or folder with an optional :SCALE)
+    multiple: bool = False
+
+
+def source_of(sources: Sources, role: str) -> Source | None:
+    found = [s for s in sources if s.role == role]
+    return found[0] if found else None
+
+
+class Modules(Mapping[str, Any]):
+    """The reference's modules, each loaded on first use (an export of one component loads one).
+
+    ``loaders`` give the module, ``config_loaders`` its config without its weights (what shapes
+    and manifests need)."""
+
+    def __init__(self, loaders: Mapping[str, Callable[[], Any]],
+                 config_loaders: Mapping[str, Callable[[], Any]] | None = None) -> None:
+        self._loaders = dict(loaders)
+        self._configs = dict(config_loaders or {})
+        self._loaded: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._loaded:
+            if key not in self._loaders:
+                raise KeyError(key)
+            module = self._loaders[key]()
+            if isinstance(module, torch.nn.Module):
+                module.eval().requires_grad_(False)
+            self._loaded[key] = module
+        return self._loaded[key]
+
+    def __iter__(self):
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    def loaded(self) -> dict[str, Any]:
+        return dict(self._loaded)
+
+    def config(self, key: str) -> Any:
+        if key in self._loaded or key not in self._configs:
+            return self[key].config
+        return self._configs[key]()
 
 
 @dataclass
 class Reference:
-    """A loaded PyTorch reference: library modules, host-side parts, and where they came from."""
+    """A loaded PyTorch reference: library modules (loaded when used), and where they came from."""
 
     family: str
     variant: str
-    source: Path
-    modules: dict[str, Any]
-    pipeline: str | None = None  # diffusers pipeline class name, if the family has one
+    sources: Sources
+    modules: Modules
+    pipeline: str | None = None  # the pipeline class the family builds (a diffusers class name)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the torch backend runs it
 
     def module(self, key: str) -> Any:
         return self.modules[key]
 
+    def config(self, key: str) -> Any:
+        """A module's config, without loading its weights when it is not loaded yet."""
+        return self.modules.config(key)
+
+    @property
+    def source(self) -> Path:
+        """The model folder (the first source)."""
+        return self.sources[0].path
+
+
+# --------------------------------------------------------------------------------------
+# The family's pipeline: how it is built from modules, its request options, its output
+# --------------------------------------------------------------------------------------
 
 SlotCall = Callable[..., Any]
 
 
 @dataclass(frozen=True)
 class PipelineSlot:
-    """A module of the diffusers pipeline that a sampler replaces with exported components.
+    """A module of the pipeline that a sampler replaces with exported components.
 
-    ``calls`` maps the module's methods (``forward``, ``decode``) to functions
+    ``calls`` maps the module's methods (``forward``, ``encode``, ``decode``) to functions
     ``fn(runners, *args, **kwargs)`` that turn the pipeline's call into component feeds,
     run them through ``runners[component]`` and return what the library module returns.
     """
@@ -270,6 +439,53 @@ class PipelineSlot:
     module: str
     calls: Mapping[str, SlotCall]
     components: tuple[str, ...] = ()  # the exported components its calls run
+    optional: bool = False  # the export may lack its components (e.g. a VAE encoder)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A request option of ``zoo run`` (or a source option of ``zoo export``), declared by the
+    family; the command line turns it into a click option and parses it, nothing more.
+
+    ``type``: ``text``, ``int``, ``float`` (finite; ``low`` / ``high`` bounds, ``low_open``
+    for an open lower bound), ``path``, ``choice``, ``flag``."""
+
+    name: str  # python name: free_init_method -> --free-init-method
+    help: str
+    type: str = "text"
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    required: bool = False
+    multiple: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass
+class Request:
+    """What one generation asks of the pipeline: the class, the call's kwargs, and the set-up
+    calls made on the pipeline before it runs (``{"enable_free_init": {...}}``)."""
+
+    pipeline: str
+    kwargs: dict[str, Any]
+    setup: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scheduler: str | None = None  # a diffusers scheduler class built on the checkpoint's scheduler config
+    output_format: str = "images"  # images (N,H,W,3) | video (B,F,H,W,3)
+    fps: int = 8
+
+
+COMMON_RUN_OPTIONS: tuple[Option, ...] = (
+    Option("prompt", "What to generate.", required=True),
+    Option("negative_prompt", "What to steer away from (classifier-free guidance).", default=""),
+    Option("steps", "Denoising steps.", type="int", default=20, low=1),
+    Option("guidance_scale", "CFG scale (<= 1 disables CFG).", type="float", default=7.5),
+    Option("scheduler", "Swap the scheduler class (a diffusers scheduler, e.g. DDIMScheduler) on the checkpoint's scheduler config."),
+)
 
 
 class Family:
@@ -280,16 +496,32 @@ class Family:
     variants: ClassVar[tuple[str, ...]]
     components: ClassVar[tuple[Component, ...]]
     random_presets: ClassVar[tuple[str, ...]] = ("tiny",)
+    source_roles: ClassVar[tuple[SourceRole, ...]] = ()  # beside --model
+    axis_help: ClassVar[Mapping[str, str]] = {}  # envelope axis -> help of its MIN:OPT:MAX option
     # sampler declaration (empty: the family has no sampler, only components)
     pipeline_slots: ClassVar[tuple[PipelineSlot, ...]] = ()
     host_modules: ClassVar[tuple[str, ...]] = ()  # tokenizer, scheduler: copied into exports
+    run_options: ClassVar[tuple[Option, ...]] = ()
     request_axes: ClassVar[Mapping[str, str]] = {}  # pipeline kwarg -> envelope axis
-    request_defaults: ClassVar[Mapping[str, Any]] = {}  # pipeline kwargs the sampler sets unless asked
     trajectory: ClassVar[tuple[str, str] | None] = None  # (component, latent input name)
 
     # -- loading ------------------------------------------------------------------------
-    def load(self, source: Path) -> Reference:
-        """Load the reference from a local checkpoint folder with the library's ``from_pretrained``."""
+    def load(self, sources: Sources | str | Path) -> Reference:
+        """Load the reference from local sources (or one model folder) with the library's
+        ``from_pretrained``; LoRAs are applied as the family applies them."""
+        if isinstance(sources, (str, Path)):
+            sources = (Source("model", Path(sources)),)
+        sources = tuple(sources)
+        if not sources or sources[0].role != "model":
+            raise ValueError("the first source must be the model folder")
+        roles = {r.name: r for r in self.source_roles}
+        for s in sources[1:]:
+            if s.role not in roles:
+                raise UnknownFamilyError(f"family {self.name!r} takes no {s.role} source; it takes "
+                                         f"{', '.join(roles) or 'only --model'}")
+        return self.load_sources(sources)
+
+    def load_sources(self, sources: Sources) -> Reference:
         raise NotImplementedError
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
@@ -336,15 +568,48 @@ class Family:
             f"{', '.join(c.name for c in self.components)}"
         )
 
-    def parity_request(self) -> dict[str, Any]:
-        """Pipeline kwargs for the end-to-end parity run (families with a sampler); shape
-        options left out are taken at the export's opt point."""
-        return {}
+    # -- the pipeline ---------------------------------------------------------------------
+    @property
+    def has_sampler(self) -> bool:
+        return bool(self.pipeline_slots)
 
-    def shapes_run(self, request: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-        """The shape options the pipeline will really run at for ``request`` (a pipeline that
-        snaps sizes to bins runs at the bin); checked against the envelope before running."""
-        return {option: request.get(option) for option in self.request_axes}
+    def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
+        """Turn ``zoo run``'s parsed options into a :class:`Request`, checking every value
+        (media read and checked too) before any backend is loaded."""
+        raise NotImplementedError
+
+    def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
+        """Labelled requests for end-to-end parity (shape options at the export's opt point)."""
+        return []
+
+    def build_pipeline(self, request: Request, modules: Mapping[str, Any]) -> Any:
+        """The pipeline object for ``request`` from modules (library modules for the reference,
+        backend modules for the sampler). Default: the diffusers class the request names."""
+        import diffusers
+
+        cls = getattr(diffusers, request.pipeline)
+        names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        return cls(**{k: v for k, v in modules.items() if k in names})
+
+    def output(self, result: Any) -> Any:
+        """The float array the pipeline returned with ``output_type="np"``."""
+        return result.images
+
+    def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The shape options the pipeline will really run at (a pipeline that snaps sizes to
+        bins runs at the bin); checked against the envelope before running."""
+        return {option: request.kwargs.get(option) for option in self.request_axes}
+
+
+@dataclass
+class RequestContext:
+    """What a family needs to know of an export to build and check a request."""
+
+    envelope: Mapping[str, Range]
+    axes: Mapping[str, Axis]
+    configs: Mapping[str, Mapping[str, Any]]
+    components: tuple[str, ...]
+    pipeline: str | None
 
 
 def bind_argument(fn: Callable[..., Any], name: str, args: tuple, kwargs: Mapping[str, Any]) -> Any:

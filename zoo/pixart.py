@@ -20,21 +20,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.checkpoint import loading, random_preset, require_folder, write_random_marker
+from zoo.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
+    COMMON_RUN_OPTIONS,
     Axis,
     Component,
-    ConditionalSpec,
     Dim,
     Envelope,
     Family,
+    Modules,
+    Option,
     PipelineSlot,
     Precision,
     Range,
     Reference,
+    Request,
+    RequestContext,
+    Sources,
     TensorSpec,
     round_to,
+    specs,
 )
+from zoo.errors import CheckpointError
 from zoo.patches import attention_mask_expand
 
 PIPELINES = {"sigma": "PixArtSigmaPipeline", "alpha-1024": "PixArtAlphaPipeline", "alpha-512": "PixArtAlphaPipeline"}
@@ -43,7 +50,7 @@ TEXT_LENGTH = {"PixArtSigmaPipeline": 300, "PixArtAlphaPipeline": 120}  # the pi
 
 def vae_scale(ref: Reference) -> int:
     """Pixels per latent, as the pipeline computes it: 2 ** (len(block_out_channels) - 1)."""
-    return 2 ** (len(ref.module("vae").config.block_out_channels) - 1)
+    return 2 ** (len(ref.config("vae").block_out_channels) - 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -197,53 +204,79 @@ def _vae_decoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) ->
 def _latent_dims(env: Envelope, ref: Reference, multiple_of: int) -> dict[str, Dim]:
     scale = vae_scale(ref)
     return {
-        "latent_height": Dim.of("latent_height", env["height"].scaled(1, scale), multiple_of),
-        "latent_width": Dim.of("latent_width", env["width"].scaled(1, scale), multiple_of),
+        "latent_height": Dim.of_range("latent_height", env["height"].scaled(1, scale), multiple_of),
+        "latent_width": Dim.of_range("latent_width", env["width"].scaled(1, scale), multiple_of),
     }
 
 
-def _static(name: str, value: int) -> Dim:
-    return Dim(name, value, value, value)
+_static = Dim.static
 
 
 def _text_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
-    cfg = ref.module("text_encoder").config
+    cfg = ref.config("text_encoder")
     # the pipeline encodes prompts (one per prompt, then negatives), before repeating per image
     return {
         "batch": Dim("batch", 1, 1, env["batch"].max),
-        "text_length": Dim.of("text_length", env["text_length"]),
+        "text_length": Dim.of_range("text_length", env["text_length"]),
         "hidden_size": _static("hidden_size", cfg.d_model),
     }
 
 
 def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
-    cfg = ref.module("transformer").config
+    cfg = ref.config("transformer")
     b = env["batch"]
     return {
         # classifier-free guidance runs negative and positive as one 2B batch
         "cfg_batch": Dim("cfg_batch", b.min, 2 * b.opt, 2 * b.max),
-        "text_length": Dim.of("text_length", env["text_length"]),
+        "text_length": Dim.of_range("text_length", env["text_length"]),
         **_latent_dims(env, ref, cfg.patch_size),
         "in_channels": _static("in_channels", cfg.in_channels),
-        "out_channels": _static("out_channels", ref.module("transformer").out_channels),
+        "out_channels": _static("out_channels", _out_channels(cfg)),
         "caption_channels": _static("caption_channels", cfg.caption_channels),
     }
 
 
 def _vae_decoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    latent = _latent_dims(env, ref, 1)
+    scale = vae_scale(ref)
     return {
-        "batch": Dim.of("batch", env["batch"]),
-        **_latent_dims(env, ref, 1),
-        "latent_channels": _static("latent_channels", ref.module("vae").config.latent_channels),
+        "batch": Dim.of_range("batch", env["batch"]),
+        **latent,
+        "latent_channels": _static("latent_channels", ref.config("vae").latent_channels),
+        "height": Dim.derived("height", latent["latent_height"], scale=scale),
+        "width": Dim.derived("width", latent["latent_width"], scale=scale),
     }
 
 
+def _out_channels(cfg: Any) -> int:
+    """``PixArtTransformer2DModel.out_channels``: the config's, or the input channels."""
+    return cfg.in_channels if cfg.out_channels is None else cfg.out_channels
+
+
 def _uses_size_conditions(ref: Reference) -> bool:
-    return bool(ref.module("transformer").use_additional_conditions)
+    """``PixArtTransformer2DModel``'s rule: size conditions unless the config says, iff sample_size 128."""
+    cfg = ref.config("transformer")
+    flag = cfg.use_additional_conditions
+    return bool(cfg.sample_size == 128 if flag is None else flag)
+
+
+def _transformer_inputs(ref: Reference) -> tuple[TensorSpec, ...]:
+    inputs = (
+        TensorSpec("hidden_states", "float32", ("cfg_batch", "in_channels", "latent_height", "latent_width")),
+        TensorSpec("encoder_hidden_states", "float32", ("cfg_batch", "text_length", "caption_channels")),
+        TensorSpec("encoder_attention_mask", "float32", ("cfg_batch", "text_length"), sample="mask"),
+        TensorSpec("timestep", "float32", ("cfg_batch",), sample="timestep"),
+    )
+    if _uses_size_conditions(ref):  # PixArt-alpha 1024: resolution and aspect-ratio conditions
+        inputs += (
+            TensorSpec("resolution", "float32", ("cfg_batch", 2), sample=_resolution),
+            TensorSpec("aspect_ratio", "float32", ("cfg_batch", 1), sample="uniform"),
+        )
+    return inputs
 
 
 def _token_ids(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
-    return torch.randint(0, ref.module("text_encoder").config.vocab_size, shape, generator=gen)
+    return torch.randint(0, ref.config("text_encoder").vocab_size, shape, generator=gen)
 
 
 def _resolution(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
@@ -312,11 +345,11 @@ class PixArt(Family):
             name="text_encoder",
             kind="text_encoder",
             module="text_encoder",
-            inputs=(
+            inputs=specs(
                 TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=_token_ids),
                 TensorSpec("attention_mask", "int64", ("batch", "text_length"), sample="mask"),
             ),
-            outputs=(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "hidden_size")),),
+            outputs=specs(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "hidden_size"))),
             dims=_text_encoder_dims,
             wrapper=lambda ref: T5EncoderExport(ref.module("text_encoder")),
             reference=_text_encoder_reference,
@@ -329,15 +362,8 @@ class PixArt(Family):
             name="transformer",
             kind="denoiser",
             module="transformer",
-            inputs=(
-                TensorSpec("hidden_states", "float32", ("cfg_batch", "in_channels", "latent_height", "latent_width")),
-                TensorSpec("encoder_hidden_states", "float32", ("cfg_batch", "text_length", "caption_channels")),
-                TensorSpec("encoder_attention_mask", "float32", ("cfg_batch", "text_length"), sample="mask"),
-                TensorSpec("timestep", "float32", ("cfg_batch",), sample="timestep"),
-                ConditionalSpec("resolution", "float32", ("cfg_batch", 2), sample=_resolution, when=_uses_size_conditions),
-                ConditionalSpec("aspect_ratio", "float32", ("cfg_batch", 1), sample="uniform", when=_uses_size_conditions),
-            ),
-            outputs=(TensorSpec("sample", "float32", ("cfg_batch", "out_channels", "latent_height", "latent_width")),),
+            inputs=_transformer_inputs,
+            outputs=specs(TensorSpec("sample", "float32", ("cfg_batch", "out_channels", "latent_height", "latent_width"))),
             dims=_transformer_dims,
             wrapper=lambda ref: PixArtTransformerExport(ref.module("transformer")),
             reference=_transformer_reference,
@@ -348,8 +374,8 @@ class PixArt(Family):
             name="vae_decoder",
             kind="vae_decoder",
             module="vae",
-            inputs=(TensorSpec("latent", "float32", ("batch", "latent_channels", "latent_height", "latent_width")),),
-            outputs=(TensorSpec("sample", "float32", ("batch", 3, "height", "width")),),
+            inputs=specs(TensorSpec("latent", "float32", ("batch", "latent_channels", "latent_height", "latent_width"))),
+            outputs=specs(TensorSpec("sample", "float32", ("batch", 3, "height", "width"))),
             dims=_vae_decoder_dims,
             wrapper=lambda ref: VaeDecoderExport(ref.module("vae")),
             reference=_vae_decoder_reference,
@@ -363,14 +389,27 @@ class PixArt(Family):
         PipelineSlot("vae", "vae", {"decode": _call_vae_decode}, ("vae_decoder",)),
     )
     host_modules = ("tokenizer", "scheduler")
+    axis_help = {
+        "batch": "MIN:OPT:MAX images per prompt (the transformer sees 2x with CFG).",
+        "height": "MIN:OPT:MAX image height in pixels.",
+        "width": "MIN:OPT:MAX image width in pixels.",
+        "text_length": "MIN:OPT:MAX T5 tokens.",
+    }
+    run_options = COMMON_RUN_OPTIONS[:3] + (
+        Option("guidance_scale", "CFG scale (<= 1 disables CFG).", type="float", default=4.5),
+        COMMON_RUN_OPTIONS[4],
+        Option("height", "Pixels; default: the export's opt height.", type="int"),
+        Option("width", "Pixels; default: the export's opt width.", type="int"),
+        Option("batch", "Images per prompt; default: the export's opt batch.", type="int"),
+        Option("max_sequence_length", "Text tokens; default: the export's opt text length.", type="int"),
+        Option("resolution_binning", "Snap to the model's aspect-ratio bins, then resize back (opt-in).", type="flag"),
+    )
     request_axes = {
         "height": "height",
         "width": "width",
         "num_images_per_prompt": "batch",
         "max_sequence_length": "text_length",
     }
-    # exactly the requested size: the pipelines snap to aspect-ratio bins unless told not to
-    request_defaults = {"use_resolution_binning": False}
     trajectory = ("transformer", "hidden_states")
 
     # -- shapes -------------------------------------------------------------------------
@@ -378,34 +417,54 @@ class PixArt(Family):
         max_tokens = ref.module("tokenizer").model_max_length
         text_length = min(TEXT_LENGTH[ref.pipeline], max_tokens)
         scale = vae_scale(ref)
+        cfg = ref.config("transformer")
         # the pipelines require multiples of 8; the transformer a whole number of patches
-        patch = math.lcm(8, ref.module("transformer").config.patch_size * scale)
+        patch = math.lcm(8, cfg.patch_size * scale)
+        native = cfg.sample_size * scale
         if random_preset(ref.source) == "tiny":
             height = width = Range(32, 64, 96)
             batch = Range(1, 1, 2)
         else:
-            native = ref.module("transformer").config.sample_size * scale
             height = width = Range(round_to(native / 2, patch), round_to(native, patch), round_to(native * 2, patch))
             batch = Range(1, 1, 4)
         text = Range(min(16, text_length), text_length, text_length)
+        # the models are trained up to 2x their native size; past 4x the attention alone runs out of memory
+        ceiling = round_to(native * 4, patch)
         return (
-            Axis("batch", batch, help="images per prompt (the transformer sees 2x with CFG)"),
-            Axis("height", height, multiple_of=patch, unit="pixels"),
-            Axis("width", width, multiple_of=patch, unit="pixels"),
+            Axis("batch", batch, ceiling=16, help="images per prompt (the transformer sees 2x with CFG)"),
+            Axis("height", height, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels"),
+            Axis("width", width, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels"),
             Axis("text_length", text, floor=2, ceiling=max_tokens, unit="tokens"),
         )
 
-    def parity_request(self) -> dict[str, Any]:
-        return {
-            "prompt": "a red fox in the snow, detailed photo",
-            "negative_prompt": "blurry",
-            "num_inference_steps": 3,
-            "guidance_scale": 4.5,
-        }
+    # -- requests -----------------------------------------------------------------------
+    def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
+        def pick(option: str, axis: str) -> Any:
+            value = options.get(option)
+            return context.envelope[axis].opt if value is None else value
 
-    def shapes_run(self, request: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        kwargs = {
+            "prompt": options["prompt"],
+            "negative_prompt": options.get("negative_prompt") or "",
+            "num_inference_steps": options.get("steps", 20),
+            "guidance_scale": options.get("guidance_scale", 4.5),
+            "height": pick("height", "height"),
+            "width": pick("width", "width"),
+            "num_images_per_prompt": pick("batch", "batch"),
+            "max_sequence_length": pick("max_sequence_length", "text_length"),
+            # exactly the requested size: the pipelines snap to aspect-ratio bins unless told not to
+            "use_resolution_binning": bool(options.get("resolution_binning")),
+        }
+        return Request(context.pipeline, kwargs, scheduler=options.get("scheduler"), output_format="images")
+
+    def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
+        options = {"prompt": "a red fox in the snow, detailed photo", "negative_prompt": "blurry", "steps": 3,
+                   "guidance_scale": 4.5}
+        return [("text-to-image", self.request(options, context))]
+
+    def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         shapes = super().shapes_run(request, configs)
-        if request.get("use_resolution_binning") and shapes["height"] and shapes["width"]:
+        if request.kwargs.get("use_resolution_binning") and shapes["height"] and shapes["width"]:
             from diffusers.image_processor import PixArtImageProcessor
             from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as bins
 
@@ -419,22 +478,21 @@ class PixArt(Family):
         return shapes
 
     # -- loading ------------------------------------------------------------------------
-    def load(self, source: Path) -> Reference:
-        import diffusers
-
+    def load_sources(self, sources: Sources) -> Reference:
+        source = sources[0].path
         index = require_folder(source, family=self.name, index_file="model_index.json", accepted=sorted(set(PIPELINES.values())))
         pipeline = index["_class_name"]
-        with loading(pipeline, source):
-            pipe = getattr(diffusers, pipeline).from_pretrained(str(source), dtype=torch.float32)
-        modules = dict(pipe.components)
-        for m in modules.values():
-            if isinstance(m, nn.Module):
-                m.eval().requires_grad_(False)
+        found = pipeline_modules(source, index)
+        modules = Modules({k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items() if v[1]})
+        missing = sorted({"text_encoder", "tokenizer", "transformer", "vae", "scheduler"} - set(modules))
+        if missing:
+            raise CheckpointError(f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {pipeline} folder")
+        ref = Reference(self.name, "", tuple(sources), modules, pipeline=pipeline)
         if pipeline == "PixArtSigmaPipeline":
-            variant = "sigma"
+            ref.variant = "sigma"
         else:
-            variant = "alpha-1024" if modules["transformer"].use_additional_conditions else "alpha-512"
-        return Reference(self.name, variant, Path(source), modules, pipeline=pipeline)
+            ref.variant = "alpha-1024" if _uses_size_conditions(ref) else "alpha-512"
+        return ref
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
         import diffusers

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from zoo.checkpoint import loading, random_preset, require_folder, write_random_marker
-from zoo.contract import Axis, Component, Dim, Envelope, Family, Precision, Range, Reference, TensorSpec
+from zoo.contract import Axis, Component, Dim, Envelope, Family, Modules, Precision, Range, Reference, Sources, TensorSpec, specs
 from zoo.errors import CheckpointError
 
 
@@ -55,11 +55,11 @@ def _reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, t
 
 def _dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     return {
-        "batch": Dim.of("batch", env["batch"]),
-        "channels": Dim("channels", *(ref.module("transformer").config.in_channels,) * 3),
-        "frames": Dim.of("frames", env["frames"]),
-        "height": Dim.of("height", env["height"]),
-        "width": Dim.of("width", env["width"]),
+        "batch": Dim.of_range("batch", env["batch"]),
+        "channels": Dim.static("channels", ref.config("transformer").in_channels),
+        "frames": Dim.of_range("frames", env["frames"]),
+        "height": Dim.of_range("height", env["height"]),
+        "width": Dim.of_range("width", env["width"]),
     }
 
 
@@ -81,8 +81,8 @@ class TransformerTemporal(Family):
             name="transformer",
             kind="denoiser",
             module="transformer",
-            inputs=(TensorSpec("hidden_states", "float32", ("batch", "channels", "frames", "height", "width")),),
-            outputs=(TensorSpec("sample", "float32", ("batch", "channels", "frames", "height", "width")),),
+            inputs=specs(TensorSpec("hidden_states", "float32", ("batch", "channels", "frames", "height", "width"))),
+            outputs=specs(TensorSpec("sample", "float32", ("batch", "channels", "frames", "height", "width"))),
             dims=_dims,
             wrapper=lambda ref: TemporalTransformerExport(ref.module("transformer")),
             reference=_reference,
@@ -90,8 +90,15 @@ class TransformerTemporal(Family):
         ),
     )
 
+    axis_help = {
+        "batch": "MIN:OPT:MAX videos per call.",
+        "frames": "MIN:OPT:MAX frames.",
+        "height": "MIN:OPT:MAX feature-map rows.",
+        "width": "MIN:OPT:MAX feature-map columns.",
+    }
+
     def axes(self, ref: Reference) -> tuple[Axis, ...]:
-        cfg = ref.module("transformer").config
+        cfg = ref.config("transformer")
         ceiling = cfg.num_positional_embeddings if cfg.positional_embeddings else None
         if random_preset(ref.source) == "tiny":
             batch, frames, size = Range(1, 2, 2), Range(2, 8, 16), Range(4, 8, 16)
@@ -100,15 +107,16 @@ class TransformerTemporal(Family):
         if ceiling:
             frames = Range(*(min(v, ceiling) for v in (frames.min, frames.opt, frames.max)))
         return (
-            Axis("batch", batch, help="videos per call"),
-            Axis("frames", frames, ceiling=ceiling, unit="frames"),
-            Axis("height", size, unit="feature-map rows"),
-            Axis("width", size, unit="feature-map columns"),
+            Axis("batch", batch, ceiling=64, help="videos per call"),
+            Axis("frames", frames, ceiling=ceiling or 256, unit="frames"),
+            Axis("height", size, ceiling=256, unit="feature-map rows"),
+            Axis("width", size, ceiling=256, unit="feature-map columns"),
         )
 
-    def load(self, source: Path) -> Reference:
+    def load_sources(self, sources: Sources) -> Reference:
         from diffusers import TransformerTemporalModel
 
+        source = sources[0].path
         require_folder(source, family=self.name, index_file="config.json", accepted=("TransformerTemporalModel",))
         with loading("TransformerTemporalModel", source):
             model = TransformerTemporalModel.from_pretrained(str(source), dtype=torch.float32)
@@ -124,7 +132,7 @@ class TransformerTemporal(Family):
             variant = "sinusoidal"
         else:
             variant = "single-group" if cfg.norm_num_groups == 1 else "default"
-        return Reference(self.name, variant, Path(source), {"transformer": model})
+        return Reference(self.name, variant, tuple(sources), Modules({"transformer": lambda: model}))
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
         from diffusers import TransformerTemporalModel
