@@ -58,12 +58,11 @@ def test_export_temporal_with_envelope(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["export", "nope", "--tiny", "--out", "{out}"], "unknown family 'nope'; known families: pixart, transformer-temporal"),
+        (["export", "nope", "--tiny", "--out", "{out}"], "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal"),
         (["export", "pixart", "--model", "{tmp}/missing", "--out", "{out}"], "does not exist; expected a diffusers-format folder"),
         (["export", "pixart", "--model", "{tmp}", "--out", "{out}"], "is empty; expected a diffusers-format folder"),
         (["export", "pixart", "--tiny", "--height", "32:72:96", "--out", "{out}"], "--height 32:72:96: height must be a multiple of 16 pixels, got 72"),
         (["export", "pixart", "--tiny", "--height", "96:64:32", "--out", "{out}"], "--height 96:64:32: expected MIN <= OPT <= MAX"),
-        (["export", "pixart", "--tiny", "--frames", "8", "--out", "{out}"], "family 'pixart' has no axis frames"),
         (["export", "transformer-temporal", "--tiny", "--variant", "sinusoidal", "--frames", "8:16:64", "--out", "{out}"], "frames can be at most 32 frames"),
         (["export", "pixart", "--out", "{out}"], "give exactly one of --model PATH"),
         (["export", "pixart", "--tiny", "--variant", "beta", "--out", "{out}"], "family 'pixart' has no variant 'beta'"),
@@ -79,6 +78,45 @@ def test_export_bad_input(tmp_path, args, message):
     assert not out.exists()
 
 
+def assert_usage(result, message: str):
+    """click's own usage error: exit 2, its 'Error:' line, no traceback, no internal error."""
+    assert result.exit_code == 2, result.output
+    assert "Error: " in result.output and message in result.output, result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "{export}", "--prompt", "x", "--steps", "0", "--out", "{out}"], "Invalid value for '--steps': 0 is not in the range x>=1"),
+        (["run", "{export}", "--prompt", "x", "--seed", "-5", "--out", "{out}"], "Invalid value for '--seed': -5 is not in the range"),
+        (["run", "{export}", "--out", "{out}"], "Missing option '--prompt'"),
+        (["run", "{export}", "--prompt", "x", "--guidance-scale", "nan", "--out", "{out}"], "'nan' is not a finite number"),
+        (["run", "{export}", "--prompt", "x", "--guidance-scale", "inf", "--out", "{out}"], "'inf' is not a finite number"),
+        (["run", "{export}", "--prompt", "x", "--bogus", "1", "--out", "{out}"], "No such option '--bogus'"),
+        (["export", "pixart", "--tiny", "--frames", "8", "--out", "{out}"], "No such option '--frames'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_clicks_own(tiny_export, tmp_path, args, message):
+    out = tmp_path / "x.png"
+    result = zoo(*[a.format(export=tiny_export("pixart", "sigma"), out=out) for a in args])
+    assert_usage(result, message)
+    assert not out.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [[], ["families"], ["export"], ["export", "pixart"], ["run"], ["run", "{export}"],
+                                     ["parity"], ["bench"]])
+def test_help_exits_zero(tiny_export, command):
+    result = zoo(*[a.format(export=tiny_export("pixart", "sigma")) for a in command], "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "error" not in result.output.lower()
+    if command == ["run", "{export}"]:
+        assert "--negative-prompt" in result.output and "--resolution-binning" in result.output
+    if command == ["export", "pixart"]:
+        assert "--text-length" in result.output
+
+
 def test_export_folder_of_another_model(tmp_path, tiny_checkpoint):
     result = zoo("export", "pixart", "--model", tiny_checkpoint("transformer-temporal"), "--out", tmp_path / "out")
     assert_error(result, "has no model_index.json; expected a diffusers-format folder of")
@@ -92,7 +130,7 @@ def test_export_from_local_checkpoint_records_source(tmp_path, tiny_checkpoint):
     result = zoo("export", "transformer-temporal", "--model", ckpt, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     m = load_manifest(tmp_path / "out")
-    assert m.source["path"] == str(ckpt.resolve()) and not (tmp_path / "out" / "reference").exists()
+    assert m.sources[0]["path"] == str(ckpt.resolve()) and not (tmp_path / "out" / "reference").exists()
 
 
 def test_run_writes_the_diffusers_image(tiny_export, tmp_path):
@@ -103,7 +141,7 @@ def test_run_writes_the_diffusers_image(tiny_export, tmp_path):
     assert result.exit_code == 0, result.output
     got = np.load(tmp_path / "fox.npy")
 
-    pipe = diffusers.PixArtSigmaPipeline.from_pretrained(load_manifest(out).source_path)
+    pipe = diffusers.PixArtSigmaPipeline.from_pretrained(load_manifest(out).source_paths()[0].path)
     want = pipe(prompt="a fox at night", negative_prompt="blurry", num_inference_steps=3, guidance_scale=4.0,
                 height=32, width=64, use_resolution_binning=False, generator=torch.Generator("cpu").manual_seed(11),
                 output_type="np").images
@@ -186,7 +224,7 @@ def test_console_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "zoo.cli", "export", "nope", "--tiny", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown family 'nope'; known families: pixart, transformer-temporal"
+    assert proc.stderr.strip() == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal"
 
 
 def test_missing_external_data_is_a_clear_error(tmp_path, monkeypatch):

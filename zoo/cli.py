@@ -18,13 +18,12 @@ import click
 
 from zoo.errors import ZooError
 
-ENVELOPE_OPTIONS = ("batch", "height", "width", "frames", "text_length")
-
-
 class ZooGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors (exit 2) and --help (exit 0), reported by click itself
         except ZooError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
@@ -39,6 +38,94 @@ class ZooGroup(click.Group):
                 raise
             click.echo(f"error: internal error ({type(e).__name__}: {e}); run `zoo -v ...` for the traceback", err=True)
             sys.exit(1)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float (``nan`` and ``inf`` are usage errors), optionally bounded."""
+
+    name = "float"
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        below = self.low is not None and (number <= self.low if self.low_open else number < self.low)
+        above = self.high is not None and number > self.high
+        if below or above:
+            lo = "" if self.low is None else f"{self.low:g}{'<' if self.low_open else '<='}"
+            hi = "" if self.high is None else f"<={self.high:g}"
+            self.fail(f"{number:g} is not in the range {lo}x{hi}.", param, ctx)
+        return number
+
+
+def _click_option(option: Any) -> click.Option:
+    """A family's declared :class:`zoo.contract.Option` as a click option (parsing only)."""
+    kinds: dict[str, Any] = {
+        "text": str,
+        "int": click.IntRange(min=None if option.low is None else int(option.low),
+                              max=None if option.high is None else int(option.high)),
+        "float": FiniteFloat(option.low, option.high, option.low_open),
+        "path": click.Path(path_type=Path),
+        "choice": click.Choice(option.choices),
+    }
+    if option.type == "flag":
+        return click.Option([option.flag, option.name], is_flag=True, help=option.help)
+    extra = {} if option.default is None else {"default": option.default}  # click 8.3+: None is a value
+    return click.Option([option.flag, option.name], type=kinds[option.type], required=option.required,
+                        multiple=option.multiple, help=option.help, show_default=option.default not in (None, "", ()),
+                        **extra)
+
+
+class FamilyCommand(click.Command):
+    """A command whose options depend on its first argument: the family named (``zoo export``)
+    or the family of the export folder named (``zoo run``). The family declares them; this
+    class only turns them into click options."""
+
+    def __init__(self, *args: Any, family_options: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.family_options = family_options
+
+    def _first_argument(self, args: list[str]) -> str | None:
+        """The first positional argument, skipping options and their values (an option this
+        command does not know yet is taken to have a value when a non-option follows it)."""
+        options = [p for p in self.params if isinstance(p, click.Option)]
+        known = {o for p in options for o in p.opts}
+        takes_value = {o for p in options if not p.is_flag for o in p.opts}
+        i = 0
+        while i < len(args):
+            a = args[i]
+            if a == "--":
+                return args[i + 1] if i + 1 < len(args) else None
+            if not a.startswith("-") or a == "-":
+                return a
+            guessed = a not in known and "=" not in a and i + 1 < len(args) and not args[i + 1].startswith("-")
+            i += 2 if a in takes_value or guessed else 1
+        return None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = self._first_argument(args)
+        extra: list[click.Parameter] = []
+        if first is not None:
+            try:
+                extra = self.family_options(first)
+            except ZooError:
+                if "--help" not in args:
+                    raise
+        ctx.meta["zoo.family_params"] = extra
+        return super().parse_args(ctx, args)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        extra = ctx.meta.get("zoo.family_params", [])
+        return params[:-1] + extra + params[-1:] if params and params[-1].name == "help" else params + extra
 
 
 def _quiet_libraries() -> None:
@@ -81,28 +168,45 @@ def families() -> None:
         click.echo(f"  variants:   {', '.join(f.variants)}")
         click.echo(f"  components: {', '.join(c.name for c in f.components)}")
         click.echo(f"  presets:    {', '.join(f.random_presets)} (random weights, --tiny = --random tiny)")
-        click.echo(f"  sampler:    {'zoo run' if f.pipeline_slots else 'none (component family)'}")
+        click.echo(f"  sampler:    {'zoo run' if f.has_sampler else 'none (component family)'}")
+        if f.source_roles:
+            click.echo(f"  sources:    --model, {', '.join('--' + r.name.replace('_', '-') for r in f.source_roles)}")
 
 
-@main.command()
+def _export_options(family_name: str) -> list[click.Parameter]:
+    """``zoo export FAMILY``'s family options: its envelope axes and its extra sources."""
+    from zoo.registry import get_family
+
+    fam = get_family(family_name)
+    params: list[click.Parameter] = [
+        click.Option([f"--{axis.replace('_', '-')}", axis], help=text) for axis, text in fam.axis_help.items()
+    ]
+    for role in fam.source_roles:
+        if role.kind == "lora":
+            params.append(click.Option([f"--{role.name.replace('_', '-')}", role.name], multiple=True,
+                                       metavar="PATH[:SCALE]", help=role.help))
+        else:
+            params.append(click.Option([f"--{role.name.replace('_', '-')}", role.name],
+                                       type=click.Path(path_type=Path), help=role.help))
+    return params
+
+
+@main.command(cls=FamilyCommand, family_options=_export_options)
 @click.argument("family")
 @click.option("--model", type=click.Path(path_type=Path), help="Local checkpoint folder (diffusers format).")
 @click.option("--tiny", is_flag=True, help="Build a tiny random-weight model locally (no download).")
 @click.option("--random", "preset", help="Build a random-weight model of this preset (tiny, bench).")
 @click.option("--variant", help="Variant of the random model (see `zoo families`).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Export folder to write.")
-@click.option("--batch", help="MIN:OPT:MAX images / videos per call.")
-@click.option("--height", help="MIN:OPT:MAX height (pixels; feature-map rows for transformer-temporal).")
-@click.option("--width", help="MIN:OPT:MAX width (pixels; feature-map columns for transformer-temporal).")
-@click.option("--frames", help="MIN:OPT:MAX frames (video families).")
-@click.option("--text-length", help="MIN:OPT:MAX text tokens (text-conditioned families).")
 @click.option("--component", "components", multiple=True, help="Export only this component (repeatable).")
-@click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights.")
 def export(family: str, model: Path | None, tiny: bool, preset: str | None, variant: str | None, out: Path,
-           components: tuple[str, ...], seed: int, **envelope: str | None) -> None:
-    """Export FAMILY's components to ONNX under --out, with manifest.json."""
+           components: tuple[str, ...], seed: int, **family_options: Any) -> None:
+    """Export FAMILY's components to ONNX under --out, with manifest.json.
+
+    `zoo export FAMILY --help` lists the family's envelope axes (MIN:OPT:MAX or N) and sources."""
     from exporters.onnx import check_export_target, export_family, random_reference
-    from zoo.contract import Range
+    from zoo.contract import Range, Source
     from zoo.registry import get_family
 
     fam = get_family(family)
@@ -120,65 +224,93 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
         fam.component(c)
     check_export_target(out)  # before any model is built or loaded
     overrides = {
-        name: Range.parse(value, what=f"--{name.replace('_', '-')}") for name, value in envelope.items() if value is not None
+        axis: Range.parse(family_options.pop(axis), what=f"--{axis.replace('_', '-')}")
+        for axis in fam.axis_help if family_options.get(axis) is not None
     }
+    extra = _sources(fam, family_options)
 
     def run(ref) -> None:
         env = fam.envelope(ref, overrides)  # every axis checked before anything is traced
         click.echo(f"exporting {family} ({ref.variant}) to {out}: " + ", ".join(f"{k} {v}" for k, v in env.items()), err=True)
         manifest = export_family(fam, ref, env, out, carry_reference=model is None, components=components or None)
+        total = 0
         for name, record in manifest.components.items():
-            click.echo(f"  {name}: {out / record.file} ({record.size / 1e6:.1f} MB)")
-        click.echo(f"wrote {out / 'manifest.json'}")
+            total += record.size_on_disk
+            click.echo(f"  {name}: {out / record.file} ({_size(record.size_on_disk)})")
+        click.echo(f"wrote {out / 'manifest.json'} ({_size(total)} in all)")
 
     if model is not None:
-        run(fam.load(model))
+        run(fam.load((Source("model", model), *extra)))
     else:
-        with random_reference(fam, variant=variant, preset=preset, seed=seed) as ref:
+        with random_reference(fam, variant=variant, preset=preset, seed=seed, extra=extra) as ref:
             run(ref)
 
 
-@main.command()
+def _sources(fam: Any, options: dict[str, Any]) -> list[Any]:
+    """The family's extra sources from their options (LoRAs as PATH[:SCALE])."""
+    from zoo.contract import Source
+    from zoo.lora import parse_lora
+
+    sources = []
+    for role in fam.source_roles:
+        value = options.get(role.name)
+        if role.kind == "lora":
+            for text in value or ():
+                spec = parse_lora(text)
+                sources.append(Source(role.name, spec.path, spec.scale))
+        elif value is not None:
+            sources.append(Source(role.name, value))
+    return sources
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _run_options(export_dir: str) -> list[click.Parameter]:
+    """``zoo run DIR``'s request options: the ones the export's family declares."""
+    from exporters.manifest import load_manifest
+    from zoo.registry import get_family
+
+    family = get_family(load_manifest(Path(export_dir)).family)
+    if not family.has_sampler:
+        raise ZooError(f"family {family.name!r} has no sampler: its components are checked with "
+                       f"`zoo parity` and timed with `zoo bench`")
+    return [_click_option(o) for o in family.run_options]
+
+
+@main.command(cls=FamilyCommand, family_options=_run_options)
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--prompt", required=True, help="What to generate.")
-@click.option("--negative-prompt", default="", help="What to steer away from (classifier-free guidance).")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="Denoising steps.")
-@click.option("--guidance-scale", default=4.5, show_default=True, type=float, help="CFG scale (<= 1 disables CFG).")
-@click.option("--height", type=int, help="Pixels; default: the export's opt height.")
-@click.option("--width", type=int, help="Pixels; default: the export's opt width.")
-@click.option("--batch", type=int, help="Images per prompt; default: the export's opt batch.")
-@click.option("--max-sequence-length", type=int, help="Text tokens; default: the export's opt text length.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).")
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]))
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--resolution-binning", is_flag=True, help="Snap to the model's aspect-ratio bins, then resize back (opt-in).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Image to write: .png, or .npy for the float array.")
-def run(export_dir: Path, prompt: str, negative_prompt: str, steps: int, guidance_scale: float, height: int | None,
-        width: int | None, batch: int | None, max_sequence_length: int | None, seed: int, backend: str, device: str,
-        resolution_binning: bool, out: Path) -> None:
-    """Generate with an export folder through a backend; writes exactly the requested size."""
-    import torch
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames) to write.")
+def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **options: Any) -> None:
+    """Generate with an export folder through a backend; writes exactly the requested size.
 
+    `zoo run DIR --help` lists the request options of the export's family."""
     from exporters.manifest import load_manifest
-    from runtimes.sampler import Sampler, check_request
-    from runtimes.writers import write_images
+    from runtimes.sampler import Sampler, prepare_request
+    from runtimes.writers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, write_output
 
-    suffix = out.suffix.lower()
-    if suffix not in (".png", ".npy"):
-        raise ZooError(f"--out {out}: expected a .png or .npy file")
-    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
-        raise ZooError(f"--out {out}: expected a file path in a folder")
     manifest = load_manifest(export_dir)
-    request = check_request(
-        manifest,
-        dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
-             height=height, width=width, num_images_per_prompt=batch, max_sequence_length=max_sequence_length,
-             **({"use_resolution_binning": True} if resolution_binning else {})),
-    )
-    sampler = Sampler(export_dir, backend=backend, device=device)
-    result = sampler(generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **request)
-    for path in write_images(result.images, out):
+    request = prepare_request(manifest, options)  # options, media and shapes checked here
+    suffix = out.suffix.lower()
+    if request.output_format == "images" and suffix not in IMAGE_SUFFIXES:
+        raise ZooError(f"--out {out}: expected a {' or '.join(IMAGE_SUFFIXES)} file")
+    if request.output_format == "video" and suffix and suffix not in VIDEO_SUFFIXES:
+        raise ZooError(f"--out {out}: expected a {', '.join(VIDEO_SUFFIXES)} file, or a folder for PNG frames")
+    if (out.is_dir() and request.output_format == "images") or (out.parent.exists() and not out.parent.is_dir()):
+        raise ZooError(f"--out {out}: expected a file path in a folder")
+    with Sampler(export_dir, backend=backend, device=device) as sampler:
+        array = sampler(request, seed)
+    for path in write_output(array, out, fps=request.fps):
         click.echo(f"wrote {path}")
 
 

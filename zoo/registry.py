@@ -9,6 +9,7 @@ from zoo.errors import UnknownFamilyError
 
 # family name -> module that declares it (imported on first use: torch/diffusers are heavy)
 _MODULES: dict[str, str] = {
+    "animatediff": "zoo.animatediff",
     "pixart": "zoo.pixart",
     "transformer-temporal": "zoo.transformer_temporal",
 }

@@ -41,3 +41,33 @@ def build_t5_tokenizer(dest: Path, *, model_max_length: int = 512) -> int:
     )
     fast.save_pretrained(dest)
     return len(fast)
+
+
+def build_clip_tokenizer(dest: Path, *, model_max_length: int = 77) -> int:
+    """Write a small CLIP (byte-level BPE) tokenizer to ``dest``; returns its vocab size.
+
+    The vocabulary is every byte-level character, alone and as a word end (``a</w>``), plus
+    the words of :data:`WORDS` merged whole, so any text tokenizes, common words to one token.
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for token in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:  # merge left to right: one merge rule per step of the word
+            merged = parts[0] + parts[1]
+            rule = (parts[0], parts[1])
+            if rule not in merges:
+                merges.append(rule)
+            vocab.setdefault(merged, len(vocab))
+            parts = [merged] + parts[2:]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    tokenizer.save_pretrained(dest)
+    return len(tokenizer)
