@@ -142,6 +142,7 @@ def _quiet_libraries() -> None:
 
         dlog.set_verbosity_error()
         tlog.set_verbosity_error()
+        tlog.disable_progress_bar()  # "Loading weights" bars: our own bars say what is happening
         from polygraphy.logger import G_LOGGER
 
         G_LOGGER.module_severity = G_LOGGER.WARNING
@@ -244,6 +245,35 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
     else:
         with random_reference(fam, variant=variant, preset=preset, seed=seed, extra=extra) as ref:
             run(ref)
+
+
+@main.command("random")
+@click.argument("family")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the checkpoint(s) into.")
+@click.option("--preset", default="tiny", show_default=True, help="Random preset (see `zoo families`).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the random weights.")
+def random_checkpoint(family: str, out: Path, preset: str, seed: int) -> None:
+    """Write a random-weight checkpoint of FAMILY in the layout real checkpoints come in (a
+    diffusers folder; for AnimateDiff a Stable Diffusion folder, a MotionAdapter and a motion
+    LoRA), to try `zoo export --model ...` without downloading anything."""
+    import shlex
+
+    from exporters.artifacts import staged_dir
+    from zoo.registry import get_family
+
+    fam = get_family(family)
+    fam.random_choice(None, preset)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ZooError(f"--out {out} exists and is not empty: choose a new or empty folder")
+    with staged_dir(out) as stage:
+        sources = fam.write_random_sources(stage, preset=preset, seed=seed)
+    args = []
+    for s in sources:
+        path = out / Path(s.path).relative_to(stage)
+        flag = "--" + s.role.replace("_", "-")
+        args += [flag, str(path) + (f":{s.scale:g}" if s.scale is not None else "")]
+        click.echo(f"wrote {s.role}: {path}")
+    click.echo("export it with: zoo export " + shlex.join([family, *args, "--out", "OUT"]))
 
 
 def _sources(fam: Any, options: dict[str, Any]) -> list[Any]:

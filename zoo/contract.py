@@ -528,6 +528,11 @@ class Family:
         """Write a random-weight checkpoint folder (tokenizer included) that :meth:`load` reads."""
         raise NotImplementedError
 
+    def write_random_sources(self, dest: Path, *, preset: str = "tiny", seed: int = 0) -> Sources:
+        """Random-weight sources in the layout real checkpoints come in (``zoo random``): by
+        default one model folder; a family loaded from several sources writes them all."""
+        return (Source("model", self.build_random(Path(dest) / "model", preset=preset, seed=seed)),)
+
     def random_choice(self, variant: str | None, preset: str) -> str:
         """The variant to build (default: the first), after checking variant and preset exist."""
         variant = variant or self.variants[0]
