@@ -264,3 +264,14 @@ def test_envelope_frames_bounded_by_the_motion_table(tiny_checkpoint):
     with pytest.raises(EnvelopeError, match="frames can be at most 32 frames"):
         fam.envelope(ref, {"frames": Range(8, 16, 33)})
     assert fam.envelope(ref)["frames"] == Range(4, 8, 16)
+
+
+def test_derived_input_dims_are_checked_through_their_source(tiny_export):
+    from runtimes.backends import OnnxRuntimeBackend
+    from zoo.errors import InputError
+
+    backend = OnnxRuntimeBackend(load_manifest(tiny_export("animatediff")), "vae_encoder")
+    with pytest.raises(InputError, match=r"input 'sample': dim 2 \(height\) is 50, expected 8 x latent_height"):
+        backend({"sample": torch.zeros(1, 3, 50, 48)})
+    out = backend({"sample": torch.zeros(2, 3, 48, 32)})["latent_parameters"]
+    assert out.shape == (2, 8, 6, 4)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from exporters.manifest import load_manifest
-from runtimes.backends import OnnxRuntimeBackend, TorchBackend, load_backend, tensorrt_unavailable
+from runtimes.backends import Backend, OnnxRuntimeBackend, TorchBackend, load_backend, tensorrt_unavailable
 from zoo.errors import ArtifactError, BackendUnavailableError, InputError, OutputError, UnknownFamilyError
 from zoo.registry import get_family
 
@@ -204,3 +204,65 @@ def test_onnxruntime_cuda_matches_reference(tiny_export):
     rows = component_parity(tiny_export("pixart", "sigma"), backend="onnxruntime", device="cuda")
     assert rows and all(r.ok for r in rows), [r.failures for r in rows if not r.ok]
     assert np.isfinite([r.metrics.max_abs for r in rows]).all()
+
+
+# --------------------------------------------------------------------------------------
+# Derived dims and state pairs, on a backend whose runtime is a function (no graph needed)
+# --------------------------------------------------------------------------------------
+
+
+def _fake_manifest(tmp_path):
+    from exporters.manifest import ComponentRecord, Manifest, TensorRecord
+    from zoo.contract import Dim
+
+    t = Dim("t", 2, 3, 9)
+    dims = {"t": t, "pixel": Dim.derived("pixel", t, scale=4, offset=-3), "c": Dim.static("c", 2)}
+    record = ComponentRecord(
+        name="chunk", kind="vae_decoder", module="vae", file="chunk/model.onnx", size=0, sha256="", external_data={},
+        inputs=(TensorRecord("x", "float32", ("t", "c")), TensorRecord("cache", "float32", ("c",))),
+        outputs=(TensorRecord("y", "float32", ("pixel", "c")), TensorRecord("cache_out", "float32", ("c",))),
+        dims=dims, precision="float32", opset=18, state={"cache_out": "cache"},
+    )
+    return Manifest("fake", "default", [{"role": "model", "path": "m", "hash": ""}], {}, {}, {}, {"chunk": record},
+                    root=tmp_path)
+
+
+class _Chunk(Backend):  # Backend: a "runtime" that upsamples frames and counts calls
+    name = "chunk"
+
+    def _load(self):
+        self.loads = getattr(self, "loads", 0) + 1
+
+    def _run(self, feeds):
+        x = feeds["x"]
+        frames = 4 * x.shape[0] - 3
+        return {"y": x[:1].expand(frames, x.shape[1]) * 2, "cache_out": feeds["cache"] + 1}
+
+
+def test_state_pairs_stay_between_calls(tmp_path):
+    backend = _Chunk(_fake_manifest(tmp_path), "chunk")
+    assert not backend.is_active
+    x = torch.ones(3, 2)
+    with pytest.raises(InputError, match=r"missing input\(s\) cache"):
+        backend({"x": x})  # no state yet, none given
+    backend.set_state({"cache": torch.zeros(2)})
+    assert backend({"x": x})["cache_out"].tolist() == [1.0, 1.0]
+    assert backend({"x": x})["cache_out"].tolist() == [2.0, 2.0]  # the previous call's output fed back
+    assert backend({"x": x, "cache": torch.full((2,), 10.0)})["cache_out"].tolist() == [11.0, 11.0]  # a feed wins
+    assert backend.loads == 1 and backend.is_active
+    with pytest.raises(InputError, match=r"x are not state inputs; its state inputs are cache"):
+        backend.set_state({"x": x})
+    backend.deactivate()
+    assert not backend.is_active and not backend.state
+    with backend:
+        assert backend.is_active
+    assert not backend.is_active
+
+
+def test_derived_output_dims_are_validated_whole(tmp_path, monkeypatch):
+    backend = _Chunk(_fake_manifest(tmp_path), "chunk")
+    backend.set_state({"cache": torch.zeros(2)})
+    assert backend({"x": torch.ones(5, 2)})["y"].shape == (17, 2)  # pixel = 4 t - 3
+    monkeypatch.setattr(backend, "_run", lambda f: {"y": torch.zeros(16, 2), "cache_out": f["cache"]})
+    with pytest.raises(OutputError, match=r"output 'y': dim 0 is 16, expected 17"):
+        backend({"x": torch.ones(5, 2)})
