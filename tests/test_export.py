@@ -191,3 +191,14 @@ def test_staged_dirs_racing_for_one_path_leave_one_whole_folder(tmp_path):
     contents = {p.read_text() for p in final.iterdir()}
     assert len(contents) == 1 and len(list(final.iterdir())) == 20
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_shape_profile_follows_the_manifest(tiny_export):
+    from exporters.profiles import shape_profile
+
+    m = load_manifest(tiny_export("animatediff"))
+    unet = shape_profile(m.component("unet"))
+    assert unet["sample"].min == (1, 4, 4, 4, 4) and unet["sample"].max == (2, 4, 16, 8, 8)
+    assert unet["sample"].opt == (2, 4, 8, 6, 6) and unet["timestep"].max == (2,)
+    encoder = shape_profile(m.component("vae_encoder"))  # pixels derived from latents: 8 x
+    assert encoder["sample"].min == (1, 3, 32, 32) and encoder["sample"].max == (16, 3, 64, 64)

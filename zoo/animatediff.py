@@ -45,18 +45,15 @@ from zoo.contract import (
     TensorSpec,
     source_of,
     specs,
+    token_ids,
 )
-from zoo.errors import ArtifactError, CheckpointError, InputError
+from zoo.errors import CheckpointError, InputError
+from zoo.sd_vae import decoder_component, encoder_component, latent_dims, vae_dims, vae_scale, vae_slot
 
 T2V = "AnimateDiffPipeline"
 V2V = "AnimateDiffVideoToVideoPipeline"
 SD_PIPELINES = ("StableDiffusionPipeline",)
 DECODE_CHUNK = 16  # the pipelines' decode_chunk_size: the VAE sees at most this many frames per call
-
-
-def vae_scale(ref: Reference) -> int:
-    """Pixels per latent, as the pipeline computes it: 2 ** (len(block_out_channels) - 1)."""
-    return 2 ** (len(ref.config("vae").block_out_channels) - 1)
 
 
 def latent_multiple(ref: Reference) -> int:
@@ -146,29 +143,6 @@ class UNetMotionExport(nn.Module):
         return x.reshape(batch, frames, x.shape[1], height, width).permute(0, 2, 1, 3, 4)
 
 
-class VaeEncoderExport(nn.Module):
-    """``AutoencoderKL.encode``: pixels in [-1, 1] in, the latent distribution's parameters out
-    (mean and log-variance); the host samples it with the pipeline's generator."""
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        return self.vae._encode(sample)
-
-
-class VaeDecoderExport(nn.Module):
-    """``AutoencoderKL.decode``: latents (already divided by the scaling factor) in, pixels out."""
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latent, return_dict=False)[0]
-
-
 # --------------------------------------------------------------------------------------
 # References called exactly as the pipeline calls them
 # --------------------------------------------------------------------------------------
@@ -186,25 +160,9 @@ def _unet_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[s
     return {"noise_pred": out}
 
 
-def _vae_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"latent_parameters": ref.module("vae").encode(feeds["sample"]).latent_dist.parameters}
-
-
-def _vae_decoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"sample": ref.module("vae").decode(feeds["latent"], return_dict=False)[0]}
-
-
 # --------------------------------------------------------------------------------------
 # Dims of each component, from the envelope (pixels, frames, prompts) and the configs
 # --------------------------------------------------------------------------------------
-
-
-def _latent_dims(env: Envelope, ref: Reference, multiple_of: int) -> dict[str, Dim]:
-    scale = vae_scale(ref)
-    return {
-        "latent_height": Dim.of_range("latent_height", env["height"].scaled(1, scale), multiple_of),
-        "latent_width": Dim.of_range("latent_width", env["width"].scaled(1, scale), multiple_of),
-    }
 
 
 def _text_length(ref: Reference) -> int:
@@ -229,7 +187,7 @@ def _unet_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
         "latent_channels": Dim.static("latent_channels", cfg.in_channels),
         "out_channels": Dim.static("out_channels", cfg.out_channels),
         "frames": Dim.of_range("frames", env["frames"]),
-        **_latent_dims(env, ref, latent_multiple(ref)),
+        **latent_dims(env, ref, latent_multiple(ref)),
         "text_length": Dim.static("text_length", _text_length(ref)),
         "cross_attention_dim": Dim.static("cross_attention_dim", cfg.cross_attention_dim),
     }
@@ -242,25 +200,7 @@ def _vae_batch(env: Envelope) -> Dim:
 
 
 def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
-    latent = _latent_dims(env, ref, 1)
-    scale = vae_scale(ref)
-    channels = ref.config("vae").latent_channels
-    return {
-        "frames_chunk": _vae_batch(env),
-        **latent,
-        "latent_channels": Dim.static("latent_channels", channels),
-        "latent_parameters": Dim.static("latent_parameters", 2 * channels),
-        "height": Dim.derived("height", latent["latent_height"], scale=scale),
-        "width": Dim.derived("width", latent["latent_width"], scale=scale),
-    }
-
-
-def _token_ids(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
-    return torch.randint(0, ref.config("text_encoder").vocab_size, shape, generator=gen)
-
-
-def _pixels(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
-    return torch.rand(shape, generator=gen) * 2 - 1  # images in [-1, 1], as the pipeline feeds the VAE
+    return vae_dims(_vae_batch(env), env, ref)
 
 
 # --------------------------------------------------------------------------------------
@@ -296,23 +236,6 @@ def _call_unet(runners, sample, timestep, encoder_hidden_states=None, cross_atte
     return UNetMotionOutput(sample=out) if return_dict else (out,)
 
 
-def _call_vae_encode(runners, x, return_dict=True):
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-    from diffusers.models.modeling_outputs import AutoencoderKLOutput
-
-    if "vae_encoder" not in runners:
-        raise ArtifactError("this export has no vae_encoder: video-to-video needs it; re-export without --component")
-    posterior = DiagonalGaussianDistribution(runners["vae_encoder"]({"sample": x})["latent_parameters"])
-    return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
-
-
-def _call_vae_decode(runners, z, return_dict=True, **_: Any):
-    from diffusers.models.autoencoders.vae import DecoderOutput
-
-    sample = runners["vae_decoder"]({"latent": z})["sample"]
-    return DecoderOutput(sample=sample) if return_dict else (sample,)
-
-
 # --------------------------------------------------------------------------------------
 # The family
 # --------------------------------------------------------------------------------------
@@ -342,7 +265,7 @@ class AnimateDiff(Family):
             name="text_encoder",
             kind="text_encoder",
             module="text_encoder",
-            inputs=specs(TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=_token_ids)),
+            inputs=specs(TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids)),
             outputs=specs(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "hidden_size"))),
             dims=_text_encoder_dims,
             wrapper=lambda ref: CLIPTextExport(ref.module("text_encoder")),
@@ -366,35 +289,14 @@ class AnimateDiff(Family):
             reference=_unet_reference,
             precision=Precision(keep_fp32=("time_embedding", "norm"), note="timestep embedding and GroupNorms in fp32"),
         ),
-        Component(
-            name="vae_encoder",
-            kind="vae_encoder",
-            module="vae",
-            inputs=specs(TensorSpec("sample", "float32", ("frames_chunk", 3, "height", "width"), sample=_pixels)),
-            outputs=specs(TensorSpec("latent_parameters", "float32",
-                                     ("frames_chunk", "latent_parameters", "latent_height", "latent_width"))),
-            dims=_vae_dims,
-            wrapper=lambda ref: VaeEncoderExport(ref.module("vae")),
-            reference=_vae_encoder_reference,
-            precision=Precision(keep_fp32=("*",), note="the SD VAE runs in fp32 (force_upcast)"),
-        ),
-        Component(
-            name="vae_decoder",
-            kind="vae_decoder",
-            module="vae",
-            inputs=specs(TensorSpec("latent", "float32", ("frames_chunk", "latent_channels", "latent_height", "latent_width"))),
-            outputs=specs(TensorSpec("sample", "float32", ("frames_chunk", 3, "height", "width"))),
-            dims=_vae_dims,
-            wrapper=lambda ref: VaeDecoderExport(ref.module("vae")),
-            reference=_vae_decoder_reference,
-            precision=Precision(keep_fp32=("*",), note="the SD VAE runs in fp32 (force_upcast)"),
-        ),
+        encoder_component("frames_chunk", _vae_dims),
+        decoder_component("frames_chunk", _vae_dims),
     )
 
     pipeline_slots = (
         PipelineSlot("text_encoder", "text_encoder", {"forward": _call_text_encoder}, ("text_encoder",)),
         PipelineSlot("unet", "unet", {"forward": _call_unet}, ("unet",)),
-        PipelineSlot("vae", "vae", {"decode": _call_vae_decode, "encode": _call_vae_encode}, ("vae_decoder",)),
+        vae_slot(),
     )
     host_modules = ("tokenizer", "scheduler")
     run_options = COMMON_RUN_OPTIONS[:3] + (

@@ -259,6 +259,11 @@ def make_sample(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, 
     raise ValueError(f"{spec.name}: unknown sample kind {spec.sample!r}")
 
 
+def token_ids(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
+    """Sample token ids for a text encoder (the reference's ``text_encoder`` vocabulary)."""
+    return torch.randint(0, ref.config("text_encoder").vocab_size, shape, generator=gen)
+
+
 @dataclass(frozen=True)
 class Precision:
     """Precision policy of a component: the export dtype, and what must stay fp32."""

@@ -40,17 +40,14 @@ from zoo.contract import (
     TensorSpec,
     round_to,
     specs,
+    token_ids,
 )
 from zoo.errors import CheckpointError
 from zoo.patches import attention_mask_expand
+from zoo.sd_vae import decoder_component, latent_dims, vae_dims, vae_scale, vae_slot
 
 PIPELINES = {"sigma": "PixArtSigmaPipeline", "alpha-1024": "PixArtAlphaPipeline", "alpha-512": "PixArtAlphaPipeline"}
 TEXT_LENGTH = {"PixArtSigmaPipeline": 300, "PixArtAlphaPipeline": 120}  # the pipelines' max_sequence_length
-
-
-def vae_scale(ref: Reference) -> int:
-    """Pixels per latent, as the pipeline computes it: 2 ** (len(block_out_channels) - 1)."""
-    return 2 ** (len(ref.config("vae").block_out_channels) - 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -158,17 +155,6 @@ class PixArtTransformerExport(nn.Module):
         return x.reshape(batch, c, h * p, w * p)
 
 
-class VaeDecoderExport(nn.Module):
-    """``AutoencoderKL.decode``: latents (already divided by the VAE scaling factor) in, image in [-1, 1] out."""
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latent, return_dict=False)[0]
-
-
 # --------------------------------------------------------------------------------------
 # References called exactly as the pipeline calls them
 # --------------------------------------------------------------------------------------
@@ -192,21 +178,9 @@ def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) ->
     return {"sample": out}
 
 
-def _vae_decoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"sample": ref.module("vae").decode(feeds["latent"], return_dict=False)[0]}
-
-
 # --------------------------------------------------------------------------------------
 # Dims of each component, from the envelope (pixels, images) and the model config
 # --------------------------------------------------------------------------------------
-
-
-def _latent_dims(env: Envelope, ref: Reference, multiple_of: int) -> dict[str, Dim]:
-    scale = vae_scale(ref)
-    return {
-        "latent_height": Dim.of_range("latent_height", env["height"].scaled(1, scale), multiple_of),
-        "latent_width": Dim.of_range("latent_width", env["width"].scaled(1, scale), multiple_of),
-    }
 
 
 _static = Dim.static
@@ -229,23 +203,15 @@ def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
         # classifier-free guidance runs negative and positive as one 2B batch
         "cfg_batch": Dim("cfg_batch", b.min, 2 * b.opt, 2 * b.max),
         "text_length": Dim.of_range("text_length", env["text_length"]),
-        **_latent_dims(env, ref, cfg.patch_size),
+        **latent_dims(env, ref, cfg.patch_size),
         "in_channels": _static("in_channels", cfg.in_channels),
         "out_channels": _static("out_channels", _out_channels(cfg)),
         "caption_channels": _static("caption_channels", cfg.caption_channels),
     }
 
 
-def _vae_decoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
-    latent = _latent_dims(env, ref, 1)
-    scale = vae_scale(ref)
-    return {
-        "batch": Dim.of_range("batch", env["batch"]),
-        **latent,
-        "latent_channels": _static("latent_channels", ref.config("vae").latent_channels),
-        "height": Dim.derived("height", latent["latent_height"], scale=scale),
-        "width": Dim.derived("width", latent["latent_width"], scale=scale),
-    }
+def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    return vae_dims(Dim.of_range("batch", env["batch"]), env, ref)
 
 
 def _out_channels(cfg: Any) -> int:
@@ -273,10 +239,6 @@ def _transformer_inputs(ref: Reference) -> tuple[TensorSpec, ...]:
             TensorSpec("aspect_ratio", "float32", ("cfg_batch", 1), sample="uniform"),
         )
     return inputs
-
-
-def _token_ids(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
-    return torch.randint(0, ref.config("text_encoder").vocab_size, shape, generator=gen)
 
 
 def _resolution(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
@@ -322,13 +284,6 @@ def _call_transformer(
     return Transformer2DModelOutput(sample=sample) if return_dict else (sample,)
 
 
-def _call_vae_decode(runners, z, return_dict=True, **_: Any):
-    from diffusers.models.autoencoders.vae import DecoderOutput
-
-    sample = runners["vae_decoder"]({"latent": z})["sample"]
-    return DecoderOutput(sample=sample) if return_dict else (sample,)
-
-
 # --------------------------------------------------------------------------------------
 # The family
 # --------------------------------------------------------------------------------------
@@ -346,7 +301,7 @@ class PixArt(Family):
             kind="text_encoder",
             module="text_encoder",
             inputs=specs(
-                TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=_token_ids),
+                TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids),
                 TensorSpec("attention_mask", "int64", ("batch", "text_length"), sample="mask"),
             ),
             outputs=specs(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "hidden_size"))),
@@ -370,23 +325,13 @@ class PixArt(Family):
             export_patches=(attention_mask_expand,),
             precision=Precision(keep_fp32=("adaln_single", "norm", "pos_embed"), note="timestep embedding and norms in fp32"),
         ),
-        Component(
-            name="vae_decoder",
-            kind="vae_decoder",
-            module="vae",
-            inputs=specs(TensorSpec("latent", "float32", ("batch", "latent_channels", "latent_height", "latent_width"))),
-            outputs=specs(TensorSpec("sample", "float32", ("batch", 3, "height", "width"))),
-            dims=_vae_decoder_dims,
-            wrapper=lambda ref: VaeDecoderExport(ref.module("vae")),
-            reference=_vae_decoder_reference,
-            precision=Precision(keep_fp32=("*",), note="the SD VAE decoder runs in fp32"),
-        ),
+        decoder_component("batch", _vae_dims),
     )
 
     pipeline_slots = (
         PipelineSlot("text_encoder", "text_encoder", {"forward": _call_text_encoder}, ("text_encoder",)),
         PipelineSlot("transformer", "transformer", {"forward": _call_transformer}, ("transformer",)),
-        PipelineSlot("vae", "vae", {"decode": _call_vae_decode}, ("vae_decoder",)),
+        vae_slot(),
     )
     host_modules = ("tokenizer", "scheduler")
     axis_help = {
