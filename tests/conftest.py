@@ -49,6 +49,23 @@ def tiny_export(tmp_path_factory, tiny_checkpoint):
     return make
 
 
+def zoo(*args):
+    """Run the command line in process, as a user would (exceptions are not caught for us)."""
+    from click.testing import CliRunner
+
+    from zoo.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_error(result, message: str) -> None:
+    """A user error: exit 2, exactly one `error:` line containing ``message``, no traceback."""
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
 def perturb_graph(export: Path, component: str, change) -> None:
     """Apply ``change(values) -> values`` to the largest weight of ``component``'s graph and
     update the manifest (a wrong graph with a consistent manifest, as a broken exporter makes)."""

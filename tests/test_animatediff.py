@@ -9,31 +9,19 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import assert_error, zoo
 from exporters.manifest import load_manifest
 from parity.compare import run_parity
 from runtimes.backends import load_reference
 from zoo.checkpoint import content_hash
-from zoo.cli import main
 from zoo.contract import Range, Source
 from zoo.errors import CheckpointError, EnvelopeError
 from zoo.registry import get_family
 
 LORA_SCALE = 0.8
-
-
-def zoo(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_error(result, message: str):
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.replace("\r", "\n").splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="session")

@@ -14,21 +14,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import perturb_graph
+from conftest import assert_error, zoo, perturb_graph
 from exporters.manifest import load_manifest
 from zoo.cli import main
-
-
-def zoo(*args: str):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return result
-
-
-def assert_error(result, message: str):
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.replace("\r", "\n").splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 def test_families_lists_both():

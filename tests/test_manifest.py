@@ -11,20 +11,15 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 from exporters.artifacts import clean_stale
+from conftest import zoo
 from exporters.manifest import load_manifest
 from exporters.onnx import export_family
 from runtimes.backends import load_reference
-from zoo.cli import main
 from zoo.contract import Range, Source
 from zoo.errors import ArtifactError
 from zoo.registry import get_family
-
-
-def zoo(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
