@@ -96,7 +96,8 @@ class Manifest:
             "versions": self.versions,
             "envelope": {
                 k: {"min": r.min, "opt": r.opt, "max": r.max, "multiple_of": self.axes[k].multiple_of,
-                    "floor": self.axes[k].floor, "ceiling": self.axes[k].ceiling, "unit": self.axes[k].unit}
+                    "remainder": self.axes[k].remainder, "floor": self.axes[k].floor,
+                    "ceiling": self.axes[k].ceiling, "unit": self.axes[k].unit}
                 for k, r in self.envelope.items()
             },
             "pipeline": self.pipeline,
@@ -232,7 +233,8 @@ def _envelope(d: dict) -> tuple[dict[str, Range], dict[str, Axis]]:
         ceiling = _get(v, "ceiling", (int, type(None)), where, None)
         envelope[k] = r
         axes[k] = Axis(k, r, multiple_of=_get(v, "multiple_of", int, where, 1), floor=_get(v, "floor", int, where, 1),
-                       ceiling=ceiling, unit=_get(v, "unit", str, where, ""))
+                       ceiling=ceiling, unit=_get(v, "unit", str, where, ""),
+                       remainder=_get(v, "remainder", int, where, 0))
     return envelope, axes
 
 

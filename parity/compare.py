@@ -14,7 +14,7 @@ from parity.metrics import compare
 from parity.points import describe, profile_points
 from parity.report import Row
 from parity.tolerances import Tolerance, tolerance
-from runtimes.backends import TorchBackend, backend_for, load_reference
+from runtimes.backends import Runners, TorchBackend, backend_for, load_reference
 from runtimes.sampler import Sampler, check_request, configure_pipeline, request_context, run_pipeline
 from zoo.contract import bind_argument
 from zoo.errors import ZooError
@@ -64,6 +64,27 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
                 expected = reference(feeds)
                 got = candidate(feeds)
                 rows += _rows_for("component", name, label, describe(point, record.dims), got, expected, tol, data_range)
+    return rows
+
+
+def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", seed: int = 0) -> list[Row]:
+    """Host loops over components (a chunked VAE's encode / decode) against the library call
+    they replace, at the family's own list of lengths."""
+    manifest = load_manifest(export_dir)
+    family = get_family(manifest.family)
+    ref = load_reference(manifest)
+    runners = Runners(backend, manifest, device)
+    rows: list[Row] = []
+    try:
+        for check in family.loop_checks(ref, runners, manifest.envelope, seed):
+            record = manifest.component(check.component)
+            tol = tolerance(record.kind, record.precision, scale_of(manifest))
+            data_range = 2.0 if record.kind == "vae_decoder" else None
+            shape = "x".join(map(str, check.reference.shape))
+            rows += _rows_for("loop", check.component, check.label, shape, {check.output: check.candidate},
+                              {check.output: check.reference}, tol, data_range)
+    finally:
+        runners.close()
     return rows
 
 
@@ -132,6 +153,7 @@ def run_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str
     if backend == "torch":
         raise ZooError("parity compares a backend against the torch reference: choose --backend onnxruntime or tensorrt")
     rows = component_parity(export_dir, backend, device)
+    rows += loop_parity(export_dir, backend, device)
     if end_to_end:
         rows += end_to_end_parity(export_dir, backend, device)
     return rows

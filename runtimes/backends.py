@@ -44,6 +44,8 @@ class Backend(ABC):
         self.device = torch.device(device)
         self.is_active = False
         self.state: dict[str, torch.Tensor] = {}
+        self._memo: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        self.memo_hits = 0
 
     @abstractmethod
     def _load(self) -> None: ...
@@ -65,6 +67,7 @@ class Backend(ABC):
             self._unload()
             self.is_active = False
         self.state.clear()
+        self._memo.clear()
 
     def __enter__(self) -> Backend:
         return self.activate()
@@ -95,6 +98,20 @@ class Backend(ABC):
         check_outputs(self.record, checked, outputs)
         for output, state_input in self.record.state.items():
             self.state[state_input] = outputs[output]
+        return outputs
+
+    def call_cached(self, feeds: Mapping[str, Any], keep: int = 2) -> dict[str, torch.Tensor]:
+        """``self(feeds)``, reusing the outputs of one of the last ``keep`` calls whose feeds were
+        equal (a condition encoded once per segment, not once per denoising step)."""
+        for key, outputs in self._memo:
+            if key.keys() == feeds.keys() and all(
+                key[k].shape == feeds[k].shape and torch.equal(key[k], torch.as_tensor(feeds[k])) for k in key
+            ):
+                self.memo_hits += 1
+                return outputs
+        outputs = self(feeds)
+        self._memo.insert(0, ({k: torch.as_tensor(v).clone() for k, v in feeds.items()}, outputs))
+        del self._memo[keep:]
         return outputs
 
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

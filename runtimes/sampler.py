@@ -9,10 +9,11 @@ components. What differs from diffusers is only where each module's arithmetic r
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ class BackendModule(torch.nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str) -> Iterator[None]:
+        """diffusers' CacheMixin API (pipelines wrap denoiser calls in it): nothing to cache here."""
+        yield
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if "forward" not in self.slot.calls:

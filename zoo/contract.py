@@ -76,6 +76,16 @@ class Axis:
     ceiling: int | None = None
     unit: str = ""
     help: str = ""
+    remainder: int = 0  # values are multiple_of * k + remainder (pixel frames 4k+1)
+
+    def breaks_step(self, value: int) -> bool:
+        return (value - self.remainder) % self.multiple_of != 0
+
+    @property
+    def step_text(self) -> str:
+        if self.remainder:
+            return f"{self.multiple_of}k+{self.remainder}"
+        return f"a multiple of {self.multiple_of}"
 
     def check(self, r: Range) -> None:
         """Raise :class:`EnvelopeError` naming the axis unless ``r`` is a valid profile."""
@@ -86,10 +96,10 @@ class Axis:
             raise EnvelopeError(f"{label}: {self.name} must be at least {self.floor}{self.unit_suffix}")
         if self.ceiling is not None and r.max > self.ceiling:
             raise EnvelopeError(f"{label}: {self.name} can be at most {self.ceiling}{self.unit_suffix}")
-        bad = [v for v in (r.min, r.opt, r.max) if v % self.multiple_of]
+        bad = [v for v in (r.min, r.opt, r.max) if self.breaks_step(v)]
         if bad:
             raise EnvelopeError(
-                f"{label}: {self.name} must be a multiple of {self.multiple_of}{self.unit_suffix}, "
+                f"{label}: {self.name} must be {self.step_text}{self.unit_suffix}, "
                 f"got {', '.join(map(str, bad))}"
             )
 
@@ -101,10 +111,8 @@ class Axis:
                 f"[{allowed.min}, {allowed.max}]{self.unit_suffix} (re-export with a wider "
                 f"--{self.name.replace('_', '-')})"
             )
-        if value % self.multiple_of:
-            raise EnvelopeError(
-                f"{option} {value}: {self.name} must be a multiple of {self.multiple_of}{self.unit_suffix}"
-            )
+        if self.breaks_step(value):
+            raise EnvelopeError(f"{option} {value}: {self.name} must be {self.step_text}{self.unit_suffix}")
 
     @property
     def unit_suffix(self) -> str:
@@ -605,10 +613,27 @@ class Family:
         """The float array the pipeline returned with ``output_type="np"``."""
         return result.images
 
+    def loop_checks(self, ref: Reference, runners: Mapping[str, Any], envelope: Mapping[str, Range],
+                    seed: int = 0) -> list[LoopCheck]:
+        """Host loops over exported components (a chunked VAE) against the library call they
+        replace; none by default."""
+        return []
+
     def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         """The shape options the pipeline will really run at (a pipeline that snaps sizes to
         bins runs at the bin); checked against the envelope before running."""
         return {option: request.kwargs.get(option) for option in self.request_axes}
+
+
+@dataclass
+class LoopCheck:
+    """One host loop's result beside the library's (``zoo parity``'s loop level)."""
+
+    component: str  # the component whose tolerance row applies
+    label: str
+    output: str
+    candidate: torch.Tensor
+    reference: torch.Tensor
 
 
 @dataclass

@@ -1,0 +1,585 @@
+"""Wan-Animate (Wan2.2-Animate-14B): character animation and replacement from a reference image,
+a pose video and a face video.
+
+References are the diffusers classes (``WanAnimateTransformer3DModel``, ``AutoencoderKLWan``,
+``WanAnimatePipeline``) and transformers' ``UMT5EncoderModel`` and ``CLIPVisionModel``, loaded
+from a folder in the ``Wan2.2-Animate-14B-Diffusers`` layout.
+
+Components: ``text_encoder`` (umT5), ``image_encoder`` (CLIP vision, the hidden state the
+pipeline uses), ``face_encoder`` (motion encoder + face encoder: face pixels to the motion
+vectors the DiT consumes, the QR of a weight computed once at load time), ``transformer`` (the
+DiT taking those motion vectors), and the Wan VAE as chunk graphs (:mod:`zoo.wan_vae`). The
+sampler is ``WanAnimatePipeline`` itself; the face encoder runs once per segment and CFG branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo import wan_vae
+from zoo.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
+from zoo.contract import (
+    COMMON_RUN_OPTIONS,
+    Axis,
+    Component,
+    Dim,
+    Envelope,
+    Family,
+    Modules,
+    Option,
+    PipelineSlot,
+    Precision,
+    Range,
+    Reference,
+    Request,
+    RequestContext,
+    Sources,
+    TensorSpec,
+    specs,
+    token_ids,
+)
+from zoo.errors import CheckpointError, InputError
+
+PIPELINE = "WanAnimatePipeline"
+TEXT_LENGTH = 512  # the pipeline's max_sequence_length; Wan's attention splits image and text tokens by it
+MODES = ("animate", "replace")
+
+
+# --------------------------------------------------------------------------------------
+# Export wrappers
+# --------------------------------------------------------------------------------------
+
+
+class UMT5Export(nn.Module):
+    """``UMT5EncoderModel(input_ids, attention_mask).last_hidden_state``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask).last_hidden_state
+
+
+class CLIPVisionExport(nn.Module):
+    """``CLIPVisionModel(pixel_values, output_hidden_states=True).hidden_states[-2]``, what the pipeline uses."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
+
+
+class FaceEncoderExport(nn.Module):
+    """Face pixels ``(B, 3, S, M, M)`` in [-1, 1] -> motion vectors ``(B, T+1, tokens, inner)``: the
+    motion encoder and face encoder of ``WanAnimateTransformer3DModel.forward`` (its section 4),
+    with a zero frame prepended as the library does.
+
+    Differences from the library (value-preserving): the QR of ``motion_synthesis_weight`` (a weight
+    only) is computed once here, in fp32, and kept as a buffer, so the graph has no ``linalg_qr``
+    (which has no ONNX operator); ``sum(diag_embed(f) @ Q.T, 1)`` is written ``f @ Q.T``; the
+    library's ``torch.split`` loop over frame batches is one batch (it only trades memory)."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.motion_encoder = transformer.motion_encoder
+        self.face_encoder = transformer.face_encoder
+        weight = (self.motion_encoder.motion_synthesis_weight + 1e-8).detach().to(torch.float32)
+        self.register_buffer("q_t", torch.linalg.qr(weight)[0].T.contiguous(), persistent=False)
+
+    def forward(self, face_pixel_values: torch.Tensor) -> torch.Tensor:
+        me = self.motion_encoder
+        batch, channels, frames, height, width = face_pixel_values.shape
+        x = face_pixel_values.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+        x = me.conv_in(x, 1)
+        for block in me.res_blocks:
+            x = block(x, 1)
+        feat = me.conv_out(x, 1).squeeze(-1).squeeze(-1)  # (B*S, style_dim)
+        for linear in me.motion_network:
+            feat = linear(feat, channel_dim=1)  # (B*S, motion_dim)
+        motion = (feat.to(torch.float32) @ self.q_t).to(feat.dtype)  # (B*S, motion_encoder_dim)
+        motion = self.face_encoder(motion.reshape(batch, frames, -1))  # (B, T, tokens, inner)
+        return torch.cat([torch.zeros_like(motion[:, :1]), motion], dim=1)  # (B, T+1, tokens, inner)
+
+
+class WanAnimateTransformerExport(nn.Module):
+    """``WanAnimateTransformer3DModel.forward`` with the motion vectors as an input (the face
+    encoder is its own graph), computing the same function.
+
+    Differences from the library forward (value-preserving): the pose embedding is added with
+    ``cat`` instead of an in-place slice write; the timestep arrives as float32 ``(B,)``; no
+    gradient checkpointing or device moves."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_hidden_states_image: torch.Tensor, pose_hidden_states: torch.Tensor,
+                motion_vec: torch.Tensor) -> torch.Tensor:
+        m = self.transformer
+        batch, _, frames, height, width = hidden_states.shape  # (B, C, T+1, h, w)
+        p_t, p_h, p_w = m.config.patch_size
+
+        # 1. rotary position embedding (real-valued cos / sin) and patch embeddings
+        rotary_emb = m.rope(hidden_states)
+        x = m.patch_embedding(hidden_states)  # (B, D, T+1, h/2, w/2)
+        pose = m.pose_patch_embedding(pose_hidden_states)  # (B, D, T, h/2, w/2)
+        x = torch.cat([x[:, :, :1], x[:, :, 1:] + pose], dim=2)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+        # 2. time, text and image conditions
+        temb, timestep_proj, context, context_image = m.condition_embedder(
+            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=None)
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        context = torch.cat([context_image, context], dim=1)
+
+        # 3. blocks, the face adapter after every inject_face_latents_blocks-th block
+        every = m.config.inject_face_latents_blocks
+        for i, block in enumerate(m.blocks):
+            x = block(x, context, timestep_proj, rotary_emb)
+            if i % every == 0:
+                x = m.face_adapter[i // every](x, motion_vec) + x
+
+        # 4. output norm (fp32), projection, unpatchify: (B, N, p*C) -> (B, C, T+1, h, w)
+        shift, scale = (m.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        x = (m.norm_out(x.float()) * (1 + scale) + shift).to(x.dtype)
+        x = m.proj_out(x)
+        x = x.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+# --------------------------------------------------------------------------------------
+# References called exactly as the pipeline calls them
+# --------------------------------------------------------------------------------------
+
+
+def _text_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"last_hidden_state": ref.module("text_encoder")(feeds["input_ids"], feeds["attention_mask"]).last_hidden_state}
+
+
+def _image_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = ref.module("image_encoder")(pixel_values=feeds["pixel_values"], output_hidden_states=True)
+    return {"image_embeds": out.hidden_states[-2]}
+
+
+def _motion_vectors(ref: Reference, face: torch.Tensor) -> torch.Tensor:
+    """The library's own section 4 of the forward: motion encoder (QR and all), face encoder, zero frame."""
+    m = ref.module("transformer")
+    batch, channels, frames, height, width = face.shape
+    pixels = face.permute(0, 2, 1, 3, 4).reshape(-1, channels, height, width)
+    motion = torch.cat([m.motion_encoder(b) for b in torch.split(pixels, m.config.motion_encoder_batch_size)])
+    motion = m.face_encoder(motion.view(batch, frames, -1))
+    return torch.cat([torch.zeros_like(motion[:, :1]), motion], dim=1)
+
+
+def _face_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"motion_vec": _motion_vectors(ref, feeds["face_pixel_values"])}
+
+
+def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The library forward, with the motion vectors it would compute itself from the face pixels
+    replaced by the given ones (its face encoder is checked as the face_encoder component)."""
+    m = ref.module("transformer")
+    face = torch.zeros(feeds["motion_vec"].shape[0], 3, 1, m.config.motion_encoder_size, m.config.motion_encoder_size)
+    original = m.face_encoder.forward
+    given = feeds["motion_vec"][:, 1:]
+    m.face_encoder.forward = lambda x: given
+    try:
+        out = m(hidden_states=feeds["hidden_states"], timestep=feeds["timestep"],
+                encoder_hidden_states=feeds["encoder_hidden_states"],
+                encoder_hidden_states_image=feeds["encoder_hidden_states_image"],
+                pose_hidden_states=feeds["pose_hidden_states"], face_pixel_values=face, return_dict=False)[0]
+    finally:
+        m.face_encoder.forward = original
+    return {"noise_pred": out}
+
+
+# --------------------------------------------------------------------------------------
+# Dims, from the envelope (pixels, pixel frames per segment) and the configs
+# --------------------------------------------------------------------------------------
+
+
+def _latent_frames(env: Envelope) -> Dim:
+    """Latent frames per segment: pixel frames S = 4(T-1)+1."""
+    s = env["segment_frames"]
+    return Dim.of_range("latent_frames", Range(*((v - 1) // 4 + 1 for v in (s.min, s.opt, s.max))))
+
+
+def _batch(env: Envelope) -> Dim:
+    return Dim.of_range("batch", env["batch"])
+
+
+def _text_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    return {"batch": Dim("batch", 1, 1, env["batch"].max), "text_length": Dim.static("text_length", TEXT_LENGTH),
+            "text_dim": Dim.static("text_dim", ref.config("text_encoder").d_model)}
+
+
+def _image_tokens(ref: Reference) -> int:
+    cfg = ref.config("image_encoder")
+    return (cfg.image_size // cfg.patch_size) ** 2 + 1
+
+
+def _image_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    cfg = ref.config("image_encoder")
+    return {"batch": Dim.static("batch", 1), "image_size": Dim.static("image_size", cfg.image_size),
+            "image_tokens": Dim.static("image_tokens", _image_tokens(ref)),
+            "image_dim": Dim.static("image_dim", cfg.hidden_size)}
+
+
+def _motion_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    cfg = ref.config("transformer")
+    t = _latent_frames(env)
+    return {
+        "batch": _batch(env),
+        "latent_frames": t,
+        "face_frames": Dim.derived("face_frames", t, scale=4, offset=-3),
+        "segment_latent_frames": Dim.derived("segment_latent_frames", t, offset=1),  # + the reference frame
+        "face_size": Dim.static("face_size", cfg.motion_encoder_size),
+        "face_tokens": Dim.static("face_tokens", cfg.face_encoder_num_heads + 1),
+        "inner_dim": Dim.static("inner_dim", cfg.num_attention_heads * cfg.attention_head_dim),
+    }
+
+
+def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    cfg = ref.config("transformer")
+    s = wan_vae.spatial_factor(ref)
+    patch = cfg.patch_size[1]
+    return {
+        **_motion_dims(env, ref),
+        "in_channels": Dim.static("in_channels", cfg.in_channels),
+        "latent_channels": Dim.static("latent_channels", cfg.latent_channels),
+        "out_channels": Dim.static("out_channels", cfg.out_channels),
+        "latent_height": Dim.of_range("latent_height", env["height"].scaled(1, s), patch),
+        "latent_width": Dim.of_range("latent_width", env["width"].scaled(1, s), patch),
+        "text_length": Dim.static("text_length", TEXT_LENGTH),
+        "text_dim": Dim.static("text_dim", cfg.text_dim),
+        "image_tokens": Dim.static("image_tokens", _image_tokens(ref)),
+        "image_dim": Dim.static("image_dim", cfg.image_dim),
+    }
+
+
+def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    return wan_vae.vae_dims(_batch(env), env, ref)
+
+
+def _face_pixels(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
+    return torch.rand(shape, generator=gen) * 2 - 1
+
+
+def _motion_vec(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
+    """Motion vectors as the face encoder gives them: the reference frame's are zeros."""
+    vec = torch.randn(shape, generator=gen)
+    vec[:, 0] = 0
+    return vec
+
+
+# --------------------------------------------------------------------------------------
+# Pipeline slots
+# --------------------------------------------------------------------------------------
+
+
+def _call_text_encoder(runners, input_ids, attention_mask=None, **_: Any):
+    from transformers.modeling_outputs import BaseModelOutput
+
+    out = runners["text_encoder"]({"input_ids": input_ids, "attention_mask": attention_mask.long()})
+    return BaseModelOutput(last_hidden_state=out["last_hidden_state"])
+
+
+def _call_image_encoder(runners, pixel_values=None, output_hidden_states=None, **_: Any):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    hidden = runners["image_encoder"]({"pixel_values": pixel_values})["image_embeds"]
+    return BaseModelOutputWithPooling(hidden_states=(hidden, None))  # the pipeline reads hidden_states[-2]
+
+
+def _call_transformer(runners, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
+                      pose_hidden_states, face_pixel_values, motion_encode_batch_size=None, attention_kwargs=None,
+                      return_dict=True):
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    if attention_kwargs:
+        raise InputError("this export's transformer takes no attention_kwargs")
+    batch = hidden_states.shape[0]
+    # the face pixels are the same every step of a segment: their motion vectors are computed
+    # once per segment and CFG branch, not once per step
+    motion_vec = runners["face_encoder"].call_cached({"face_pixel_values": face_pixel_values})["motion_vec"]
+    feeds = {
+        "hidden_states": hidden_states,
+        "timestep": timestep.float().reshape(-1).expand(batch),
+        "encoder_hidden_states": encoder_hidden_states,
+        "encoder_hidden_states_image": encoder_hidden_states_image,
+        "pose_hidden_states": pose_hidden_states,
+        "motion_vec": motion_vec,
+    }
+    out = runners["transformer"](feeds)["noise_pred"]
+    return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+
+# --------------------------------------------------------------------------------------
+# The family
+# --------------------------------------------------------------------------------------
+
+
+class WanAnimate(Family):
+    name = "wan-animate"
+    description = "Wan2.2-Animate: character animation / replacement (umT5, CLIP vision, face encoder, DiT, Wan VAE chunks)"
+    variants = ("default",)
+    random_presets = ("tiny", "bench")
+    axis_help = {
+        "batch": "MIN:OPT:MAX videos per call.",
+        "height": "MIN:OPT:MAX video height in pixels (multiple of 16).",
+        "width": "MIN:OPT:MAX video width in pixels (multiple of 16).",
+        "segment_frames": "MIN:OPT:MAX pixel frames per segment, each 4k+1.",
+    }
+
+    components = (
+        Component(
+            name="text_encoder", kind="text_encoder", module="text_encoder",
+            inputs=specs(TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids),
+                         TensorSpec("attention_mask", "int64", ("batch", "text_length"), sample="mask")),
+            outputs=specs(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "text_dim"))),
+            dims=_text_encoder_dims, wrapper=lambda ref: UMT5Export(ref.module("text_encoder")),
+            reference=_text_encoder_reference,
+            precision=Precision(keep_fp32=("DenseReluDense.wo", "layer_norm"), note="T5 feed-forward and norms in fp32"),
+        ),
+        Component(
+            name="image_encoder", kind="image_encoder", module="image_encoder",
+            inputs=specs(TensorSpec("pixel_values", "float32", ("batch", 3, "image_size", "image_size"))),
+            outputs=specs(TensorSpec("image_embeds", "float32", ("batch", "image_tokens", "image_dim"))),
+            dims=_image_encoder_dims, wrapper=lambda ref: CLIPVisionExport(ref.module("image_encoder")),
+            reference=_image_encoder_reference,
+            precision=Precision(keep_fp32=("layer_norm",), note="LayerNorms in fp32"),
+        ),
+        Component(
+            name="face_encoder", kind="image_encoder", module="transformer",
+            inputs=specs(TensorSpec("face_pixel_values", "float32", ("batch", 3, "face_frames", "face_size", "face_size"),
+                                    sample=_face_pixels)),
+            outputs=specs(TensorSpec("motion_vec", "float32", ("batch", "segment_latent_frames", "face_tokens", "inner_dim"))),
+            dims=_motion_dims, wrapper=lambda ref: FaceEncoderExport(ref.module("transformer")),
+            reference=_face_encoder_reference,
+            precision=Precision(keep_fp32=("q_t",), note="the motion decomposition (QR basis) in fp32"),
+        ),
+        Component(
+            name="transformer", kind="denoiser", module="transformer",
+            inputs=specs(
+                TensorSpec("hidden_states", "float32", ("batch", "in_channels", "segment_latent_frames", "latent_height", "latent_width")),
+                TensorSpec("timestep", "float32", ("batch",), sample="timestep"),
+                TensorSpec("encoder_hidden_states", "float32", ("batch", "text_length", "text_dim")),
+                TensorSpec("encoder_hidden_states_image", "float32", ("batch", "image_tokens", "image_dim")),
+                TensorSpec("pose_hidden_states", "float32", ("batch", "latent_channels", "latent_frames", "latent_height", "latent_width")),
+                TensorSpec("motion_vec", "float32", ("batch", "segment_latent_frames", "face_tokens", "inner_dim"),
+                           sample=_motion_vec),
+            ),
+            outputs=specs(TensorSpec("noise_pred", "float32", ("batch", "out_channels", "segment_latent_frames", "latent_height", "latent_width"))),
+            dims=_transformer_dims, wrapper=lambda ref: WanAnimateTransformerExport(ref.module("transformer")),
+            reference=_transformer_reference,
+            precision=Precision(keep_fp32=("norm", "condition_embedder", "scale_shift_table", "rope"),
+                                note="norms, modulation, timestep and RoPE embeddings in fp32"),
+        ),
+        *wan_vae.chunk_components(_vae_dims),
+    )
+
+    pipeline_slots = (
+        PipelineSlot("text_encoder", "text_encoder", {"forward": _call_text_encoder}, ("text_encoder",)),
+        PipelineSlot("image_encoder", "image_encoder", {"forward": _call_image_encoder}, ("image_encoder",)),
+        PipelineSlot("transformer", "transformer", {"forward": _call_transformer}, ("face_encoder", "transformer")),
+        wan_vae.vae_slot(),
+    )
+    host_modules = ("tokenizer", "scheduler", "image_processor")
+    run_options = (
+        Option("image", "The reference image (the character).", type="path", required=True),
+        Option("pose_video", "Pose video (MP4, GIF or a folder of frames); its length is the output's.", type="path", required=True),
+        Option("face_video", "Face video, the same length as the pose video, at the model's face size.", type="path", required=True),
+        Option("mode", "animate: the character in the pose video's motion; replace: into the background video.",
+               type="choice", choices=MODES, default="animate"),
+        Option("background_video", "Replace mode: the background video.", type="path"),
+        Option("mask_video", "Replace mode: the mask video (white where the character goes).", type="path"),
+        Option("resize_face", "Resize face frames of another size to the model's face size (as the pipeline does).", type="flag"),
+        Option("prompt", "What to generate.", default=""),
+        COMMON_RUN_OPTIONS[1],
+        COMMON_RUN_OPTIONS[2],
+        Option("guidance_scale", "CFG scale (<= 1 disables CFG).", type="float", default=1.0),
+        COMMON_RUN_OPTIONS[4],
+        Option("height", "Pixels; default: the export's opt height.", type="int"),
+        Option("width", "Pixels; default: the export's opt width.", type="int"),
+        Option("segment_frames", "Pixel frames per segment (4k+1); default: the export's opt.", type="int"),
+        Option("prev_frames", "Frames of the previous segment that condition the next (1 or 5).", type="choice",
+               choices=("1", "5"), default="1"),
+        Option("fps", "Frames per second of an .mp4 / .gif output.", type="int", default=16, low=1),
+    )
+    request_axes = {"height": "height", "width": "width", "segment_frame_length": "segment_frames"}
+    trajectory = ("transformer", "hidden_states")
+
+    # -- shapes -------------------------------------------------------------------------
+    def axes(self, ref: Reference) -> tuple[Axis, ...]:
+        cfg = ref.config("transformer")
+        multiple = wan_vae.spatial_factor(ref) * cfg.patch_size[1]
+        if random_preset(ref.source) == "tiny":
+            height, width, segment = Range(32, 32, 48), Range(32, 48, 64), Range(5, 9, 13)
+        else:
+            height, width, segment = Range(256, 720, 1280), Range(256, 1280, 1280), Range(5, 77, 81)
+        return (
+            Axis("batch", Range(1, 1, 1), ceiling=4, help="videos per call"),
+            Axis("height", height, multiple_of=multiple, floor=multiple, ceiling=2048, unit="pixels"),
+            Axis("width", width, multiple_of=multiple, floor=multiple, ceiling=2048, unit="pixels"),
+            Axis("segment_frames", segment, multiple_of=4, remainder=1, floor=5, ceiling=4 * cfg.rope_max_seq_len + 1,
+                 unit="frames"),
+        )
+
+    # -- requests -----------------------------------------------------------------------
+    def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
+        from zoo.media import check_frame_size, load_image, load_video
+
+        mode = options.get("mode") or "animate"
+        image = load_image(options["image"], option="--image")
+        pose = load_video(options["pose_video"], option="--pose-video")
+        face = load_video(options["face_video"], option="--face-video")
+        if len(face) != len(pose):
+            raise InputError(f"--face-video has {len(face)} frames, --pose-video {len(pose)}: they must be the same length")
+        size = context.configs["transformer"]["motion_encoder_size"]
+        face = check_frame_size(face, option="--face-video", height=size, width=size, path=options["face_video"],
+                                resize=bool(options.get("resize_face")), resize_flag="--resize-face")
+        kwargs: dict[str, Any] = {"image": image, "pose_video": pose, "face_video": face, "mode": mode}
+        for name in ("background_video", "mask_video"):
+            value = options.get(name)
+            if mode == "replace":
+                if value is None:
+                    raise InputError(f"--mode replace needs --{name.replace('_', '-')}")
+                video = load_video(value, option=f"--{name.replace('_', '-')}")
+                if len(video) != len(pose):
+                    raise InputError(f"--{name.replace('_', '-')} has {len(video)} frames, --pose-video {len(pose)}: "
+                                     f"they must be the same length")
+                kwargs[name] = video
+            elif value is not None:
+                raise InputError(f"--{name.replace('_', '-')} is for --mode replace")
+        segment = options.get("segment_frames")
+        segment = context.envelope["segment_frames"].opt if segment is None else segment
+        if segment % 4 != 1:
+            raise InputError(f"--segment-frames {segment}: pixel frames per segment must be 4k+1 (5, 9, 13, ...)")
+        kwargs.update(
+            prompt=options.get("prompt") or "",
+            negative_prompt=options.get("negative_prompt") or "",
+            height=context.envelope["height"].opt if options.get("height") is None else options["height"],
+            width=context.envelope["width"].opt if options.get("width") is None else options["width"],
+            segment_frame_length=segment,
+            prev_segment_conditioning_frames=int(options.get("prev_frames") or 1),
+            num_inference_steps=options.get("steps", 20),
+            guidance_scale=options.get("guidance_scale", 1.0),
+        )
+        return Request(PIPELINE, kwargs, scheduler=options.get("scheduler"), output_format="video",
+                       fps=options.get("fps") or 16)
+
+    def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
+        import numpy as np
+        from PIL import Image
+
+        env = context.envelope
+        h, w, s = env["height"].opt, env["width"].opt, env["segment_frames"].opt
+        frames = 2 * s - 1  # two segments with one conditioning frame
+        size = context.configs["transformer"]["motion_encoder_size"]
+        rng = np.random.default_rng(0)
+
+        def clip(n: int, hh: int, ww: int) -> list:
+            return [Image.fromarray(rng.integers(0, 255, (hh, ww, 3), dtype=np.uint8)) for _ in range(n)]
+
+        base = {"image": clip(1, h, w)[0], "pose_video": clip(frames, h, w), "face_video": clip(frames, size, size),
+                "prompt": "a person dancing", "negative_prompt": "blurry", "height": h, "width": w,
+                "segment_frame_length": s, "prev_segment_conditioning_frames": 1, "num_inference_steps": 2}
+        mask = [Image.fromarray((rng.random((h, w)) > 0.5).astype(np.uint8) * 255, "L") for _ in range(frames)]
+        return [
+            ("animate", Request(PIPELINE, {**base, "mode": "animate", "guidance_scale": 2.0}, output_format="video")),
+            ("replace", Request(PIPELINE, {**base, "mode": "replace", "guidance_scale": 1.0, "background_video": clip(frames, h, w),
+                                           "mask_video": mask}, output_format="video")),
+        ]
+
+    def output(self, result: Any) -> Any:
+        return result.frames
+
+    def loop_checks(self, ref: Reference, runners: Mapping[str, Any], envelope: Envelope, seed: int = 0) -> list[Any]:
+        return wan_vae.loop_checks(ref, runners, envelope, seed)
+
+    def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        k = request.kwargs
+        return {"height": k["height"], "width": k["width"], "segment_frame_length": k["segment_frame_length"]}
+
+    # -- loading ------------------------------------------------------------------------
+    def load_sources(self, sources: Sources) -> Reference:
+        source = sources[0].path
+        index = require_folder(source, family=self.name, index_file="model_index.json", accepted=(PIPELINE,))
+        found = pipeline_modules(source, index)
+        needed = {"text_encoder", "tokenizer", "image_encoder", "image_processor", "transformer", "vae", "scheduler"}
+        missing = sorted(needed - set(found))
+        if missing:
+            raise CheckpointError(f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {PIPELINE} folder")
+        ref = Reference(self.name, "default", tuple(sources),
+                        Modules({k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items() if v[1]}),
+                        pipeline=PIPELINE)
+        wan_vae.check_vae(ref)
+        return ref
+
+    def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
+        from diffusers import WanAnimatePipeline
+
+        variant = self.random_choice(variant, preset)
+        WanAnimatePipeline(**_random_parts(preset, seed)).save_pretrained(dest)
+        write_random_marker(Path(dest), family=self.name, variant=variant, preset=preset, seed=seed)
+        return Path(dest)
+
+
+def _random_parts(preset: str, seed: int) -> dict[str, Any]:
+    """Random-weight modules: tiny, or Wan-Animate-14B's widths at one block (bench)."""
+    import tempfile
+
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanAnimateTransformer3DModel
+    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config,
+                              UMT5EncoderModel)
+
+    from zoo.tiny import build_t5_tokenizer
+
+    bench = preset == "bench"
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        build_t5_tokenizer(Path(tmp), model_max_length=TEXT_LENGTH)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    text_dim = 4096 if bench else 32
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=text_dim, d_kv=64 if bench else 8, d_ff=10240 if bench else 37,
+        num_layers=1, num_heads=64 if bench else 4, relative_attention_num_buckets=32 if bench else 8,
+        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    image_dim = 1280 if bench else 16
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=image_dim, intermediate_size=5120 if bench else 32, num_hidden_layers=2,
+        num_attention_heads=16 if bench else 2, image_size=224 if bench else 28, patch_size=14, projection_dim=16))
+    crop = 224 if bench else 28
+    image_processor = CLIPImageProcessor(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop})
+    z = 16 if bench else 4
+    vae = AutoencoderKLWan(base_dim=96 if bench else 8, z_dim=z, dim_mult=[1, 2, 4, 4] if bench else [1, 2, 2, 2],
+                           num_res_blocks=2 if bench else 1, temperal_downsample=[False, True, True],
+                           latents_mean=[0.1 * (i % 5) - 0.2 for i in range(z)],
+                           latents_std=[1.0 + 0.25 * (i % 4) for i in range(z)])
+    heads, head_dim = (40, 128) if bench else (2, 12)
+    transformer = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=2 * z + 4,
+        latent_channels=z, out_channels=z, text_dim=text_dim, freq_dim=256 if bench else 32,
+        ffn_dim=13824 if bench else 32, num_layers=1 if bench else 2, cross_attn_norm=True, image_dim=image_dim,
+        added_kv_proj_dim=heads * head_dim, rope_max_seq_len=1024 if bench else 32,
+        **({} if bench else dict(motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16,
+                                 motion_style_dim=16, motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16,
+                                 face_encoder_num_heads=2, motion_encoder_batch_size=4)),
+        inject_face_latents_blocks=1 if bench else 2,
+    )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler,
+            "image_processor": image_processor, "image_encoder": image_encoder, "transformer": transformer}
+
+
+FAMILY = WanAnimate()
