@@ -324,6 +324,24 @@ def _call_transformer(runners, hidden_states, timestep, encoder_hidden_states, e
     return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
 
+def _check_segments(frames: int, segment: int, prev: int) -> None:
+    """``WanAnimatePipeline``'s own segment count, checked before running: it counts
+    ``ceil((frames - prev) / (segment - prev))`` segments plus ``prev // (segment - prev)``, and
+    asserts that each segment starts ``prev`` frames before the video's end, which fails when
+    ``prev`` is at least the effective segment length (e.g. 5 conditioning frames, segments of 9)."""
+    effective = segment - prev
+    if effective < 1:
+        raise InputError(f"--segment-frames {segment} must be longer than --prev-frames {prev}")
+    remainder = (frames - prev) % effective
+    target = frames + (effective - remainder if remainder else 0)
+    last_start = (target // effective - 1) * effective
+    if last_start + prev >= frames:
+        raise InputError(
+            f"--pose-video has {frames} frames: WanAnimatePipeline cannot segment them with --segment-frames {segment} "
+            f"and --prev-frames {prev} (its last segment would start at frame {last_start}, leaving fewer than {prev} "
+            f"conditioning frames; it asserts); use longer segments (> {2 * prev}) or --prev-frames 1")
+
+
 # --------------------------------------------------------------------------------------
 # The family
 # --------------------------------------------------------------------------------------
@@ -465,13 +483,15 @@ class WanAnimate(Family):
         segment = context.envelope["segment_frames"].opt if segment is None else segment
         if segment % 4 != 1:
             raise InputError(f"--segment-frames {segment}: pixel frames per segment must be 4k+1 (5, 9, 13, ...)")
+        prev = int(options.get("prev_frames") or 1)
+        _check_segments(len(pose), segment, prev)
         kwargs.update(
             prompt=options.get("prompt") or "",
             negative_prompt=options.get("negative_prompt") or "",
             height=context.envelope["height"].opt if options.get("height") is None else options["height"],
             width=context.envelope["width"].opt if options.get("width") is None else options["width"],
             segment_frame_length=segment,
-            prev_segment_conditioning_frames=int(options.get("prev_frames") or 1),
+            prev_segment_conditioning_frames=prev,
             num_inference_steps=options.get("steps", 20),
             guidance_scale=options.get("guidance_scale", 1.0),
         )
