@@ -380,13 +380,16 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--iterations", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--component", "components", multiple=True, help="Time only this component (repeatable).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results here as JSON.")
-def bench(export_dir: Path, backend: str, device: str, warmup: int, iterations: int, json_path: Path | None) -> None:
+def bench(export_dir: Path, backend: str, device: str, warmup: int, iterations: int, components: tuple[str, ...],
+          json_path: Path | None) -> None:
     """Median latency per component at the opt shape: torch eager vs the backend, side by side."""
     from exporters.artifacts import atomic_write_json
     from runtimes.bench import bench as run_bench
 
-    rows = run_bench(export_dir, backend=backend, device=device, warmup=warmup, iterations=iterations)
+    rows = run_bench(export_dir, backend=backend, device=device, warmup=warmup, iterations=iterations,
+                     components=components or None)
     width = max([len(r.shape) for r in rows] + [5])
     click.echo(f"{'component':<14} {'shape':<{width}} {'torch ms':>10} {backend + ' ms':>16} {'speedup':>8}")
     for r in rows:

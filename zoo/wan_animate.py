@@ -189,9 +189,11 @@ def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) ->
     """The library forward, with the motion vectors it would compute itself from the face pixels
     replaced by the given ones (its face encoder is checked as the face_encoder component)."""
     m = ref.module("transformer")
-    face = torch.zeros(feeds["motion_vec"].shape[0], 3, 1, m.config.motion_encoder_size, m.config.motion_encoder_size)
-    original = m.face_encoder.forward
+    batch, size = feeds["motion_vec"].shape[0], m.config.motion_encoder_size
+    face = torch.zeros(batch, 3, 1, size, size)  # one dummy frame: its encoding is replaced below
     given = feeds["motion_vec"][:, 1:]
+    originals = m.motion_encoder.forward, m.face_encoder.forward
+    m.motion_encoder.forward = lambda x: x.new_zeros(x.shape[0], m.config.motion_encoder_dim)
     m.face_encoder.forward = lambda x: given
     try:
         out = m(hidden_states=feeds["hidden_states"], timestep=feeds["timestep"],
@@ -199,7 +201,7 @@ def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) ->
                 encoder_hidden_states_image=feeds["encoder_hidden_states_image"],
                 pose_hidden_states=feeds["pose_hidden_states"], face_pixel_values=face, return_dict=False)[0]
     finally:
-        m.face_encoder.forward = original
+        m.motion_encoder.forward, m.face_encoder.forward = originals
     return {"noise_pred": out}
 
 
