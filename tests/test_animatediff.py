@@ -263,3 +263,16 @@ def test_derived_input_dims_are_checked_through_their_source(tiny_export):
         backend({"sample": torch.zeros(1, 3, 50, 48)})
     out = backend({"sample": torch.zeros(2, 3, 48, 32)})["latent_parameters"]
     assert out.shape == (2, 8, 6, 4)
+
+
+def test_zoo_random_writes_the_documented_layout(tmp_path):
+    result = zoo("random", "animatediff", "--out", tmp_path / "ckpt", "--seed", "2")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ckpt" / "stable-diffusion" / "model_index.json").is_file()
+    assert (tmp_path / "ckpt" / "motion-adapter" / "config.json").is_file()
+    assert (tmp_path / "ckpt" / "motion-lora.safetensors").is_file()
+    assert f"zoo export animatediff --model {tmp_path / 'ckpt' / 'stable-diffusion'} --motion-adapter" in result.output
+    assert_error(zoo("random", "animatediff", "--out", tmp_path / "ckpt"), "exists and is not empty")
+    assert_error(zoo("random", "animatediff", "--preset", "huge", "--out", tmp_path / "other"),
+                 "animatediff has no preset 'huge'")
+    assert not (tmp_path / "other").exists()

@@ -125,7 +125,8 @@ class FamilyCommand(click.Command):
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         params = super().get_params(ctx)
         extra = ctx.meta.get("zoo.family_params", [])
-        return params[:-1] + extra + params[-1:] if params and params[-1].name == "help" else params + extra
+        helps = [p for p in params if p.name == "help"]
+        return [p for p in params if p.name != "help"] + extra + helps
 
 
 def _quiet_libraries() -> None:
@@ -183,12 +184,12 @@ def _export_options(family_name: str) -> list[click.Parameter]:
         click.Option([f"--{axis.replace('_', '-')}", axis], help=text) for axis, text in fam.axis_help.items()
     ]
     for role in fam.source_roles:
+        flag = f"--{role.name.replace('_', '-')}"
         if role.kind == "lora":
-            params.append(click.Option([f"--{role.name.replace('_', '-')}", role.name], multiple=True,
-                                       metavar="PATH[:SCALE]", help=role.help))
+            params.append(click.Option([flag, role.name], multiple=role.multiple, metavar="PATH[:SCALE]", help=role.help))
         else:
-            params.append(click.Option([f"--{role.name.replace('_', '-')}", role.name],
-                                       type=click.Path(path_type=Path), help=role.help))
+            params.append(click.Option([flag, role.name], multiple=role.multiple, type=click.Path(path_type=Path),
+                                       help=role.help))
     return params
 
 
@@ -284,12 +285,12 @@ def _sources(fam: Any, options: dict[str, Any]) -> list[Any]:
     sources = []
     for role in fam.source_roles:
         value = options.get(role.name)
-        if role.kind == "lora":
-            for text in value or ():
-                spec = parse_lora(text)
+        for item in (value or ()) if role.multiple else (() if value is None else (value,)):
+            if role.kind == "lora":
+                spec = parse_lora(item)
                 sources.append(Source(role.name, spec.path, spec.scale))
-        elif value is not None:
-            sources.append(Source(role.name, value))
+            else:
+                sources.append(Source(role.name, item))
     return sources
 
 
