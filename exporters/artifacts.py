@@ -74,7 +74,10 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         raise OSError(f"could not move the new folder into place at {final}")
     for old in aside:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:

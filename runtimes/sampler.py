@@ -108,7 +108,7 @@ def check_request(manifest: Manifest, request: Request) -> None:
             raise InputError(f"{_option_name(key)} {value}: expected a finite number")
     for option, value in family.shapes_run(request, manifest.configs).items():
         axis_name = family.request_axes[option]
-        label = _option_name(option)
+        label = request.shape_sources.get(option) or _option_name(option)
         if not isinstance(value, int) or isinstance(value, bool):
             raise InputError(f"{label} must be an integer, got {value!r}")
         asked = request.kwargs.get(option)

@@ -140,6 +140,9 @@ def _write_frame_folder(videos: np.ndarray, out: Path) -> list[Path]:
 
     if out.is_dir() and not _is_frames_folder(out):
         raise OutputError(f"{out} is a folder holding other files; refusing to replace it with video frames")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is an existing file, not a folder: refusing to replace it with a folder of frames "
+                          f"(give a video suffix such as .mp4, or another path)")
     with staged_dir(out) as stage:
         for i, video in enumerate(videos):
             folder = stage if len(videos) == 1 else stage / f"video-{i}"

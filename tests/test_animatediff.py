@@ -176,7 +176,8 @@ def test_tiny_export_from_an_animatediff_folder_runs(tiny_export, tmp_path):
         (["--video", "{tmp}/empty"], "--video {tmp}/empty: empty video"),
         (["--video", "{tmp}/big.gif", "--height", "32", "--width", "32"], "frames are 48x48 (WxH), expected 32x32; they were not resized"),
         (["--video", "{tmp}/big.gif", "--frames", "4"], "--frames 4: video-to-video takes the frame count from --video"),
-        (["--video", "{tmp}/long.gif"], "--frames 20 is outside the exported profile"),
+        (["--video", "{tmp}/long.gif"], "--video {tmp}/long.gif frames 20 is outside the exported profile"),
+        (["--video", "{tmp}/odd.gif"], "--video {tmp}/odd.gif height 40: height must be a multiple of 16 pixels"),
         (["--strength", "0.5"], "--strength applies to video-to-video: give --video"),
         (["--video", "{tmp}/big.gif", "--strength", "0.2", "--steps", "2"], "leaves no denoising step"),
         (["--free-u"], "--free-u is not supported: FreeU rescales the backbone and skip features"),
@@ -189,6 +190,7 @@ def test_run_bad_input(tiny_export, tmp_path, options, message):
     (tmp_path / "empty").mkdir()
     _write_gif(tmp_path / "big.gif", 6, (48, 48))
     _write_gif(tmp_path / "long.gif", 20, (48, 48))
+    _write_gif(tmp_path / "odd.gif", 6, (48, 40))
     out = tmp_path / "out.mp4"
     result = zoo("run", tiny_export("animatediff"), "--prompt", "x", "--steps", "3", "--out", out,
                  *[o.format(tmp=tmp_path) for o in options])

@@ -397,3 +397,13 @@ def test_folder_holding_other_files_is_not_replaced(tmp_path):
         write_video(_video(f=2), out)
     assert _names(out) == ["thesis.tex"]
     assert _names(tmp_path) == ["mine"]
+
+
+def test_an_existing_file_is_never_replaced_by_a_frame_folder(tmp_path):
+    """A suffix-less --out that is a file is refused (it once was moved aside, then deleted)."""
+    precious = tmp_path / "precious"
+    precious.write_text("important data")
+    with pytest.raises(OutputError, match="is an existing file, not a folder: refusing to replace it"):
+        write_video(np.zeros((1, 2, 4, 4, 3), np.float32), precious)
+    assert precious.read_text() == "important data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]

@@ -4,6 +4,8 @@ WanAnimatePipeline writes, the face encoder once per segment, and every bad inpu
 
 from __future__ import annotations
 
+import re
+
 import diffusers
 import numpy as np
 import pytest
@@ -174,16 +176,61 @@ def test_run_bad_input(tiny_export, media, tmp_path, options, message):
     assert not out.exists()
 
 
-def test_resize_face_resizes(tiny_export, media, tmp_path):
-    result = zoo("run", tiny_export("wan-animate"), "--image", media["image"], "--pose-video", media["pose_short"],
-                 "--face-video", media["face_big"].parent / "face_big", "--steps", "1", "--out", tmp_path / "o.npy",
-                 "--resize-face")
-    assert_error(result, "--face-video has 13 frames, --pose-video 9")  # the length check comes first
-    result = zoo("run", tiny_export("wan-animate"), "--image", media["image"], "--pose-video", media["pose"],
-                 "--face-video", media["face_big"], "--steps", "1", "--segment-frames", "13", "--out", tmp_path / "o.npy",
-                 "--resize-face")
+def test_resize_face_is_the_pipelines_own_resize(tiny_export, media, tmp_path):
+    out = tiny_export("wan-animate")
+    result = zoo("run", out, "--image", media["image"], "--pose-video", media["pose"], "--face-video", media["face_big"],
+                 "--steps", "1", "--segment-frames", "13", "--resize-face", "--out", tmp_path / "o.npy")
     assert result.exit_code == 0, result.output
-    assert np.load(tmp_path / "o.npy").shape == (1, 13, 32, 48, 3)
+    want = _pipeline(out)(image=Image.open(media["image"]).convert("RGB"), pose_video=_load(media["pose"]),
+                          face_video=_load(media["face_big"]), prompt="", negative_prompt="", num_inference_steps=1,
+                          guidance_scale=1.0, segment_frame_length=13, height=32, width=48, output_type="np",
+                          generator=torch.Generator("cpu").manual_seed(0)).frames
+    assert np.abs(np.load(tmp_path / "o.npy") - want).max() <= 1e-3
+
+
+def _variant_folder(tiny_checkpoint, tmp_path, **vae_changes):
+    """The tiny checkpoint with another VAE config (random weights of that config)."""
+    import shutil
+
+    folder = tmp_path / "variant"
+    shutil.copytree(tiny_checkpoint("wan-animate"), folder)
+    vae = diffusers.AutoencoderKLWan.from_pretrained(folder / "vae")
+    config = {**{k: v for k, v in vae.config.items() if not k.startswith("_")}, **vae_changes}
+    diffusers.AutoencoderKLWan(**config).save_pretrained(folder / "vae")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(attn_scales=[0.5]), "has attention at scales [0.5]: diffusers' own chunked encode fails on it"),
+        (dict(temperal_downsample=[False, False, True], scale_factor_temporal=2), "packs 2 frames per latent frame; WanAnimatePipeline assumes 4"),
+        (dict(scale_factor_spatial=16), "scale factors (spatial 16, temporal 4) disagree with its layers"),
+    ],
+)
+def test_vae_configs_the_chunk_graphs_cannot_run_are_refused(tiny_checkpoint, tmp_path, changes, message):
+    from zoo.errors import CheckpointError
+
+    folder = _variant_folder(tiny_checkpoint, tmp_path, **changes)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        get_family("wan-animate").load(folder)
+
+
+def test_sizes_follow_the_pipelines_multiple_of_16(tiny_checkpoint, tmp_path):
+    """A VAE with spatial factor 4 (patches of 8 px) still needs multiples of 16 (the pipeline's check)."""
+    folder = _variant_folder(tiny_checkpoint, tmp_path, dim_mult=[1, 2, 2], temperal_downsample=[True, True],
+                             scale_factor_spatial=4)
+    fam = get_family("wan-animate")
+    axes = {a.name: a for a in fam.axes(fam.load(folder))}
+    assert axes["height"].multiple_of == 16 and axes["height"].ceiling == 32 * 8 // 16 * 16
+
+
+def test_too_few_frames_for_one_segment(tiny_export, media, tmp_path):
+    root = media["root"]
+    one = _frames(root / "one", 1, (48, 32), 1)
+    face = _frames(root / "one_face", 1, (16, 16), 2)
+    assert_error(zoo("run", tiny_export("wan-animate"), "--image", media["image"], "--pose-video", one, "--face-video", face,
+                     "--out", tmp_path / "o.npy"), "--pose-video has 1 frames: WanAnimatePipeline needs more than --prev-frames 1")
 
 
 def test_segment_frames_envelope_is_4k_plus_1(tiny_checkpoint):

@@ -392,15 +392,18 @@ class AnimateDiff(Family):
                 raise InputError(f"--frames {options['frames']}: video-to-video takes the frame count from --video "
                                  f"{video} ({len(clip)} frames); drop --frames")
             frame_w, frame_h = clip[0].size
-            if height is None and width is None:
-                height, width = frame_h, frame_w
-            height, width = height or frame_h, width or frame_w
+            sources = {"num_frames": f"--video {video} frames"}
+            if height is None:
+                height, sources["height"] = frame_h, f"--video {video} height"
+            if width is None:
+                width, sources["width"] = frame_w, f"--video {video} width"
             clip = check_frame_size(clip, option="--video", height=height, width=width, path=video,
                                     resize=bool(options.get("resize_video")), resize_flag="--resize-video")
             kwargs.update(video=[clip], height=height, width=width, strength=strength)
             pipeline = V2V
         return Request(pipeline, kwargs, setup=setup, scheduler=options.get("scheduler"),
-                       output_format="video", fps=options.get("fps") or 8)
+                       output_format="video", fps=options.get("fps") or 8,
+                       shape_sources=sources if video is not None else {})
 
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
         import numpy as np

@@ -490,6 +490,7 @@ class Request:
     scheduler: str | None = None  # a diffusers scheduler class built on the checkpoint's scheduler config
     output_format: str = "images"  # images (N,H,W,3) | video (B,F,H,W,3)
     fps: int = 8
+    shape_sources: dict[str, str] = field(default_factory=dict)  # shape kwarg -> what set it, for messages
 
 
 COMMON_RUN_OPTIONS: tuple[Option, ...] = (

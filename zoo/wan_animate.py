@@ -14,6 +14,7 @@ sampler is ``WanAnimatePipeline`` itself; the face encoder runs once per segment
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,8 @@ def _check_segments(frames: int, segment: int, prev: int) -> None:
     effective = segment - prev
     if effective < 1:
         raise InputError(f"--segment-frames {segment} must be longer than --prev-frames {prev}")
+    if frames <= prev:
+        raise InputError(f"--pose-video has {frames} frames: WanAnimatePipeline needs more than --prev-frames {prev}")
     remainder = (frames - prev) % effective
     target = frames + (effective - remainder if remainder else 0)
     last_start = (target // effective - 1) * effective
@@ -423,7 +426,8 @@ class WanAnimate(Family):
                type="choice", choices=MODES, default="animate"),
         Option("background_video", "Replace mode: the background video.", type="path"),
         Option("mask_video", "Replace mode: the mask video (white where the character goes).", type="path"),
-        Option("resize_face", "Resize face frames of another size to the model's face size (as the pipeline does).", type="flag"),
+        Option("resize_face", "Let WanAnimatePipeline resize face frames of another size to the model's face size "
+                              "(its plain lanczos resize).", type="flag"),
         Option("prompt", "What to generate.", default=""),
         COMMON_RUN_OPTIONS[1],
         COMMON_RUN_OPTIONS[2],
@@ -442,17 +446,22 @@ class WanAnimate(Family):
     # -- shapes -------------------------------------------------------------------------
     def axes(self, ref: Reference) -> tuple[Axis, ...]:
         cfg = ref.config("transformer")
-        multiple = wan_vae.spatial_factor(ref) * cfg.patch_size[1]
+        step = wan_vae.spatial_factor(ref) * cfg.patch_size[1]
+        multiple = math.lcm(step, 16)  # WanAnimatePipeline.check_inputs requires multiples of 16
+        # RoPE tables hold rope_max_seq_len positions per axis (frames, and patches per side)
+        ceiling = min(2048, cfg.rope_max_seq_len * step // multiple * multiple)
+        frames_ceiling = 4 * (cfg.rope_max_seq_len - 1) - 3  # latent frames + the reference frame
         if random_preset(ref.source) == "tiny":
             height, width, segment = Range(32, 32, 48), Range(32, 48, 64), Range(5, 9, 13)
         else:
             height, width, segment = Range(256, 720, 1280), Range(256, 1280, 1280), Range(5, 77, 81)
+        height, width = (Range(*(max(multiple, min(v, ceiling)) for v in (r.min, r.opt, r.max))) for r in (height, width))
+        segment = Range(*(min(v, frames_ceiling) for v in (segment.min, segment.opt, segment.max)))
         return (
             Axis("batch", Range(1, 1, 1), ceiling=4, help="videos per call"),
-            Axis("height", height, multiple_of=multiple, floor=multiple, ceiling=2048, unit="pixels"),
-            Axis("width", width, multiple_of=multiple, floor=multiple, ceiling=2048, unit="pixels"),
-            Axis("segment_frames", segment, multiple_of=4, remainder=1, floor=5, ceiling=4 * cfg.rope_max_seq_len + 1,
-                 unit="frames"),
+            Axis("height", height, multiple_of=multiple, floor=multiple, ceiling=ceiling, unit="pixels"),
+            Axis("width", width, multiple_of=multiple, floor=multiple, ceiling=ceiling, unit="pixels"),
+            Axis("segment_frames", segment, multiple_of=4, remainder=1, floor=5, ceiling=frames_ceiling, unit="frames"),
         )
 
     # -- requests -----------------------------------------------------------------------
@@ -466,8 +475,9 @@ class WanAnimate(Family):
         if len(face) != len(pose):
             raise InputError(f"--face-video has {len(face)} frames, --pose-video {len(pose)}: they must be the same length")
         size = context.configs["transformer"]["motion_encoder_size"]
-        face = check_frame_size(face, option="--face-video", height=size, width=size, path=options["face_video"],
-                                resize=bool(options.get("resize_face")), resize_flag="--resize-face")
+        if not options.get("resize_face"):  # with --resize-face the pipeline resizes them itself (lanczos)
+            check_frame_size(face, option="--face-video", height=size, width=size, path=options["face_video"],
+                             resize=False, resize_flag="--resize-face")
         kwargs: dict[str, Any] = {"image": image, "pose_video": pose, "face_video": face, "mode": mode}
         for name in ("background_video", "mask_video"):
             value = options.get(name)
@@ -546,6 +556,9 @@ class WanAnimate(Family):
                         Modules({k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items() if v[1]}),
                         pipeline=PIPELINE)
         wan_vae.check_vae(ref)
+        if wan_vae.temporal_factor(ref) != 4:
+            raise CheckpointError(f"{source / 'vae'}: this AutoencoderKLWan packs {wan_vae.temporal_factor(ref)} frames per "
+                                  f"latent frame; WanAnimatePipeline assumes 4 (pixel frames 4k+1)")
         return ref
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:

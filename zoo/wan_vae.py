@@ -45,9 +45,19 @@ class CacheSlot:
 
 
 def check_vae(ref: Reference) -> None:
-    if ref.config("vae").patch_size is not None:
+    """Refuse the AutoencoderKLWan configurations the chunk graphs (or the library) cannot run."""
+    cfg = ref.config("vae")
+    if cfg.patch_size is not None:
         raise CheckpointError("this AutoencoderKLWan patchifies its input (patch_size is set, as in Wan2.2 TI2V-5B): "
                               "its chunk graphs are not supported yet")
+    if list(cfg.attn_scales):
+        raise CheckpointError(f"this AutoencoderKLWan has attention at scales {list(cfg.attn_scales)}: diffusers' own "
+                              f"chunked encode fails on it (WanAttentionBlock takes no feature cache)")
+    if cfg.scale_factor_spatial not in (None, spatial_factor(ref)) or cfg.scale_factor_temporal not in (None, temporal_factor(ref)):
+        raise CheckpointError(
+            f"this AutoencoderKLWan's scale factors (spatial {cfg.scale_factor_spatial}, temporal "
+            f"{cfg.scale_factor_temporal}) disagree with its layers (spatial {spatial_factor(ref)}, temporal "
+            f"{temporal_factor(ref)}): the pipeline would cut frames and sizes wrongly")
 
 
 def temporal_factor(ref: Reference) -> int:
