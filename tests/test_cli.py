@@ -46,7 +46,7 @@ def test_export_temporal_with_envelope(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["export", "nope", "--tiny", "--out", "{out}"], "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, wan-animate"),
+        (["export", "nope", "--tiny", "--out", "{out}"], "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate"),
         (["export", "pixart", "--model", "{tmp}/missing", "--out", "{out}"], "does not exist; expected a diffusers-format folder"),
         (["export", "pixart", "--model", "{tmp}", "--out", "{out}"], "is empty; expected a diffusers-format folder"),
         (["export", "pixart", "--tiny", "--height", "32:72:96", "--out", "{out}"], "--height 32:72:96: height must be a multiple of 16 pixels, got 72"),
@@ -212,7 +212,7 @@ def test_console_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "zoo.cli", "export", "nope", "--tiny", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, wan-animate"
+    assert proc.stderr.strip() == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate"
 
 
 def test_missing_external_data_is_a_clear_error(tmp_path, monkeypatch):

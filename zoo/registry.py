@@ -12,6 +12,7 @@ _MODULES: dict[str, str] = {
     "animatediff": "zoo.animatediff",
     "pixart": "zoo.pixart",
     "transformer-temporal": "zoo.transformer_temporal",
+    "unianimate-dit": "zoo.unianimate",
     "wan-animate": "zoo.wan_animate",
 }
 _LOADED: dict[str, Family] = {}
