@@ -101,32 +101,41 @@ def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", devi
         log.warning("end-to-end parity skipped: the export lacks %s", ", ".join(sorted(needed - set(manifest.components))))
         return []
     scale = scale_of(manifest)
-    ref = load_reference(manifest)
     component, feed = family.trajectory
-    module = ref.module(family.component(component).module)
     rows: list[Row] = []
     with Sampler(export_dir, backend=backend, device=device) as sampler:
         for label, request in family.parity_requests(request_context(manifest)):
             check_request(manifest, request)
-            # the reference: the family's pipeline on the library modules, latents recorded by a hook
-            pipeline = configure_pipeline(family.build_pipeline(request, dict(ref.modules)), request, progress=False)
-            reference_steps: list[torch.Tensor] = []
-
-            def hook(mod: torch.nn.Module, args: tuple, kw: dict) -> None:
-                reference_steps.append(bind_argument(mod.forward, feed, args, kw).detach().clone())
-
-            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-            try:
-                with torch.no_grad():
-                    expected = run_pipeline(family, pipeline, request, seed)
-            finally:
-                handle.remove()
-
+            if family.reference_backend:  # the family's own loop, on the reference backend
+                with Sampler(export_dir, backend=family.reference_backend) as reference:
+                    reference_steps = reference.record_inputs(component, feed)
+                    expected = reference(request, seed, progress=False)
+            else:
+                expected, reference_steps = _library_run(manifest, family, request, component, feed, seed)
             sampler.runners = dict(sampler.backends)
             candidate_steps = sampler.record_inputs(component, feed)
             got = sampler(request, seed, progress=False)
             rows += _request_rows(label, component, feed, candidate_steps, reference_steps, got, expected, scale)
     return rows
+
+
+def _library_run(manifest: Manifest, family, request, component: str, feed: str, seed: int):
+    """The family's pipeline on the library modules, the denoiser's latents recorded by a hook."""
+    ref = load_reference(manifest)
+    module = ref.module(family.component(component).module)
+    pipeline = configure_pipeline(family.build_pipeline(request, dict(ref.modules)), request, progress=False)
+    steps: list[torch.Tensor] = []
+
+    def hook(mod: torch.nn.Module, args: tuple, kw: dict) -> None:
+        steps.append(bind_argument(mod.forward, feed, args, kw).detach().clone())
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            expected = run_pipeline(family, pipeline, request, seed)
+    finally:
+        handle.remove()
+    return expected, steps
 
 
 def _request_rows(label: str, component: str, feed: str, candidate_steps: list[torch.Tensor],

@@ -518,6 +518,9 @@ class Family:
     run_options: ClassVar[tuple[Option, ...]] = ()
     request_axes: ClassVar[Mapping[str, str]] = {}  # pipeline kwarg -> envelope axis
     trajectory: ClassVar[tuple[str, str] | None] = None  # (component, latent input name)
+    # end-to-end parity's reference: None = the family's pipeline on the library modules; a backend
+    # name = the family's own loop on that backend (families no library has a pipeline for)
+    reference_backend: ClassVar[str | None] = None
 
     # -- loading ------------------------------------------------------------------------
     def load(self, sources: Sources | str | Path) -> Reference:

@@ -26,15 +26,20 @@ from torch import nn
 from zoo import wan_vae
 from zoo.checkpoint import is_lfs_pointer, pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
+    COMMON_RUN_OPTIONS,
     Axis,
     Component,
     Dim,
     Envelope,
     Family,
     Modules,
+    Option,
+    PipelineSlot,
     Precision,
     Range,
     Reference,
+    Request,
+    RequestContext,
     Source,
     SourceRole,
     Sources,
@@ -43,7 +48,7 @@ from zoo.contract import (
     specs,
     token_ids,
 )
-from zoo.errors import CheckpointError
+from zoo.errors import CheckpointError, InputError
 from zoo.wan_animate import TEXT_LENGTH, CLIPVisionExport, UMT5Export
 
 PIPELINE = "WanImageToVideoPipeline"
@@ -190,34 +195,79 @@ class RefPoseEncoderExport(nn.Module):
         return self.guider(ref_pose / 255.0).to(torch.bfloat16).to(torch.float32)
 
 
+def _time_embedding(m: nn.Module, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``temb`` and ``t_mod`` (B, 6, D) of ``WanTimeTextImageEmbedding`` (its time half)."""
+    ce = m.condition_embedder
+    temb = ce.time_embedder(ce.timesteps_proj(timestep).to(torch.float32))
+    return temb, ce.time_proj(ce.act_fn(temb)).unflatten(1, (6, -1))
+
+
+def _patch_tokens(m: nn.Module, hidden_states: torch.Tensor, pose_features: torch.Tensor) -> torch.Tensor:
+    """Patch tokens with the pose features added right after patchify (the original's ``add_condition``)."""
+    x = m.patch_embedding(hidden_states).flatten(2).transpose(1, 2)  # (B, N, D)
+    return x + pose_features.flatten(2).transpose(1, 2)  # (B, D, T, h/2, w/2) -> (B, N, D)
+
+
+def _head(m: nn.Module, x: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Output norm (fp32), projection, unpatchify: (B, N, p*C) -> (B, C, T, h, w)."""
+    batch, _, frames, height, width = shape
+    p_t, p_h, p_w = m.config.patch_size
+    shift, scale = (m.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+    x = (m.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+    x = m.proj_out(x)
+    x = x.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
 class UniAnimateTransformerExport(nn.Module):
     """``WanTransformer3DModel.forward`` (I2V) with the pose features added to the patch tokens
-    right after patchify (the original's ``add_condition``); the CFG negative branch passes zeros.
-    The timestep arrives as float32 ``(B,)``."""
+    right after patchify; the CFG negative branch passes zeros. The timestep arrives as float32
+    ``(B,)``. Also returns the blocks' residual (tokens out - tokens in, laid out as the pose
+    features) that TeaCache reuses when it skips a call."""
 
     def __init__(self, transformer: nn.Module) -> None:
         super().__init__()
         self.transformer = transformer
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                encoder_hidden_states_image: torch.Tensor, pose_features: torch.Tensor) -> torch.Tensor:
+                encoder_hidden_states_image: torch.Tensor, pose_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.transformer
-        batch, _, frames, height, width = hidden_states.shape  # (B, 36, T, h, w)
-        p_t, p_h, p_w = m.config.patch_size
         rotary_emb = m.rope(hidden_states)
-        x = m.patch_embedding(hidden_states).flatten(2).transpose(1, 2)  # (B, N, D)
-        x = x + pose_features.flatten(2).transpose(1, 2)  # (B, D, T, h/2, w/2) -> (B, N, D)
+        x = x_in = _patch_tokens(m, hidden_states, pose_features)
         temb, timestep_proj, context, context_image = m.condition_embedder(
             timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=None)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         context = torch.cat([context_image, context], dim=1)
         for block in m.blocks:
             x = block(x, context, timestep_proj, rotary_emb)
-        shift, scale = (m.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-        x = (m.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-        x = m.proj_out(x)
-        x = x.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        residual = (x - x_in).transpose(1, 2).reshape(pose_features.shape)  # (B, D, T, h/2, w/2)
+        return _head(m, x, temb, hidden_states.shape), residual
+
+
+class TransformerSkipExport(nn.Module):
+    """A call TeaCache skips: patch tokens + the stored residual, then the head (no blocks)."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, pose_features: torch.Tensor,
+                residual: torch.Tensor) -> torch.Tensor:
+        m = self.transformer
+        x = _patch_tokens(m, hidden_states, pose_features) + residual.flatten(2).transpose(1, 2)
+        temb, _ = _time_embedding(m, timestep)
+        return _head(m, x, temb, hidden_states.shape)
+
+
+class TimeEmbeddingExport(nn.Module):
+    """``t_mod`` for a timestep: what TeaCache compares step to step, to plan its skips on the host."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, timestep: torch.Tensor) -> torch.Tensor:
+        return _time_embedding(self.transformer, timestep)[1]
 
 
 # --------------------------------------------------------------------------------------
@@ -246,16 +296,62 @@ def _ref_pose_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> di
 
 
 def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers' own forward, the pose tokens added by a hook on ``patch_embedding``."""
+    """diffusers' own forward, the pose tokens added by a hook on ``patch_embedding`` and the
+    blocks' residual taken by hooks around them."""
     m = ref.module("transformer")
     pose = feeds["pose_features"]
-    handle = m.patch_embedding.register_forward_hook(lambda mod, args, out: out + pose)
+    seen: dict[str, torch.Tensor] = {}
+    def keep(name: str, value: torch.Tensor) -> None:
+        seen[name] = value
+
+    hooks = [
+        m.patch_embedding.register_forward_hook(lambda mod, args, out: out + pose),
+        m.blocks[0].register_forward_pre_hook(lambda mod, args: keep("in", args[0])),
+        m.blocks[-1].register_forward_hook(lambda mod, args, out: keep("out", out)),
+    ]
     try:
         out = m(feeds["hidden_states"], feeds["timestep"], feeds["encoder_hidden_states"],
                 encoder_hidden_states_image=feeds["encoder_hidden_states_image"], return_dict=False)[0]
     finally:
+        for h in hooks:
+            h.remove()
+    residual = (seen["out"] - seen["in"]).transpose(1, 2).reshape(pose.shape)
+    return {"noise_pred": out, "residual": residual}
+
+
+def _skip_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' own forward with its blocks replaced by adding the residual (what a skip computes)."""
+    m = ref.module("transformer")
+    pose, residual = feeds["pose_features"], feeds["residual"].flatten(2).transpose(1, 2)
+    blocks = m.blocks
+    m.blocks = nn.ModuleList([_AddResidual(residual)])
+    handle = m.patch_embedding.register_forward_hook(lambda mod, args, out: out + pose)
+    try:
+        batch = feeds["hidden_states"].shape[0]
+        cfg = m.config
+        context = torch.zeros(batch, TEXT_LENGTH, cfg.text_dim)
+        image = torch.zeros(batch, 1, cfg.image_dim)
+        out = m(feeds["hidden_states"], feeds["timestep"], context, encoder_hidden_states_image=image, return_dict=False)[0]
+    finally:
         handle.remove()
+        m.blocks = blocks
     return {"noise_pred": out}
+
+
+class _AddResidual(nn.Module):
+    def __init__(self, residual: torch.Tensor) -> None:
+        super().__init__()
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
+        return x + self.residual
+
+
+def _time_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    m = ref.module("transformer")
+    cfg = m.config
+    _, t_mod, _, _ = m.condition_embedder(feeds["timestep"], torch.zeros(1, 1, cfg.text_dim), None)
+    return {"t_mod": t_mod.unflatten(1, (6, -1))}
 
 
 # --------------------------------------------------------------------------------------
@@ -312,6 +408,9 @@ def _image_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
 
 
 def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
+    """The Wan VAE's dims; the decoder's profile also holds the tiles of the original's tiled decode."""
+    tiles = {"height": (TILE_STRIDE[0] + 1) * 8, "width": (TILE_STRIDE[1] + 1) * 8}  # the smallest tile
+    env = {**env, **{k: Range(min(env[k].min, tiles[k]), env[k].opt, env[k].max) for k in tiles}}
     return wan_vae.vae_dims(Dim.static("batch", 1), env, ref)
 
 
@@ -321,6 +420,28 @@ def _pose_width(ref: Reference) -> int:
 
 def _pose_pixels(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
     return torch.randint(0, 256, shape, generator=gen).float()  # rendered pose frames, 0..255
+
+
+def _call_graph(runners, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return runners[name](feeds)
+
+
+GRAPHS = PipelineSlot(
+    "graphs", "vae",
+    {
+        "forward": _call_graph,
+        "vae_encode": lambda runners, x: wan_vae.encode(runners, x),
+        "vae_decode": lambda runners, z: wan_vae.decode(runners, z, clamp=False),
+        "image_size": lambda runners: runners["image_encoder"].record.dims["image_size"].min,
+    },
+    ("text_encoder", "image_encoder", "pose_encoder", "ref_pose_encoder", "transformer", "vae_encoder_first",
+     "vae_encoder_step", "vae_decoder_first", "vae_decoder_step"),
+)
+TEACACHE_COMPONENTS = ("transformer_skip", "time_embedding")
+
+
+DIT_PRECISION = Precision(keep_fp32=("norm", "condition_embedder", "scale_shift_table", "rope"),
+                          note="norms, modulation, timestep and RoPE embeddings in fp32")
 
 
 # --------------------------------------------------------------------------------------
@@ -381,14 +502,137 @@ class UniAnimateDiT(Family):
                 TensorSpec("encoder_hidden_states_image", "float32", ("batch", "image_tokens", "image_dim")),
                 TensorSpec("pose_features", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")),
             ),
-            outputs=specs(TensorSpec("noise_pred", "float32", ("batch", "out_channels", "latent_frames", "latent_height", "latent_width"))),
+            outputs=specs(TensorSpec("noise_pred", "float32", ("batch", "out_channels", "latent_frames", "latent_height", "latent_width")),
+                          TensorSpec("residual", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width"))),
             dims=_transformer_dims, wrapper=lambda ref: UniAnimateTransformerExport(ref.module("transformer")),
-            reference=_transformer_reference,
-            precision=Precision(keep_fp32=("norm", "condition_embedder", "scale_shift_table", "rope"),
-                                note="norms, modulation, timestep and RoPE embeddings in fp32"),
+            reference=_transformer_reference, precision=DIT_PRECISION,
+        ),
+        Component(
+            name="transformer_skip", kind="denoiser", module="transformer",
+            inputs=specs(
+                TensorSpec("hidden_states", "float32", ("batch", "in_channels", "latent_frames", "latent_height", "latent_width")),
+                TensorSpec("timestep", "float32", ("batch",), sample="timestep"),
+                TensorSpec("pose_features", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")),
+                TensorSpec("residual", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")),
+            ),
+            outputs=specs(TensorSpec("noise_pred", "float32", ("batch", "out_channels", "latent_frames", "latent_height", "latent_width"))),
+            dims=_transformer_dims, wrapper=lambda ref: TransformerSkipExport(ref.module("transformer")),
+            reference=_skip_reference, precision=DIT_PRECISION,
+        ),
+        Component(
+            name="time_embedding", kind="denoiser", module="transformer",
+            inputs=specs(TensorSpec("timestep", "float32", ("batch",), sample="timestep")),
+            outputs=specs(TensorSpec("t_mod", "float32", ("batch", 6, "inner_dim"))),
+            dims=_transformer_dims, wrapper=lambda ref: TimeEmbeddingExport(ref.module("transformer")),
+            reference=_time_reference, precision=DIT_PRECISION,
         ),
         *wan_vae.chunk_components(_vae_dims),
     )
+
+    pipeline_slots = (GRAPHS,)
+    host_modules = ("tokenizer",)
+    reference_backend = "torch"  # no library pipeline: the same loop on the torch backend is the reference
+    run_options = (
+        Option("image", "The reference image (the person to animate).", type="path", required=True),
+        Option("pose_video", "Rendered pose frames (MP4, GIF or a folder of frames).", type="path", required=True),
+        Option("ref_pose", "The reference image's rendered pose (an image).", type="path", required=True),
+        Option("resize_pose", "Resize pose frames of another size to --height/--width (PIL bilinear, as the original's "
+                              "example does).", type="flag"),
+        Option("prompt", "What to generate.", default="a person is dancing"),
+        COMMON_RUN_OPTIONS[1],
+        Option("steps", "Denoising steps.", type="int", default=50, low=1),
+        Option("guidance_scale", "CFG scale (1 disables CFG; the negative branch gets no pose).", type="float", default=1.5),
+        Option("height", "Pixels; default: the export's opt height.", type="int"),
+        Option("width", "Pixels; default: the export's opt width.", type="int"),
+        Option("long_video", "Long video: overlapping windows of --context-frames latent frames.", type="flag"),
+        Option("context_frames", "Long video: latent frames per window.", type="int", default=21, low=1),
+        Option("context_overlap", "Long video: latent frames two windows share (>= 2).", type="int", default=4),
+        Option("teacache", "TeaCache threshold (the original uses 0.3): skip DiT calls its rule allows.", type="float",
+               low=0.0, low_open=True),
+        Option("untiled", "Decode the whole video at once instead of the original's 30x52-latent tiles.", type="flag"),
+        Option("fps", "Frames per second of an .mp4 / .gif output.", type="int", default=15, low=1),
+    )
+    request_axes = {"height": "height", "width": "width", "frames": "frames"}
+    trajectory = ("transformer", "hidden_states")
+
+    def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
+        from zoo.media import check_frame_size, load_image, load_video
+
+        height = context.envelope["height"].opt if options.get("height") is None else options["height"]
+        width = context.envelope["width"].opt if options.get("width") is None else options["width"]
+        image = load_image(options["image"], option="--image")
+        ref_pose = load_image(options["ref_pose"], option="--ref-pose")
+        poses = load_video(options["pose_video"], option="--pose-video")
+        resize = bool(options.get("resize_pose"))
+        poses = _resize(check_frame_size(poses, option="--pose-video", height=height, width=width,
+                                         path=options["pose_video"], resize=False, resize_flag="--resize-pose")
+                        if not resize else poses, height, width)
+        if ref_pose.size != (width, height):
+            if not resize:
+                raise InputError(f"--ref-pose {options['ref_pose']}: {ref_pose.size[0]}x{ref_pose.size[1]} (WxH), expected "
+                                 f"{width}x{height}; not resized: pass --resize-pose to resize it (PIL bilinear)")
+            ref_pose = ref_pose.resize((width, height), resample=_bilinear())
+        long_video = bool(options.get("long_video"))
+        kwargs: dict[str, Any] = {"image": image, "ref_pose": ref_pose, "prompt": options.get("prompt") or "",
+                                  "negative_prompt": options.get("negative_prompt") or "", "height": height,
+                                  "width": width, "num_inference_steps": options.get("steps", 50),
+                                  "guidance_scale": options.get("guidance_scale", 1.5), "long_video": long_video,
+                                  "tiled": not options.get("untiled"), "teacache": options.get("teacache")}
+        if kwargs["teacache"] is not None:
+            if kwargs["teacache"] <= 0:
+                raise InputError(f"--teacache {kwargs['teacache']}: expected a positive threshold (the original uses 0.3)")
+            missing = [c for c in TEACACHE_COMPONENTS if c not in context.components]
+            if missing:
+                raise InputError(f"--teacache needs the {', '.join(missing)} component(s), which this export lacks; re-export")
+        if long_video:
+            size, overlap = options.get("context_frames") or 21, options.get("context_overlap")
+            overlap = 4 if overlap is None else overlap
+            if not 2 <= overlap < size:
+                raise InputError(f"--context-overlap {overlap}: expected at least 2 and fewer than --context-frames {size}")
+            usable = (len(poses) - 1) // 4 * 4 + 1  # the original rounds a long video down to 4k+1 frames
+            context_windows((usable - 1) // 4 + 1, size, overlap)
+            kwargs.update(pose_video=poses[:usable], context_frames=size, context_overlap=overlap)
+        else:
+            if len(poses) % 4 != 1:
+                raise InputError(f"--pose-video has {len(poses)} frames: a short video needs 4k+1 pose frames (5, 9, ..., 81); "
+                                 f"use --long-video for longer ones")
+            kwargs["pose_video"] = poses
+        return Request("UniAnimateLoop", kwargs, output_format="video", fps=options.get("fps") or 15,
+                       shape_sources={"frames": f"--pose-video {options['pose_video']} frames" if not long_video
+                                      else f"--context-frames {kwargs.get('context_frames')} window frames"})
+
+    def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        k = request.kwargs
+        frames = 4 * k["context_frames"] - 3 if k["long_video"] else len(k["pose_video"])
+        return {"height": k["height"], "width": k["width"], "frames": frames}
+
+    def build_pipeline(self, request: Request, modules: Mapping[str, Any]) -> Any:
+        return UniAnimateLoop(modules["graphs"], modules["tokenizer"])
+
+    def output(self, result: Any) -> Any:
+        return result.frames
+
+    def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
+        import numpy as np
+        from PIL import Image
+
+        env = context.envelope
+        h, w, f = env["height"].opt, env["width"].opt, env["frames"].max
+        rng = np.random.default_rng(0)
+        image = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        poses = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(f)]
+        base = {"image": image, "ref_pose": poses[0], "pose_video": poses, "prompt": "a person is dancing",
+                "negative_prompt": "blurry", "height": h, "width": w, "num_inference_steps": 3, "guidance_scale": 1.5,
+                "long_video": False, "tiled": True, "teacache": None}
+        window = (env["frames"].min - 1) // 4 + 1 + 1  # two windows at least: one more latent frame than the smallest
+        requests = [("short", Request("UniAnimateLoop", base, output_format="video"))]
+        if (f - 1) // 4 + 1 > window >= 3:
+            requests.append(("long", Request("UniAnimateLoop", {**base, "long_video": True, "context_frames": window,
+                                                                "context_overlap": 2}, output_format="video")))
+        if all(c in context.components for c in TEACACHE_COMPONENTS):
+            requests.append(("teacache", Request("UniAnimateLoop", {**base, "num_inference_steps": 6, "teacache": 1e6},
+                                                 output_format="video")))
+        return requests
 
     def axes(self, ref: Reference) -> tuple[Axis, ...]:
         cfg = ref.config("transformer")
@@ -431,7 +675,7 @@ class UniAnimateDiT(Family):
         loaders = {k: v[0] for k, v in found.items()}
         loaders.update(transformer=transformer, pose_encoder=lambda: pose, ref_pose_encoder=lambda: ref_pose)
         ref = Reference(self.name, "default", tuple(sources),
-                        Modules(loaders, {k: v[1] for k, v in found.items() if v[1]}))
+                        Modules(loaders, {k: v[1] for k, v in found.items() if v[1]}), pipeline="UniAnimateLoop")
         wan_vae.check_vae(ref)
         if ref.config("transformer").image_dim is None:
             raise CheckpointError(f"{source / 'transformer'} is a text-to-video WanTransformer3DModel (no image_dim): "
@@ -499,7 +743,7 @@ def _random_parts(seed: int) -> dict[str, Any]:
     parts = wan_parts("tiny", seed)
     heads, head_dim, z = 2, 12, parts["vae"].config.z_dim
     parts["transformer"] = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=z + 20,
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=2 * z + 4,
         out_channels=z, text_dim=parts["text_encoder"].config.d_model, freq_dim=32, ffn_dim=32, num_layers=2,
         cross_attn_norm=True, image_dim=parts["image_encoder"].config.hidden_size, added_kv_proj_dim=heads * head_dim,
         rope_max_seq_len=32)
@@ -508,3 +752,247 @@ def _random_parts(seed: int) -> dict[str, Any]:
 
 
 FAMILY = UniAnimateDiT()
+
+
+# --------------------------------------------------------------------------------------
+# The sampler: the original's loop (UNIANIMATE.md sections 4, 5, 7), written once for any backend
+# --------------------------------------------------------------------------------------
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# TeaCache's rescaling polynomial for Wan2.1-I2V-14B-720P (the original's, highest power first)
+TEACACHE_COEFFICIENTS = (8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02)
+TILE, TILE_STRIDE = (30, 52), (15, 26)  # the original's tiled decode, in latents
+
+
+def clean_prompt(text: str) -> str:
+    """The original's ``whitespace_clean(basic_clean(text))``: ftfy, double HTML unescape, one space."""
+    import html
+
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def flow_schedule(steps: int, shift: float = 5.0) -> torch.Tensor:
+    """``FlowMatchScheduler(shift=5, sigma_min=0, extra_one_step=True)``: sigmas for each step, then 0."""
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return torch.cat([sigmas, torch.zeros(1)])
+
+
+def teacache_plan(t_mods: list[torch.Tensor], threshold: float) -> list[bool]:
+    """Which calls TeaCache computes (True) or skips: its rel-L1 rule on ``t_mod`` and polynomial,
+    which depend only on the timestep schedule, so the plan is made before sampling."""
+    import numpy as np
+
+    poly = np.poly1d(TEACACHE_COEFFICIENTS)
+    plan, acc, prev = [], 0.0, None
+    for i, t_mod in enumerate(t_mods):
+        if i in (0, len(t_mods) - 1):
+            compute, acc = True, 0.0
+        else:
+            acc += float(poly(float((t_mod - prev).abs().mean() / prev.abs().mean())))
+            compute = acc >= threshold
+            if compute:
+                acc = 0.0
+        prev = t_mod
+        plan.append(compute)
+    return plan
+
+
+def context_windows(latent_frames: int, size: int, overlap: int) -> list[list[int]]:
+    """The original's windows (its context scheduler at step 0), the last one moved to the end."""
+    if latent_frames < size:
+        raise InputError(f"--long-video needs at least {size} latent frames ({4 * size - 3} pose frames) for one "
+                         f"window of --context-frames {size}; the pose video gives {latent_frames}")
+    windows = [[(j + e) % latent_frames for e in range(size)] for j in range(0, latent_frames - overlap, size - overlap)]
+    windows[-1] = list(range(latent_frames - size, latent_frames))
+    return windows
+
+
+def _tile_mask(length: int, start_border: bool, end_border: bool, ramp: int) -> torch.Tensor:
+    mask = torch.ones(length)
+    steps = torch.arange(1, ramp + 1, dtype=torch.float32) / ramp
+    if not start_border:
+        mask[:ramp] = torch.minimum(mask[:ramp], steps[:length])
+    if not end_border:
+        mask[-ramp:] = torch.minimum(mask[-ramp:], steps.flip(0)[-length:])
+    return mask
+
+
+def tiled_decode(decode: Any, z: torch.Tensor, scale: int) -> torch.Tensor:
+    """The original's tiled decode: tiles of 30x52 latents every 15x26, each decoded unclamped and
+    blended with linear ramps on the edges that are not the image's, then clamped."""
+    _, _, _, height, width = z.shape
+    (th, tw), (sh, sw) = TILE, TILE_STRIDE
+    rows = [h for h in range(0, height, sh) if not (h - sh >= 0 and h - sh + th >= height)]
+    cols = [w for w in range(0, width, sw) if not (w - sw >= 0 and w - sw + tw >= width)]
+    values = weight = None
+    for h in rows:
+        for w in cols:
+            tile = decode(z[:, :, :, h:h + th, w:w + tw])
+            hh, ww = tile.shape[3], tile.shape[4]
+            mask = torch.minimum(
+                _tile_mask(hh, h == 0, h + th >= height, (th - sh) * scale)[:, None],
+                _tile_mask(ww, w == 0, w + tw >= width, (tw - sw) * scale)[None, :],
+            )
+            if values is None:
+                values = tile.new_zeros(*tile.shape[:3], height * scale, width * scale)
+                weight = values.new_zeros(1, 1, 1, height * scale, width * scale)
+            values[:, :, :, h * scale:h * scale + hh, w * scale:w * scale + ww] += tile * mask
+            weight[:, :, :, h * scale:h * scale + hh, w * scale:w * scale + ww] += mask
+    return (values / weight).clamp(-1.0, 1.0)
+
+
+class _Output:
+    def __init__(self, frames: Any) -> None:
+        self.frames = frames
+
+
+class UniAnimateLoop:
+    """UniAnimate-DiT's inference on exported components (``graphs(name, feeds)``), short video or
+    long video in windows, with CFG and TeaCache; the same loop on the torch backend is the reference."""
+
+    def __init__(self, graphs: Any, tokenizer: Any) -> None:
+        self.graphs, self.tokenizer = graphs, tokenizer
+        self.progress = True
+        self.calls = {"transformer": 0, "transformer_skip": 0}
+
+    def set_progress_bar_config(self, disable: bool = False, **_: Any) -> None:
+        self.progress = not disable
+
+    def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if name in self.calls:
+            self.calls[name] += 1
+        return self.graphs(name, feeds)
+
+    # -- conditions -------------------------------------------------------------------
+    def _text(self, prompt: str) -> torch.Tensor:
+        enc = self.tokenizer(clean_prompt(prompt), padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, mask = enc.input_ids, enc.attention_mask
+        emb = self._run("text_encoder", {"input_ids": ids, "attention_mask": mask})["last_hidden_state"].clone()
+        emb[:, int(mask.sum()):] = 0
+        return emb
+
+    def _reference(self, image: Any, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP feature and the 20-channel I2V conditioning y (4 mask + z latent channels)."""
+        import numpy as np
+
+        x = torch.from_numpy(np.array(image.resize((width, height)), dtype=np.float32) * (2 / 255) - 1)
+        x = x.permute(2, 0, 1)[None]  # (1, 3, H, W)
+        size = self.graphs.image_size()
+        pixels = torch.nn.functional.interpolate(x, (size, size), mode="bicubic", align_corners=False) * 0.5 + 0.5
+        mean, std = torch.tensor(CLIP_MEAN)[None, :, None, None], torch.tensor(CLIP_STD)[None, :, None, None]
+        clip = self._run("image_encoder", {"pixel_values": (pixels - mean) / std})["image_embeds"]
+        h, w = height // 8, width // 8
+        msk = torch.ones(1, frames, h, w)
+        msk[:, 1:] = 0
+        msk = torch.cat([msk[:, 0:1].repeat(1, 4, 1, 1), msk[:, 1:]], dim=1)
+        msk = msk.view(1, (frames + 3) // 4, 4, h, w).transpose(1, 2)  # (1, 4, T, h, w)
+        video = torch.cat([x.transpose(0, 1), torch.zeros(3, frames - 1, height, width)], dim=1)[None]
+        z = self.graphs.vae_encode(video)[:, : self.graphs.config.z_dim]  # the mean
+        mean_z, inv_std = self._latent_stats()
+        return clip, torch.cat([msk, (z - mean_z) * inv_std], dim=1)
+
+    def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.graphs.config
+        mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        return mean, 1.0 / torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+
+    def _pose(self, frames: torch.Tensor) -> torch.Tensor:
+        return self._run("pose_encoder", {"pose_frames": frames})["pose_features"]
+
+    # -- one denoiser call (with TeaCache) ------------------------------------------------
+    def _dit(self, latents, t, text, clip, y, pose, key, compute, residuals):
+        hidden = torch.cat([latents, y], dim=1)
+        if compute or key not in residuals:
+            out = self._run("transformer", {"hidden_states": hidden, "timestep": t, "encoder_hidden_states": text,
+                                            "encoder_hidden_states_image": clip, "pose_features": pose})
+            residuals[key] = out["residual"]
+            return out["noise_pred"]
+        return self._run("transformer_skip", {"hidden_states": hidden, "timestep": t, "pose_features": pose,
+                                              "residual": residuals[key]})["noise_pred"]
+
+    def _velocity(self, x, t, cond, key, compute, residuals):
+        text_pos, text_neg, clip, y, pose, cfg = cond
+        v_pos = self._dit(x, t, text_pos, clip, y, pose, ("pos", key), compute, residuals)
+        if cfg == 1.0:
+            return v_pos
+        v_neg = self._dit(x, t, text_neg, clip, y, torch.zeros_like(pose), ("neg", key), compute, residuals)
+        return v_neg + cfg * (v_pos - v_neg)
+
+    # -- the whole run -------------------------------------------------------------------
+    def __call__(self, *, image, pose_video, ref_pose, prompt="", negative_prompt="", height, width,
+                 num_inference_steps=50, guidance_scale=1.5, long_video=False, context_frames=21, context_overlap=4,
+                 teacache=None, tiled=True, generator=None, output_type="np") -> _Output:
+        from tqdm.auto import tqdm
+
+        pose = torch.from_numpy(_stack(pose_video)).permute(3, 0, 1, 2)[None].float()  # (1, 3, F, H, W) 0..255
+        frames = pose.shape[2]
+        latent_frames = (frames - 1) // 4 + 1
+        z_dim = self.graphs.config.z_dim
+        noise = torch.randn((1, z_dim, latent_frames, height // 8, width // 8), generator=generator, dtype=torch.float32)
+        if long_video:
+            windows = context_windows(latent_frames, context_frames, context_overlap)
+            first = [torch.randn((1, z_dim, 2, height // 8, width // 8), generator=generator) for _ in windows]
+            window_frames = 4 * context_frames - 3
+        else:
+            windows, first, window_frames = [list(range(latent_frames))], None, frames
+        text_pos = self._text(prompt)
+        text_neg = self._text(negative_prompt) if guidance_scale != 1.0 else None
+        clip, y = self._reference(image, window_frames, height, width)
+        ref = self._run("ref_pose_encoder", {"ref_pose": torch.from_numpy(_stack([ref_pose])[0]).permute(2, 0, 1)[None].float()})
+        y = y + ref["ref_pose_features"][:, :, None]
+        poses = [self._pose(pose[:, :, 4 * win[0]: 4 * win[-1] + 1]) for win in windows]
+
+        sigmas = flow_schedule(num_inference_steps)
+        timesteps = [sigmas[i:i + 1] * 1000 for i in range(num_inference_steps)]
+        plan = [True] * num_inference_steps
+        if teacache is not None:
+            plan = teacache_plan([self._run("time_embedding", {"timestep": t})["t_mod"] for t in timesteps], teacache)
+        residuals: dict = {}
+        latents = noise
+        for i in tqdm(range(num_inference_steps), desc="sampling", leave=False, disable=not self.progress):
+            t, dsigma = timesteps[i], sigmas[i + 1] - sigmas[i]
+            if not long_video:
+                v = self._velocity(latents, t, (text_pos, text_neg, clip, y, poses[0], guidance_scale), 0, plan[i], residuals)
+                latents = latents + v * dsigma
+                continue
+            counter = torch.zeros(1, 1, latent_frames, 1, 1)
+            acc = torch.zeros_like(latents)
+            for k, win in enumerate(windows):
+                x = latents[:, :, win].clone()
+                x[:, :, :2] = first[k]
+                v = self._velocity(x, t, (text_pos, text_neg, clip, y, poses[k], guidance_scale), k, plan[i], residuals)
+                x_next = x + v * dsigma
+                kept = win if k == 0 else win[2:]
+                counter[:, :, kept] += 1
+                acc[:, :, kept] += x_next if k == 0 else x_next[:, :, 2:]
+                first[k] = x_next[:, :, :2]
+            latents = acc / counter
+        mean_z, inv_std = self._latent_stats()
+        z = latents / inv_std + mean_z
+        decode = lambda part: self.graphs.vae_decode(part)  # noqa: E731 (unclamped chunks)
+        video = tiled_decode(decode, z, 8) if tiled else decode(z).clamp(-1.0, 1.0)
+        frames_out = ((video + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)  # (1, F, H, W, 3)
+        return _Output(frames_out.cpu().numpy())
+
+
+def _stack(images: list) -> Any:
+    import numpy as np
+
+    return np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+
+
+def _bilinear() -> Any:
+    from PIL import Image
+
+    return Image.BILINEAR
+
+
+def _resize(frames: list, height: int, width: int) -> list:
+    """Pose frames at (height, width): PIL bilinear where the size differs (the original's example)."""
+    return [f if f.size == (width, height) else f.convert("RGB").resize((width, height), resample=_bilinear()) for f in frames]

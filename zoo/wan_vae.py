@@ -173,14 +173,15 @@ def encode_chunk(vae: nn.Module, slots: tuple[CacheSlot, ...], x: torch.Tensor, 
 
 
 def decode_chunk(vae: nn.Module, slots: tuple[CacheSlot, ...], z: torch.Tensor, caches: tuple | None) -> tuple:
-    """``clamp(decoder(post_quant_conv(latent frame)))`` and the caches after it (steady shapes)."""
+    """``decoder(post_quant_conv(latent frame))``, unclamped (the host clamps, as the library does
+    after the loop, and a tiled decode blends unclamped tiles), and the caches after it."""
     feat: list = [None] * vae._cached_conv_counts["decoder"]
     if caches is not None:
         for slot, c in zip(slots, caches):
             feat[slot.index] = c
     out = vae.decoder(vae.post_quant_conv(z), feat_cache=feat, feat_idx=[0], first_chunk=caches is None)
     h, w = z.shape[3], z.shape[4]
-    return (out.clamp(-1.0, 1.0), *(_steady(feat[s.index], s, z, h, w) for s in slots))
+    return (out, *(_steady(feat[s.index], s, z, h, w) for s in slots))
 
 
 def _wrapper(ref: Reference, part: str, first: bool) -> nn.Module:
@@ -278,9 +279,10 @@ def encode(runners: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
     return _loop(runners, "encoder", chunks)
 
 
-def decode(runners: Mapping[str, Any], z: torch.Tensor) -> torch.Tensor:
-    """``AutoencoderKLWan._decode``: one latent frame at a time, clamped to [-1, 1]."""
-    return _loop(runners, "decoder", [z[:, :, i: i + 1] for i in range(z.shape[2])])
+def decode(runners: Mapping[str, Any], z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """``AutoencoderKLWan._decode``: one latent frame at a time, then clamped to [-1, 1]."""
+    out = _loop(runners, "decoder", [z[:, :, i: i + 1] for i in range(z.shape[2])])
+    return out.clamp(-1.0, 1.0) if clamp else out
 
 
 def vae_slot() -> PipelineSlot:
