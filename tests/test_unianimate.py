@@ -125,3 +125,133 @@ def test_unreadable_checkpoint_and_missing_checkpoint(parts, tmp_path):
     assert_error(zoo("export", "unianimate-dit", "--model", model, "--out", out),
                  "unianimate-dit needs --checkpoint UNIANIMATE_CKPT beside --model WAN_I2V_FOLDER")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------
+# The sampler
+# --------------------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from runtimes.sampler import Sampler, prepare_request  # noqa: E402
+from zoo.unianimate import context_windows, teacache_plan, tiled_decode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unianimate-media")
+    rng = np.random.default_rng(3)
+
+    def folder(name, n, size=(48, 32)):
+        (root / name).mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / name / f"{i:04d}.jpg")
+        return root / name
+
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / "ref.png")
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / "pose.png")
+    return {"root": root, "image": root / "ref.png", "ref_pose": root / "pose.png", "poses9": folder("poses9", 9),
+            "poses13": folder("poses13", 13), "poses8": folder("poses8", 8), "big": folder("big", 9, (64, 48))}
+
+
+def _args(export, media, poses, *extra):
+    return ["run", export, "--image", media["image"], "--ref-pose", media["ref_pose"], "--pose-video", poses,
+            "--steps", "3", "--height", "32", "--width", "48", "--seed", "5", *extra]
+
+
+@pytest.mark.parametrize("extra", [[], ["--long-video", "--context-frames", "3", "--context-overlap", "2"],
+                                   ["--teacache", "1000000", "--steps", "6"], ["--guidance-scale", "1.0", "--untiled"]])
+def test_run_equals_the_same_loop_on_torch(tiny_export, media, tmp_path, extra):
+    export = tiny_export("unianimate-dit")
+    poses = media["poses13"] if "--long-video" in extra else media["poses9"]
+    for backend in ("onnxruntime", "torch"):
+        result = zoo(*_args(export, media, poses, *extra), "--backend", backend, "--out", tmp_path / f"{backend}.npy")
+        assert result.exit_code == 0, result.output
+    got, want = np.load(tmp_path / "onnxruntime.npy"), np.load(tmp_path / "torch.npy")
+    assert got.shape == want.shape == (1, 13 if "--long-video" in extra else 9, 32, 48, 3)
+    assert np.abs(got - want).max() <= 1e-3
+
+
+def test_teacache_skips_whole_calls(tiny_export, media):
+    export = tiny_export("unianimate-dit")
+    manifest = load_manifest(export)
+    base = {"image": media["image"], "ref_pose": media["ref_pose"], "pose_video": media["poses9"], "steps": 6,
+            "guidance_scale": 1.5, "height": 32, "width": 48}
+    counts = {}
+    for name, options in (("off", base), ("on", {**base, "teacache": 1e6})):
+        with Sampler(export) as sampler:
+            pipeline = sampler.pipeline(prepare_request(manifest, options), progress=False)
+            from runtimes.sampler import run_pipeline
+
+            out = run_pipeline(sampler.family, pipeline, prepare_request(manifest, options), 0)
+            counts[name] = dict(pipeline.calls), out
+    # 6 steps x 2 CFG branches; the rule always computes the first and the last step
+    assert counts["off"][0] == {"transformer": 12, "transformer_skip": 0}
+    assert counts["on"][0] == {"transformer": 4, "transformer_skip": 8}
+    assert np.abs(counts["on"][1] - counts["off"][1]).max() > 0  # skipping changed the result
+
+
+def test_long_video_is_reproducible_from_the_seed(tiny_export, media, tmp_path):
+    args = _args(tiny_export("unianimate-dit"), media, media["poses13"], "--long-video", "--context-frames", "3",
+                 "--context-overlap", "2")
+    for name in ("a", "b"):
+        assert zoo(*args, "--out", tmp_path / f"{name}.npy").exit_code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    assert zoo(*args, "--out", tmp_path / "v.mp4").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "extra, poses, message",
+    [
+        ([], "poses8", "--pose-video has 8 frames: a short video needs 4k+1 pose frames"),
+        (["--long-video", "--context-frames", "5"], "poses13", "--long-video needs at least 5 latent frames (17 pose frames)"),
+        (["--long-video", "--context-frames", "3", "--context-overlap", "1"], "poses13", "--context-overlap 1: expected at least 2"),
+        (["--long-video", "--context-frames", "3", "--context-overlap", "3"], "poses13", "--context-overlap 3: expected at least 2 and fewer than --context-frames 3"),
+        ([], "big", "frames are 64x48 (WxH), expected 48x32; they were not resized: pass --resize-pose to resize them (bilinear)"),
+        (["--ref-pose", "{root}/poses9"], "poses9", "--ref-pose {root}/poses9: is a folder, not an image file"),
+        (["--height", "80", "--resize-pose"], "poses9", "--height 80 is outside the exported profile"),
+    ],
+)
+def test_run_bad_input(tiny_export, media, tmp_path, extra, poses, message):
+    root = media["root"]
+    args = _args(tiny_export("unianimate-dit"), media, media[poses], *[e.format(root=root) for e in extra])
+    out = tmp_path / "o.mp4"
+    assert_error(zoo(*args, "--out", out), message.format(root=root))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "abc"])
+def test_teacache_threshold_must_be_positive(tiny_export, media, tmp_path, value):
+    result = zoo(*_args(tiny_export("unianimate-dit"), media, media["poses9"]), "--teacache", value, "--out", tmp_path / "o.npy")
+    assert result.exit_code == 2 and "Invalid value for '--teacache'" in result.output, result.output
+
+
+def test_resize_pose_resizes(tiny_export, media, tmp_path):
+    result = zoo(*_args(tiny_export("unianimate-dit"), media, media["big"]), "--resize-pose", "--out", tmp_path / "o.npy")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "o.npy").shape == (1, 9, 32, 48, 3)
+
+
+def test_context_windows_are_the_originals():
+    """UNIANIMATE.md section 7.2's examples."""
+    assert context_windows(25, 21, 4) == [list(range(0, 21)), list(range(4, 25))]
+    assert context_windows(38, 21, 4) == [list(range(0, 21)), list(range(17, 38))]
+    assert context_windows(39, 21, 4) == [list(range(0, 21)), list(range(17, 38)), list(range(18, 39))]
+    assert context_windows(21, 21, 4) == [list(range(21))]
+    with pytest.raises(Exception, match="needs at least 21 latent frames"):
+        context_windows(20, 21, 4)
+
+
+def test_teacache_plan_follows_the_rule():
+    t = [torch.full((1, 6, 4), v) for v in (1.0, 1.0, 1.0, 2.0, 2.0, 2.0)]
+    # no change -> the polynomial at 0 is negative: skipped until the accumulated value passes the threshold
+    assert teacache_plan(t, 0.3) == [True, False, False, True, False, True]
+    assert teacache_plan(t, 1e9) == [True, False, False, False, False, True]
+
+
+def test_tiled_decode_blends_to_the_untiled_result_for_a_linear_decoder():
+    """Tiles, strides and ramps: for a linear decode the blend equals the untiled decode exactly."""
+    z = torch.randn(1, 2, 3, 40, 70)
+    up = lambda x: x.repeat_interleave(8, -1).repeat_interleave(8, -2) * 0.1  # noqa: E731
+    torch.testing.assert_close(tiled_decode(up, z, 8), up(z).clamp(-1, 1), atol=1e-6, rtol=0)

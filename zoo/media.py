@@ -134,17 +134,20 @@ def check_frame_size(
     resize: bool,
     path: str | Path | None = None,
     resize_flag: str = "--resize",
+    resample: str = "bicubic",
 ) -> list[PIL.Image.Image]:
-    """Frames as ``width`` x ``height``: bicubic-resized copies when ``resize``, else
-    :class:`InputError` naming the actual and expected sizes (WxH) and how to fix it."""
+    """Frames as ``width`` x ``height``: resized copies (PIL ``resample``: bicubic, bilinear,
+    lanczos) when ``resize``, else :class:`InputError` naming the actual and expected sizes (WxH)
+    and how to fix it."""
     sizes = {frame.size for frame in frames}
     if sizes <= {(width, height)}:
         return list(frames)
     if resize:
-        return [frame.resize((width, height), PIL.Image.Resampling.BICUBIC) for frame in frames]
+        method = getattr(PIL.Image.Resampling, resample.upper())
+        return [frame.resize((width, height), method) for frame in frames]
     found = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
     where = f"{option} {path}" if path is not None else option
     raise InputError(
         f"{where}: frames are {found} (WxH), expected {width}x{height}; they were not resized: "
-        f"pass {resize_flag} to resize them (bicubic), or supply {width}x{height} frames"
+        f"pass {resize_flag} to resize them ({resample}), or supply {width}x{height} frames"
     )

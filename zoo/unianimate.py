@@ -564,9 +564,8 @@ class UniAnimateDiT(Family):
         ref_pose = load_image(options["ref_pose"], option="--ref-pose")
         poses = load_video(options["pose_video"], option="--pose-video")
         resize = bool(options.get("resize_pose"))
-        poses = _resize(check_frame_size(poses, option="--pose-video", height=height, width=width,
-                                         path=options["pose_video"], resize=False, resize_flag="--resize-pose")
-                        if not resize else poses, height, width)
+        poses = check_frame_size(poses, option="--pose-video", height=height, width=width, path=options["pose_video"],
+                                 resize=resize, resize_flag="--resize-pose", resample="bilinear")
         if ref_pose.size != (width, height):
             if not resize:
                 raise InputError(f"--ref-pose {options['ref_pose']}: {ref_pose.size[0]}x{ref_pose.size[1]} (WxH), expected "
@@ -992,7 +991,3 @@ def _bilinear() -> Any:
 
     return Image.BILINEAR
 
-
-def _resize(frames: list, height: int, width: int) -> list:
-    """Pose frames at (height, width): PIL bilinear where the size differs (the original's example)."""
-    return [f if f.size == (width, height) else f.convert("RGB").resize((width, height), resample=_bilinear()) for f in frames]

@@ -477,7 +477,7 @@ class WanAnimate(Family):
         size = context.configs["transformer"]["motion_encoder_size"]
         if not options.get("resize_face"):  # with --resize-face the pipeline resizes them itself (lanczos)
             check_frame_size(face, option="--face-video", height=size, width=size, path=options["face_video"],
-                             resize=False, resize_flag="--resize-face")
+                             resize=False, resize_flag="--resize-face", resample="lanczos")
         kwargs: dict[str, Any] = {"image": image, "pose_video": pose, "face_video": face, "mode": mode}
         for name in ("background_video", "mask_video"):
             value = options.get(name)
