@@ -453,7 +453,7 @@ class UniAnimateDiT(Family):
     name = "unianimate-dit"
     description = "UniAnimate-DiT on Wan2.1-I2V (umT5, CLIP vision, pose encoders, merged DiT, Wan VAE chunks); sampler next release"
     variants = ("default",)
-    random_presets = ("tiny",)
+    random_presets = ("tiny", "bench")
     source_roles = (SourceRole("checkpoint", "UniAnimate-DiT's checkpoint (.ckpt state dict or .safetensors): LoRA and pose encoders.",
                                kind="file"),)
     axis_help = {
@@ -694,7 +694,7 @@ class UniAnimateDiT(Family):
         from diffusers import WanImageToVideoPipeline
 
         variant = self.random_choice(variant, preset)
-        parts = _random_parts(seed)
+        parts = _random_parts(preset, seed)
         WanImageToVideoPipeline(**parts).save_pretrained(dest)
         torch.save(random_checkpoint(parts["transformer"], z_dim=parts["vae"].config.z_dim, seed=seed + 1),
                    Path(dest) / RANDOM_CHECKPOINT)
@@ -733,19 +733,23 @@ def random_checkpoint(transformer: nn.Module, *, z_dim: int, rank: int = 2, seed
     return state
 
 
-def _random_parts(seed: int) -> dict[str, Any]:
-    """A tiny random Wan2.1-I2V pipeline (the Wan-Animate tiny parts, with an I2V DiT)."""
+def _random_parts(preset: str, seed: int) -> dict[str, Any]:
+    """A random Wan2.1-I2V pipeline: tiny, or Wan2.1-I2V-14B's widths at one block (bench); the
+    encoders and VAE are Wan-Animate's random parts of the same preset."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
     from zoo.wan_animate import _random_parts as wan_parts
 
-    parts = wan_parts("tiny", seed)
-    heads, head_dim, z = 2, 12, parts["vae"].config.z_dim
+    bench = preset == "bench"
+    parts = wan_parts(preset, seed)
+    heads, head_dim = (40, 128) if bench else (2, 12)
+    z = parts["vae"].config.z_dim
     parts["transformer"] = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=2 * z + 4,
-        out_channels=z, text_dim=parts["text_encoder"].config.d_model, freq_dim=32, ffn_dim=32, num_layers=2,
-        cross_attn_norm=True, image_dim=parts["image_encoder"].config.hidden_size, added_kv_proj_dim=heads * head_dim,
-        rope_max_seq_len=32)
+        out_channels=z, text_dim=parts["text_encoder"].config.d_model, freq_dim=256 if bench else 32,
+        ffn_dim=13824 if bench else 32, num_layers=1 if bench else 2, cross_attn_norm=True,
+        image_dim=parts["image_encoder"].config.hidden_size, added_kv_proj_dim=heads * head_dim,
+        rope_max_seq_len=1024 if bench else 32)
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=5.0)
     return parts
 
