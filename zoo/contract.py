@@ -236,7 +236,8 @@ class TensorSpec:
 
     ``sample`` says how the sample-input factory fills it: ``"normal"`` (standard normal),
     ``"mask"`` (1 then trailing 0 padding per row, like a tokenizer mask), ``"timestep"``
-    (integer-valued timesteps in [0, 1000)), ``"uniform"`` ([0, 1)), or a callable.
+    (integer-valued timesteps in [0, 1000)), ``"uniform"`` ([0, 1)), ``"pixels"`` ([-1, 1), images as
+    the pipelines feed them), or a callable.
     """
 
     name: str
@@ -257,6 +258,8 @@ def make_sample(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, 
         return torch.randn(shape, generator=gen).to(dtype)
     if spec.sample == "uniform":
         return torch.rand(shape, generator=gen).to(dtype)
+    if spec.sample == "pixels":
+        return (torch.rand(shape, generator=gen) * 2 - 1).to(dtype)
     if spec.sample == "timestep":
         return torch.randint(0, 1000, shape, generator=gen).to(dtype)
     if spec.sample == "mask":

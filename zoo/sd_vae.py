@@ -79,9 +79,6 @@ def _decoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dic
     return {"sample": ref.module("vae").decode(feeds["latent"], return_dict=False)[0]}
 
 
-def _pixels(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
-    return torch.rand(shape, generator=gen) * 2 - 1  # images in [-1, 1], as the pipelines feed the VAE
-
 
 def encoder_component(batch: str, dims: Any) -> Component:
     """``vae_encoder``: ``(batch, 3, height, width)`` pixels -> ``(batch, 2C, h, w)`` distribution parameters."""
@@ -89,7 +86,7 @@ def encoder_component(batch: str, dims: Any) -> Component:
         name="vae_encoder",
         kind="vae_encoder",
         module="vae",
-        inputs=specs(TensorSpec("sample", "float32", (batch, 3, "height", "width"), sample=_pixels)),
+        inputs=specs(TensorSpec("sample", "float32", (batch, 3, "height", "width"), sample="pixels")),
         outputs=specs(TensorSpec("latent_parameters", "float32", (batch, "latent_parameters", "latent_height", "latent_width"))),
         dims=dims,
         wrapper=lambda ref: VaeEncoderExport(ref.module("vae")),

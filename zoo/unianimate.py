@@ -46,10 +46,9 @@ from zoo.contract import (
     TensorSpec,
     source_of,
     specs,
-    token_ids,
 )
 from zoo.errors import CheckpointError, InputError
-from zoo.wan_animate import TEXT_LENGTH, CLIPVisionExport, UMT5Export
+from zoo.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
 
 PIPELINE = "WanImageToVideoPipeline"
 RANDOM_CHECKPOINT = "unianimate.ckpt"
@@ -275,15 +274,6 @@ class TimeEmbeddingExport(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def _text_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"last_hidden_state": ref.module("text_encoder")(feeds["input_ids"], feeds["attention_mask"]).last_hidden_state}
-
-
-def _image_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = ref.module("image_encoder")(pixel_values=feeds["pixel_values"], output_hidden_states=True)
-    return {"image_embeds": out.hidden_states[-2]}
-
-
 def _pose_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The original's lines: ``dwpose_embedding(cat([P[:,:,:1].repeat(1,1,3,1,1), P], 2) / 255).to(bf16)``."""
     p = feeds["pose_frames"]
@@ -383,28 +373,15 @@ def _ref_pose_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
 
 def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     cfg = ref.config("transformer")
-    image = ref.config("image_encoder")
     return {
         **_grid(env, ref),
         "in_channels": Dim.static("in_channels", cfg.in_channels),
         "out_channels": Dim.static("out_channels", cfg.out_channels),
         "inner_dim": Dim.static("inner_dim", cfg.num_attention_heads * cfg.attention_head_dim),
         "text_length": Dim.static("text_length", TEXT_LENGTH), "text_dim": Dim.static("text_dim", cfg.text_dim),
-        "image_tokens": Dim.static("image_tokens", (image.image_size // image.patch_size) ** 2 + 1),
+        "image_tokens": Dim.static("image_tokens", image_tokens(ref)),
         "image_dim": Dim.static("image_dim", cfg.image_dim),
     }
-
-
-def _text_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
-    return {"batch": Dim.static("batch", 1), "text_length": Dim.static("text_length", TEXT_LENGTH),
-            "text_dim": Dim.static("text_dim", ref.config("text_encoder").d_model)}
-
-
-def _image_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
-    cfg = ref.config("image_encoder")
-    return {"batch": Dim.static("batch", 1), "image_size": Dim.static("image_size", cfg.image_size),
-            "image_tokens": Dim.static("image_tokens", (cfg.image_size // cfg.patch_size) ** 2 + 1),
-            "image_dim": Dim.static("image_dim", cfg.hidden_size)}
 
 
 def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
@@ -463,22 +440,8 @@ class UniAnimateDiT(Family):
     }
 
     components = (
-        Component(
-            name="text_encoder", kind="text_encoder", module="text_encoder",
-            inputs=specs(TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids),
-                         TensorSpec("attention_mask", "int64", ("batch", "text_length"), sample="mask")),
-            outputs=specs(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "text_dim"))),
-            dims=_text_encoder_dims, wrapper=lambda ref: UMT5Export(ref.module("text_encoder")),
-            reference=_text_encoder_reference,
-            precision=Precision(keep_fp32=("DenseReluDense.wo", "layer_norm"), note="T5 feed-forward and norms in fp32"),
-        ),
-        Component(
-            name="image_encoder", kind="image_encoder", module="image_encoder",
-            inputs=specs(TensorSpec("pixel_values", "float32", ("batch", 3, "image_size", "image_size"))),
-            outputs=specs(TensorSpec("image_embeds", "float32", ("batch", "image_tokens", "image_dim"))),
-            dims=_image_encoder_dims, wrapper=lambda ref: CLIPVisionExport(ref.module("image_encoder")),
-            reference=_image_encoder_reference, precision=Precision(keep_fp32=("*",), note="CLIP runs in fp32 (original)"),
-        ),
+        TEXT_ENCODER,
+        IMAGE_ENCODER,
         Component(
             name="pose_encoder", kind="image_encoder", module="pose_encoder",
             inputs=specs(TensorSpec("pose_frames", "float32", ("batch", 3, "pose_frames", "height", "width"), sample=_pose_pixels)),

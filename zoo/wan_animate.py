@@ -42,40 +42,17 @@ from zoo.contract import (
     Sources,
     TensorSpec,
     specs,
-    token_ids,
 )
 from zoo.errors import CheckpointError, InputError
+from zoo.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
 
 PIPELINE = "WanAnimatePipeline"
-TEXT_LENGTH = 512  # the pipeline's max_sequence_length; Wan's attention splits image and text tokens by it
 MODES = ("animate", "replace")
 
 
 # --------------------------------------------------------------------------------------
 # Export wrappers
 # --------------------------------------------------------------------------------------
-
-
-class UMT5Export(nn.Module):
-    """``UMT5EncoderModel(input_ids, attention_mask).last_hidden_state``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, attention_mask).last_hidden_state
-
-
-class CLIPVisionExport(nn.Module):
-    """``CLIPVisionModel(pixel_values, output_hidden_states=True).hidden_states[-2]``, what the pipeline uses."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
 
 
 class FaceEncoderExport(nn.Module):
@@ -163,15 +140,6 @@ class WanAnimateTransformerExport(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def _text_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"last_hidden_state": ref.module("text_encoder")(feeds["input_ids"], feeds["attention_mask"]).last_hidden_state}
-
-
-def _image_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = ref.module("image_encoder")(pixel_values=feeds["pixel_values"], output_hidden_states=True)
-    return {"image_embeds": out.hidden_states[-2]}
-
-
 def _motion_vectors(ref: Reference, face: torch.Tensor) -> torch.Tensor:
     """The library's own section 4 of the forward: motion encoder (QR and all), face encoder, zero frame."""
     m = ref.module("transformer")
@@ -221,23 +189,6 @@ def _batch(env: Envelope) -> Dim:
     return Dim.of_range("batch", env["batch"])
 
 
-def _text_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
-    return {"batch": Dim("batch", 1, 1, env["batch"].max), "text_length": Dim.static("text_length", TEXT_LENGTH),
-            "text_dim": Dim.static("text_dim", ref.config("text_encoder").d_model)}
-
-
-def _image_tokens(ref: Reference) -> int:
-    cfg = ref.config("image_encoder")
-    return (cfg.image_size // cfg.patch_size) ** 2 + 1
-
-
-def _image_encoder_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
-    cfg = ref.config("image_encoder")
-    return {"batch": Dim.static("batch", 1), "image_size": Dim.static("image_size", cfg.image_size),
-            "image_tokens": Dim.static("image_tokens", _image_tokens(ref)),
-            "image_dim": Dim.static("image_dim", cfg.hidden_size)}
-
-
 def _motion_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     cfg = ref.config("transformer")
     t = _latent_frames(env)
@@ -265,7 +216,7 @@ def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
         "latent_width": Dim.of_range("latent_width", env["width"].scaled(1, s), patch),
         "text_length": Dim.static("text_length", TEXT_LENGTH),
         "text_dim": Dim.static("text_dim", cfg.text_dim),
-        "image_tokens": Dim.static("image_tokens", _image_tokens(ref)),
+        "image_tokens": Dim.static("image_tokens", image_tokens(ref)),
         "image_dim": Dim.static("image_dim", cfg.image_dim),
     }
 
@@ -273,9 +224,6 @@ def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
 def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     return wan_vae.vae_dims(_batch(env), env, ref)
 
-
-def _face_pixels(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
-    return torch.rand(shape, generator=gen) * 2 - 1
 
 
 def _motion_vec(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
@@ -365,27 +313,12 @@ class WanAnimate(Family):
     }
 
     components = (
-        Component(
-            name="text_encoder", kind="text_encoder", module="text_encoder",
-            inputs=specs(TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids),
-                         TensorSpec("attention_mask", "int64", ("batch", "text_length"), sample="mask")),
-            outputs=specs(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "text_dim"))),
-            dims=_text_encoder_dims, wrapper=lambda ref: UMT5Export(ref.module("text_encoder")),
-            reference=_text_encoder_reference,
-            precision=Precision(keep_fp32=("DenseReluDense.wo", "layer_norm"), note="T5 feed-forward and norms in fp32"),
-        ),
-        Component(
-            name="image_encoder", kind="image_encoder", module="image_encoder",
-            inputs=specs(TensorSpec("pixel_values", "float32", ("batch", 3, "image_size", "image_size"))),
-            outputs=specs(TensorSpec("image_embeds", "float32", ("batch", "image_tokens", "image_dim"))),
-            dims=_image_encoder_dims, wrapper=lambda ref: CLIPVisionExport(ref.module("image_encoder")),
-            reference=_image_encoder_reference,
-            precision=Precision(keep_fp32=("layer_norm",), note="LayerNorms in fp32"),
-        ),
+        TEXT_ENCODER,
+        IMAGE_ENCODER,
         Component(
             name="face_encoder", kind="image_encoder", module="transformer",
             inputs=specs(TensorSpec("face_pixel_values", "float32", ("batch", 3, "face_frames", "face_size", "face_size"),
-                                    sample=_face_pixels)),
+                                    sample="pixels")),
             outputs=specs(TensorSpec("motion_vec", "float32", ("batch", "segment_latent_frames", "face_tokens", "inner_dim"))),
             dims=_motion_dims, wrapper=lambda ref: FaceEncoderExport(ref.module("transformer")),
             reference=_face_encoder_reference,

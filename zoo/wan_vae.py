@@ -208,7 +208,7 @@ def _reference(part: str, first: bool):
 def _io(part: str, first: bool):
     def inputs(ref: Reference) -> tuple[TensorSpec, ...]:
         frames = 1 if first else temporal_factor(ref)
-        x = (TensorSpec("sample", "float32", ("batch", 3, frames, "height", "width"), sample=_pixels) if part == "encoder"
+        x = (TensorSpec("sample", "float32", ("batch", 3, frames, "height", "width"), sample="pixels") if part == "encoder"
              else TensorSpec("sample", "float32", ("batch", "z_dim", 1, "latent_height", "latent_width")))
         return (x,) + (() if first else _cache_specs(cache_slots(ref, part), "cache_"))
 
@@ -220,9 +220,6 @@ def _io(part: str, first: bool):
 
     return inputs, outputs
 
-
-def _pixels(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
-    return torch.rand(shape, generator=gen) * 2 - 1
 
 
 def chunk_components(dims: Any) -> tuple[Component, ...]:
