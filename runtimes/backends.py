@@ -45,7 +45,6 @@ class Backend(ABC):
         self.is_active = False
         self.state: dict[str, torch.Tensor] = {}
         self._memo: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
-        self.memo_hits = 0
 
     @abstractmethod
     def _load(self) -> None: ...
@@ -107,7 +106,6 @@ class Backend(ABC):
             if key.keys() == feeds.keys() and all(
                 key[k].shape == feeds[k].shape and torch.equal(key[k], torch.as_tensor(feeds[k])) for k in key
             ):
-                self.memo_hits += 1
                 return outputs
         outputs = self(feeds)
         self._memo.insert(0, ({k: torch.as_tensor(v).clone() for k, v in feeds.items()}, outputs))

@@ -176,8 +176,7 @@ class Sampler:
                 f"family {self.family.name!r} has no sampler: its components are checked with "
                 f"`zoo parity` and timed with `zoo bench`"
             )
-        slots = [s for s in self.family.pipeline_slots if not s.optional]
-        missing = sorted({c for s in slots for c in s.components} - set(self.manifest.components))
+        missing = sorted({c for s in self.family.pipeline_slots for c in s.components} - set(self.manifest.components))
         if missing:
             raise ArtifactError(
                 f"export {self.manifest.root} lacks component(s) {', '.join(missing)} that the sampler runs; "
@@ -192,9 +191,8 @@ class Sampler:
     def pipeline(self, request: Request, *, progress: bool = True) -> Any:
         """The family's pipeline for ``request`` on backend modules, configured."""
         modules: dict[str, Any] = dict(self.host)
-        for slot in self.family.pipeline_slots:
-            if set(slot.components) <= set(self.manifest.components):
-                modules[slot.attribute] = BackendModule(slot, self.manifest.configs[slot.module], self.runners, self.device)
+        for slot in self.family.pipeline_slots:  # every slot's components are there (checked in __init__)
+            modules[slot.attribute] = BackendModule(slot, self.manifest.configs[slot.module], self.runners, self.device)
         return configure_pipeline(self.family.build_pipeline(request, modules), request, progress=progress)
 
     def __call__(self, request: Request, seed: int = 0, *, progress: bool = True) -> np.ndarray:

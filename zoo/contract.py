@@ -455,7 +455,6 @@ class PipelineSlot:
     module: str
     calls: Mapping[str, SlotCall]
     components: tuple[str, ...] = ()  # the exported components its calls run
-    optional: bool = False  # the export may lack its components (e.g. a VAE encoder)
 
 
 @dataclass(frozen=True)
