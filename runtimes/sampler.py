@@ -83,14 +83,20 @@ def request_context(manifest: Manifest) -> RequestContext:
                           components=tuple(manifest.components), pipeline=manifest.pipeline)
 
 
-def prepare_request(manifest: Manifest, options: Mapping[str, Any]) -> Request:
-    """``zoo run``'s options as a checked :class:`Request`: the family reads them (and any media
-    they name), then every shape is checked against the export's envelope, the scheduler class
-    and every number too, before any backend is loaded."""
+def sampler_family(manifest: Manifest) -> Any:
+    """The export's family, if it has a sampler; :class:`ZooError` saying what to use instead if not."""
     family = get_family(manifest.family)
     if not family.has_sampler or not manifest.pipeline:
         raise ZooError(f"family {family.name!r} has no sampler: its components are checked with "
                        f"`zoo parity` and timed with `zoo bench`")
+    return family
+
+
+def prepare_request(manifest: Manifest, options: Mapping[str, Any]) -> Request:
+    """``zoo run``'s options as a checked :class:`Request`: the family reads them (and any media
+    they name), then every shape is checked against the export's envelope, the scheduler class
+    and every number too, before any backend is loaded."""
+    family = sampler_family(manifest)
     for name, value in options.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"--{name.replace('_', '-')} {value}: expected a finite number")
@@ -170,12 +176,7 @@ class Sampler:
 
     def __init__(self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu") -> None:
         self.manifest: Manifest = load_manifest(export_dir)
-        self.family = get_family(self.manifest.family)
-        if not self.family.has_sampler or not self.manifest.pipeline:
-            raise ZooError(
-                f"family {self.family.name!r} has no sampler: its components are checked with "
-                f"`zoo parity` and timed with `zoo bench`"
-            )
+        self.family = sampler_family(self.manifest)
         missing = sorted({c for s in self.family.pipeline_slots for c in s.components} - set(self.manifest.components))
         if missing:
             raise ArtifactError(

@@ -305,13 +305,9 @@ def _size(n: int) -> str:
 def _run_options(export_dir: str) -> list[click.Parameter]:
     """``zoo run DIR``'s request options: the ones the export's family declares."""
     from exporters.manifest import load_manifest
-    from zoo.registry import get_family
+    from runtimes.sampler import sampler_family
 
-    family = get_family(load_manifest(Path(export_dir)).family)
-    if not family.has_sampler:
-        raise ZooError(f"family {family.name!r} has no sampler: its components are checked with "
-                       f"`zoo parity` and timed with `zoo bench`")
-    return [_click_option(o) for o in family.run_options]
+    return [_click_option(o) for o in sampler_family(load_manifest(Path(export_dir))).run_options]
 
 
 @main.command(cls=FamilyCommand, family_options=_run_options)
