@@ -111,10 +111,10 @@ def check_request(manifest: Manifest, request: Request) -> None:
     family = get_family(manifest.family)
     for key, value in request.kwargs.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"{_option_name(key)} {value}: expected a finite number")
+            raise InputError(f"{family.option_name(key)} {value}: expected a finite number")
     for option, value in family.shapes_run(request, manifest.configs).items():
         axis_name = family.request_axes[option]
-        label = request.shape_sources.get(option) or _option_name(option)
+        label = request.shape_sources.get(option) or family.option_name(option)
         if not isinstance(value, int) or isinstance(value, bool):
             raise InputError(f"{label} must be an integer, got {value!r}")
         asked = request.kwargs.get(option)
@@ -147,12 +147,6 @@ def configure_pipeline(pipeline: Any, request: Request, *, progress: bool = True
         getattr(pipeline, method)(**kwargs)
     pipeline.set_progress_bar_config(desc="sampling", leave=False, disable=not progress)
     return pipeline
-
-
-def _option_name(kwarg: str) -> str:
-    """How the command line spells a pipeline kwarg."""
-    names = {"num_images_per_prompt": "--batch", "num_inference_steps": "--steps", "num_frames": "--frames"}
-    return names.get(kwarg, "--" + kwarg.replace("_", "-"))
 
 
 def run_pipeline(family: Any, pipeline: Any, request: Request, seed: int) -> np.ndarray:

@@ -316,6 +316,7 @@ class AnimateDiff(Family):
         Option("fps", "Frames per second of an .mp4 / .gif output.", type="int", default=8, low=1),
     )
     request_axes = {"height": "height", "width": "width", "num_frames": "frames"}
+    option_names = {**Family.option_names, "num_frames": "--frames"}
     trajectory = ("unet", "sample")
 
     # -- shapes -------------------------------------------------------------------------

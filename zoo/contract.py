@@ -519,6 +519,12 @@ class Family:
     host_modules: ClassVar[tuple[str, ...]] = ()  # tokenizer, scheduler: copied into exports
     run_options: ClassVar[tuple[Option, ...]] = ()
     request_axes: ClassVar[Mapping[str, str]] = {}  # pipeline kwarg -> envelope axis
+    # pipeline kwarg -> the zoo run option that sets it, where the names differ (for messages)
+    option_names: ClassVar[Mapping[str, str]] = {"num_inference_steps": "--steps"}
+
+    def option_name(self, kwarg: str) -> str:
+        """How ``zoo run`` spells a pipeline kwarg."""
+        return self.option_names.get(kwarg, "--" + kwarg.replace("_", "-"))
     trajectory: ClassVar[tuple[str, str] | None] = None  # (component, latent input name)
     # end-to-end parity's reference: None = the family's pipeline on the library modules; a backend
     # name = the family's own loop on that backend (families no library has a pipeline for)

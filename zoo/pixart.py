@@ -355,6 +355,7 @@ class PixArt(Family):
         "num_images_per_prompt": "batch",
         "max_sequence_length": "text_length",
     }
+    option_names = {**Family.option_names, "num_images_per_prompt": "--batch"}
     trajectory = ("transformer", "hidden_states")
 
     # -- shapes -------------------------------------------------------------------------
