@@ -332,3 +332,27 @@ def test_parity_json_to_stdout(tiny_export):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert report["failed"] == 0 and report["family"] == "transformer-temporal"
+
+
+@pytest.mark.parametrize(
+    "family, args, message",
+    [
+        ("animatediff", ["--prompt", "x", "--free-init", "0"], "Invalid value for '--free-init': 0 is not in the range x>=1"),
+        ("animatediff", ["--prompt", "x", "--free-init", "2", "--free-init-method", "box"], "Invalid value for '--free-init-method'"),
+        ("animatediff", ["--prompt", "x", "--fps", "0"], "Invalid value for '--fps': 0 is not in the range x>=1"),
+        ("wan-animate", ["--image", "x", "--pose-video", "x", "--face-video", "x", "--mode", "dance"], "Invalid value for '--mode'"),
+        ("wan-animate", ["--image", "x", "--pose-video", "x", "--face-video", "x", "--prev-frames", "3"], "Invalid value for '--prev-frames'"),
+        ("unianimate-dit", ["--image", "x", "--pose-video", "x", "--ref-pose", "x", "--context-frames", "0"], "Invalid value for '--context-frames'"),
+        ("unianimate-dit", ["--pose-video", "x", "--ref-pose", "x"], "Missing option '--image'"),
+    ],
+)
+def test_family_run_options_are_checked_by_click(tiny_export, tmp_path, family, args, message):
+    out = tmp_path / "o.mp4"
+    result = zoo("run", tiny_export(family), *args, "--out", out)
+    assert_usage(result, message)
+    assert not out.exists()
+
+
+def test_bench_unknown_component(tiny_export):
+    assert_error(zoo("bench", tiny_export("transformer-temporal"), "--component", "unet"),
+                 "has no component 'unet'; it has transformer")
