@@ -157,7 +157,7 @@ def test_face_encoder_runs_once_per_segment_and_branch(tiny_export, media):
         (["--image", "{root}/notes.txt"], "--image {root}/notes.txt: not an image"),
         (["--segment-frames", "8"], "--segment-frames 8: pixel frames per segment must be 4k+1"),
         (["--segment-frames", "9", "--prev-frames", "5"], "WanAnimatePipeline cannot segment them with --segment-frames 9 and --prev-frames 5"),
-        (["--segment-frames", "17"], "--segment-frame-length 17 is outside the exported profile"),
+        (["--segment-frames", "17"], "--segment-frames 17 is outside the exported profile"),
         (["--height", "80"], "--height 80 is outside the exported profile: height must be in [32, 48] pixels"),
     ],
 )

@@ -374,6 +374,7 @@ class WanAnimate(Family):
         Option("fps", "Frames per second of an .mp4 / .gif output.", type="int", default=16, low=1),
     )
     request_axes = {"height": "height", "width": "width", "segment_frame_length": "segment_frames"}
+    option_names = {**Family.option_names, "segment_frame_length": "--segment-frames"}
     trajectory = ("transformer", "hidden_states")
 
     # -- shapes -------------------------------------------------------------------------
