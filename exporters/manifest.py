@@ -47,6 +47,7 @@ class ComponentRecord:
     precision: str
     opset: int
     state: dict[str, str] = field(default_factory=dict)  # output -> the input it feeds on the next call
+    weight_map: str | None = None  # weightless exports: weights.json, the source of every initializer
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,12 +63,19 @@ class ComponentRecord:
             "state": self.state,
             "precision": self.precision,
             "opset": self.opset,
+            **({"weight_map": self.weight_map} if self.weight_map else {}),
         }
 
     @property
     def size_on_disk(self) -> int:
         """The graph and its external data, in bytes."""
         return self.size + sum(self.external_data.values())
+
+    @property
+    def linked_bytes(self) -> int:
+        """External data that is a hard link to a checkpoint file (a weightless export's)."""
+        folder = PurePosixPath(self.file).parent / "weights"
+        return sum(v for k, v in self.external_data.items() if PurePosixPath(k).parent == folder)
 
     def point(self, which: str = "opt") -> dict[str, int]:
         return {k: getattr(d, which) for k, d in self.dims.items()}
@@ -204,6 +212,9 @@ def _component(root: Path, name: str, d: Any) -> ComponentRecord:
     inputs = tuple(_tensor(t, f"{where}.inputs[{i}]", dims) for i, t in enumerate(_get(d, "inputs", list, where)))
     outputs = tuple(_tensor(t, f"{where}.outputs[{i}]", dims) for i, t in enumerate(_get(d, "outputs", list, where)))
     state = _get(d, "state", dict, where, {})
+    weight_map = _get(d, "weight_map", (str, type(None)), where, None)
+    if weight_map is not None:
+        inside(root, weight_map, f"{where}.weight_map")
     ins, outs = {t.name for t in inputs}, {t.name for t in outputs}
     for o, i in state.items():
         if o not in outs or i not in ins:
@@ -222,6 +233,7 @@ def _component(root: Path, name: str, d: Any) -> ComponentRecord:
         precision=_get(d, "precision", str, where, "float32"),
         opset=_get(d, "opset", int, where, 0),
         state=dict(state),
+        weight_map=weight_map,
     )
 
 
@@ -247,6 +259,9 @@ def _sources(root: Path, d: dict) -> list[dict[str, Any]]:
         _get(s, "role", str, where)
         path = _get(s, "path", str, where)
         _get(s, "hash", str, where)
+        files = _get(s, "files", dict, where, {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise _Shape(f"{where}.files is not a map of file names to hashes")
         scale = _get(s, "scale", (int, float, type(None)), where, None)
         if scale is not None and (isinstance(scale, bool) or not math.isfinite(scale)):
             raise _Shape(f"{where}.scale is {scale!r}, expected a finite number")

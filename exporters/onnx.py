@@ -7,6 +7,7 @@ has no per-family code. An export folder is written in a staging folder and swap
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import shutil
@@ -18,16 +19,32 @@ from typing import Any
 import torch
 
 from exporters.artifacts import EXPORT_MARKER, atomic_write_json, file_digest, staged_dir
+from exporters.weights import (
+    WEIGHT_MAP,
+    WeightlessBuild,
+    check_files_unchanged,
+    check_weights,
+    link_checkpoint_files,
+    load_weight_map,
+    module_prefixes,
+    upcast_in_graph,
+)
 from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord, inside, looks_like_export
-from zoo.checkpoint import content_hash, is_lfs_pointer, random_preset
+from zoo.checkpoint import content_hash, file_hashes, is_lfs_pointer, random_preset
 from zoo.contract import Component, Dim, Envelope, Family, Reference, Source, TensorSpec, check_dims, resolve_point
-from zoo.errors import ArtifactError, ExportError
+from zoo.errors import ArtifactError, ExportError, ZooError
 
 log = logging.getLogger(__name__)
 
 # LayerNormalization needs opset >= 17; 18 is the lowest the dynamo exporter targets natively,
-# and TensorRT 8.6+ / 10.x parse it.
+# and TensorRT 8.6+ / 10.x parse it. bf16 graphs need 22, the first opset whose Conv (and
+# several other ops) admit bfloat16: at 18 the ONNX checker rejects a bf16 Conv.
 OPSET = 18
+OPSET_BF16 = 22
+
+
+def opset_for(dtype: str) -> int:
+    return OPSET_BF16 if dtype == "bfloat16" else OPSET
 # Protobuf cannot hold more than 2 GiB: larger graphs keep their weights in model.onnx.data.
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 REFERENCE_DIR = "reference"  # where a random reference travels inside its export
@@ -137,17 +154,37 @@ def _quiet_export() -> Iterator[None]:
 # --------------------------------------------------------------------------------------
 
 
-def export_component(ref: Reference, component: Component, dims: Mapping[str, Dim], dest: Path) -> ComponentRecord:
+def export_component(ref: Reference, component: Component, dims: Mapping[str, Dim], dest: Path, *,
+                     weightless: bool = False, copy_weights: bool = False, precision: str | None = None,
+                     progress: bool = False) -> ComponentRecord:
     """Trace ``component``'s wrapper into ``dest/model.onnx`` (+ ``model.onnx.data`` when large),
-    name its dims from the contract and check the graph. ``dest`` is relative to the export root."""
+    name its dims from the contract and check the graph.
+
+    ``precision`` (a dtype name; default the component's policy) is the dtype the graph computes
+    in, with the policy's fp32 islands. ``weightless`` traces the module built on the meta
+    device and takes every initializer from the checkpoint's safetensors byte ranges (hard links,
+    or streamed copies with ``copy_weights``) or computes it one at a time (see
+    :mod:`exporters.weights`): memory stays bounded by the largest tensor."""
     import onnx
+    import onnx_ir as ir
+
+    from exporters.precision import apply_precision, precision_of
 
     check_dims(dims)
+    dtype = precision or component.precision.dtype
+    computes_in = precision_of(component.precision, dtype)  # float32 for a component kept whole in fp32
+    build = None
+    constants: dict[str, torch.Tensor] = {}
+    if weightless:
+        build, ref, wrapper, constants = weightless_wrapper(ref, component, dtype)
+    else:
+        wrapper = apply_precision(component.wrapper(ref).eval(), component.precision, dtype, component=component.name)
     specs = component.input_specs(ref)
     outputs = component.output_specs(ref)
     point = example_point(dims)
     feeds = component.sample_inputs(ref, point)
-    wrapper = component.wrapper(ref).eval()
+    if build is not None:  # everything on the meta device: a real tensor beside a meta one cannot be traced
+        feeds = {k: v.to("meta") for k, v in feeds.items()}
     path = dest / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -163,21 +200,36 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
                 dynamic_shapes=dynamic_shapes(specs, dims),
                 input_names=[s.name for s in specs],
                 output_names=[s.name for s in outputs],
-                opset_version=OPSET,
+                opset_version=opset_for(computes_in),
                 dynamo=True,
+                optimize=build is None,  # the optimizer folds constants: it cannot read meta weights
                 verbose=False,
             )
+            if build is not None:  # weights first: the optimizer reads small initializers
+                weight_map = _attach_weights(program.model, path, build, wrapper, component.derived(ref), constants,
+                                             copy_weights=copy_weights, progress=progress, name=component.name)
+                _optimize_keeping_weights(program.model)
+        except ZooError:
+            raise
         except Exception as e:  # the exporter raises many types; report which component and why
             raise ExportError(f"torch.onnx.export failed for component {component.name!r}: {_export_cause(e)}") from e
-        weight_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
-        program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
+        if build is None:
+            weight_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
+            program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
+        else:
+            _point_at_weights(program.model, weight_map, dest)
+            ir.save(program.model, str(path))  # external tensors stay references; new constants are embedded
+            atomic_write_json(dest / WEIGHT_MAP, weight_map)
     del program
 
     model = onnx.load(str(path), load_external_data=False)
     _name_dims(model, specs, outputs, dims, component.name, path.parent)
     onnx.save(model, str(path))  # external data references are kept as they are
     check_graph(path, component.name)
-    external = {p.name: p.stat().st_size for p in sorted(dest.iterdir()) if p.name != "model.onnx"}
+    if build is not None:
+        check_weights(dest, onnx.load(str(path), load_external_data=False))
+    external = {p.relative_to(dest).as_posix(): p.stat().st_size for p in sorted(dest.rglob("*"))
+                if p.is_file() and p.name not in ("model.onnx", WEIGHT_MAP)}
     return ComponentRecord(
         name=component.name,
         kind=component.kind,
@@ -190,9 +242,122 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
         outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in outputs),
         dims=dict(dims),
         state=component.state_pairs(ref),
-        precision=component.precision.dtype,
-        opset=OPSET,
+        precision=computes_in,
+        opset=opset_for(computes_in),
+        weight_map=f"{component.name}/{WEIGHT_MAP}" if build is not None else None,
     )
+
+
+def weightless_wrapper(ref: Reference, component: Component, dtype: str
+                       ) -> tuple[WeightlessBuild, Reference, torch.nn.Module, dict[str, torch.Tensor]]:
+    """The component's wrapper around its module built without weights, in ``dtype`` with the
+    policy's islands, on the meta device; the reference that holds that module; and the real
+    tensors the wrapper computed from the config (by wrapper name), which the trace loses."""
+    from exporters.precision import apply_precision
+
+    spec = ref.modules.weightless(component.module)
+    if spec is None:
+        raise ExportError(f"component {component.name!r}: its module {component.module!r} has no weightless build "
+                          f"(the family loads it another way than from its safetensors, e.g. with LoRAs fused by "
+                          f"diffusers); export it with --load-weights")
+    build = WeightlessBuild(spec, f"component {component.name!r} ({component.module})")
+    ref = dataclasses.replace(ref, modules=ref.modules.with_module(component.module, build.module))
+    plain = component.wrapper(ref).eval()
+    build.prefixes = module_prefixes(plain, build.module)  # by identity; apply_precision copies, same names
+    wrapper = apply_precision(plain, component.precision, dtype, component=component.name)
+    upcast_in_graph(wrapper, build)
+    constants = {k: v.detach().clone() for k, v in wrapper.state_dict(keep_vars=True).items() if v.device.type != "meta"}
+    constants.update({k: v.detach().clone() for k, v in wrapper.named_buffers(remove_duplicate=False)
+                      if v.device.type != "meta"})
+    return build, ref, wrapper.to("meta"), constants
+
+
+def verify_weights(root: Path, record: ComponentRecord, ref: Reference, component: Component) -> dict[str, int]:
+    """The initializer check of a weightless export: every initializer against ``weights.json``,
+    the checkpoint's safetensors headers, and a recomputation of each computed tensor from the
+    checkpoint (casts, buffers, declared transforms) with the reference's weightless build."""
+    import onnx
+
+    from exporters.weights import plan_initializer
+
+    path = check_artifact(root, record)
+    folder = path.parent
+    build, ref, wrapper, constants = weightless_wrapper(ref, component, record.precision)
+    prefixes = build.prefixes
+    derived = component.derived(ref)
+
+    def recompute(name: str, entry: dict[str, Any]) -> torch.Tensor | None:
+        plan = plan_initializer(name, entry["dtype"], tuple(entry["shape"]), build, prefixes, derived, constants.get(name))
+        return plan.compute() if plan.compute is not None and plan.how != "constant of the traced code" else None
+
+    return check_weights(folder, onnx.load(str(path), load_external_data=False), recompute=recompute)
+
+
+def _optimize_keeping_weights(model: Any) -> None:
+    """The exporter's own optimizer, except that no node reading a weight is folded: every
+    initializer stays the checkpoint tensor it was (the weight map can name its source), and
+    no meta weight is read."""
+    import onnxscript.optimizer
+
+    initializers = set(model.graph.initializers)
+
+    def should_fold(node: Any) -> bool | None:
+        return False if any(v is not None and v.name in initializers for v in node.inputs) else None
+
+    onnxscript.optimizer.optimize_ir(model, should_fold=should_fold)
+
+
+def _attach_weights(model: Any, path: Path, build: WeightlessBuild, wrapper: torch.nn.Module,
+                    derived: Mapping[str, Any], constants: Mapping[str, torch.Tensor], *,
+                    copy_weights: bool, progress: bool, name: str) -> dict[str, Any]:
+    """Give every initializer its bytes (linked, copied or computed one at a time) and point the
+    graph at them; returns the weight map."""
+    import onnx_ir as ir
+    from tqdm.auto import tqdm
+
+    from exporters.weights import _onnx_to_torch, dtype_name, lazy_value, plan_initializer, write_weights
+
+    prefixes = build.prefixes
+    plans = []
+    for init_name, value in model.graph.initializers.items():
+        raw = getattr(value.const_value, "raw", None)
+        constant = constants.get(init_name)
+        if constant is None and isinstance(raw, torch.Tensor) and raw.device.type != "meta":
+            constant = raw.detach().clone()
+        elif constant is None and value.const_value is not None and not isinstance(raw, torch.Tensor):
+            constant = torch.from_numpy(value.const_value.numpy().copy())
+        dtype = dtype_name(_onnx_to_torch(value.dtype.value))
+        shape = tuple(int(d) for d in value.shape)
+        plans.append(plan_initializer(init_name, dtype, shape, build, prefixes, derived, constant))
+    with tqdm(total=len(plans), desc=f"weights {name}", unit="tensor", disable=not progress, leave=False) as bar:
+        weight_map = write_weights(plans, path.parent, copy_weights=copy_weights, progress=bar.update)
+    for init_name, value in model.graph.initializers.items():
+        read = lazy_value(weight_map["initializers"][init_name], path.parent)
+        value.const_value = ir.LazyTensor(lambda read=read: _ir_tensor(read()), value.dtype, value.shape, name=init_name)
+    return weight_map
+
+
+def _ir_tensor(t: torch.Tensor) -> Any:
+    import ml_dtypes
+    import onnx_ir as ir
+
+    if t.dtype == torch.bfloat16:
+        return ir.tensor(t.view(torch.uint16).numpy().view(ml_dtypes.bfloat16))
+    return ir.tensor(t.numpy())
+
+
+def _point_at_weights(model: Any, weight_map: dict[str, Any], dest: Path) -> None:
+    """After optimizing: link the checkpoint files in, and make every initializer of the map
+    ONNX external data at its byte range (relative to the graph)."""
+    import onnx_ir as ir
+
+    kept = model.graph.initializers  # the optimizer may have dropped unused ones
+    weight_map["initializers"] = {k: v for k, v in weight_map["initializers"].items() if k in kept}
+    link_checkpoint_files(weight_map, dest)
+    for init_name, entry in weight_map["initializers"].items():
+        value = kept[init_name]
+        value.const_value = ir.ExternalTensor(entry["location"], entry["offset"], entry["length"], value.dtype,
+                                              shape=value.shape, name=init_name, base_dir=dest)
 
 
 def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
@@ -235,20 +400,48 @@ def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[Tensor
     if extra:
         raise ExportError(f"component {component!r}: graph tensors {', '.join(extra)} are not in the contract")
     names = {v.name for v in model.graph.input}
-    with contextlib.chdir(folder):  # the tool checks the model: external data resolves beside it
+    with checkable(model):  # the tool runs the checker on the model
         update_inputs_outputs_dims(model, {k: v for k, v in wanted.items() if k in names},
                                    {k: v for k, v in wanted.items() if k not in names})
+
+
+@contextlib.contextmanager
+def checkable(model: Any) -> Iterator[None]:
+    """Run onnx's checker on a graph proto without its weights: in a temporary folder holding a
+    sparse stand-in for each external data file. (The checker insists on reading the files, and
+    refuses the hard links a weightless export points at; the real files are checked by size,
+    digest and safetensors header in :func:`check_artifact` and :func:`exporters.weights.check_weights`.)"""
+    import tempfile
+
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    sizes: dict[str, int] = {}
+    for t in model.graph.initializer:
+        if uses_external_data(t):
+            info = ExternalDataInfo(t)
+            sizes[info.location] = max(sizes.get(info.location, 0), (info.offset or 0) + (info.length or 0))
+    with tempfile.TemporaryDirectory(prefix="zoo-check-") as tmp:
+        for location, size in sizes.items():
+            stand_in = Path(tmp) / location
+            if not stand_in.resolve().is_relative_to(Path(tmp).resolve()):
+                raise ExportError(f"external data location {location!r} leads outside the model's folder")
+            stand_in.parent.mkdir(parents=True, exist_ok=True)
+            with open(stand_in, "wb") as f:
+                f.truncate(size)
+        with contextlib.chdir(tmp):
+            yield
 
 
 def check_graph(path: Path, component: str) -> None:
     """onnx checker with full shape inference, then TensorRT-parser operator and dtype support."""
     import onnx
 
+    model = onnx.load(str(path), load_external_data=False)
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        with checkable(model):
+            onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"component {component!r}: {path} fails the ONNX checker: {e}") from None
-    model = onnx.load(str(path), load_external_data=False)
     unsupported = sorted(
         {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type not in TENSORRT_OPS}
         | {f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")}
@@ -316,6 +509,8 @@ def check_artifact(root: Path, record: ComponentRecord) -> Path:
                 raise ArtifactError(f"external data {data} (tensor {tensor.name}) of {path} is missing")
             if info.length and info.offset + info.length > data.stat().st_size:
                 raise ArtifactError(f"external data {data} is truncated: tensor {tensor.name} lies past its end")
+    if record.weight_map:  # weightless: the linked checkpoint files are the ones exported
+        check_files_unchanged(path.parent, load_weight_map(path.parent))
     return path
 
 
@@ -353,6 +548,9 @@ def export_family(
     carry_reference: bool = False,
     components: tuple[str, ...] | None = None,
     progress: bool = True,
+    weightless: bool | None = None,
+    copy_weights: bool = False,
+    precision: str | None = None,
 ) -> Manifest:
     """Export every component of ``ref`` into ``out`` and write ``out/manifest.json`` last.
 
@@ -360,6 +558,11 @@ def export_family(
     was. Every source (model folder, adapter, LoRA files) is recorded with its content hash, so
     the torch side of every parity run rebuilds exactly this reference; with ``carry_reference``
     (random models) the sources are copied into ``out/reference`` so the export is self-contained.
+
+    ``weightless`` (None: for components whose stored weights exceed ``WEIGHTLESS_ABOVE``) traces
+    without materializing the weights (:mod:`exporters.weights`); ``precision`` is the dtype the
+    graphs compute in (None: the checkpoint's own dtype for weightless components, else the
+    component's policy).
     """
     from tqdm.auto import tqdm
 
@@ -374,8 +577,11 @@ def export_family(
         for component in bar:
             bar.set_postfix_str(component.name)
             dims = component.dims(envelope, ref)
-            log.info("exporting %s/%s with dims %s", family.name, component.name, dims)
-            records[component.name] = export_component(ref, component, dims, stage / component.name)
+            plan = weight_plan(ref, component, weightless, precision)
+            log.info("exporting %s/%s with dims %s (%s)", family.name, component.name, dims, plan)
+            records[component.name] = export_component(ref, component, dims, stage / component.name,
+                                                       weightless=plan.weightless, copy_weights=copy_weights,
+                                                       precision=plan.precision, progress=progress)
 
         host = {}
         for name in family.host_modules:
@@ -400,13 +606,42 @@ def export_family(
     return manifest
 
 
+# Components whose checkpoint weights are larger are exported weightless unless told otherwise.
+WEIGHTLESS_ABOVE = 2 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightPlan:
+    weightless: bool
+    precision: str
+    stored_bytes: int | None = None
+
+    def __str__(self) -> str:
+        how = "weightless" if self.weightless else "loaded"
+        return f"{how}, {self.precision}" + (f", {self.stored_bytes / 2**30:.2f} GiB stored" if self.stored_bytes else "")
+
+
+def weight_plan(ref: Reference, component: Component, weightless: bool | None, precision: str | None) -> WeightPlan:
+    """How a component is exported: weightless or loaded, and in which dtype (see export_family)."""
+    from exporters.weights import StoredWeights
+
+    spec = ref.modules.weightless(component.module)
+    stored = StoredWeights(spec.folders) if spec is not None and weightless is not False else None
+    size = sum(f.stat().st_size for f in stored.files) if stored else None
+    if weightless is None:
+        weightless = size is not None and size > WEIGHTLESS_ABOVE
+    if precision is None:
+        precision = stored.dominant_dtype() if weightless and stored else component.precision.dtype
+    return WeightPlan(weightless, precision, size)
+
+
 def _record_sources(sources: tuple[Source, ...], stage: Path | None) -> list[dict[str, Any]]:
     """Each source with its content hash; copied under ``stage/reference`` when given."""
     records = []
     seen: dict[str, int] = {}
     for s in sources:
         path = Path(s.path).resolve()
-        record: dict[str, Any] = {"role": s.role, "path": str(path), "hash": content_hash(path)}
+        record: dict[str, Any] = {"role": s.role, "path": str(path), "hash": content_hash(path), "files": file_hashes(path)}
         if s.scale is not None:
             record["scale"] = s.scale
         if s.role == "model":

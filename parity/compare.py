@@ -10,14 +10,16 @@ import numpy as np
 import torch
 
 from exporters.manifest import Manifest, load_manifest
-from parity.metrics import compare
+from exporters.precision import precision_of
+from parity.metrics import Metrics, compare
 from parity.points import describe, profile_points
+from parity.reduced import TorchInDtype, runtime_refusal, structure_check
 from parity.report import Row
 from parity.tolerances import Tolerance, tolerance
-from runtimes.backends import Runners, TorchBackend, backend_for, load_reference
+from runtimes.backends import Backend, Runners, TorchBackend, backend_for, load_reference
 from runtimes.sampler import Sampler, check_request, configure_pipeline, request_context, run_pipeline
 from zoo.contract import bind_argument
-from zoo.errors import ZooError
+from zoo.errors import ArtifactError, ZooError
 from zoo.registry import get_family
 
 log = logging.getLogger(__name__)
@@ -29,22 +31,82 @@ def scale_of(manifest: Manifest) -> str:
 
 
 def _rows_for(level: str, component: str, label: str, shape: str, candidate: Mapping[str, torch.Tensor],
-              reference: Mapping[str, torch.Tensor], tol: Tolerance, data_range: float | None = None) -> list[Row]:
+              reference: Mapping[str, torch.Tensor], tol: Tolerance, data_range: float | None = None, *,
+              precision: str = "float32", own: Mapping[str, torch.Tensor] | None = None,
+              problems: list[str] | None = None) -> list[Row]:
+    """One row per reference output. For a reduced ``precision``, ``own`` is PyTorch itself in
+    that dtype (its error is shown, and a bound holds within twice it) and ``problems`` are the
+    graph's dtype-structure failures."""
     rows = []
     for name, ref in reference.items():
         cand = candidate[name]
         if cand.shape != ref.shape or cand.dtype != ref.dtype:
             failure = f"shape/dtype {tuple(cand.shape)} {cand.dtype} vs reference {tuple(ref.shape)} {ref.dtype}"
-            rows.append(Row(level, component, label, shape, name, None, tol, [failure]))
+            rows.append(Row(level, component, label, shape, name, None, tol, [failure], precision))
             continue
         m = compare(cand, ref, rtol=tol.rtol, data_range=data_range)
-        rows.append(Row(level, component, label, shape, name, m, tol, tol.failures(m)))
+        m_own = _own_error(own, name, ref, tol, data_range)
+        rows.append(Row(level, component, label, shape, name, m, tol,
+                        tol.failures(m, m_own, precision) + list(problems or ()), precision, m_own,
+                        tol.held_by_torch(m, m_own, precision)))
     return rows
+
+
+def _own_error(own: Mapping[str, torch.Tensor] | None, name: str, ref: torch.Tensor, tol: Tolerance,
+               data_range: float | None) -> Metrics | None:
+    """PyTorch-in-dtype's metrics against the fp32 reference (None without it or on a shape mismatch)."""
+    if own is None or name not in own or own[name].shape != ref.shape:
+        return None
+    return compare(own[name].to(ref.dtype), ref, rtol=tol.rtol, data_range=data_range)
+
+
+def _not_run_rows(level: str, component: str, label: str, shape: str, reference: Mapping[str, torch.Tensor],
+                  tol: Tolerance, data_range: float | None, *, precision: str, reason: str,
+                  own: Mapping[str, torch.Tensor] | None, own_problem: str | None, structure: str,
+                  problems: list[str]) -> list[Row]:
+    """Rows for a candidate that could not run here: ``not run`` with ``reason``, and what is
+    checked instead (PyTorch in ``precision`` with the policy against the same row, and the
+    graph's dtype structure). A failure of those checks still fails the row."""
+    rows = []
+    for name, ref in reference.items():
+        m_own = _own_error(own, name, ref, tol, data_range)
+        instead, failures = [], list(problems)
+        if m_own is not None:
+            metric = Row(level, component, label, shape, name, m_own, tol).headline()
+            broken = tol.failures(m_own)
+            instead.append(f"PyTorch in {precision} with the precision policy vs the fp32 reference, against the "
+                           f"{precision} row ({tol}): {metric[0]} {metric[1]:.7g}, "
+                           + ("out of tolerance" if broken else "within"))
+            failures += [f"PyTorch in {precision} with the precision policy (checked instead): {f}" for f in broken]
+        else:
+            instead.append(f"PyTorch in {precision} could not be compared: {own_problem or 'no output ' + name}")
+        instead.append(structure + ("" if not problems else " (" + "; ".join(problems) + ")"))
+        rows.append(Row(level, component, label, shape, name, None, tol, failures, precision, m_own,
+                        not_run=reason, checked_instead=instead))
+    return rows
+
+
+def _activate(candidate: Backend, precision: str) -> str | None:
+    """Activate ``candidate``; the reason it cannot run a ``precision`` graph here, if the
+    runtime refuses one (anything else raises)."""
+    try:
+        candidate.activate()
+    except Exception as e:  # the backend's ArtifactError, or the runtime's own error should it pass it through
+        reason = runtime_refusal(e, precision)
+        if reason is None:
+            raise
+        return f"{reason} [{candidate.name} on {candidate.device}]"
+    return None
 
 
 def component_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
                      components: tuple[str, ...] | None = None, seed: int = 0) -> list[Row]:
-    """Each component's backend against the reference module at every profile point."""
+    """Each component's backend against the reference module at every profile point.
+
+    A reduced-precision component (its record's ``precision`` float16 / bfloat16) is held to
+    that dtype's row, PyTorch itself in that dtype is measured beside it (a bound also holds
+    within twice its error), and its graph must compute in that dtype; when the backend cannot
+    run such a graph here, its rows are ``not run`` with what was checked instead."""
     from tqdm.auto import tqdm
 
     manifest = load_manifest(export_dir)
@@ -55,16 +117,56 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
     for name in names:
         record = manifest.component(name)
         component = family.component(name)
-        tol = tolerance(record.kind, record.precision, scale_of(manifest))
+        precision = precision_of(component.precision, record.precision)
+        tol = tolerance(record.kind, precision, scale_of(manifest))
         data_range = 2.0 if record.kind == "vae_decoder" else None  # images in [-1, 1]
         points = profile_points(record.dims)
-        with TorchBackend(manifest, name, device) as reference, backend_for(backend, manifest, name, device) as candidate:
-            for label, point in tqdm(points, desc=f"parity {name}", unit="shape", leave=False):
-                feeds = component.sample_inputs(ref, point, seed=seed)
-                expected = reference(feeds)
-                got = candidate(feeds)
-                rows += _rows_for("component", name, label, describe(point, record.dims), got, expected, tol, data_range)
+        reduced = precision != "float32"
+        with TorchBackend(manifest, name, device) as reference:
+            own_runner, own_problem, structure, problems = None, None, "", []
+            if reduced:
+                structure, problems = structure_check(manifest.root / record.file, precision)
+                try:
+                    own_runner = TorchInDtype(load_reference(manifest, device), component, precision, device)
+                except RuntimeError as e:  # a cast torch cannot make here
+                    own_problem = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            candidate = backend_for(backend, manifest, name, device)
+            refused = _activate(candidate, precision)
+            try:
+                for label, point in tqdm(points, desc=f"parity {name}", unit="shape", leave=False):
+                    feeds = component.sample_inputs(ref, point, seed=seed)
+                    expected = reference(feeds)
+                    own = None
+                    if own_runner is not None:
+                        try:
+                            own = own_runner(feeds)
+                        except RuntimeError as e:  # e.g. an op without a kernel in that dtype on this device
+                            own_problem = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                    where = describe(point, record.dims)
+                    if refused:
+                        rows += _not_run_rows("component", name, label, where, expected, tol, data_range,
+                                              precision=precision, reason=refused, own=own, own_problem=own_problem,
+                                              structure=structure, problems=problems)
+                    else:
+                        rows += _rows_for("component", name, label, where, candidate(feeds), expected, tol, data_range,
+                                          precision=precision, own=own, problems=problems)
+            finally:
+                candidate.deactivate()
     return rows
+
+
+def _lowest_precision(manifest: Manifest, components: set[str] | list[str]) -> str:
+    """The coarsest dtype among ``components`` (their loops and trajectories are held to its rows)."""
+    family = get_family(manifest.family)
+    found = {precision_of(family.component(c).precision, manifest.component(c).precision)
+             for c in components if c in manifest.components}
+    return next((p for p in ("bfloat16", "float16") if p in found), "float32")
+
+
+def _refused(e: ArtifactError, manifest: Manifest, components: set[str] | list[str]) -> str | None:
+    """The runtime's refusal of a reduced-precision graph among ``components``, if ``e`` is one."""
+    precision = _lowest_precision(manifest, components)
+    return runtime_refusal(e, precision) or (runtime_refusal(e, "float16") if precision == "bfloat16" else None)
 
 
 def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", seed: int = 0) -> list[Row]:
@@ -72,20 +174,39 @@ def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: st
     they replace, at the family's own list of lengths."""
     manifest = load_manifest(export_dir)
     family = get_family(manifest.family)
+    missing = sorted(set(family.loop_components) - set(manifest.components))
+    if missing:
+        log.warning("loop parity skipped: the export lacks %s", ", ".join(missing))
+        return []
     ref = load_reference(manifest)
     runners = Runners(backend, manifest, device)
     rows: list[Row] = []
     try:
         for check in family.loop_checks(ref, runners, manifest.envelope, seed):
             record = manifest.component(check.component)
-            tol = tolerance(record.kind, record.precision, scale_of(manifest))
+            precision = _lowest_precision(manifest, [check.component])
+            tol = tolerance(record.kind, precision, scale_of(manifest))
             data_range = 2.0 if record.kind == "vae_decoder" else None
             shape = "x".join(map(str, check.reference.shape))
             rows += _rows_for("loop", check.component, check.label, shape, {check.output: check.candidate},
-                              {check.output: check.reference}, tol, data_range)
+                              {check.output: check.reference}, tol, data_range, precision=precision)
+    except ArtifactError as e:
+        reason = _refused(e, manifest, list(manifest.components))
+        if reason is None:
+            raise
+        precision = _lowest_precision(manifest, list(manifest.components))
+        rows.append(_sampler_not_run("loop", "loops", "-", f"{reason} [{backend} on {device}]",
+                                     tolerance("end_to_end", precision, scale_of(manifest)), precision))
     finally:
         runners.close()
     return rows
+
+
+def _sampler_not_run(level: str, component: str, label: str, reason: str, tol: Tolerance, precision: str) -> Row:
+    """A host-loop or sampler run that could not happen here: one ``not run`` row."""
+    return Row(level, component, label, "-", "-", None, tol, precision=precision, not_run=reason,
+               checked_instead=["each reduced-precision component on its own: PyTorch in its dtype with its precision "
+                                "policy against the fp32 reference, and its graph's dtypes (component rows above)"])
 
 
 def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
@@ -101,6 +222,7 @@ def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", devi
         log.warning("end-to-end parity skipped: the export lacks %s", ", ".join(sorted(needed - set(manifest.components))))
         return []
     scale = scale_of(manifest)
+    precision = _lowest_precision(manifest, needed)
     component, feed = family.trajectory
     rows: list[Row] = []
     with Sampler(export_dir, backend=backend, device=device) as sampler:
@@ -114,8 +236,16 @@ def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", devi
                 expected, reference_steps = _library_run(manifest, family, request, component, feed, seed)
             sampler.runners = dict(sampler.backends)
             candidate_steps = sampler.record_inputs(component, feed)
-            got = sampler(request, seed, progress=False)
-            rows += _request_rows(label, component, feed, candidate_steps, reference_steps, got, expected, scale)
+            try:
+                got = sampler(request, seed, progress=False)
+            except ArtifactError as e:
+                reason = _refused(e, manifest, needed)
+                if reason is None:
+                    raise
+                rows.append(_sampler_not_run("end_to_end", "sampler", label, f"{reason} [{backend} on {device}]",
+                                             tolerance("end_to_end", precision, scale), precision))
+                continue
+            rows += _request_rows(label, component, feed, candidate_steps, reference_steps, got, expected, scale, precision)
     return rows
 
 
@@ -139,20 +269,23 @@ def _library_run(manifest: Manifest, family, request, component: str, feed: str,
 
 
 def _request_rows(label: str, component: str, feed: str, candidate_steps: list[torch.Tensor],
-                  reference_steps: list[torch.Tensor], got: np.ndarray, expected: np.ndarray, scale: str) -> list[Row]:
+                  reference_steps: list[torch.Tensor], got: np.ndarray, expected: np.ndarray, scale: str,
+                  precision: str = "float32") -> list[Row]:
+    """Trajectory and frame rows, held to the rows of the coarsest dtype among the sampler's components."""
     rows: list[Row] = []
-    tol = tolerance("trajectory", "float32", scale)
+    tol = tolerance("trajectory", precision, scale)
     if len(candidate_steps) != len(reference_steps):
         rows.append(Row("trajectory", component, f"{label} steps", "-", feed, None, tol,
-                        [f"{len(candidate_steps)} denoiser calls vs {len(reference_steps)} in the pipeline"]))
+                        [f"{len(candidate_steps)} denoiser calls vs {len(reference_steps)} in the pipeline"], precision))
     for i, (c, r) in enumerate(zip(candidate_steps, reference_steps)):
-        rows += _rows_for("trajectory", component, f"{label} step {i}", "x".join(map(str, r.shape)), {feed: c}, {feed: r}, tol)
-    tol = tolerance("end_to_end", "float32", scale)
+        rows += _rows_for("trajectory", component, f"{label} step {i}", "x".join(map(str, r.shape)), {feed: c}, {feed: r},
+                          tol, precision=precision)
+    tol = tolerance("end_to_end", precision, scale)
     shape = "x".join(map(str, expected.shape))
     # frames compared in [-1, 1], as the pipeline's decoder produced them
     rows += _rows_for("end_to_end", "sampler", label, shape,
                       {"frames": torch.from_numpy(got).double() * 2 - 1},
-                      {"frames": torch.from_numpy(expected).double() * 2 - 1}, tol, data_range=2.0)
+                      {"frames": torch.from_numpy(expected).double() * 2 - 1}, tol, data_range=2.0, precision=precision)
     return rows
 
 
@@ -161,8 +294,32 @@ def run_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str
     """All levels: components at every profile point, then trajectory and end to end."""
     if backend == "torch":
         raise ZooError("parity compares a backend against the torch reference: choose --backend onnxruntime or tensorrt")
-    rows = component_parity(export_dir, backend, device)
+    rows = weights_parity(export_dir)
+    rows += component_parity(export_dir, backend, device)
     rows += loop_parity(export_dir, backend, device)
     if end_to_end:
         rows += end_to_end_parity(export_dir, backend, device)
+    return rows
+
+
+def weights_parity(export_dir: str | Path) -> list[Row]:
+    """The initializer check of every weightless component (see :func:`exporters.onnx.verify_weights`):
+    one row each, saying how many initializers were proven which way. Needs no weights in memory:
+    the reference's weightless build is on the meta device, and only computed tensors are
+    recomputed, one at a time."""
+    from exporters.onnx import verify_weights
+
+    manifest = load_manifest(export_dir)
+    records = [r for r in manifest.components.values() if r.weight_map]
+    if not records:
+        return []
+    family = get_family(manifest.family)
+    ref = load_reference(manifest)
+    rows = []
+    for record in records:
+        counts = verify_weights(manifest.root, record, ref, family.component(record.name))
+        total = sum(counts.values())
+        said = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        rows.append(Row("weights", record.name, "-", "-", f"{total} initializers: {said}", None, Tolerance(),
+                        precision=record.precision))
     return rows

@@ -19,7 +19,7 @@ import torch
 from exporters.manifest import ComponentRecord, Manifest
 from runtimes.feeds import check_outputs, validate_feeds
 from zoo.contract import Reference
-from zoo.checkpoint import content_hash
+from zoo.checkpoint import changed_files, content_hash
 from zoo.errors import ArtifactError, BackendUnavailableError, InputError, UnknownFamilyError
 from zoo.registry import get_family
 
@@ -138,9 +138,11 @@ def load_reference(manifest: Manifest, device: str | torch.device = "cpu") -> Re
                     f"{manifest.root / 'manifest.json'}, and it is not on this machine"
                 )
             if content_hash(source.path) != record["hash"]:
+                changed = changed_files(source.path, record.get("files", {}))
+                which = f" ({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed)" if changed else ""
                 raise ArtifactError(
-                    f"the {source.role} source {source.path} changed since the export (its content hash differs "
-                    f"from {manifest.root / 'manifest.json'}): the reference would not be the exported model; re-export"
+                    f"the {source.role} source {source.path} changed since the export{which}: its content hash differs "
+                    f"from {manifest.root / 'manifest.json'}, so the reference would not be the exported model; re-export"
                 )
         ref = get_family(manifest.family).load(tuple(sources))
         ref.device = torch.device(device)

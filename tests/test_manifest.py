@@ -169,7 +169,8 @@ def test_export_prints_the_whole_size(tmp_path, monkeypatch):
     result = zoo("export", "transformer-temporal", "--tiny", "--out", tmp_path / "o")
     record = load_manifest(tmp_path / "o").component("transformer")
     assert record.external_data and record.size_on_disk > record.size
-    assert f"({record.size_on_disk / 1e3:.1f} kB)" in result.output
+    assert f"({record.size_on_disk / 1e3:.1f} kB, float32)" in result.output
+    assert f"({record.size_on_disk / 1e3:.1f} kB in all)" in result.output
 
 
 def test_sources_of_another_family_are_refused(tiny_checkpoint):

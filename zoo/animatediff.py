@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
+from zoo.checkpoint import empty_module, pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     COMMON_RUN_OPTIONS,
     Axis,
@@ -43,6 +43,7 @@ from zoo.contract import (
     SourceRole,
     Sources,
     TensorSpec,
+    WeightlessModule,
     source_of,
     specs,
     token_ids,
@@ -482,8 +483,24 @@ class AnimateDiff(Family):
                         f"the UNet of {source} has {tuple(unet2d.config.block_out_channels)}: an adapter for another base model")
                 return UNetMotionModel.from_unet2d(unet2d, motion).to(torch.float32)
 
+        def unet_weightless() -> WeightlessModule:
+            from accelerate import init_empty_weights
+            from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+            if adapter is None:
+                config = UNetMotionModel.load_config(str(source), subfolder="unet")
+                return WeightlessModule(lambda: empty_module(UNetMotionModel, config), (source / "unet",))
+
+            def build() -> nn.Module:
+                # all on meta (buffers too: from_unet2d copies them); the adapter stores its own
+                with init_empty_weights(include_buffers=True):
+                    unet2d = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(source), subfolder="unet"))
+                    motion = MotionAdapter.from_config(MotionAdapter.load_config(str(adapter.path)))
+                    return UNetMotionModel.from_unet2d(unet2d, motion)
+            return WeightlessModule(build, (source / "unet", adapter.path))
+
         loaders["unet"] = unet
-        modules = Modules(loaders, configs)
+        modules = Modules(loaders, configs, {k: v[2] for k, v in found.items() if v[2]} | {"unet": unet_weightless})
         if loras:
             modules = _with_loras(modules, loras)
         return Reference(self.name, "default", tuple(sources), modules, pipeline=T2V)

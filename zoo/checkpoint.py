@@ -72,6 +72,20 @@ def loading(what: str, source: Path) -> Iterator[None]:
         raise CheckpointError(f"could not load {what} from {source}: {first}") from None
 
 
+def file_hashes(path: str | Path) -> dict[str, str]:
+    """:func:`content_hash` of each file of a folder (or of the one file), by relative path."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: content_hash(path)}
+    return {p.relative_to(path).as_posix(): content_hash(p) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def changed_files(path: str | Path, recorded: dict[str, str]) -> list[str]:
+    """The files of ``path`` whose hash differs from ``recorded`` (added and missing ones too)."""
+    now = file_hashes(path)
+    return sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
+
+
 def content_hash(path: str | Path, *, full_below: int = 64 << 20, sample: int = 1 << 20) -> str:
     """A sha256 over a file, or a folder's files: names, sizes and contents.
 
@@ -110,11 +124,15 @@ def write_random_marker(path: Path, *, family: str, variant: str, preset: str, s
     )
 
 
+Found = tuple[Callable[[], Any], Callable[[], Any] | None, Callable[[], Any] | None]
+
+
 def pipeline_modules(source: Path, index: dict[str, Any], *, dtype: Any = None,
-                     skip: Iterable[str] = ()) -> dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]]:
+                     skip: Iterable[str] = ()) -> dict[str, Found]:
     """Loaders for every module a diffusers ``model_index.json`` names, each with the real
-    ``from_pretrained`` of its class on its subfolder, and a config loader that builds the module
-    on the meta device (its full config, defaults included, without reading any weights)."""
+    ``from_pretrained`` of its class on its subfolder, a config loader that builds the module
+    on the meta device (its full config, defaults included, without reading any weights), and
+    for torch modules a weightless build (:class:`zoo.contract.WeightlessModule`)."""
     import importlib
 
     import torch
@@ -131,7 +149,64 @@ def pipeline_modules(source: Path, index: dict[str, Any], *, dtype: Any = None,
         cls = getattr(importlib.import_module(library), class_name, None)
         if cls is None:
             raise CheckpointError(f"{source / 'model_index.json'}: {library} has no class {class_name!r} (module {name})")
-        out[name] = (_module_loader(cls, source, name, dtype), _config_loader(cls, source, name))
+        out[name] = (_module_loader(cls, source, name, dtype), _config_loader(cls, source, name),
+                     _weightless_loader(cls, source, name))
+    return out
+
+
+def empty_module(cls: Any, config: Any) -> Any:
+    """``cls`` built from ``config`` with its parameters on the meta device and its buffers
+    computed (RoPE tables, position ids): what a weightless export traces."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        if hasattr(cls, "load_config"):  # diffusers
+            return cls.from_config(config)
+        module = cls._from_config(config)
+    module.tie_weights()  # tied embeddings share one tensor, as after from_pretrained
+    return module
+
+
+def _weightless_loader(cls: Any, source: Path, name: str) -> Callable[[], Any] | None:
+    import torch
+
+    from zoo.contract import WeightlessModule
+
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        return None
+
+    def build() -> Any:
+        with loading(f"the {name} config", source):
+            if hasattr(cls, "load_config"):
+                config = cls.load_config(str(source), subfolder=name)
+            else:
+                config = cls.config_class.from_pretrained(str(source / name))
+        return empty_module(cls, config)
+
+    rename = None if hasattr(cls, "load_config") else transformers_key_map
+    return lambda: WeightlessModule(build, (source / name,), rename=rename)
+
+
+def transformers_key_map(module: Any, stored: list[str]) -> dict[str, str]:
+    """{module key: stored key} as transformers' ``from_pretrained`` renames checkpoint keys
+    (its conversion mapping: prefix changes, renamings, the base-model prefix). A key that a
+    weight converter would change (split, merge) is left out: it is not stored as the module
+    holds it."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+
+    mapping = get_model_conversion_mapping(module)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    meta = module.state_dict()
+    prefix = module.base_model_prefix
+    out: dict[str, str] = {}
+    for key in sorted(stored, key=dot_natural_key):
+        renamed, pattern = rename_source_key(key, renamings, converters, prefix, meta)
+        if renamed not in meta and key in meta:
+            renamed, pattern = rename_source_key(key, [], [], base_model_prefix=prefix, meta_state_dict=meta)
+        if pattern is None and renamed in meta:
+            out.setdefault(renamed, key)
     return out
 
 

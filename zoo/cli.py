@@ -202,12 +202,23 @@ def _export_options(family_name: str) -> list[click.Parameter]:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Export folder to write.")
 @click.option("--component", "components", multiple=True, help="Export only this component (repeatable).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Dtype the graphs compute in, with each component's fp32 islands. Default: the checkpoint's own "
+                   "dtype for weightless components, fp32 otherwise.")
+@click.option("--weightless/--load-weights", default=None,
+              help="Trace without loading the weights (meta device); the graphs point into the checkpoint's "
+                   "safetensors files. Default: weightless for components with more than 2 GiB of weights.")
+@click.option("--copy-weights", is_flag=True,
+              help="With weightless export: copy the weights into the export (self-contained, for moving to another "
+                   "machine) instead of hard-linking the checkpoint files.")
 def export(family: str, model: Path | None, tiny: bool, preset: str | None, variant: str | None, out: Path,
-           components: tuple[str, ...], seed: int, **family_options: Any) -> None:
+           components: tuple[str, ...], seed: int, precision: str | None, weightless: bool | None, copy_weights: bool,
+           **family_options: Any) -> None:
     """Export FAMILY's components to ONNX under --out, with manifest.json.
 
     `zoo export FAMILY --help` lists the family's envelope axes (MIN:OPT:MAX or N) and sources."""
     from exporters.onnx import check_export_target, export_family, random_reference
+    from exporters.precision import PRECISIONS
     from zoo.contract import Range, Source
     from zoo.registry import get_family
 
@@ -224,6 +235,8 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
         raise ZooError(f"family {family!r} has no variant {variant!r}; its variants are {', '.join(fam.variants)}")
     for c in components:
         fam.component(c)
+    if copy_weights and weightless is False:
+        raise click.UsageError("--copy-weights is for weightless export; --load-weights already writes the weights")
     check_export_target(out)  # before any model is built or loaded
     overrides = {
         axis: Range.parse(family_options.pop(axis), what=f"--{axis.replace('_', '-')}")
@@ -234,12 +247,17 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
     def run(ref) -> None:
         env = fam.envelope(ref, overrides)  # every axis checked before anything is traced
         click.echo(f"exporting {family} ({ref.variant}) to {out}: " + ", ".join(f"{k} {v}" for k, v in env.items()), err=True)
-        manifest = export_family(fam, ref, env, out, carry_reference=model is None, components=components or None)
-        total = 0
+        manifest = export_family(fam, ref, env, out, carry_reference=model is None, components=components or None,
+                                 weightless=weightless, copy_weights=copy_weights,
+                                 precision=PRECISIONS[precision] if precision else None)
+        total = linked = 0
         for name, record in manifest.components.items():
-            total += record.size_on_disk
-            click.echo(f"  {name}: {out / record.file} ({_size(record.size_on_disk)})")
-        click.echo(f"wrote {out / 'manifest.json'} ({_size(total)} in all)")
+            own, link = record.size_on_disk - record.linked_bytes, record.linked_bytes
+            total, linked = total + own, linked + link
+            extra = f", {record.precision}" + (f", weights linked from the checkpoint: {_size(link)}" if link else "")
+            click.echo(f"  {name}: {out / record.file} ({_size(own)}{extra})")
+        click.echo(f"wrote {out / 'manifest.json'} ({_size(total)} in all" +
+                   (f", plus {_size(linked)} hard-linked from the checkpoint)" if linked else ")"))
 
     if model is not None:
         run(fam.load((Source("model", model), *extra)))
@@ -348,16 +366,31 @@ def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **opt
 @click.option("--json", "json_path", is_flag=False, flag_value="-", type=click.Path(path_type=Path),
               help="Also write the JSON report to FILE, or to stdout with a bare --json (it is always in EXPORT_DIR/parity.json).")
 @click.option("--no-end-to-end", is_flag=True, help="Components only: skip the trajectory and end-to-end runs.")
-def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, no_end_to_end: bool) -> None:
-    """Compare every component at every profile corner, then the sampler end to end, against PyTorch."""
+@click.option("--weights-only", is_flag=True,
+              help="Only the initializer check of weightless components (no weights are loaded: for checkpoints "
+                   "too large to run here).")
+def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, no_end_to_end: bool,
+           weights_only: bool) -> None:
+    """Compare every component at every profile corner, then the sampler end to end, against PyTorch.
+
+    Weightless components first get the initializer check: every initializer is the checkpoint's
+    tensor (the safetensors header places it at that byte range) or the recorded transformation
+    of it (recomputed)."""
     from exporters.artifacts import atomic_write_json
     from exporters.manifest import load_manifest
     from parity.compare import run_parity
-    from zoo.errors import ParityError
-    from parity.report import format_table, report_json
+    from parity.report import FAIL, NOT_RUN, format_table, not_run_reasons, report_json
+    from zoo.errors import ParityError, ParityIncompleteError
 
     manifest = load_manifest(export_dir)
-    rows = run_parity(export_dir, backend=backend, device=device, end_to_end=not no_end_to_end)
+    if weights_only:
+        from parity.compare import weights_parity
+
+        rows = weights_parity(export_dir)
+        if not rows:
+            raise ZooError(f"{export_dir} has no weightless component: there is no initializer check to run")
+    else:
+        rows = run_parity(export_dir, backend=backend, device=device, end_to_end=not no_end_to_end)
     report = report_json(rows, family=manifest.family, variant=manifest.variant, backend=backend, device=device)
     atomic_write_json(export_dir / "parity.json", report)
     if str(json_path) == "-":
@@ -366,9 +399,13 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
         click.echo(format_table(rows))
         if json_path:
             atomic_write_json(json_path, report)
-    failed = [r for r in rows if not r.ok]
+    failed = [r for r in rows if r.status == FAIL]
     if failed:
         raise ParityError(f"parity failed: {len(failed)} of {len(rows)} comparisons out of tolerance (see FAIL lines above)")
+    not_run = [r for r in rows if r.status == NOT_RUN]
+    if not_run:  # nothing failed, but not everything was compared: not a pass
+        raise ParityIncompleteError(f"parity incomplete: {len(not_run)} comparisons could not run here: "
+                                    f"{'; '.join(not_run_reasons(rows))} (the report's NOT RUN rows say what was checked instead)")
 
 
 @main.command()

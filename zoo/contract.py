@@ -289,6 +289,31 @@ SpecsFn = Callable[["Reference"], Specs]
 
 
 @dataclass(frozen=True)
+class Transform:
+    """A weight the graph holds that the checkpoint does not store as such (a fused LoRA, a QR
+    basis): ``fn(read)`` computes it from stored tensors, ``read(key)`` reading one at a time by the
+    module's state-dict key."""
+
+    what: str  # shown in the weight map, e.g. "W + 0.8 * B @ A (LoRA motion.safetensors)"
+    fn: Callable[[Callable[[str], torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WeightlessModule:
+    """How to build a module without its weights: ``build()`` makes it with parameters on the
+    meta device and buffers computed from the config (accelerate's ``init_empty_weights``);
+    its state-dict keys are the keys of the safetensors files in ``folders``, except the
+    ``transforms`` (state-dict key -> how the value is computed from stored tensors)."""
+
+    build: Callable[[], torch.nn.Module]
+    folders: tuple[Path, ...]
+    transforms: Mapping[str, Transform] = field(default_factory=dict)
+    # stored keys -> {module key: stored key}, where the library renames keys at load time
+    # (transformers 5's conversion mapping); None: the stored keys are the module's
+    rename: Callable[[torch.nn.Module, list[str]], dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
 class Component:
     """One exportable part of a family (an encoder, a denoiser, a VAE half).
 
@@ -310,6 +335,9 @@ class Component:
     precision: Precision = Precision()
     export_patches: tuple[Callable[[], contextlib.AbstractContextManager], ...] = ()
     state: Callable[[Reference], Mapping[str, str]] = lambda ref: {}  # output -> input it feeds next call
+    # tensors of the wrapper itself computed from the module's weights (wrapper name -> how),
+    # for a weightless export: e.g. a QR basis the wrapper precomputes
+    derived: Callable[[Reference], Mapping[str, Transform]] = lambda ref: {}
 
     def input_specs(self, ref: Reference) -> Specs:
         return tuple(self.inputs(ref))
@@ -381,10 +409,34 @@ class Modules(Mapping[str, Any]):
     and manifests need)."""
 
     def __init__(self, loaders: Mapping[str, Callable[[], Any]],
-                 config_loaders: Mapping[str, Callable[[], Any]] | None = None) -> None:
+                 config_loaders: Mapping[str, Callable[[], Any]] | None = None,
+                 weightless: Mapping[str, Callable[[], WeightlessModule]] | None = None) -> None:
         self._loaders = dict(loaders)
         self._configs = dict(config_loaders or {})
+        self._weightless = dict(weightless or {})
         self._loaded: dict[str, Any] = {}
+
+    @classmethod
+    def from_found(cls, found: Mapping[str, tuple[Callable[[], Any], Any, Any]],
+                   weightless: Mapping[str, Callable[[], WeightlessModule]] | None = None,
+                   **override: Callable[[], Any]) -> Modules:
+        """From :func:`zoo.checkpoint.pipeline_modules`' (loader, config loader, weightless)
+        triples, with some loaders replaced: a module whose loading the family changes loses
+        its weightless build unless ``weightless`` declares its own."""
+        loaders = {k: v[0] for k, v in found.items()} | override
+        builds = {k: v[2] for k, v in found.items() if v[2] and k not in override} | dict(weightless or {})
+        return cls(loaders, {k: v[1] for k, v in found.items() if v[1]}, builds)
+
+    def weightless(self, key: str) -> WeightlessModule | None:
+        """The module's weightless build, if it has one."""
+        return self._weightless[key]() if key in self._weightless else None
+
+    def with_module(self, key: str, module: Any) -> Modules:
+        """The same modules with ``key`` replaced by ``module`` (a weightless build to trace)."""
+        out = Modules(self._loaders, self._configs, self._weightless)
+        out._loaded = dict(self._loaded)
+        out._loaded[key] = module
+        return out
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._loaded:
@@ -517,6 +569,7 @@ class Family:
     # sampler declaration (empty: the family has no sampler, only components)
     pipeline_slots: ClassVar[tuple[PipelineSlot, ...]] = ()
     host_modules: ClassVar[tuple[str, ...]] = ()  # tokenizer, scheduler: copied into exports
+    loop_components: ClassVar[tuple[str, ...]] = ()  # what loop_checks runs (skipped if an export lacks one)
     run_options: ClassVar[tuple[Option, ...]] = ()
     request_axes: ClassVar[Mapping[str, str]] = {}  # pipeline kwarg -> envelope axis
     # pipeline kwarg -> the zoo run option that sets it, where the names differ (for messages)

@@ -84,17 +84,18 @@ class PixArtTransformerExport(nn.Module):
         pe = model.pos_embed
         half = pe.proj.out_channels // 2  # each of the two 1D embeddings gets half the width
         omega = torch.arange(half // 2, dtype=torch.float64) / (half / 2.0)
-        self.register_buffer("omega", (1.0 / 10000**omega).float(), persistent=False)  # (D/4,)
+        # named under pos_embed: the precision policy keeps it fp32
+        self.register_buffer("pos_embed_omega", (1.0 / 10000**omega).float(), persistent=False)  # (D/4,)
         self.base_size = pe.base_size
         self.interpolation_scale = pe.interpolation_scale
 
     def _sincos(self, pos: torch.Tensor) -> torch.Tensor:
-        out = pos[:, None] * self.omega[None, :]  # (N, D/4)
+        out = pos[:, None] * self.pos_embed_omega[None, :]  # (N, D/4)
         return torch.cat([torch.sin(out), torch.cos(out)], dim=1)  # (N, D/2)
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
         """``get_2d_sincos_pos_embed(D, (h, w), base_size, interpolation_scale)`` in the graph."""
-        dev = self.omega.device
+        dev = self.pos_embed_omega.device
         rows = torch.arange(h, device=dev, dtype=torch.float32) / (h / self.base_size) / self.interpolation_scale
         cols = torch.arange(w, device=dev, dtype=torch.float32) / (w / self.base_size) / self.interpolation_scale
         col = cols[None, :].expand(h, w).reshape(-1)  # (h*w,) x position of each patch
@@ -429,7 +430,7 @@ class PixArt(Family):
         index = require_folder(source, family=self.name, index_file="model_index.json", accepted=sorted(set(PIPELINES.values())))
         pipeline = index["_class_name"]
         found = pipeline_modules(source, index)
-        modules = Modules({k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items() if v[1]})
+        modules = Modules.from_found(found)
         missing = sorted({"text_encoder", "tokenizer", "transformer", "vae", "scheduler"} - set(modules))
         if missing:
             raise CheckpointError(f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {pipeline} folder")

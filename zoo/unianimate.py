@@ -44,6 +44,8 @@ from zoo.contract import (
     SourceRole,
     Sources,
     TensorSpec,
+    Transform,
+    WeightlessModule,
     source_of,
     specs,
 )
@@ -129,13 +131,34 @@ def lora_pairs(state: Mapping[str, torch.Tensor], transformer: nn.Module, path: 
     return out
 
 
+def lora_delta(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``B @ A`` in the weight's dtype: the original's merge (alpha 1, no alpha / rank factor)."""
+    return (b.to(torch.float32) @ a.to(torch.float32)).to(weight.dtype)
+
+
 def merge_lora(transformer: nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
-    """``W <- W + B @ A`` (the original's merge: alpha 1, no alpha / rank factor), in the weight's dtype."""
+    """``W <- W + B @ A`` for every pair, in place."""
     params = dict(transformer.named_parameters())
     with torch.no_grad():
         for name, a, b in pairs:
             w = params[name]
-            w.add_((b.to(torch.float32) @ a.to(torch.float32)).to(w.dtype))
+            w.add_(lora_delta(w, a, b))
+
+
+def merged_weights(base: WeightlessModule, state: Mapping[str, torch.Tensor], path: Path) -> WeightlessModule:
+    """The weightless transformer with each LoRA-merged weight declared as computed, one at a
+    time, from its stored tensor (for a weightless export)."""
+    def merged(name: str, a: torch.Tensor, b: torch.Tensor) -> Transform:
+        def fn(read: Any) -> torch.Tensor:
+            w = read(name)
+            return w + lora_delta(w, a, b)
+        return Transform(f"{name} + B @ A (UniAnimate LoRA of {path.name})", fn)
+
+    def build() -> nn.Module:
+        return base.build()
+
+    pairs = lora_pairs(state, base.build(), path)
+    return WeightlessModule(build, base.folders, {name: merged(name, a, b) for name, a, b in pairs})
 
 
 def _pose_module(state: Mapping[str, torch.Tensor], prefix: str, strides: Mapping[int, Any], conv: type, path: Path) -> nn.Sequential:
@@ -417,8 +440,8 @@ GRAPHS = PipelineSlot(
 TEACACHE_COMPONENTS = ("transformer_skip", "time_embedding")
 
 
-DIT_PRECISION = Precision(keep_fp32=("norm", "condition_embedder", "scale_shift_table", "rope"),
-                          note="norms, modulation, timestep and RoPE embeddings in fp32")
+DIT_PRECISION = Precision(keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
+                          note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)")
 
 
 # --------------------------------------------------------------------------------------
@@ -494,6 +517,7 @@ class UniAnimateDiT(Family):
 
     pipeline_slots = (GRAPHS,)
     host_modules = ("tokenizer",)
+    loop_components = wan_vae.CHUNK_COMPONENTS
     reference_backend = "torch"  # no library pipeline: the same loop on the torch backend is the reference
     run_options = (
         Option("image", "The reference image (the person to animate).", type="path", required=True),
@@ -634,10 +658,10 @@ class UniAnimateDiT(Family):
             merge_lora(model, lora_pairs(state, model, checkpoint.path))
             return model
 
-        loaders = {k: v[0] for k, v in found.items()}
-        loaders.update(transformer=transformer, pose_encoder=lambda: pose, ref_pose_encoder=lambda: ref_pose)
-        ref = Reference(self.name, "default", tuple(sources),
-                        Modules(loaders, {k: v[1] for k, v in found.items() if v[1]}), pipeline="UniAnimateLoop")
+        modules = Modules.from_found(
+            found, {"transformer": lambda: merged_weights(found["transformer"][2](), state, checkpoint.path)},
+            transformer=transformer, pose_encoder=lambda: pose, ref_pose_encoder=lambda: ref_pose)
+        ref = Reference(self.name, "default", tuple(sources), modules, pipeline="UniAnimateLoop")
         wan_vae.check_vae(ref)
         if ref.config("transformer").image_dim is None:
             raise CheckpointError(f"{source / 'transformer'} is a text-to-video WanTransformer3DModel (no image_dim): "

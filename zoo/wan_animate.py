@@ -25,6 +25,7 @@ from torch import nn
 from zoo import wan_vae
 from zoo.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
+    Transform,
     COMMON_RUN_OPTIONS,
     Axis,
     Component,
@@ -55,6 +56,14 @@ MODES = ("animate", "replace")
 # --------------------------------------------------------------------------------------
 
 
+MOTION_WEIGHT = "motion_encoder.motion_synthesis_weight"
+
+
+def motion_basis(weight: torch.Tensor) -> torch.Tensor:
+    """``Q.T`` of the QR of the motion synthesis weight, in fp32, as the library's forward computes it."""
+    return torch.linalg.qr((weight.detach() + 1e-8).to(torch.float32))[0].T.contiguous()
+
+
 class FaceEncoderExport(nn.Module):
     """Face pixels ``(B, 3, S, M, M)`` in [-1, 1] -> motion vectors ``(B, T+1, tokens, inner)``: the
     motion encoder and face encoder of ``WanAnimateTransformer3DModel.forward`` (its section 4),
@@ -69,8 +78,7 @@ class FaceEncoderExport(nn.Module):
         super().__init__()
         self.motion_encoder = transformer.motion_encoder
         self.face_encoder = transformer.face_encoder
-        weight = (self.motion_encoder.motion_synthesis_weight + 1e-8).detach().to(torch.float32)
-        self.register_buffer("q_t", torch.linalg.qr(weight)[0].T.contiguous(), persistent=False)
+        self.register_buffer("q_t", motion_basis(self.motion_encoder.motion_synthesis_weight), persistent=False)
 
     def forward(self, face_pixel_values: torch.Tensor) -> torch.Tensor:
         me = self.motion_encoder
@@ -323,6 +331,8 @@ class WanAnimate(Family):
             dims=_motion_dims, wrapper=lambda ref: FaceEncoderExport(ref.module("transformer")),
             reference=_face_encoder_reference,
             precision=Precision(keep_fp32=("q_t",), note="the motion decomposition (QR basis) in fp32"),
+            derived=lambda ref: {"q_t": Transform(f"Q.T of the QR of {MOTION_WEIGHT} (fp32)",
+                                                  lambda read: motion_basis(read(MOTION_WEIGHT)))},
         ),
         Component(
             name="transformer", kind="denoiser", module="transformer",
@@ -338,8 +348,8 @@ class WanAnimate(Family):
             outputs=specs(TensorSpec("noise_pred", "float32", ("batch", "out_channels", "segment_latent_frames", "latent_height", "latent_width"))),
             dims=_transformer_dims, wrapper=lambda ref: WanAnimateTransformerExport(ref.module("transformer")),
             reference=_transformer_reference,
-            precision=Precision(keep_fp32=("norm", "condition_embedder", "scale_shift_table", "rope"),
-                                note="norms, modulation, timestep and RoPE embeddings in fp32"),
+            precision=Precision(keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
+                                note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)"),
         ),
         *wan_vae.chunk_components(_vae_dims),
     )
@@ -351,6 +361,7 @@ class WanAnimate(Family):
         wan_vae.vae_slot(),
     )
     host_modules = ("tokenizer", "scheduler", "image_processor")
+    loop_components = wan_vae.CHUNK_COMPONENTS
     run_options = (
         Option("image", "The reference image (the character).", type="path", required=True),
         Option("pose_video", "Pose video (MP4, GIF or a folder of frames); its length is the output's.", type="path", required=True),
@@ -487,7 +498,7 @@ class WanAnimate(Family):
         if missing:
             raise CheckpointError(f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {PIPELINE} folder")
         ref = Reference(self.name, "default", tuple(sources),
-                        Modules({k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items() if v[1]}),
+                        Modules.from_found(found),
                         pipeline=PIPELINE)
         wan_vae.check_vae(ref)
         if wan_vae.temporal_factor(ref) != 4:

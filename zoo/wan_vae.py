@@ -282,6 +282,9 @@ def decode(runners: Mapping[str, Any], z: torch.Tensor, clamp: bool = True) -> t
     return out.clamp(-1.0, 1.0) if clamp else out
 
 
+CHUNK_COMPONENTS = ("vae_encoder_first", "vae_encoder_step", "vae_decoder_first", "vae_decoder_step")
+
+
 def vae_slot() -> PipelineSlot:
     """The pipeline's ``vae``: ``encode`` / ``decode`` loop over the chunk graphs."""
 
