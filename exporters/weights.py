@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,9 +195,10 @@ def read_range(path: Path, offset: int, length: int, dtype: str, shape: tuple[in
     return torch.frombuffer(data, dtype=torch_dtype(dtype)).reshape(shape)
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The tensor's bytes, without a copy (a view of its memory)."""
     t = t.detach().contiguous().cpu()
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
 # --------------------------------------------------------------------------------------
@@ -398,27 +399,20 @@ class DataWriter:
             self.file.write(b"\0" * pad)
             self.offset += pad
 
-    def write(self, data: bytes) -> tuple[int, int, str]:
+    def write(self, data: bytes | memoryview) -> tuple[int, int, str]:
         self._pad()
         start = self.offset
         self.file.write(data)
         self.offset += len(data)
         return start, len(data), hashlib.sha256(data).hexdigest()
 
-    def copy_range(self, src: Path, offset: int, length: int, chunk: int = 64 << 20) -> tuple[int, int, str]:
-        """Stream a byte range of ``src`` (a checkpoint tensor) in, ``chunk`` bytes at a time."""
+    def copy_range(self, src: Path, offset: int, length: int) -> tuple[int, int, str]:
+        """Stream a byte range of ``src`` (a checkpoint tensor) in, a block at a time."""
         self._pad()
         start, h = self.offset, hashlib.sha256()
-        with open(src, "rb") as f:
-            f.seek(offset)
-            left = length
-            while left:
-                block = f.read(min(chunk, left))
-                if not block:
-                    raise CheckpointError(f"weights file {src} is truncated at byte {offset + length - left}")
-                self.file.write(block)
-                h.update(block)
-                left -= len(block)
+        for block in range_blocks(src, offset, length):
+            self.file.write(block)
+            h.update(block)
         self.offset += length
         return start, length, h.hexdigest()
 
@@ -426,17 +420,23 @@ class DataWriter:
         self.file.close()
 
 
-def range_digest(path: Path, offset: int, length: int, chunk: int = 64 << 20) -> str:
-    h = hashlib.sha256()
+def range_blocks(path: Path, offset: int, length: int, chunk: int = 64 << 20) -> Iterator[bytes]:
+    """The bytes ``[offset, offset + length)`` of ``path``, ``chunk`` at a time (bounded memory)."""
     with open(path, "rb") as f:
         f.seek(offset)
         left = length
         while left:
             block = f.read(min(chunk, left))
             if not block:
-                break
-            h.update(block)
+                raise CheckpointError(f"weights file {path} is truncated at byte {offset + length - left}")
+            yield block
             left -= len(block)
+
+
+def range_digest(path: Path, offset: int, length: int) -> str:
+    h = hashlib.sha256()
+    for block in range_blocks(path, offset, length):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -591,7 +591,6 @@ def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[st
     ``recomputed``: the same bytes as the recorded transformation of the checkpoint; ``digest
     only``: the recorded digest, where the source cannot be read here); :class:`ArtifactError`
     names the first initializer that differs."""
-    import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     weight_map = load_weight_map(folder)

@@ -55,7 +55,8 @@ class Target:
     depth_key: str  # config key of the block count
     half_depth: bool = False  # also export at half depth (RSS must not grow with depth)
     parity_depth: int | None = None  # parity at full width with this many blocks (None: at full depth)
-    parity_precision: str = "fp32"
+    parity_config: dict[str, Any] = field(default_factory=dict)  # more config changes for that reduced depth
+    parity_precisions: tuple[str, ...] = ("fp32",)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,7 +75,8 @@ TARGETS = [
     Target("wan-animate-14b", "wan-animate", None, "transformer", "transformer", "diffusers", "WanAnimateTransformer3DModel",
            {"added_kv_proj_dim": 5120}, torch.bfloat16,
            ["--height", "32:32:48", "--width", "32:32:48", "--segment-frames", "5:5:9"], "num_layers",
-           half_depth=True, parity_depth=2),
+           half_depth=True, parity_depth=2, parity_config={"inject_face_latents_blocks": 2},  # a face adapter too
+           parity_precisions=("fp32", "bf16")),
     Target("umt5-xxl", "wan-animate", None, "text_encoder", "text_encoder", "transformers", "UMT5EncoderModel",
            {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "vocab_size": 256384,
             "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32, "tie_word_embeddings": False},
@@ -89,12 +91,13 @@ TARGETS = [
             "patch_size": 14, "image_size": 224, "projection_dim": 1024, "hidden_act": "gelu"}, torch.float32,
            ["--height", "32:32:48", "--width", "32:32:48", "--segment-frames", "5:5:9"], "num_hidden_layers"),
     Target("animatediff-motion-unet", "animatediff", None, "unet", "unet", "diffusers", "UNetMotionModel",
-           {}, torch.float32, ["--height", "64:64:96", "--width", "64:64:96", "--frames", "2:4:8"], "layers_per_block",
+           {}, torch.float32, ["--height", "64:64:128", "--width", "64:64:128", "--frames", "2:4:8"], "layers_per_block",
            extra={"config_factory": _motion_unet_config}),
     Target("pixart-sigma-xl", "pixart", "sigma", "transformer", "transformer", "diffusers", "PixArtTransformer2DModel",
            {"num_layers": 28, "sample_size": 128, "caption_channels": 4096, "use_additional_conditions": False,
             "interpolation_scale": 2, "out_channels": 8, "cross_attention_dim": 1152}, torch.float32,
-           ["--height", "64:64:128", "--width", "64:64:128", "--text-length", "8:16:32"], "num_layers"),
+           ["--height", "64:64:128", "--width", "64:64:128", "--text-length", "8:16:32"], "num_layers",
+           parity_precisions=("fp32", "fp16")),
 ]
 
 
@@ -109,7 +112,7 @@ def module_class(target: Target) -> Any:
     return getattr(importlib.import_module(target.library), target.cls)
 
 
-def config_of(target: Target, depth: int | None) -> Any:
+def config_of(target: Target, depth: int | None, extra: dict[str, Any] | None = None) -> Any:
     cls = module_class(target)
     if "config_factory" in target.extra:
         values = target.extra["config_factory"]()
@@ -117,6 +120,7 @@ def config_of(target: Target, depth: int | None) -> Any:
         values = dict(target.config)
     if depth is not None:
         values[target.depth_key] = depth
+    values.update(extra or {})
     if target.library == "diffusers":
         return {k: v for k, v in values.items() if not k.startswith("_")}
     return cls.config_class(**values)
@@ -180,7 +184,8 @@ def write_random(target: Target, config: Any, folder: Path, seed: int = 0) -> tu
     return params, total
 
 
-def family_folder(target: Target, work: Path, depth: int | None, shards_from: Path | None = None) -> tuple[Path, int, int]:
+def family_folder(target: Target, work: Path, depth: int | None, shards_from: Path | None = None,
+                  extra: dict[str, Any] | None = None) -> tuple[Path, int, int]:
     """A tiny random family folder whose ``target.subfolder`` is the full-size module (random
     shards, or hard links to ``shards_from``'s shards for another depth of the same weights)."""
     folder = work / f"{target.name}-{depth or 'full'}"
@@ -189,7 +194,7 @@ def family_folder(target: Target, work: Path, depth: int | None, shards_from: Pa
     (folder / RANDOM_MARKER).unlink()  # real-width tolerances: "full" rows, not "tiny"
     sub = folder / target.subfolder
     shutil.rmtree(sub)
-    config = config_of(target, depth)
+    config = config_of(target, depth, extra)
     write_config(target, config, sub)
     if shards_from is not None:
         for f in (shards_from / target.subfolder).glob("*safetensors*"):
@@ -226,9 +231,11 @@ def zoo_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "zoo.cli", *args]
 
 
-def run_target(target: Target, work: Path, parity: bool) -> dict[str, Any]:
+def run_target(target: Target, work: Path, parity: bool, export: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"target": target.name, "family": target.family, "component": target.component,
                               "dtype": dtype_name(target.dtype)}
+    if not export:
+        return result | parity_run(target, work)
     t = time.time()
     full, params, size = family_folder(target, work, None)
     result.update(parameters=params, checkpoint_bytes=size, write_s=round(time.time() - t, 1))
@@ -257,24 +264,33 @@ def run_target(target: Target, work: Path, parity: bool) -> dict[str, Any]:
         shutil.rmtree(half, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(full, ignore_errors=True)
-    if parity:
-        folder = full
-        if target.parity_depth is not None:
-            folder, params, size = family_folder(target, work, target.parity_depth)
-        else:
-            folder, params, size = family_folder(target, work, None)
-        out = work / f"{target.name}-parity-export"
+    return result | (parity_run(target, work) if parity else {})
+
+
+def parity_run(target: Target, work: Path) -> dict[str, Any]:
+    """``zoo parity`` at real width (at reduced depth where the fp32 weights would not fit here),
+    once per precision."""
+    common = ["--component", target.component, "--weightless", *target.envelope]
+    if target.parity_depth is not None:
+        folder, params, _ = family_folder(target, work, target.parity_depth, extra=target.parity_config)
+    else:
+        folder, params, _ = family_folder(target, work, None)
+    results = {}
+    for precision in target.parity_precisions:
+        out = work / f"{target.name}-parity-{precision}"
         shutil.rmtree(out, ignore_errors=True)
         exp = timed(zoo_cmd("export", target.family, "--model", str(folder), "--out", str(out), *common,
-                            "--precision", target.parity_precision), work / f"{target.name}-parity-export.log")
-        par = timed(zoo_cmd("parity", str(out), "--no-end-to-end"), work / f"{target.name}-parity.log") if exp["rc"] == 0 else exp
-        summary = [x for x in Path(par["log"]).read_text().splitlines() if "passed" in x or "error" in x.lower()][-1:]
-        result["parity"] = {"depth": target.parity_depth or "full", "parameters": params, "precision": target.parity_precision,
-                            "export": exp, "parity": par, "summary": summary}
-        print(f"  parity: {result['parity']}", flush=True)
+                            "--precision", precision), work / f"{target.name}-parity-export-{precision}.log")
+        par = timed(zoo_cmd("parity", str(out), "--no-end-to-end"),
+                    work / f"{target.name}-parity-{precision}.log") if exp["rc"] == 0 else exp
+        lines = Path(par["log"]).read_text().splitlines()
+        summary = [x for x in lines if "passed" in x or x.startswith("error")][-2:]
+        results[precision] = {"depth": target.parity_depth or "full", "parameters": params, "export": exp,
+                              "parity": par, "summary": summary}
+        print(f"  parity {precision}: {results[precision]}", flush=True)
         shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
-    return result
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"parity": results}
 
 
 def main() -> None:
@@ -282,6 +298,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/zoo-bench-weightless"))
     parser.add_argument("--only", nargs="*", help=f"targets: {', '.join(t.name for t in TARGETS)}")
     parser.add_argument("--no-parity", action="store_true", help="skip parity at real width")
+    parser.add_argument("--parity-only", action="store_true", help="only parity at real width")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -291,7 +308,7 @@ def main() -> None:
         parser.error(f"unknown targets {', '.join(sorted(unknown))}")
     results = []
     for target in chosen:
-        results.append(run_target(target, args.work, parity=not args.no_parity))
+        results.append(run_target(target, args.work, parity=not args.no_parity, export=not args.parity_only))
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -49,6 +49,16 @@ def tiny_export(tmp_path_factory, tiny_checkpoint):
     return make
 
 
+@pytest.fixture
+def copied_export(tiny_export, tmp_path):
+    """A copy of the tiny transformer-temporal export that a test may break."""
+    import shutil
+
+    dst = tmp_path / "export"
+    shutil.copytree(tiny_export("transformer-temporal", "default"), dst)
+    return dst
+
+
 def zoo(*args):
     """Run the command line in process, as a user would (exceptions are not caught for us)."""
     from click.testing import CliRunner

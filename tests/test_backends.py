@@ -86,13 +86,6 @@ def test_wrong_output_shape_raises(transformer, monkeypatch):
         backend(feeds)
 
 
-@pytest.fixture
-def copied_export(tiny_export, tmp_path):
-    dst = tmp_path / "export"
-    shutil.copytree(tiny_export("transformer-temporal", "default"), dst)
-    return dst
-
-
 def test_truncated_onnx(copied_export):
     model = copied_export / "transformer" / "model.onnx"
     model.write_bytes(model.read_bytes()[:-1000])

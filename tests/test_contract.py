@@ -75,6 +75,9 @@ def test_example_point_avoids_one_and_collisions():
     assert p["batch"] == 2  # never 1 for a dynamic dim
     assert p["h"] == 8 and p["w"] == 10  # distinct, valid multiples
     assert p["c"] == 4
+    # with multiple_of m torch.export's symbol is size / m: that must not be 1 either
+    p = example_point({"latent_height": Dim("latent_height", 8, 8, 16, multiple_of=8)})
+    assert p["latent_height"] == 16
 
 
 def test_profile_points_cover_every_corner():

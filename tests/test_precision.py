@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -286,22 +285,15 @@ def _reduce(export: Path, name: str, dtype: str) -> Path:
     return path
 
 
-@pytest.fixture
-def temporal_export(tiny_export, tmp_path):
-    out = tmp_path / "export"
-    shutil.copytree(tiny_export("transformer-temporal", "default"), out)
-    return out
-
-
-def test_fp16_graph_runs_in_onnxruntime_and_passes_the_fp16_row(temporal_export):
-    path = _reduce(temporal_export, "transformer", "float16")
+def test_fp16_graph_runs_in_onnxruntime_and_passes_the_fp16_row(copied_export):
+    path = _reduce(copied_export, "transformer", "float16")
     dtypes = graph_dtypes(path)
     assert dtypes.count(HEAVY_OPS, "float16") > 0 and dtypes.count(HEAVY_OPS, "float32") == 0
     assert dtypes.count(("LayerNormalization", "InstanceNormalization"), "float32") > 0  # the norm islands
     assert dtypes.count(("LayerNormalization", "InstanceNormalization"), "float16") == 0
     assert dtypes.initializers.get("float16", 0) > dtypes.initializers.get("float32", 0)
 
-    rows = component_parity(temporal_export)
+    rows = component_parity(copied_export)
     assert rows and all(r.status == PASS for r in rows), format_table(rows)
     assert {r.precision for r in rows} == {"float16"}
     assert all(r.tolerance == tolerance("denoiser", "float16") for r in rows)
@@ -311,11 +303,11 @@ def test_fp16_graph_runs_in_onnxruntime_and_passes_the_fp16_row(temporal_export)
     assert "torch" in format_table(rows).splitlines()[0]
 
 
-def test_bf16_graph_onnxruntime_cannot_run_is_not_run_never_pass(temporal_export, tmp_path):
-    path = _reduce(temporal_export, "transformer", "bfloat16")
+def test_bf16_graph_onnxruntime_cannot_run_is_not_run_never_pass(copied_export, tmp_path):
+    path = _reduce(copied_export, "transformer", "bfloat16")
     assert graph_dtypes(path).count("MatMul", "bfloat16") > 0
 
-    rows = component_parity(temporal_export)
+    rows = component_parity(copied_export)
     assert rows and all(r.status == NOT_RUN and not r.ok for r in rows), format_table(rows)
     r = rows[0]
     assert "no bfloat16 kernel" in r.not_run and "NOT_IMPLEMENTED" in r.not_run and r.metrics is None
@@ -327,9 +319,9 @@ def test_bf16_graph_onnxruntime_cannot_run_is_not_run_never_pass(temporal_export
     text = format_table(rows)
     assert "NOT RUN" in text and text.splitlines()[-1] == f"0 passed, 0 failed, {len(rows)} not run (not counted as passed)"
 
-    result = zoo("parity", temporal_export, "--no-end-to-end")
+    result = zoo("parity", copied_export, "--no-end-to-end")
     assert_error(result, f"parity incomplete: {len(rows)} comparisons could not run here: onnxruntime here has no bfloat16 kernel")
-    written = json.loads((temporal_export / "parity.json").read_text())
+    written = json.loads((copied_export / "parity.json").read_text())
     assert written["not_run"] == len(rows) and written["passed"] == 0
 
 
