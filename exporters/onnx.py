@@ -27,12 +27,11 @@ from exporters.weights import (
     link_checkpoint_files,
     load_weight_map,
     module_prefixes,
-    upcast_in_graph,
 )
 from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord, inside, looks_like_export
 from zoo.checkpoint import content_hash, file_hashes, is_lfs_pointer, random_preset
 from zoo.contract import Component, Dim, Envelope, Family, Reference, Source, TensorSpec, check_dims, resolve_point
-from zoo.errors import ArtifactError, ExportError, ZooError
+from zoo.errors import ArtifactError, CheckpointError, ExportError, ZooError
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +266,6 @@ def weightless_wrapper(ref: Reference, component: Component, dtype: str
     plain = component.wrapper(ref).eval()
     build.prefixes = module_prefixes(plain, build.module)  # by identity; apply_precision copies, same names
     wrapper = apply_precision(plain, component.precision, dtype, component=component.name)
-    upcast_in_graph(wrapper, build)
     constants = {k: v.detach().clone() for k, v in wrapper.state_dict(keep_vars=True).items() if v.device.type != "meta"}
     constants.update({k: v.detach().clone() for k, v in wrapper.named_buffers(remove_duplicate=False)
                       if v.device.type != "meta"})
@@ -344,7 +342,7 @@ def _attach_weights(model: Any, path: Path, build: WeightlessBuild, wrapper: tor
 
     prefixes = build.prefixes
     plans = []
-    for init_name, value in model.graph.initializers.items():
+    for init_name, value in list(model.graph.initializers.items()):  # _cast_in_graph swaps some
         raw = getattr(value.const_value, "raw", None)
         constant = constants.get(init_name)
         if constant is None and isinstance(raw, torch.Tensor) and raw.device.type != "meta":
@@ -353,13 +351,48 @@ def _attach_weights(model: Any, path: Path, build: WeightlessBuild, wrapper: tor
             constant = torch.from_numpy(value.const_value.numpy().copy())
         dtype = dtype_name(_onnx_to_torch(value.dtype.value))
         shape = tuple(int(d) for d in value.shape)
-        plans.append(plan_initializer(init_name, dtype, shape, build, prefixes, derived, constant))
+        plan = plan_initializer(init_name, dtype, shape, build, prefixes, derived, constant)
+        if plan.how in WIDENING:  # keep the checkpoint's bytes; the graph widens them
+            plan = _cast_in_graph(model, value, plan)
+        plans.append(plan)
     with tqdm(total=len(plans), desc=f"weights {name}", unit="tensor", disable=not progress, leave=False) as bar:
         weight_map = write_weights(plans, path.parent, copy_weights=copy_weights, progress=bar.update)
     for init_name, value in model.graph.initializers.items():
         read = lazy_value(weight_map["initializers"][init_name], path.parent)
         value.const_value = ir.LazyTensor(lambda read=read: _ir_tensor(read()), value.dtype, value.shape, name=init_name)
     return weight_map
+
+
+# Exact casts of a stored tensor into a wider float: done by the graph, not by the export.
+WIDENING = frozenset({"cast bfloat16 -> float32", "cast float16 -> float32"})
+
+
+def _cast_in_graph(model: Any, value: Any, plan: Any) -> Any:
+    """Replace the float32 initializer ``value`` with the checkpoint's narrower tensor and a Cast
+    node: exact (what loading the checkpoint into an fp32 module computes), and zero-copy. The
+    traced module kept its fp32 parameter, so code that reads a module's dtype saw fp32."""
+    import dataclasses as dc
+
+    import onnx_ir as ir
+
+    from exporters.weights import torch_dtype
+
+    stored_dtype = plan.stored.dtype
+    onnx_type = {"bfloat16": ir.DataType.BFLOAT16, "float16": ir.DataType.FLOAT16}[stored_dtype]
+    graph = model.graph
+    stored = ir.Value(name=f"{value.name}.stored_{stored_dtype}", shape=value.shape, type=ir.TensorType(onnx_type))
+    stored.const_value = ir.LazyTensor(lambda: _ir_tensor(torch.zeros(0, dtype=torch_dtype(stored_dtype))),
+                                       onnx_type, value.shape, name=stored.name)  # replaced by the real bytes below
+    cast = ir.node("Cast", inputs=[stored], attributes={"to": value.dtype}, name=f"widen_{value.name}")
+    out = cast.outputs[0]
+    name, shape, kind = value.name, value.shape, value.type
+    value.replace_all_uses_with(out)
+    graph.initializers.pop(name)
+    graph.register_initializer(stored)
+    graph.insert_before(graph[0], cast)
+    out.name, out.shape, out.type = name, shape, kind
+    return dc.replace(plan, name=stored.name, dtype=stored_dtype, source="checkpoint",
+                      how="stored (widened to float32 by a Cast in the graph)", compute=None)
 
 
 def _ir_tensor(t: torch.Tensor) -> Any:
@@ -651,7 +684,14 @@ def weight_plan(ref: Reference, component: Component, weightless: bool | None, p
     from exporters.weights import StoredWeights
 
     spec = ref.modules.weightless(component.module)
-    stored = StoredWeights(spec.folders) if spec is not None and weightless is not False else None
+    stored = None
+    if spec is not None and weightless is not False:
+        try:
+            stored = StoredWeights(spec.folders)
+        except CheckpointError:
+            if weightless:  # asked for: say why it cannot be
+                raise
+            # not asked for (.bin weights, a variant-only folder): the library loads them as before
     size = sum(f.stat().st_size for f in stored.files) if stored else None
     if weightless is None:
         weightless = size is not None and size > WEIGHTLESS_ABOVE

@@ -23,12 +23,11 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -102,6 +101,7 @@ def read_header(path: Path) -> dict[str, StoredTensor]:
         raise CheckpointError(f"weights file {path} has a corrupt safetensors header")
     out: dict[str, StoredTensor] = {}
     end = 0
+    ranges = []
     for key, entry in header.items():
         if key == "__metadata__":
             continue
@@ -111,8 +111,17 @@ def read_header(path: Path) -> dict[str, StoredTensor]:
             begin, stop = (int(v) for v in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"weights file {path}: tensor {key!r} has an unreadable header entry {entry!r}") from None
+        numel = math_prod(shape)
+        if any(d < 0 for d in shape) or not 0 <= begin <= stop or stop - begin != numel * dtype.itemsize:
+            raise CheckpointError(f"weights file {path}: tensor {key!r} has a corrupt header entry "
+                                  f"(shape {list(shape)} of {entry['dtype']} at bytes {begin}..{stop})")
         out[key] = StoredTensor(path, key, dtype_name(dtype), shape, 8 + n + begin, stop - begin)
+        ranges.append((begin, stop, key))
         end = max(end, stop)
+    ranges.sort()
+    for (_, stop, a), (begin, _, b) in zip(ranges, ranges[1:]):
+        if begin < stop:
+            raise CheckpointError(f"weights file {path}: tensors {a!r} and {b!r} overlap (a corrupt header)")
     if 8 + n + end > size:
         raise CheckpointError(
             f"weights file {path} is truncated: it is {size} bytes, its header needs {8 + n + end}; re-download it"
@@ -142,6 +151,8 @@ def checkpoint_files(folder: Path) -> list[Path]:
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise CheckpointError(f"{index} is not a safetensors index (no weight_map)") from None
             for name in names:
+                if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+                    raise CheckpointError(f"{index} names {name!r}: expected the file name of a shard in {folder}")
                 if not (folder / name).is_file():
                     raise CheckpointError(f"{index} names {name}, which is not in {folder}: a shard is missing")
                 files.append(folder / name)
@@ -294,45 +305,8 @@ def module_prefixes(wrapper: torch.nn.Module, module: torch.nn.Module) -> dict[s
     return {name: own[id(m)] for name, m in wrapper.named_modules(remove_duplicate=False) if id(m) in own}
 
 
-_PARAMETRIZED = re.compile(r"\.parametrizations\.([^.]+)\.original$")
-
-
-class Upcast(torch.nn.Module):
-    """A parametrization: the stored (bf16 / fp16) tensor read as float32 in the graph (a Cast
-    node), so an fp32 island keeps the checkpoint's bytes."""
-
-    def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        return stored.to(torch.float32)
-
-
-def upcast_in_graph(wrapper: torch.nn.Module, build: WeightlessBuild) -> list[str]:
-    """Every float32 parameter of ``wrapper`` whose checkpoint tensor is stored in a narrower
-    float (bf16 / fp16) keeps that storage and is upcast in the graph: exact (what loading the
-    checkpoint into an fp32 module computes), and zero-copy. Returns the parameters changed."""
-    from torch.nn.utils import parametrize
-
-    counts: dict[int, int] = {}
-    for _, p in wrapper.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    changed = []
-    for path, module in list(wrapper.named_modules()):
-        for name, p in list(module._parameters.items()):
-            if p is None or p.dtype != torch.float32 or counts[id(p)] > 1:  # tied: leave to a computed cast
-                continue
-            key = module_key(f"{path}.{name}" if path else name, build.prefixes)
-            stored = build.lookup(key) if key is not None else None
-            if stored is None or stored.dtype not in ("bfloat16", "float16") or key in build.spec.transforms:
-                continue
-            module._parameters[name] = torch.nn.Parameter(p.detach().to(torch_dtype(stored.dtype)), requires_grad=False)
-            parametrize.register_parametrization(module, name, Upcast(), unsafe=True)
-            changed.append(key)
-    return changed
-
-
 def module_key(name: str, prefixes: Mapping[str, str]) -> str | None:
-    """The module's state-dict key of a wrapper tensor name, through the longest submodule prefix
-    (an upcast parameter's ``.parametrizations.X.original`` is ``X``)."""
-    name = _PARAMETRIZED.sub(r".\1", name)
+    """The module's state-dict key of a wrapper tensor name, through the longest submodule prefix."""
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
         prefix = ".".join(parts[:i])
@@ -350,8 +324,18 @@ def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: Weigh
     read = build.read
     target = torch_dtype(dtype)
 
-    def cast(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-        return lambda: fn().to(target).reshape(shape)
+    def cast(fn: Callable[[], torch.Tensor], *, exact_shape: bool = True) -> Callable[[], torch.Tensor]:
+        """The value in the graph's dtype; its shape must already be the graph's (a transform that
+        returned Q for Q.T must fail, not be reshaped), except for buffers and constants the
+        exporter may have flattened or given a unit dim."""
+        def compute() -> torch.Tensor:
+            value = fn()
+            if tuple(value.shape) != tuple(shape):
+                if exact_shape or value.numel() != math_prod(shape):
+                    raise ExportError(f"initializer {name}: computed shape {tuple(value.shape)}, the graph has {shape}")
+                value = value.reshape(shape)
+            return value.to(target)
+        return compute
 
     if name in derived:
         t = derived[name]
@@ -371,9 +355,11 @@ def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: Weigh
                     compute=cast(lambda: build.stored.read(stored.key)))
     if key is not None and key in build.buffers:
         value = build.buffers[key]
-        return Plan(name, dtype, shape, "computed", "buffer computed from the config", key=key, compute=cast(lambda: value))
+        return Plan(name, dtype, shape, "computed", "buffer computed from the config", key=key,
+                    compute=cast(lambda: value, exact_shape=False))
     if constant is not None:
-        return Plan(name, dtype, shape, "computed", "constant of the traced code", compute=cast(lambda: constant))
+        return Plan(name, dtype, shape, "computed", "constant of the traced code",
+                    compute=cast(lambda: constant, exact_shape=False))
     raise ExportError(
         f"initializer {name} of the graph is neither a checkpoint tensor, a buffer nor a declared transform "
         f"(module key {key!r}); this component cannot be exported weightless"
@@ -557,11 +543,29 @@ def lazy_value(entry: Mapping[str, Any], dest: Path) -> Callable[[], torch.Tenso
 
 
 def load_weight_map(folder: Path) -> dict[str, Any]:
+    """``weights.json``, checked field by field (anyone may have edited it): every location it
+    names is ``model.onnx.data`` or a linked file of ``files``, inside ``weights/``."""
     path = folder / WEIGHT_MAP
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("initializers"), dict):
             raise ValueError("no initializers")
+        files = data.get("files", {})
+        if not isinstance(files, dict):
+            raise ValueError("files is not a map")
+        for rel, info in files.items():
+            parts = PurePosixPath(rel).parts
+            if len(parts) != 2 or parts[0] != WEIGHTS_DIR or parts[1] in (".", "..") or not isinstance(info, dict) \
+                    or not isinstance(info.get("hash"), str):
+                raise ValueError(f"files names {rel!r}, expected {WEIGHTS_DIR}/FILE with its hash")
+        for name, e in data["initializers"].items():
+            ok = isinstance(e, dict) and isinstance(e.get("dtype"), str) and isinstance(e.get("shape"), list) \
+                and all(isinstance(d, int) for d in e["shape"]) and e.get("source") in ("checkpoint", "computed") \
+                and isinstance(e.get("offset"), int) and isinstance(e.get("length"), int) and e["offset"] >= 0 \
+                and (e.get("location") == DATA_FILE or e.get("location") in files) \
+                and (e["source"] == "computed" or isinstance(e.get("stored"), dict))
+            if not ok:
+                raise ValueError(f"its entry for {name!r} is malformed or names a file it does not list")
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{path} is missing or not a weight map ({e}); re-export") from None
     return data
@@ -643,8 +647,8 @@ def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[st
         if range_digest(path, where[1], where[2]) != entry.get("sha256"):
             raise ArtifactError(f"initializer {init.name}: its bytes in {path} differ from the export's (corrupted)")
         if entry["source"] == "checkpoint":  # a copied checkpoint tensor: the checkpoint's bytes
-            src = Path(entry["stored"]["file"])
-            t = read_header(src).get(entry["stored"]["key"]) if src.is_file() else None
+            src = Path(str(entry["stored"].get("file", "")))
+            t = read_header(src).get(str(entry["stored"].get("key"))) if src.is_file() else None
             if t is None:
                 counts["digest only"] += 1
                 continue

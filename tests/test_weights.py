@@ -178,12 +178,13 @@ def test_checkpoint_stored_in_bf16_exports_zero_copy_in_bf16(tmp_path, tiny_chec
     record = json.loads((out / "manifest.json").read_text())["components"]["transformer"]
     assert (record["precision"], record["opset"]) == ("bfloat16", 22)  # 22: the first opset whose Conv takes bf16
     entries = json.loads((out / "transformer" / WEIGHT_MAP).read_text())["initializers"]
-    stored = {e["key"]: e for e in entries.values() if e["how"] == "stored"}
+    stored = {e["key"]: e for e in entries.values() if e["source"] == "checkpoint"}
     computed = {n: e["how"] for n, e in entries.items() if e["source"] == "computed"}
     assert all(e["dtype"] == "bfloat16" for e in stored.values()) and len(stored) > 60
     assert set(computed.values()) == {"buffer computed from the config"}  # the RoPE tables, nothing else
     islands = [k for k in stored if ".norm" in k or k == "scale_shift_table" or "time_embedder" in k]
-    assert islands and all(f"transformer.{k}" not in entries for k in islands)  # read through parametrizations
+    assert islands and all(f"transformer.{k}" not in entries for k in islands)
+    assert all(entries[f"transformer.{k}.stored_bfloat16"]["how"].startswith("stored (widened") for k in islands)
     dtypes = graph_dtypes(onnx.load(str(out / "transformer" / "model.onnx"), load_external_data=False))
     assert dtypes.count(("MatMul", "Gemm"), "bfloat16") > 10
     assert dtypes.casts[("bfloat16", "float32")] >= len(islands)
@@ -314,3 +315,60 @@ def test_weightless_family_end_to_end(tmp_path):
         images.append(np.asarray(Image.open(out), dtype=np.int16))
     assert images[0].std() > 5  # an image, not a flat field
     assert np.abs(images[0] - images[1]).max() <= 1  # the same image, to 8-bit rounding
+
+
+def test_corrupt_safetensors_offsets_are_refused(tmp_path):
+    import struct
+
+    def write(header: dict, data: bytes) -> Path:
+        raw = json.dumps(header).encode()
+        path = tmp_path / "model.safetensors"
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+        return path
+
+    path = write({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 8)  # 4 bytes for 2 floats
+    with pytest.raises(CheckpointError, match="tensor 'a' has a corrupt header entry"):
+        read_header(path)
+    path = write({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 8)  # begin > end
+    with pytest.raises(CheckpointError, match="corrupt header entry"):
+        read_header(path)
+    path = write({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                  "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8)
+    with pytest.raises(CheckpointError, match="tensors 'a' and 'b' overlap"):
+        read_header(path)
+
+
+def test_weight_map_names_only_files_inside_the_component(weightless, tmp_path):
+    from exporters.weights import load_weight_map
+
+    copy = tmp_path / "export"
+    shutil.copytree(weightless, copy)
+    path = copy / "transformer" / WEIGHT_MAP
+    weight_map = json.loads(path.read_text())
+    rel, info = next(iter(weight_map["files"].items()))
+    weight_map["files"] = {"../../../etc/passwd": info}
+    path.write_text(json.dumps(weight_map))
+    with pytest.raises(ArtifactError, match="files names '../../../etc/passwd'"):
+        load_weight_map(copy / "transformer")
+    weight_map["files"] = {rel: info}
+    name = next(iter(weight_map["initializers"]))
+    weight_map["initializers"][name]["location"] = "/etc/passwd"
+    path.write_text(json.dumps(weight_map))
+    with pytest.raises(ArtifactError, match=f"its entry for '{name}' is malformed or names a file it does not list"):
+        load_weight_map(copy / "transformer")
+
+
+def test_checkpoint_without_safetensors_still_exports_by_default(tmp_path, tiny_checkpoint):
+    """Weightless is the default only where it can be: .bin weights are loaded as before, and
+    asking for --weightless on them says why it cannot be."""
+    from diffusers import WanAnimateTransformer3DModel
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint(FAMILY), ckpt)
+    module = WanAnimateTransformer3DModel.from_pretrained(str(ckpt), subfolder="transformer")
+    shutil.rmtree(ckpt / "transformer")
+    module.save_pretrained(ckpt / "transformer", safe_serialization=False)
+    result = zoo("export", FAMILY, "--model", ckpt, "--component", "face_encoder", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "weight_map" not in json.loads((tmp_path / "out" / "manifest.json").read_text())["components"]["face_encoder"]
+    _export_fails(ckpt, tmp_path / "out2", "has no safetensors weights; a weightless export reads safetensors")
