@@ -178,6 +178,8 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
     constants: dict[str, torch.Tensor] = {}
     if weightless:
         build, ref, wrapper, constants = weightless_wrapper(ref, component, dtype)
+        if not copy_weights:
+            check_linkable(build.stored.files, dest)
     else:
         wrapper = apply_precision(component.wrapper(ref).eval(), component.precision, dtype, component=component.name)
     specs = component.input_specs(ref)
@@ -300,6 +302,20 @@ def verify_weights(root: Path, record: ComponentRecord, ref: Reference, componen
 FOLDED_CONSTANT_LIMIT = 1 << 14  # elements
 
 
+def check_linkable(files: list[Path], dest: Path) -> None:
+    """Hard links need the checkpoint on the export's filesystem: said before the trace, not after."""
+    import os
+
+    dest.mkdir(parents=True, exist_ok=True)
+    device = os.stat(dest).st_dev
+    other = [f for f in files if os.stat(f).st_dev != device]
+    if other:
+        raise ExportError(
+            f"cannot hard-link {other[0]} into the export: the export folder is on another filesystem; give an "
+            f"--out on the checkpoint's filesystem, or --copy-weights for a self-contained export"
+        )
+
+
 def _optimize_keeping_weights(model: Any) -> None:
     """The exporter's own clean-up passes (inlining, constant folding, dead-code removal, common
     subexpressions), except that no node reading a weight is folded: every initializer stays the
@@ -411,6 +427,9 @@ def _point_at_weights(model: Any, weight_map: dict[str, Any], dest: Path) -> Non
 
     kept = model.graph.initializers  # the optimizer may have dropped unused ones
     weight_map["initializers"] = {k: v for k, v in weight_map["initializers"].items() if k in kept}
+    lost = [k for k, v in kept.items() if isinstance(v.const_value, ir.LazyTensor) and k not in weight_map["initializers"]]
+    if lost:  # a pass renamed a weight: it would be embedded whole, unchecked
+        raise ExportError(f"the graph optimizer renamed weights {', '.join(lost[:3])}: they would be embedded in the graph")
     link_checkpoint_files(weight_map, dest)
     for init_name, entry in weight_map["initializers"].items():
         value = kept[init_name]
