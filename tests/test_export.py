@@ -202,3 +202,36 @@ def test_shape_profile_follows_the_manifest(tiny_export):
     assert unet["sample"].opt == (2, 4, 8, 6, 6) and unet["timestep"].max == (2,)
     encoder = shape_profile(m.component("vae_encoder"))  # pixels derived from latents: 8 x
     assert encoder["sample"].min == (1, 3, 32, 32) and encoder["sample"].max == (16, 3, 64, 64)
+
+
+@pytest.mark.parametrize("family", ["pixart", "animatediff", "wan-animate", "unianimate-dit", "transformer-temporal"])
+def test_trtexec_lines_bound_every_dynamic_input_by_the_manifest(tiny_export, family):
+    """The trtexec line of every component of every family: one --min/--opt/--maxShapes entry per
+    dynamic input, each shape the manifest's dims at that end of the profile (derived dims too)."""
+    import shlex
+
+    from exporters.manifest import load_manifest
+    from exporters.profiles import dynamic_inputs, input_shapes, trtexec_command
+
+    manifest = load_manifest(tiny_export(family))
+    for name, record in manifest.components.items():
+        cmd = trtexec_command(record, f"{name}/model.onnx", f"engines/{name}.plan", workspace_gib=2)
+        assert cmd[:3] == ["trtexec", f"--onnx={name}/model.onnx", f"--saveEngine=engines/{name}.plan"]
+        assert "--memPoolSize=workspace:2048M" in cmd and ("--stronglyTyped" in cmd) == (record.precision != "float32")
+        flags = dict(c.split("=", 1) for c in cmd[1:] if "=" in c)
+        dynamic = dynamic_inputs(record)
+        for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
+            if not dynamic:
+                assert flag not in flags
+                continue
+            got = dict(item.split(":") for item in flags[flag].split(","))
+            want = input_shapes(record, which)
+            assert set(got) == set(dynamic)
+            for tensor, dims in got.items():
+                assert tuple(int(d) for d in dims.split("x")) == want[tensor]
+                spec = next(t for t in record.inputs if t.name == tensor)
+                for size, d in zip(want[tensor], spec.shape):
+                    if isinstance(d, str):
+                        dim = record.dims[d]
+                        assert size == getattr(dim, which) and dim.problem(size) is None
+        assert shlex.split(shlex.join(cmd)) == cmd
