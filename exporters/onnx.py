@@ -23,6 +23,7 @@ from exporters.weights import (
     WEIGHT_MAP,
     WeightlessBuild,
     check_files_unchanged,
+    check_linkable,
     check_weights,
     link_checkpoint_files,
     load_weight_map,
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 # several other ops) admit bfloat16: at 18 the ONNX checker rejects a bf16 Conv.
 OPSET = 18
 OPSET_BF16 = 22
-
-
-def opset_for(dtype: str) -> int:
-    return OPSET_BF16 if dtype == "bfloat16" else OPSET
 # Protobuf cannot hold more than 2 GiB: larger graphs keep their weights in model.onnx.data.
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 REFERENCE_DIR = "reference"  # where a random reference travels inside its export
@@ -68,6 +65,10 @@ TENSORRT_OPS = frozenset(
 )
 # Tensor element types TensorRT has no type for (onnx.TensorProto enum names).
 TENSORRT_UNSUPPORTED_DTYPES = frozenset({"DOUBLE", "COMPLEX64", "COMPLEX128", "STRING", "UINT16", "UINT32", "UINT64"})
+
+
+def opset_for(dtype: str) -> int:
+    return OPSET_BF16 if dtype == "bfloat16" else OPSET
 
 
 # --------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
                 verbose=False,
             )
             if build is not None:  # weights first: the optimizer reads small initializers
-                weight_map = _attach_weights(program.model, path, build, wrapper, component.derived(ref), constants,
+                weight_map = _attach_weights(program.model, dest, build, component.derived(ref), constants,
                                              copy_weights=copy_weights, progress=progress, name=component.name)
                 _optimize_keeping_weights(program.model)
         except ZooError:
@@ -284,14 +285,13 @@ def verify_weights(root: Path, record: ComponentRecord, ref: Reference, componen
 
     path = check_artifact(root, record)
     folder = path.parent
-    build, ref, wrapper, constants = weightless_wrapper(ref, component, record.precision)
-    prefixes = build.prefixes
+    build, ref, _, constants = weightless_wrapper(ref, component, record.precision)
     derived = component.derived(ref)
 
     def recompute(name: str, entry: dict[str, Any]) -> torch.Tensor | None:
         """From the checkpoint and the config; None for a constant only the trace made."""
         try:
-            plan = plan_initializer(name, entry["dtype"], tuple(entry["shape"]), build, prefixes, derived, constants.get(name))
+            plan = plan_initializer(name, entry["dtype"], tuple(entry["shape"]), build, derived, constants.get(name))
         except ExportError:
             return None
         return plan.compute() if plan.compute is not None else None
@@ -300,20 +300,6 @@ def verify_weights(root: Path, record: ComponentRecord, ref: Reference, componen
 
 
 FOLDED_CONSTANT_LIMIT = 1 << 14  # elements
-
-
-def check_linkable(files: list[Path], dest: Path) -> None:
-    """Hard links need the checkpoint on the export's filesystem: said before the trace, not after."""
-    import os
-
-    dest.mkdir(parents=True, exist_ok=True)
-    device = os.stat(dest).st_dev
-    other = [f for f in files if os.stat(f).st_dev != device]
-    if other:
-        raise ExportError(
-            f"cannot hard-link {other[0]} into the export: the export folder is on another filesystem; give an "
-            f"--out on the checkpoint's filesystem, or --copy-weights for a self-contained export"
-        )
 
 
 def _optimize_keeping_weights(model: Any) -> None:
@@ -346,9 +332,9 @@ def _optimize_keeping_weights(model: Any) -> None:
         step(model)
 
 
-def _attach_weights(model: Any, path: Path, build: WeightlessBuild, wrapper: torch.nn.Module,
-                    derived: Mapping[str, Any], constants: Mapping[str, torch.Tensor], *,
-                    copy_weights: bool, progress: bool, name: str) -> dict[str, Any]:
+def _attach_weights(model: Any, dest: Path, build: WeightlessBuild, derived: Mapping[str, Any],
+                    constants: Mapping[str, torch.Tensor], *, copy_weights: bool, progress: bool,
+                    name: str) -> dict[str, Any]:
     """Give every initializer its bytes (linked, copied or computed one at a time) and point the
     graph at them; returns the weight map."""
     import onnx_ir as ir
@@ -356,7 +342,6 @@ def _attach_weights(model: Any, path: Path, build: WeightlessBuild, wrapper: tor
 
     from exporters.weights import _onnx_to_torch, dtype_name, lazy_value, plan_initializer, write_weights
 
-    prefixes = build.prefixes
     plans = []
     for init_name, value in list(model.graph.initializers.items()):  # _cast_in_graph swaps some
         raw = getattr(value.const_value, "raw", None)
@@ -367,14 +352,14 @@ def _attach_weights(model: Any, path: Path, build: WeightlessBuild, wrapper: tor
             constant = torch.from_numpy(value.const_value.numpy().copy())
         dtype = dtype_name(_onnx_to_torch(value.dtype.value))
         shape = tuple(int(d) for d in value.shape)
-        plan = plan_initializer(init_name, dtype, shape, build, prefixes, derived, constant)
+        plan = plan_initializer(init_name, dtype, shape, build, derived, constant)
         if plan.how in WIDENING:  # keep the checkpoint's bytes; the graph widens them
             plan = _cast_in_graph(model, value, plan)
         plans.append(plan)
     with tqdm(total=len(plans), desc=f"weights {name}", unit="tensor", disable=not progress, leave=False) as bar:
-        weight_map = write_weights(plans, path.parent, copy_weights=copy_weights, progress=bar.update)
+        weight_map = write_weights(plans, dest, copy_weights=copy_weights, progress=bar.update)
     for init_name, value in model.graph.initializers.items():
-        read = lazy_value(weight_map["initializers"][init_name], path.parent)
+        read = lazy_value(weight_map["initializers"][init_name], dest)
         value.const_value = ir.LazyTensor(lambda read=read: _ir_tensor(read()), value.dtype, value.shape, name=init_name)
     return weight_map
 
@@ -387,8 +372,6 @@ def _cast_in_graph(model: Any, value: Any, plan: Any) -> Any:
     """Replace the float32 initializer ``value`` with the checkpoint's narrower tensor and a Cast
     node: exact (what loading the checkpoint into an fp32 module computes), and zero-copy. The
     traced module kept its fp32 parameter, so code that reads a module's dtype saw fp32."""
-    import dataclasses as dc
-
     import onnx_ir as ir
 
     from exporters.weights import torch_dtype
@@ -407,7 +390,7 @@ def _cast_in_graph(model: Any, value: Any, plan: Any) -> Any:
     graph.register_initializer(stored)
     graph.insert_before(graph[0], cast)
     out.name, out.shape, out.type = name, shape, kind
-    return dc.replace(plan, name=stored.name, dtype=stored_dtype, source="checkpoint",
+    return dataclasses.replace(plan, name=stored.name, dtype=stored_dtype, source="checkpoint",
                       how="stored (widened to float32 by a Cast in the graph)", compute=None)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -111,7 +112,7 @@ def read_header(path: Path) -> dict[str, StoredTensor]:
             begin, stop = (int(v) for v in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"weights file {path}: tensor {key!r} has an unreadable header entry {entry!r}") from None
-        numel = math_prod(shape)
+        numel = math.prod(shape)
         if any(d < 0 for d in shape) or not 0 <= begin <= stop or stop - begin != numel * dtype.itemsize:
             raise CheckpointError(f"weights file {path}: tensor {key!r} has a corrupt header entry "
                                   f"(shape {list(shape)} of {entry['dtype']} at bytes {begin}..{stop})")
@@ -243,15 +244,14 @@ class WeightlessBuild:
         module = spec.build()
         self.buffers = {k: b.detach().clone() for k, b in module.named_buffers(remove_duplicate=False)
                         if b.device.type != "meta"}
-        persistent = {k for k in module.state_dict(keep_vars=True)}
         self.aliases = _aliases(module)
         self.prefixes: dict[str, str] = {}  # wrapper submodule path -> module path (set by the exporter)
         stored_keys = list(self.stored.tensors)
         self.keys = spec.rename(module, stored_keys) if spec.rename else {k: k for k in stored_keys}  # module -> stored
         self.module = torch.nn.Module.to(module, "meta").eval().requires_grad_(False)  # no diffusers dtype warning
-        self._check(persistent)
+        self._check()
 
-    def _check(self, persistent: set[str]) -> None:
+    def _check(self) -> None:
         missing = []
         for key, tensor in self.module.state_dict(keep_vars=True).items():
             if key in self.spec.transforms:
@@ -273,7 +273,6 @@ class WeightlessBuild:
                 f"{self.what}: the checkpoint files in {', '.join(map(str, self.spec.folders))} lack {shown} "
                 f"(another model's weights, or a layout that needs conversion at load time)"
             )
-        del persistent
 
     def lookup(self, key: str) -> StoredTensor | None:
         """The stored tensor of the module's state-dict ``key`` (through renames and tied names)."""
@@ -318,8 +317,7 @@ def module_key(name: str, prefixes: Mapping[str, str]) -> str | None:
 
 
 def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: WeightlessBuild,
-                     prefixes: Mapping[str, str], derived: Mapping[str, Transform],
-                     constant: torch.Tensor | None) -> Plan:
+                     derived: Mapping[str, Transform], constant: torch.Tensor | None) -> Plan:
     """Where the initializer ``name`` (a wrapper tensor name) gets its bytes."""
     read = build.read
     target = torch_dtype(dtype)
@@ -331,7 +329,7 @@ def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: Weigh
         def compute() -> torch.Tensor:
             value = fn()
             if tuple(value.shape) != tuple(shape):
-                if exact_shape or value.numel() != math_prod(shape):
+                if exact_shape or value.numel() != math.prod(shape):
                     raise ExportError(f"initializer {name}: computed shape {tuple(value.shape)}, the graph has {shape}")
                 value = value.reshape(shape)
             return value.to(target)
@@ -340,7 +338,7 @@ def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: Weigh
     if name in derived:
         t = derived[name]
         return Plan(name, dtype, shape, "computed", f"transform: {t.what}", compute=cast(lambda: t.fn(read)))
-    key = module_key(name, prefixes)
+    key = module_key(name, build.prefixes)
     if key is not None and key in build.spec.transforms:
         t = build.spec.transforms[key]
         return Plan(name, dtype, shape, "computed", f"transform: {t.what}", key=key, stored=build.lookup(key),
@@ -426,6 +424,20 @@ def range_digest(path: Path, offset: int, length: int) -> str:
     return h.hexdigest()
 
 
+def link_refusal(src: Path, why: str) -> ExportError:
+    return ExportError(f"cannot hard-link {src} into the export ({why}); give an --out on the checkpoint's filesystem, "
+                       f"or --copy-weights for a self-contained export")
+
+
+def check_linkable(files: Iterable[Path], dest: Path) -> None:
+    """Hard links need the checkpoint on the export's filesystem: said before the trace, not after."""
+    dest.mkdir(parents=True, exist_ok=True)
+    device = os.stat(dest).st_dev
+    for f in files:
+        if os.stat(f).st_dev != device:
+            raise link_refusal(f, "the export folder is on another filesystem")
+
+
 def link_into(src: Path, folder: Path, used: dict[Path, str]) -> str:
     """Hard-link checkpoint file ``src`` into ``folder`` (once); its path relative to the graph."""
     src = src.resolve()
@@ -440,11 +452,7 @@ def link_into(src: Path, folder: Path, used: dict[Path, str]) -> str:
     try:
         os.link(src, folder / name)
     except OSError as e:
-        why = "the export folder is on another filesystem" if e.errno == errno.EXDEV else e.strerror
-        raise ExportError(
-            f"cannot hard-link {src} into the export ({why}); give an --out on the checkpoint's filesystem, "
-            f"or --copy-weights for a self-contained export"
-        ) from None
+        raise link_refusal(src, "the export folder is on another filesystem" if e.errno == errno.EXDEV else e.strerror) from None
     used[src] = f"{WEIGHTS_DIR}/{name}"
     return used[src]
 
@@ -454,15 +462,8 @@ def required_bytes(plans: Iterable[Plan], copy_weights: bool) -> int:
     total = 0
     for p in plans:
         if p.source == "computed" or copy_weights:
-            total += math_prod(p.shape) * torch_dtype(p.dtype).itemsize + ALIGN
+            total += math.prod(p.shape) * torch_dtype(p.dtype).itemsize + ALIGN
     return total
-
-
-def math_prod(shape: Iterable[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def check_room(folder: Path, needed: int) -> None:
@@ -599,7 +600,6 @@ def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[st
 
     weight_map = load_weight_map(folder)
     entries: dict[str, Any] = weight_map["initializers"]
-    check_files_unchanged(folder, weight_map)
     headers: dict[str, dict[str, StoredTensor]] = {}
     counts = {"linked": 0, "copied": 0, "recomputed": 0, "digest only": 0, "embedded": 0}
     names = set()
@@ -623,7 +623,7 @@ def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[st
         if (entry["location"], entry["offset"], entry["length"]) != where:
             raise ArtifactError(f"initializer {init.name}: the graph reads {where}, {WEIGHT_MAP} says "
                                 f"{(entry['location'], entry['offset'], entry['length'])}")
-        if where[2] != math_prod(shape) * torch_dtype(dtype).itemsize:
+        if where[2] != math.prod(shape) * torch_dtype(dtype).itemsize:
             raise ArtifactError(f"initializer {init.name}: {where[2]} bytes for {dtype} {shape}")
         path = folder / info.location
         if info.location != DATA_FILE:  # a linked checkpoint file: its header must place the tensor here
