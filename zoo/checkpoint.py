@@ -176,12 +176,7 @@ def _weightless_loader(cls: Any, source: Path, name: str) -> Callable[[], Any] |
         return None
 
     def build() -> Any:
-        with loading(f"the {name} config", source):
-            if hasattr(cls, "load_config"):
-                config = cls.load_config(str(source), subfolder=name)
-            else:
-                config = cls.config_class.from_pretrained(str(source / name))
-        return empty_module(cls, config)
+        return empty_module(cls, _stored_config(cls, source, name))
 
     rename = None if hasattr(cls, "load_config") else transformers_key_map
     return lambda: WeightlessModule(build, (source / name,), rename=rename)
@@ -228,9 +223,17 @@ def _config_loader(cls: Any, source: Path, name: str) -> Callable[[], Any] | Non
         return None
 
     def config() -> Any:
-        with loading(f"the {name} config", source):
-            if hasattr(cls, "load_config"):  # diffusers: every default, from a module built without memory
-                with torch.device("meta"):
-                    return cls.from_config(cls.load_config(str(source), subfolder=name)).config
-            return cls.config_class.from_pretrained(str(source / name))
+        stored = _stored_config(cls, source, name)
+        if not hasattr(cls, "load_config"):
+            return stored
+        with loading(f"the {name} config", source), torch.device("meta"):
+            return cls.from_config(stored).config  # diffusers: every default, from a module built without memory
     return config
+
+
+def _stored_config(cls: Any, source: Path, name: str) -> Any:
+    """The module's config as its folder stores it (a dict for diffusers, a config object for transformers)."""
+    with loading(f"the {name} config", source):
+        if hasattr(cls, "load_config"):
+            return cls.load_config(str(source), subfolder=name)
+        return cls.config_class.from_pretrained(str(source / name))
