@@ -74,7 +74,9 @@ class ComponentRecord:
     @property
     def linked_bytes(self) -> int:
         """External data that is a hard link to a checkpoint file (a weightless export's)."""
-        folder = PurePosixPath(self.file).parent / "weights"
+        from exporters.weights import WEIGHTS_DIR
+
+        folder = PurePosixPath(self.file).parent / WEIGHTS_DIR
         return sum(v for k, v in self.external_data.items() if PurePosixPath(k).parent == folder)
 
     def point(self, which: str = "opt") -> dict[str, int]:
