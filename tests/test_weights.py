@@ -372,3 +372,13 @@ def test_checkpoint_without_safetensors_still_exports_by_default(tmp_path, tiny_
     assert result.exit_code == 0, result.output
     assert "weight_map" not in json.loads((tmp_path / "out" / "manifest.json").read_text())["components"]["face_encoder"]
     _export_fails(ckpt, tmp_path / "out2", "has no safetensors weights; a weightless export reads safetensors")
+
+
+def test_bad_values_of_the_new_options(tmp_path, tiny_export):
+    result = zoo("export", FAMILY, "--tiny", "--precision", "fp8", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "Invalid value for '--precision': 'fp8' is not one of" in result.output
+    assert not (tmp_path / "o").exists()
+    export = tiny_export("transformer-temporal")
+    before = sorted(p.name for p in export.iterdir())
+    assert_error(zoo("parity", export, "--weights-only"), "has no weightless component: there is no initializer check")
+    assert sorted(p.name for p in export.iterdir()) == before  # no report written for a check that did not run
