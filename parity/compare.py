@@ -16,7 +16,7 @@ from parity.points import describe, profile_points
 from parity.reduced import TorchInDtype, runtime_refusal, structure_check
 from parity.report import Row
 from parity.tolerances import Tolerance, tolerance
-from runtimes.backends import Backend, Runners, TorchBackend, backend_for, load_reference
+from runtimes.backends import Backend, Runners, TorchBackend, backend_for, load_reference, parse_device
 from runtimes.sampler import Sampler, check_request, configure_pipeline, request_context, run_pipeline
 from zoo.contract import bind_argument
 from zoo.errors import ArtifactError, ZooError
@@ -120,7 +120,6 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
         precision = precision_of(component.precision, record.precision)
         tol = tolerance(record.kind, precision, scale_of(manifest))
         data_range = 2.0 if record.kind == "vae_decoder" else None  # images in [-1, 1]
-        points = profile_points(record.dims)
         reduced = precision != "float32"
         with TorchBackend(manifest, name, device) as reference:
             own_runner, own_problem, structure, problems = None, None, "", []
@@ -132,6 +131,7 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
                     own_problem = f"{type(e).__name__}: {str(e).splitlines()[0]}"
             candidate = backend_for(backend, manifest, name, device)
             refused = _activate(candidate, precision)
+            points = profile_points(record.dims if refused else candidate.profile_dims)  # an engine's may be narrower
             try:
                 for label, point in tqdm(points, desc=f"parity {name}", unit="shape", leave=False):
                     feeds = component.sample_inputs(ref, point, seed=seed)
@@ -294,6 +294,7 @@ def run_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str
     """All levels: components at every profile point, then trajectory and end to end."""
     if backend == "torch":
         raise ZooError("parity compares a backend against the torch reference: choose --backend onnxruntime or tensorrt")
+    parse_device(device, backend)  # a backend that cannot run here says so before any reference loads
     rows = weights_parity(export_dir)
     rows += component_parity(export_dir, backend, device)
     rows += loop_parity(export_dir, backend, device)

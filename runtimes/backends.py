@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 import torch
 
 from exporters.manifest import ComponentRecord, Manifest
-from runtimes.feeds import check_outputs, validate_feeds
-from zoo.contract import Reference
+from runtimes.feeds import check_outputs, check_profile, validate_feeds
+from zoo.contract import DTYPES, Reference
 from zoo.checkpoint import changed_files, content_hash
-from zoo.errors import ArtifactError, BackendUnavailableError, InputError, UnknownFamilyError
+from zoo.errors import ArtifactError, BackendUnavailableError, InputError, OutputError, UnknownFamilyError
 from zoo.registry import get_family
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,14 @@ class Backend(ABC):
         self.is_active = False
         self.state: dict[str, torch.Tensor] = {}
         self._memo: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        """Why this backend cannot run on ``device`` here (a sentence), or None. Checked when a
+        backend is made, before any model or reference is loaded."""
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return f"device {str(device)!r} asked for, but torch sees no CUDA GPU"
+        return None
 
     @abstractmethod
     def _load(self) -> None: ...
@@ -73,6 +81,11 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
+
+    @property
+    def profile_dims(self) -> Mapping[str, Any]:
+        """The dims this backend runs (an engine may be built for a narrower profile than the export's)."""
+        return self.record.dims
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -179,22 +192,28 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def _load(self) -> None:
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
         if importlib.util.find_spec("onnxruntime") is None:
-            raise BackendUnavailableError("the onnxruntime backend needs onnxruntime: pip install onnxruntime")
+            return "the onnxruntime backend needs onnxruntime: pip install onnxruntime"
         import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if device.type == "cuda" and "CUDAExecutionProvider" not in available:
+            return (f"onnxruntime on device cuda needs onnxruntime-gpu (CUDAExecutionProvider); "
+                    f"this onnxruntime has {', '.join(available)}")
+        return super().unavailable(device)
+
+    def _load(self) -> None:
+        problem = self.unavailable(self.device)
+        if problem:
+            raise BackendUnavailableError(problem)
         from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
         from exporters.onnx import check_artifact
 
         path = check_artifact(self.manifest.root, self.record)
-        available = ort.get_available_providers()
         if self.device.type == "cuda":
-            if "CUDAExecutionProvider" not in available:
-                raise BackendUnavailableError(
-                    f"onnxruntime on device cuda needs onnxruntime-gpu (CUDAExecutionProvider); "
-                    f"this onnxruntime has {', '.join(available)}"
-                )
             providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
@@ -216,33 +235,88 @@ class OnnxRuntimeBackend(Backend):
 
 
 class TensorRTBackend(Backend):
-    """TensorRT engines: needs the TensorRT libraries and an NVIDIA GPU."""
+    """A TensorRT engine built by ``zoo build`` (needs TensorRT and an NVIDIA GPU).
+
+    The engine is found in the export's cache for this machine's TensorRT and GPU, its plan
+    checked against its sidecar before it is deserialized. Feeds and outputs are torch tensors
+    on the device, bound to the execution context by address, and the engine runs on torch's
+    current CUDA stream: no copies, no second stream, and state outputs (VAE caches) stay on
+    the device as the next call's inputs. Shapes are set per call inside the engine's profile."""
 
     name = "tensorrt"
 
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        from exporters.tensorrt import unavailable
+
+        problem = unavailable(device)
+        return f"the tensorrt backend is not available here: {problem}" if problem else None
+
     def _load(self) -> None:
-        problem = tensorrt_unavailable()
-        if problem:
-            raise BackendUnavailableError(f"the tensorrt backend is not available here: {problem}")
-        engines = self.manifest.root / "engines"
-        raise ArtifactError(
-            f"no TensorRT engine for component {self.record.name!r} under {engines}: engines are built "
-            f"with `zoo build`, which this version does not have yet"
-        )
+        from exporters import tensorrt as engines
 
-    def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
-        raise NotImplementedError
+        target = engines.current_target(self.device)
+        self.entry = engines.find_engine(self.manifest, self.record, target)
+        plan = self.entry.read_plan()
+        import tensorrt as trt
+        from polygraphy.backend.trt import get_trt_logger
+
+        with torch.cuda.device(self.device):
+            self.engine = trt.Runtime(get_trt_logger()).deserialize_cuda_engine(plan)
+            if self.engine is None:
+                raise ArtifactError(f"TensorRT could not deserialize {self.entry.plan}; rebuild it with `zoo build`")
+            budget = self.entry.sidecar.get("weight_streaming_budget")
+            if self.entry.sidecar["flags"].get("weight_streaming") and budget:
+                self.engine.weight_streaming_budget_v2 = engines.budget_bytes(
+                    budget, self.engine.streamable_weights_size, self.engine.get_weight_streaming_automatic_budget)
+            self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = {n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        if inputs != set(self.input_names) or set(names) - inputs != {t.name for t in self.record.outputs}:
+            raise ArtifactError(f"the engine {self.entry.plan} has tensors {', '.join(names)}, not the component's "
+                                f"{', '.join([*self.input_names, *(t.name for t in self.record.outputs)])}; rebuild it")
+        self.dtypes = {n: _TRT_TORCH.get(str(self.engine.get_tensor_dtype(n)).split(".")[-1]) for n in names}
+        wrong = [f"{t.name} is {self.dtypes[t.name]}, expected {t.dtype}" for t in (*self.record.inputs, *self.record.outputs)
+                 if self.dtypes[t.name] != DTYPES[t.dtype]]
+        if wrong:
+            raise ArtifactError(f"the engine {self.entry.plan} does not have the component's dtypes ({'; '.join(wrong)}); rebuild it")
+
+    @property
+    def profile_dims(self) -> dict:
+        return self.entry.dims if self.is_active else self.record.dims
+
+    def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.activate()
+        check_profile(self.record, self.entry.dims, feeds, f"the engine's profile ({self.entry.folder})")
+        return self._run(feeds)
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        stream = torch.cuda.current_stream(self.device)
+        bound = {}
+        for name, value in feeds.items():
+            t = value.to(self.device).contiguous()
+            if not self.context.set_input_shape(name, tuple(t.shape)):
+                raise InputError(f"component {self.record.name!r} input {name!r}: TensorRT refused the shape {tuple(t.shape)}")
+            self.context.set_tensor_address(name, t.data_ptr())
+            bound[name] = t  # alive until the call is queued; torch's allocator orders reuse on this stream
+        outputs = {}
+        for spec in self.record.outputs:
+            shape = tuple(self.context.get_tensor_shape(spec.name))
+            if any(d < 0 for d in shape):
+                raise OutputError(f"component {self.record.name!r} output {spec.name!r}: TensorRT left its shape {shape} unresolved")
+            out = torch.empty(shape, dtype=self.dtypes[spec.name], device=self.device)
+            self.context.set_tensor_address(spec.name, out.data_ptr())
+            outputs[spec.name] = out
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise OutputError(f"component {self.record.name!r}: TensorRT's execute_async_v3 failed (see its log above)")
+        return outputs
+
+    def _unload(self) -> None:
+        self.context = self.engine = None
 
 
-def tensorrt_unavailable() -> str | None:
-    """Why TensorRT cannot run here, or None."""
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as e:  # the PyPI stub raises on import when its libraries are missing
-        return f"TensorRT is not installed ({type(e).__name__}); install it with `pip install 'zoo[gpu]'` on a machine with an NVIDIA GPU"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    return None
+_TRT_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64,
+              "INT32": torch.int32, "BOOL": torch.bool, "INT8": torch.int8, "UINT8": torch.uint8}
 
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, OnnxRuntimeBackend, TensorRTBackend)}
@@ -262,15 +336,17 @@ def backend_for(name: str, manifest: Manifest, component: str, device: str = "cp
 
 
 def parse_device(device: str, backend: str = "torch") -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``, usable by ``backend``; :class:`InputError` otherwise."""
+    """``cpu``, ``cuda`` or ``cuda:N``: :class:`InputError` otherwise, and
+    :class:`BackendUnavailableError` where ``backend`` cannot run on it here."""
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
     if parsed.type not in ("cpu", "cuda"):
         raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if parsed.type == "cuda" and not torch.cuda.is_available() and backend == "torch":
-        raise BackendUnavailableError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    problem = BACKENDS[backend].unavailable(parsed) if backend in BACKENDS else None
+    if problem:
+        raise BackendUnavailableError(problem)
     return parsed
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from exporters.manifest import load_manifest
-from runtimes.backends import Backend, TorchBackend, backend_for, load_reference
+from runtimes.backends import Backend, TorchBackend, backend_for, load_reference, parse_device
 from zoo.registry import get_family
 
 
@@ -52,6 +52,7 @@ def bench(export_dir: str | Path, backend: str = "onnxruntime", device: str = "c
     component by component so both see the same machine state."""
     from tqdm.auto import tqdm
 
+    parse_device(device, backend)  # a backend that cannot run here says so before any reference loads
     manifest = load_manifest(export_dir)
     family = get_family(manifest.family)
     ref = load_reference(manifest)

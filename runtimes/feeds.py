@@ -80,6 +80,18 @@ def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any]) -> dict[st
     return out
 
 
+def check_profile(record: ComponentRecord, dims: Mapping[str, Any], feeds: Mapping[str, torch.Tensor], what: str) -> None:
+    """Feeds already valid for the export must also lie inside ``dims`` (a narrower profile, such
+    as an engine's built with ``zoo build --dim``); :class:`InputError` naming ``what`` otherwise."""
+    for spec in record.inputs:
+        for axis, (size, want) in enumerate(zip(feeds[spec.name].shape, spec.shape)):
+            if isinstance(want, str) and want in dims and record.dims[want] != dims[want]:
+                problem = dims[want].problem(size)
+                if problem:
+                    raise InputError(f"component {record.name!r} input {spec.name!r}: dim {axis} ({want}) is {size}, "
+                                     f"{problem} ({what}; build one covering it with `zoo build --dim`)")
+
+
 def _point(record: ComponentRecord, feeds: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """Every dim's value that the feeds determine (derived dims through their sources)."""
     point: dict[str, int] = {}

@@ -99,7 +99,7 @@ def perturb_graph(export: Path, component: str, change) -> None:
 
 def pytest_collection_modifyitems(config, items):
     """TensorRT / CUDA tests run where the hardware is, and are skipped with the reason elsewhere."""
-    from runtimes.backends import tensorrt_unavailable
+    from exporters.tensorrt import unavailable as tensorrt_unavailable
 
     trt_reason = None
     cuda_reason = None

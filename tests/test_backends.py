@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from exporters.manifest import load_manifest
-from runtimes.backends import Backend, OnnxRuntimeBackend, TorchBackend, load_backend, tensorrt_unavailable
+from exporters.tensorrt import unavailable as tensorrt_unavailable
+from runtimes.backends import Backend, OnnxRuntimeBackend, TorchBackend, load_backend
 from zoo.errors import ArtifactError, BackendUnavailableError, InputError, OutputError, UnknownFamilyError
 from zoo.registry import get_family
 

@@ -162,7 +162,7 @@ def test_run_batch_writes_one_png_per_image(tiny_export, tmp_path):
 )
 def test_run_bad_request(tiny_export, tmp_path, extra, message):
     if extra == ["--backend", "tensorrt"]:
-        from runtimes.backends import tensorrt_unavailable
+        from exporters.tensorrt import unavailable as tensorrt_unavailable
 
         if tensorrt_unavailable() is None:
             pytest.skip("TensorRT and a GPU are present: this checks their absence")

@@ -66,6 +66,20 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+class WeightBudget(click.ParamType):
+    """A weight-streaming budget: ``auto``, ``N%`` or a size such as ``8G`` (as trtexec writes it)."""
+
+    name = "budget"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from exporters.tensorrt import parse_budget
+
+        try:
+            return parse_budget(value)
+        except ZooError as e:
+            self.fail(str(e).split(": ", 1)[-1], param, ctx)
+
+
 def _click_option(option: Any) -> click.Option:
     """A family's declared :class:`zoo.contract.Option` as a click option (parsing only)."""
     kinds: dict[str, Any] = {
@@ -266,6 +280,87 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
             run(ref)
 
 
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--component", "components", multiple=True, help="Build only this component (repeatable).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Build the components exported in this precision (the graph carries it: a strongly typed engine "
+                   "computes what parity checked). A named --component in another precision is refused.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=MIN:OPT:MAX",
+              help="Narrow a dim's profile inside the exported one (repeatable; `--dry-run` shows the dims).")
+@click.option("--workspace", type=FiniteFloat(0, None, low_open=True), metavar="GIB",
+              help="Builder workspace limit in GiB.")
+@click.option("--refittable", is_flag=True, help="Build engines whose weights can be replaced (see --refit-from).")
+@click.option("--weight-streaming", is_flag=False, flag_value="auto", type=WeightBudget(), metavar="[BUDGET]",
+              help="Build for weight streaming (models larger than device memory). BUDGET: device memory for "
+                   "weights at run time, auto (default), N% of the streamable weights, or a size such as 8G.")
+@click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
+              help="TensorRT timing cache to read and update (speeds up later builds).")
+@click.option("--refit-from", type=click.Path(path_type=Path),
+              help="Another export of the same model with refittable engines: refit them with this export's weights "
+                   "(another LoRA or scale) instead of building.")
+@click.option("--rebuild", is_flag=True, help="Build even where the cache holds a valid engine.")
+@click.option("--device", default="cuda", show_default=True, help="The GPU to build for: cuda or cuda:N.")
+@click.option("--dry-run", is_flag=True, help="Print each component's profile and trtexec line; build nothing "
+                                                "(needs no TensorRT).")
+def build(export_dir: Path, components: tuple[str, ...], precision: str | None, dims: tuple[str, ...],
+          workspace: float | None, refittable: bool, weight_streaming: str | None, timing_cache: Path | None,
+          refit_from: Path | None, rebuild: bool, device: str, dry_run: bool) -> None:
+    """Build a TensorRT engine per component of EXPORT_DIR, cached under EXPORT_DIR/engines.
+
+    One optimization profile per component from the manifest's dims; the cache key covers the
+    graph and weights, precision, profile, flags, TensorRT version and GPU, so an unchanged export
+    is not rebuilt. The sidecar engine.json holds the equivalent trtexec line."""
+    import shlex
+    from functools import partial
+
+    from exporters import tensorrt as engines
+    from exporters.manifest import load_manifest
+    from exporters.onnx import check_artifact
+    from zoo.errors import BackendUnavailableError
+
+    manifest = load_manifest(export_dir)
+    options = engines.BuildOptions(workspace, refittable, weight_streaming is not None, weight_streaming, timing_cache)
+    specs = engines.build_specs(manifest, components, precision, engines.parse_dims(dims), options)
+    skipped = [c for c in manifest.components if c not in {s.component for s in specs}]
+    if skipped and not components:
+        click.echo(f"skipping {', '.join(skipped)}: not exported in {precision}", err=True)
+    structures: dict[str, str] = {}
+    other = None
+    if refit_from is not None:
+        if refittable or weight_streaming is not None or workspace is not None or dims or rebuild:
+            raise click.UsageError("--refit-from keeps the flags and profile of the engine it refits: drop --refittable, "
+                                   "--weight-streaming, --workspace, --dim and --rebuild")
+        other = load_manifest(refit_from)
+        structures = engines.check_refit_source(manifest, other, [s.component for s in specs])
+    if dry_run:
+        for spec in specs:
+            profile = ", ".join(f"{n} {d.min}:{d.opt}:{d.max}" for n, d in spec.dims.items() if d.is_dynamic and not d.is_derived)
+            click.echo(f"# {spec.component} ({spec.precision}): {profile or 'static shapes'}")
+            click.echo(shlex.join(spec.trtexec(engines.engines_dir(manifest.root) / f"{spec.component}.plan")))
+        return
+    problem = engines.unavailable(device)
+    if problem:
+        raise BackendUnavailableError(f"zoo build needs TensorRT and an NVIDIA GPU: {problem} (`zoo build --dry-run` "
+                                      f"prints the trtexec lines without them)")
+    target = engines.current_target(device)
+    for spec in specs:
+        check_artifact(manifest.root, spec.record)  # every graph whole before the first build starts
+    click.echo(f"building {len(specs)} engine(s) for {target.describe()}", err=True)
+    for spec in specs:
+        spec = engines.with_content(spec, manifest)
+        if other is not None:
+            entry, made = engines.refit_entry(spec, other, target, partial(engines.refit_plan, device=device),
+                                              structures[spec.component])
+            how = f"refitted from {other.root} in {entry.sidecar['build']['seconds']:.1f} s" if made else "cached"
+        else:
+            entry, made = engines.get_or_build(spec, target, partial(engines.build_plan, device=device), rebuild=rebuild)
+            how = f"built in {entry.sidecar['build']['seconds']:.1f} s" if made else "cached"
+        memory = entry.sidecar["build"].get("device_memory_bytes")
+        click.echo(f"  {spec.component}: {entry.plan} ({_size(entry.sidecar['plan']['size'])}, {how}"
+                   + (f", {_size(memory)} device memory" if memory else "") + ")")
+
+
 @main.command("random")
 @click.argument("family")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the checkpoint(s) into.")
@@ -312,6 +407,11 @@ def _sources(fam: Any, options: dict[str, Any]) -> list[Any]:
     return sources
 
 
+def _device(device: str | None, backend: str) -> str:
+    """``--device``, by default where the backend runs: cuda for TensorRT engines, else cpu."""
+    return device if device is not None else ("cuda" if backend == "tensorrt" else "cpu")
+
+
 def _size(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -333,7 +433,7 @@ def _run_options(export_dir: str) -> list[click.Parameter]:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).")
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]))
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames) to write.")
 def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **options: Any) -> None:
@@ -344,6 +444,7 @@ def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **opt
     from runtimes.sampler import Sampler, prepare_request
     from runtimes.writers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, write_output
 
+    device = _device(device, backend)
     manifest = load_manifest(export_dir)
     request = prepare_request(manifest, options)  # options, media and shapes checked here
     suffix = out.suffix.lower()
@@ -362,7 +463,7 @@ def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **opt
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]))
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu.")
 @click.option("--json", "json_path", is_flag=False, flag_value="-", type=click.Path(path_type=Path),
               help="Also write the JSON report to FILE, or to stdout with a bare --json (it is always in EXPORT_DIR/parity.json).")
 @click.option("--no-end-to-end", is_flag=True, help="Components only: skip the trajectory and end-to-end runs.")
@@ -382,6 +483,7 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
     from parity.report import FAIL, NOT_RUN, format_table, not_run_reasons, report_json
     from zoo.errors import ParityError, ParityIncompleteError
 
+    device = _device(device, backend)
     manifest = load_manifest(export_dir)
     if weights_only:
         from parity.compare import weights_parity
@@ -411,7 +513,7 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]))
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu.")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--iterations", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--component", "components", multiple=True, help="Time only this component (repeatable).")
@@ -422,6 +524,7 @@ def bench(export_dir: Path, backend: str, device: str, warmup: int, iterations: 
     from exporters.artifacts import atomic_write_json
     from runtimes.bench import bench as run_bench
 
+    device = _device(device, backend)
     rows = run_bench(export_dir, backend=backend, device=device, warmup=warmup, iterations=iterations,
                      components=components or None)
     width = max([len(r.shape) for r in rows] + [5])

@@ -1,0 +1,743 @@
+"""TensorRT engines of an export folder: build specs, the content-keyed engine cache, refit.
+
+An engine lives in ``DIR/engines/<key>/engine.plan`` with ``engine.json`` beside it. The key is
+a sha256 over everything that makes the plan what it is: the component's graph and weights
+(and the sources they came from), its precision, its optimization profile, the builder flags,
+the TensorRT version and the GPU's compute capability, as canonical JSON, so the same export
+gives the same key in any process. The sidecar records all of it, the plan's size and sha256,
+the build time, the engine's device memory and the equivalent ``trtexec`` line.
+
+Everything here but :func:`build_plan`, :func:`refit_plan` and :func:`current_target` runs
+without TensorRT: the cache takes the builder as a function, so its keys, sidecar checks,
+corrupt-entry rebuilds and locking are tested on any machine, and the real builder (Polygraphy's
+``NetworkFromOnnxPath`` / ``CreateConfig`` / ``EngineFromNetwork``) where TensorRT is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from exporters.artifacts import atomic_write_json, file_digest, staged_dir
+from exporters.manifest import ComponentRecord, Manifest, inside
+from exporters.profiles import input_shapes, narrow_dims, strongly_typed, trtexec_command
+from zoo.contract import Dim, Range
+from zoo.errors import ArtifactError, BackendUnavailableError, EnvelopeError, ExportError, InputError
+
+log = logging.getLogger(__name__)
+
+ENGINES_DIR = "engines"
+PLAN = "engine.plan"
+SIDECAR = "engine.json"
+ENGINE_FORMAT = 1  # of the key's ingredients and the sidecar; a change gives every engine a new key
+PRECISION_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class EngineTargetError(ArtifactError):
+    """An engine built for another TensorRT version or GPU."""
+
+
+# --------------------------------------------------------------------------------------
+# Where an engine runs: TensorRT version and GPU
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """The TensorRT version and GPU an engine is built for (a plan runs only there)."""
+
+    tensorrt: str
+    compute_capability: str  # "9.0"
+    gpu: str = ""  # the device name, recorded; engines are keyed by compute capability
+
+    def to_json(self) -> dict[str, str]:
+        return {"tensorrt": self.tensorrt, "compute_capability": self.compute_capability, "gpu": self.gpu}
+
+    def describe(self) -> str:
+        return f"TensorRT {self.tensorrt} on compute capability {self.compute_capability}" + (f" ({self.gpu})" if self.gpu else "")
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT cannot run here, or None."""
+    import torch
+
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as e:  # the PyPI stub raises on import when its libraries are missing
+        return (f"TensorRT is not installed ({type(e).__name__}); install NVIDIA's tensorrt wheels "
+                f"(`pip install -e '.[gpu]'`) on a machine with an NVIDIA GPU")
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    return None
+
+
+def current_target(device: Any = "cuda") -> Target:
+    """This machine's TensorRT and the GPU ``device``; :class:`BackendUnavailableError` without them."""
+    import torch
+
+    problem = tensorrt_unavailable()
+    if problem:
+        raise BackendUnavailableError(problem)
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise InputError(f"TensorRT engines run on a CUDA device: got --device {device}, expected cuda or cuda:N")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    import tensorrt as trt
+
+    major, minor = torch.cuda.get_device_capability(index)
+    return Target(trt.__version__, f"{major}.{minor}", torch.cuda.get_device_name(index))
+
+
+def unavailable(device: Any = "cuda") -> str | None:
+    """Why engines cannot be built or run on ``device`` here (a sentence), or None."""
+    try:
+        current_target(device)
+    except (BackendUnavailableError, InputError) as e:
+        return str(e)
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# What to build: one spec per component
+# --------------------------------------------------------------------------------------
+
+_BUDGET = re.compile(r"^(auto|\d+(\.\d+)?%|\d+[BKMG]?)$", re.IGNORECASE)
+
+
+def parse_budget(text: str) -> str:
+    """A weight-streaming budget as trtexec writes it: ``auto``, ``N%`` of the streamable weights
+    kept on the device, or bytes with an optional B / K / M / G (base-2) suffix."""
+    text = str(text).strip()
+    if not _BUDGET.match(text):
+        raise EnvelopeError(f"--weight-streaming {text!r}: expected auto, a percentage such as 50%, or a size such as 8G")
+    if text.endswith("%") and float(text[:-1]) > 100:
+        raise EnvelopeError(f"--weight-streaming {text!r}: a percentage is at most 100%")
+    return text.lower() if text.lower() == "auto" else text.upper()
+
+
+def budget_bytes(budget: str, streamable: int, automatic: Callable[[], int]) -> int:
+    """The device bytes for streamable weights that ``budget`` (from :func:`parse_budget`) means."""
+    if budget == "auto":
+        return int(automatic())
+    if budget.endswith("%"):
+        return int(streamable * float(budget[:-1]) / 100)
+    units = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(budget[:-1]) * units[budget[-1]] if budget[-1] in units else int(budget)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Builder flags (part of the key) and what is not (timing cache, the streaming budget: a
+    runtime setting recorded in the sidecar)."""
+
+    workspace_gib: float | None = None
+    refittable: bool = False
+    weight_streaming: bool = False
+    weight_streaming_budget: str | None = None
+    timing_cache: Path | None = None
+
+    def flags(self, record: ComponentRecord) -> dict[str, Any]:
+        return {
+            "strongly_typed": strongly_typed(record, self.weight_streaming),
+            "tf32": False,
+            "workspace_bytes": None if self.workspace_gib is None else int(self.workspace_gib * (1 << 30)),
+            "refittable": self.refittable,
+            "weight_streaming": self.weight_streaming,
+        }
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """One component's engine: its ONNX, its profile and the builder flags."""
+
+    family: str
+    record: ComponentRecord
+    onnx: Path
+    dims: dict[str, Dim]  # the profile's dims: the exported ones, or narrowed with --dim
+    options: BuildOptions
+    content: str  # digest of the graph, its weights and the sources they came from
+    root: Path
+
+    @property
+    def component(self) -> str:
+        return self.record.name
+
+    @property
+    def precision(self) -> str:
+        return self.record.precision
+
+    @property
+    def flags(self) -> dict[str, Any]:
+        return self.options.flags(self.record)
+
+    def shapes(self) -> dict[str, dict[str, list[int]]]:
+        """Every input's min / opt / max shape."""
+        lo, opt, hi = (input_shapes(self.record, w, self.dims) for w in ("min", "opt", "max"))
+        return {n: {"min": list(lo[n]), "opt": list(opt[n]), "max": list(hi[n])} for n in lo}
+
+    def ingredients(self, target: Target) -> dict[str, Any]:
+        """Everything the key hashes (also recorded in the sidecar)."""
+        return {
+            "format": ENGINE_FORMAT,
+            "family": self.family,
+            "component": self.component,
+            "content": self.content,
+            "precision": self.precision,
+            "profile": self.shapes(),
+            "flags": self.flags,
+            "tensorrt": target.tensorrt,
+            "compute_capability": target.compute_capability,
+        }
+
+    def key(self, target: Target) -> str:
+        return engine_key(self.ingredients(target))
+
+    def trtexec(self, engine_path: str | Path) -> list[str]:
+        o = self.options
+        return trtexec_command(self.record, str(self.onnx), str(engine_path), dims=self.dims,
+                               workspace_gib=o.workspace_gib, timing_cache=str(o.timing_cache) if o.timing_cache else None,
+                               refittable=o.refittable, weight_streaming=o.weight_streaming,
+                               weight_streaming_budget=o.weight_streaming_budget)
+
+    def profile(self) -> Any:
+        from exporters.profiles import shape_profile
+
+        return shape_profile(self.record, self.dims)
+
+
+def engine_key(ingredients: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``ingredients`` (sorted keys, no whitespace): the same in
+    every process, whatever ``PYTHONHASHSEED``."""
+    text = json.dumps(ingredients, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def content_digest(manifest: Manifest, record: ComponentRecord) -> str:
+    """The component's graph (its recorded sha256), every external-data file (content hash:
+    whole below 64 MB, else size with the first and last MiB) and the export's sources (role,
+    content hash, LoRA scale): another LoRA or scale is another digest even where a large
+    weights file's sampled bytes would not show it."""
+    from zoo.checkpoint import content_hash
+
+    data = {rel: content_hash(inside(manifest.root, rel, f"component {record.name!r} external data"))
+            for rel in sorted(record.external_data)}
+    sources = [[s.get("role"), s.get("hash"), s.get("scale")] for s in manifest.sources]
+    text = json.dumps({"graph": record.sha256, "data": data, "sources": sources}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def structure_digest(path: Path) -> str:
+    """sha256 of a graph without its initializers' values (names, dtypes and shapes kept): two
+    exports with the same digest differ only in weights, so an engine of one refits to the other."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        dims, dtype, name = list(t.dims), t.data_type, t.name
+        t.Clear()
+        t.name, t.data_type = name, dtype
+        t.dims.extend(dims)
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def parse_dims(items: tuple[str, ...]) -> dict[str, Range]:
+    """``--dim NAME=MIN:OPT:MAX`` (or ``NAME=N``) options."""
+    out: dict[str, Range] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise EnvelopeError(f"--dim {item!r}: expected NAME=MIN:OPT:MAX or NAME=N")
+        if name.strip() in out:
+            raise EnvelopeError(f"--dim {name.strip()} is given twice")
+        out[name.strip()] = Range.parse(value, what=f"--dim {item}")
+    return out
+
+
+def build_specs(manifest: Manifest, components: tuple[str, ...] = (), precision: str | None = None,
+                dims: Mapping[str, Range] | None = None, options: BuildOptions = BuildOptions()) -> list[BuildSpec]:
+    """The engines ``zoo build`` makes, every choice checked against the export before anything
+    is built: the components (all, or those named), the precision (``fp32`` / ``fp16`` / ``bf16``:
+    the graph carries its precision, so an export in another precision is refused, or with no
+    component named, only the components in that precision are built), and ``dims`` narrowed
+    inside the exported profile."""
+    for c in components:
+        manifest.component(c)
+    names = list(components or manifest.components)
+    if precision is not None:
+        want = PRECISION_NAMES[precision]
+        other = {n: manifest.components[n].precision for n in names if manifest.components[n].precision != want}
+        if components and other:
+            listed = ", ".join(f"{n} is {p}" for n, p in other.items())
+            raise ArtifactError(f"--precision {precision}: the export has no {want} graph of {listed}; the graph carries "
+                                f"its precision: re-export with `zoo export ... --precision {precision}`")
+        names = [n for n in names if n not in other]
+        if not names:
+            have = sorted({r.precision for r in manifest.components.values()})
+            raise ArtifactError(f"--precision {precision}: no component of {manifest.root} is exported in {want} "
+                                f"(it has {', '.join(have)}); re-export with `zoo export ... --precision {precision}`")
+    dims = dict(dims or {})
+    unused = [d for d in dims if not any(d in manifest.components[n].dims for n in names)]
+    if unused:
+        have = sorted({d for n in names for d, v in manifest.components[n].dims.items() if not v.is_derived and v.is_dynamic})
+        raise EnvelopeError(f"--dim {unused[0]}: no component being built has a dim {unused[0]!r}; "
+                            f"their dynamic dims are {', '.join(have) or 'none'}")
+    specs = []
+    for name in names:
+        record = manifest.components[name]
+        mine = {d: r for d, r in dims.items() if d in record.dims}
+        specs.append(BuildSpec(manifest.family, record, manifest.root / record.file, narrow_dims(record, mine), options,
+                               "", manifest.root))
+    return specs
+
+
+def with_content(spec: BuildSpec, manifest: Manifest) -> BuildSpec:
+    """``spec`` with its content digest (reads the export's files: done after the cheap checks)."""
+    return replace(spec, content=content_digest(manifest, spec.record))
+
+
+# --------------------------------------------------------------------------------------
+# The sidecar and cache entries
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """A cache entry whose sidecar was read and checked."""
+
+    folder: Path
+    sidecar: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.folder.name
+
+    @property
+    def plan(self) -> Path:
+        return self.folder / PLAN
+
+    @property
+    def component(self) -> str:
+        return self.sidecar["component"]
+
+    @property
+    def target(self) -> Target:
+        return Target(**self.sidecar["target"])
+
+    @property
+    def dims(self) -> dict[str, Dim]:
+        return {k: Dim.from_json(k, v) for k, v in self.sidecar["dims"].items()}
+
+    @property
+    def volume(self) -> int:
+        """How much the profile covers (to prefer the widest of several engines)."""
+        v = 1
+        for d in self.dims.values():
+            if not d.is_derived:
+                v *= d.max - d.min + 1
+        return v
+
+    def read_plan(self) -> bytes:
+        """The plan's bytes, after checking them against the sidecar's size and sha256."""
+        return check_plan(self)
+
+
+_SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": int, "key": str, "family": str, "component": str, "content": str, "structure": str,
+    "precision": str, "profile": dict, "dims": dict, "flags": dict, "target": dict, "plan": dict, "build": dict,
+}
+
+
+def read_sidecar(folder: Path) -> dict[str, Any]:
+    """``folder/engine.json``, checked field by field; :class:`ArtifactError` naming the problem."""
+    path = folder / SIDECAR
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing (an interrupted copy, or not an engine folder)")
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{path} is {type(d).__name__}, expected an object")
+    for name, kind in _SIDECAR_FIELDS.items():
+        if not isinstance(d.get(name), kind) or isinstance(d.get(name), bool):
+            raise ArtifactError(f"{path}: field {name!r} is {d.get(name, 'missing')!r:.60}, expected {getattr(kind, '__name__', kind)}")
+    if d["format"] != ENGINE_FORMAT:
+        raise ArtifactError(f"{path} has engine format {d['format']}, this zoo reads {ENGINE_FORMAT}: rebuild")
+    target, plan = d["target"], d["plan"]
+    if not all(isinstance(target.get(k), str) for k in ("tensorrt", "compute_capability", "gpu")):
+        raise ArtifactError(f"{path}: field 'target' is {target!r:.80}, expected tensorrt, compute_capability and gpu")
+    if not isinstance(plan.get("size"), int) or not isinstance(plan.get("sha256"), str):
+        raise ArtifactError(f"{path}: field 'plan' is {plan!r:.80}, expected size and sha256")
+    try:
+        for k, v in d["dims"].items():
+            Dim.from_json(k, v)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ArtifactError(f"{path}: field 'dims' is malformed ({e})") from None
+    if d["key"] != folder.name:
+        raise ArtifactError(f"{path} names key {d['key']}, but lies in folder {folder.name}: a moved or edited entry")
+    if engine_key(_ingredients_of(d)) != d["key"]:
+        raise ArtifactError(f"{path}: its recorded ingredients do not hash to its key: an edited sidecar")
+    return d
+
+
+def _ingredients_of(sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "format": sidecar["format"], "family": sidecar["family"], "component": sidecar["component"],
+        "content": sidecar["content"], "precision": sidecar["precision"], "profile": sidecar["profile"],
+        "flags": sidecar["flags"], "tensorrt": sidecar["target"]["tensorrt"],
+        "compute_capability": sidecar["target"]["compute_capability"],
+    }
+
+
+def check_target(entry: Entry, target: Target) -> None:
+    """Refuse, before deserializing, a plan built for another TensorRT version or GPU."""
+    built = entry.target
+    if (built.tensorrt, built.compute_capability) != (target.tensorrt, target.compute_capability):
+        raise EngineTargetError(
+            f"the engine {entry.folder} (component {entry.component!r}) was built for {built.describe()}; this machine "
+            f"has {target.describe()}, and a plan runs only where it was built: rebuild it here with "
+            f"`zoo build {entry.folder.parent.parent} --component {entry.component}`"
+        )
+
+
+def check_plan(entry: Entry) -> bytes:
+    """The plan's bytes if whole (size and sha256 as the sidecar says); :class:`ArtifactError` if
+    it is missing, empty, truncated or corrupted."""
+    path, want = entry.plan, entry.sidecar["plan"]
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing")
+    data = path.read_bytes()
+    if len(data) != want["size"]:
+        what = "empty" if not data else f"truncated ({len(data)} bytes)" if len(data) < want["size"] else f"{len(data)} bytes"
+        raise ArtifactError(f"{path} is {what}, its sidecar says {want['size']} bytes")
+    if hashlib.sha256(data).hexdigest() != want["sha256"]:
+        raise ArtifactError(f"{path} does not match the sha256 in its sidecar: corrupted")
+    return data
+
+
+def check_entry(folder: Path, target: Target | None = None, *, plan: bool = True) -> Entry:
+    """A cache entry whose sidecar is whole, built for ``target`` (when given) and whose plan
+    matches its sidecar (when ``plan``)."""
+    entry = Entry(folder, read_sidecar(folder))
+    if target is not None:
+        check_target(entry, target)
+    if plan:
+        check_plan(entry)
+    return entry
+
+
+def sidecar_for(spec: BuildSpec, target: Target, key: str, plan: Path, built: BuildResult, seconds: float,
+                structure: str, refit_from: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    import platform
+
+    import zoo
+
+    return {
+        "format": ENGINE_FORMAT,
+        "key": key,
+        "family": spec.family,
+        "component": spec.component,
+        "content": spec.content,
+        "structure": structure,
+        "precision": spec.precision,
+        "profile": spec.shapes(),
+        "dims": {k: d.to_json() for k, d in spec.dims.items()},
+        "flags": spec.flags,
+        "target": target.to_json(),
+        "plan": {"size": plan.stat().st_size, "sha256": file_digest(plan)},
+        "build": {
+            "seconds": round(seconds, 3),
+            "device_memory_bytes": built.device_memory,
+            "streamable_weights_bytes": built.streamable_weights,
+            "timing_cache": str(spec.options.timing_cache) if spec.options.timing_cache else None,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "zoo": zoo.__version__,
+            "onnx": spec.record.file,
+        },
+        "weight_streaming_budget": spec.options.weight_streaming_budget,
+        "refit_from": dict(refit_from) if refit_from else None,
+        "trtexec": shlex.join(spec.trtexec(Path(ENGINES_DIR) / key / PLAN)),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The cache: look up, build under a lock, publish atomically
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildResult:
+    """What a builder reports beside the plan file it wrote."""
+
+    device_memory: int | None = None
+    streamable_weights: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[BuildSpec, Path], BuildResult]  # writes the plan at the path it is given
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (two builders of one key: the second waits, then finds it built)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def engines_dir(root: Path) -> Path:
+    return root / ENGINES_DIR
+
+
+def get_or_build(spec: BuildSpec, target: Target, builder: Builder, *, rebuild: bool = False,
+                 refit_from: Mapping[str, Any] | None = None) -> tuple[Entry, bool]:
+    """The entry of ``spec`` for ``target``: the cached one when whole, else built by ``builder``
+    (an entry that is empty, truncated, corrupted or has a bad sidecar is rebuilt, never used).
+    Returns the entry and whether it was built. The plan is written in a staging folder and the
+    entry swapped in whole; a lock file makes a second builder of the same key wait for the first."""
+    if not spec.content:
+        raise ValueError("a build spec needs its content digest (with_content) before it is keyed")
+    key = spec.key(target)
+    folder = engines_dir(spec.root) / key
+    with _locked(engines_dir(spec.root) / f".{key}.lock"):
+        if folder.exists() and not rebuild:
+            try:
+                entry = check_entry(folder, target)
+                budget = spec.options.weight_streaming_budget
+                if spec.options.weight_streaming and budget and entry.sidecar.get("weight_streaming_budget") != budget:
+                    entry.sidecar["weight_streaming_budget"] = budget  # a runtime setting: not part of the key
+                    atomic_write_json(folder / SIDECAR, entry.sidecar)
+                return entry, False
+            except ArtifactError as e:
+                log.warning("%s; rebuilding it", e)
+        structure = structure_digest(spec.onnx)
+        with staged_dir(folder) as stage:
+            start = time.perf_counter()
+            built = builder(spec, stage / PLAN)
+            seconds = time.perf_counter() - start
+            plan = stage / PLAN
+            if not plan.is_file() or plan.stat().st_size == 0:
+                raise ExportError(f"the TensorRT builder wrote no plan for component {spec.component!r}")
+            atomic_write_json(stage / SIDECAR, sidecar_for(spec, target, key, plan, built, seconds, structure, refit_from))
+        return check_entry(folder, target), True
+
+
+def scan(root: Path) -> tuple[list[Entry], list[str]]:
+    """Every entry under ``root/engines`` whose sidecar reads (plans not yet hashed), and the
+    problems of those whose sidecar does not."""
+    entries, problems = [], []
+    folder = engines_dir(root)
+    if not folder.is_dir():
+        return entries, problems
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            entries.append(Entry(sub, read_sidecar(sub)))
+        except ArtifactError as e:
+            problems.append(str(e))
+    return entries, problems
+
+
+def find_engine(manifest: Manifest, record: ComponentRecord, target: Target) -> Entry:
+    """The engine of ``record`` in this export for ``target``, its plan checked (the widest profile
+    where several were built). Errors say what was found instead: nothing, entries that do not
+    read, engines of another export of the component, or of another TensorRT / GPU."""
+    entries, problems = scan(manifest.root)
+    build = f"`zoo build {manifest.root} --component {record.name}`"
+    mine = [e for e in entries if e.sidecar["family"] == manifest.family and e.component == record.name]
+    if not mine:
+        unreadable = f" ({len(problems)} unreadable: {problems[0]})" if problems else ""
+        raise ArtifactError(f"no TensorRT engine for component {record.name!r} under {engines_dir(manifest.root)}"
+                            f"{unreadable}: build it with {build}")
+    content = content_digest(manifest, record)
+    current = [e for e in mine if e.sidecar["content"] == content]
+    if not current:
+        raise ArtifactError(f"the engines of component {record.name!r} under {engines_dir(manifest.root)} were built "
+                            f"from another export of it (its graph, weights or sources changed since): rebuild with {build}")
+    here = [e for e in current if (e.target.tensorrt, e.target.compute_capability) == (target.tensorrt, target.compute_capability)]
+    if not here:
+        check_target(current[0], target)
+    entry = max(here, key=lambda e: (e.volume, e.sidecar["build"].get("built_at", "")))
+    try:
+        check_plan(entry)
+    except ArtifactError as e:
+        raise ArtifactError(f"{e}: rebuild it with {build}") from None
+    return entry
+
+
+# --------------------------------------------------------------------------------------
+# Refit: new weights into an engine of the same graph
+# --------------------------------------------------------------------------------------
+
+
+def check_refit_source(manifest: Manifest, other: Manifest, names: list[str]) -> dict[str, str]:
+    """Refuse ``--refit-from`` an export of another model: another family, a component it lacks,
+    or a graph that differs beyond its weights. Returns each component's structure digest."""
+    if other.family != manifest.family:
+        raise ArtifactError(f"--refit-from {other.root}: it is a {other.family} export, {manifest.root} is {manifest.family}; "
+                            f"refit takes the weights of another export of the same model")
+    digests = {}
+    for name in names:
+        if name not in other.components:
+            raise ArtifactError(f"--refit-from {other.root}: it has no component {name!r} (it has {', '.join(other.components)})")
+        mine = structure_digest(manifest.root / manifest.components[name].file)
+        theirs = structure_digest(other.root / other.components[name].file)
+        if mine != theirs:
+            raise ArtifactError(f"--refit-from {other.root}: component {name!r} is another graph there (layers, shapes or "
+                                f"operators differ, not only weights): an export of another model or configuration "
+                                f"cannot be refitted; build it with `zoo build {manifest.root}`")
+        digests[name] = mine
+    return digests
+
+
+def refit_entry(spec: BuildSpec, other: Manifest, target: Target, refitter: Callable[[bytes, Path, Path], BuildResult],
+                structure: str) -> tuple[Entry, bool]:
+    """The engine of ``spec``'s component, refitted with ``spec``'s weights from a refittable engine
+    of the same graph in ``other`` (its profile and flags are kept). Returns the entry and whether
+    it was made now (False: it was already cached)."""
+    candidates = [e for e in scan(other.root)[0] if e.component == spec.component and e.sidecar["structure"] == structure
+                  and e.sidecar["flags"].get("refittable")]
+    here = [e for e in candidates if (e.target.tensorrt, e.target.compute_capability) == (target.tensorrt, target.compute_capability)]
+    if not here:
+        if candidates:
+            check_target(candidates[0], target)
+        raise ArtifactError(f"--refit-from {other.root}: no refittable engine of component {spec.component!r} there; "
+                            f"build one with `zoo build {other.root} --component {spec.component} --refittable`")
+    source = max(here, key=lambda e: (e.volume, e.sidecar["build"].get("built_at", "")))
+    dims = source.dims
+    for name, dim in spec.record.dims.items():
+        d = dims.get(name)
+        if d is None or d.min < dim.min or d.max > dim.max:
+            raise EnvelopeError(f"--refit-from {other.root}: its engine of {spec.component!r} has the profile "
+                                f"{name} [{d.min if d else '?'}, {d.max if d else '?'}], outside this export's "
+                                f"[{dim.min}, {dim.max}]; build with `zoo build {spec.root}`")
+    flags = source.sidecar["flags"]
+    options = replace(spec.options, refittable=True, weight_streaming=bool(flags.get("weight_streaming")),
+                      workspace_gib=None if flags.get("workspace_bytes") is None else flags["workspace_bytes"] / (1 << 30))
+    spec = replace(spec, dims=dims, options=options)
+    plan = check_plan(source)
+    origin = {"export": str(other.root.resolve()), "key": source.key}
+
+    def refit(spec: BuildSpec, path: Path) -> BuildResult:
+        return refitter(plan, spec.onnx, path)
+
+    return get_or_build(spec, target, refit, refit_from=origin)
+
+
+# --------------------------------------------------------------------------------------
+# The part only TensorRT runs
+# --------------------------------------------------------------------------------------
+
+
+def _progress_monitor(desc: str) -> Any:
+    """A ``trt.IProgressMonitor`` drawing one progress bar per build phase."""
+    import tensorrt as trt
+    from tqdm.auto import tqdm
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.bars: dict[str, Any] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.bars[phase_name] = tqdm(total=num_steps, desc=f"{desc}: {phase_name}", leave=False,
+                                         position=len(self.bars))
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            bar = self.bars.get(phase_name)
+            if bar is not None:
+                bar.n = step + 1
+                bar.refresh()
+            return True  # keep building
+
+        def phase_finish(self, phase_name: str) -> None:
+            bar = self.bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+    return Monitor()
+
+
+def _write_plan(serialized: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        f.write(memoryview(serialized))
+
+
+def _engine_facts(engine: Any) -> BuildResult:
+    memory = getattr(engine, "device_memory_size_v2", None)
+    if memory is None:
+        memory = engine.device_memory_size
+    return BuildResult(device_memory=int(memory), streamable_weights=int(getattr(engine, "streamable_weights_size", 0) or 0))
+
+
+def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult:
+    """Build ``spec``'s engine with Polygraphy's loaders and write its plan to ``path``: one
+    optimization profile, strongly typed where the graph carries its precision, TF32 off, the
+    workspace limit, refit and weight-streaming flags, the timing cache loaded and saved."""
+    import tensorrt as trt
+    import torch
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath
+    from polygraphy.exception import PolygraphyException
+
+    o = spec.options
+    pools = None if o.workspace_gib is None else {trt.MemoryPoolType.WORKSPACE: int(o.workspace_gib * (1 << 30))}
+    cache = str(o.timing_cache) if o.timing_cache else None
+    config = CreateConfig(
+        profiles=[spec.profile()], tf32=False, refittable=o.refittable or None, weight_streaming=o.weight_streaming or None,
+        memory_pool_limits=pools, load_timing_cache=cache if cache and Path(cache).is_file() else None,
+        progress_monitor=_progress_monitor(f"build {spec.component}"),
+    )
+    network = NetworkFromOnnxPath(str(spec.onnx), strongly_typed=spec.flags["strongly_typed"])
+    try:
+        with torch.cuda.device(torch.device(device)):
+            engine = EngineFromNetwork(network, config, save_timing_cache=cache)()
+    except PolygraphyException as e:
+        raise ExportError(f"TensorRT could not build component {spec.component!r} from {spec.onnx}: "
+                          f"{str(e).strip().splitlines()[-1]}") from None
+    facts = _engine_facts(engine)
+    _write_plan(engine.serialize(), path)
+    return facts
+
+
+def refit_plan(plan: bytes, onnx: Path, path: Path, device: Any = "cuda") -> BuildResult:
+    """Deserialize a refittable ``plan``, refit every weight from ``onnx`` (TensorRT's ONNX parser
+    refitter) and write the refitted plan to ``path``."""
+    import tensorrt as trt
+    import torch
+    from polygraphy.backend.trt import get_trt_logger
+
+    logger = get_trt_logger()
+    with torch.cuda.device(torch.device(device)):
+        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        if engine is None:
+            raise ArtifactError("TensorRT could not deserialize the engine to refit")
+        refitter = trt.Refitter(engine, logger)
+        parser = trt.OnnxParserRefitter(refitter, logger)
+        if not parser.refit_from_file(str(onnx)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise ArtifactError(f"TensorRT could not refit from {onnx}: {errors or 'no error given'}")
+        missing = refitter.get_missing_weights()
+        if missing:
+            raise ArtifactError(f"TensorRT refit from {onnx} left {len(missing)} weights unset: {', '.join(missing[:5])}")
+        if not refitter.refit_cuda_engine():
+            raise ArtifactError(f"TensorRT could not refit the engine with the weights of {onnx}")
+    facts = _engine_facts(engine)
+    _write_plan(engine.serialize(), path)
+    return facts

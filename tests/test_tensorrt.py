@@ -1,0 +1,489 @@
+"""TensorRT engines: build specs and trtexec lines, the engine cache (keys, sidecars, corrupt
+entries, locking, refit), the backend's refusals, all through a builder passed in as a function
+so they run without TensorRT; and, marked ``tensorrt``, real engines where TensorRT and a GPU are."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_error, perturb_graph, zoo
+from exporters import tensorrt as engines
+from exporters.manifest import load_manifest
+from exporters.profiles import input_shapes
+from zoo.contract import Range
+from zoo.errors import ArtifactError, EnvelopeError, ExportError
+
+FAMILIES = ["pixart", "animatediff", "wan-animate", "unianimate-dit", "transformer-temporal"]
+HERE = engines.Target("10.8.0.43", "9.0", "NVIDIA H200")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fake_builder(calls: list | None = None, delay: float = 0.0):
+    """A builder that writes a plan naming what it built (and counts its calls)."""
+
+    def build(spec: engines.BuildSpec, path: Path) -> engines.BuildResult:
+        if calls is not None:
+            calls.append(spec.component)
+        time.sleep(delay)
+        path.write_bytes(b"PLAN " + json.dumps(spec.shapes(), sort_keys=True).encode())
+        return engines.BuildResult(device_memory=1 << 20)
+
+    return build
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def spec_of(export: Path, component: str = "transformer", **options) -> engines.BuildSpec:
+    manifest = load_manifest(export)
+    spec = engines.build_specs(manifest, (component,), options=engines.BuildOptions(**options))[0]
+    return engines.with_content(spec, manifest)
+
+
+# --------------------------------------------------------------------------------------
+# zoo build --dry-run: profiles and trtexec lines
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dry_run_prints_a_trtexec_line_per_component_bounded_by_the_manifest(tiny_export, family):
+    export = tiny_export(family)
+    manifest = load_manifest(export)
+    result = zoo("build", export, "--dry-run", "--workspace", "1.5")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("trtexec ")]
+    assert len(lines) == len(manifest.components)
+    assert not (export / "engines").exists()  # a dry run writes nothing
+    for line, (name, record) in zip(lines, manifest.components.items()):
+        cmd = shlex.split(line)
+        assert cmd[1:3] == [f"--onnx={export / record.file}", f"--saveEngine={export / 'engines' / (name + '.plan')}"]
+        assert "--noTF32" in cmd and "--memPoolSize=workspace:1536M" in cmd
+        assert ("--stronglyTyped" in cmd) == (record.precision != "float32")
+        flags = dict(c.split("=", 1) for c in cmd[1:] if "=" in c)
+        for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
+            want = {k: v for k, v in input_shapes(record, which).items()
+                    if input_shapes(record, "min")[k] != input_shapes(record, "max")[k]}
+            got = dict(item.split(":") for item in flags[flag].split(",")) if flag in flags else {}
+            assert {k: tuple(int(d) for d in v.split("x")) for k, v in got.items()} == want
+
+
+def test_dim_narrows_a_source_dim_and_its_derived_dims_follow(tiny_export):
+    export = tiny_export("animatediff")
+    decoder = load_manifest(export).component("vae_decoder")
+    latent = decoder.dims["latent_height"]
+    result = zoo("build", export, "--component", "vae_decoder", "--dim", f"latent_height={latent.min}:{latent.min}:{latent.opt}",
+                 "--dry-run")
+    assert result.exit_code == 0, result.output
+    cmd = shlex.split(result.output.splitlines()[-1])
+    flags = dict(c.split("=", 1) for c in cmd[1:] if "=" in c)
+    name = decoder.inputs[0].name
+    heights = [int(flags[f].split(":")[1].split("x")[2]) for f in ("--minShapes", "--optShapes", "--maxShapes")]
+    assert heights == [latent.min, latent.min, latent.opt]  # the latent input's own dim
+    spec = engines.build_specs(load_manifest(export), ("vae_decoder",), dims={"latent_height": Range(latent.min, latent.min, latent.opt)})[0]
+    pixels = spec.dims["height"]  # derived: 8 x latent_height
+    assert (pixels.min, pixels.max) == (decoder.dims["height"].value_from(latent.min), decoder.dims["height"].value_from(latent.opt))
+    assert name in flags["--minShapes"]
+
+
+@pytest.mark.parametrize("dim, message", [
+    ("latent_height=2:6:8", "outside the exported profile: latent_height must be in [4, 8]"),
+    ("height=32:48:64", "height is derived (height = 8 x latent_height): give --dim latent_height=... instead"),
+    ("latent_height=8:6:4", "expected MIN <= OPT <= MAX"),
+    ("bogus=1", "no component being built has a dim 'bogus'"),
+    ("latent_height", "expected NAME=MIN:OPT:MAX or NAME=N"),
+])
+def test_dim_outside_the_envelope_is_refused(tiny_export, dim, message):
+    assert_error(zoo("build", tiny_export("animatediff"), "--component", "vae_decoder", "--dim", dim, "--dry-run"), message)
+
+
+def test_component_or_precision_the_export_lacks_is_refused(tiny_export):
+    export = tiny_export("animatediff")
+    assert_error(zoo("build", export, "--component", "controlnet", "--dry-run"), "has no component 'controlnet'")
+    assert_error(zoo("build", export, "--precision", "fp16", "--dry-run"), "no component of")
+    assert_error(zoo("build", export, "--component", "unet", "--precision", "bf16", "--dry-run"),
+                 "--precision bf16: the export has no bfloat16 graph of unet is float32")
+
+
+def test_bad_build_options_are_usage_errors(tiny_export):
+    export = tiny_export("transformer-temporal", "default")
+    for args in (["--weight-streaming", "lots"], ["--weight-streaming", "120%"], ["--workspace", "0"], ["--workspace", "nan"]):
+        result = zoo("build", export, *args, "--dry-run")
+        assert result.exit_code == 2 and "Invalid value for" in result.output, result.output
+
+
+def test_build_without_tensorrt_says_what_is_missing(tiny_export, tmp_path):
+    if engines.unavailable() is None:
+        pytest.skip("TensorRT and a GPU are present: this checks their absence")
+    export = tiny_export("transformer-temporal", "default")
+    assert_error(zoo("build", export), "zoo build needs TensorRT and an NVIDIA GPU")
+    assert not (export / "engines").exists()
+
+
+def test_weight_streaming_budget():
+    assert [engines.parse_budget(b) for b in ("auto", "50%", "8g", "1024")] == ["auto", "50%", "8G", "1024"]
+    assert engines.budget_bytes("50%", 1000, lambda: 7) == 500
+    assert engines.budget_bytes("2M", 0, lambda: 7) == 2 << 20
+    assert engines.budget_bytes("auto", 1000, lambda: 7) == 7
+    with pytest.raises(EnvelopeError, match="expected auto, a percentage"):
+        engines.parse_budget("-1")
+
+
+# --------------------------------------------------------------------------------------
+# Cache keys
+# --------------------------------------------------------------------------------------
+
+
+def test_key_is_the_same_in_another_process(copied_export):
+    key = spec_of(copied_export).key(HERE)
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_tensorrt import spec_of, HERE; from pathlib import Path; "
+            f"print(spec_of(Path({str(copied_export)!r})).key(HERE))")
+    for seed in ("1", "12345"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert out.stdout.strip() == key
+
+
+def test_key_changes_with_each_ingredient_and_only_with_them(copied_export, tmp_path):
+    base = spec_of(copied_export)
+    key = base.key(HERE)
+    frames = base.record.dims["frames"]
+    changed = {
+        "target tensorrt": base.key(replace(HERE, tensorrt="10.3.0")),
+        "target compute capability": base.key(replace(HERE, compute_capability="8.7")),
+        "precision": replace(base, record=replace(base.record, precision="float16")).key(HERE),
+        "profile": replace(base, dims={**base.dims, "frames": replace(frames, max=frames.min)}).key(HERE),
+        "refittable": replace(base, options=engines.BuildOptions(refittable=True)).key(HERE),
+        "weight streaming": replace(base, options=engines.BuildOptions(weight_streaming=True)).key(HERE),
+        "workspace": replace(base, options=engines.BuildOptions(workspace_gib=2)).key(HERE),
+        "component": replace(base, record=replace(base.record, name="other")).key(HERE),
+    }
+    assert all(k != key for k in changed.values()), changed
+    assert len(set(changed.values())) == len(changed)
+    same = [  # not part of the plan: a timing cache, the streaming budget (run time), the GPU's name
+        replace(base, options=engines.BuildOptions(timing_cache=tmp_path / "t.cache")).key(HERE),
+        base.key(replace(HERE, gpu="NVIDIA H100")),
+    ]
+    assert same == [key, key]
+    perturb_graph(copied_export, "transformer", lambda w: w + 1)  # other weights
+    assert spec_of(copied_export).key(HERE) != key
+
+
+def test_content_digest_covers_the_sources_lora_scale(copied_export):
+    manifest = load_manifest(copied_export)
+    record = manifest.component("transformer")
+    digest = engines.content_digest(manifest, record)
+    manifest.sources = [dict(s, scale=0.5) for s in manifest.sources]
+    assert engines.content_digest(manifest, record) != digest
+
+
+# --------------------------------------------------------------------------------------
+# The cache through a builder function
+# --------------------------------------------------------------------------------------
+
+
+def test_builds_once_then_uses_the_cache(copied_export):
+    calls: list = []
+    spec = spec_of(copied_export)
+    entry, built = engines.get_or_build(spec, HERE, fake_builder(calls))
+    assert built and calls == ["transformer"]
+    assert entry.folder == copied_export / "engines" / spec.key(HERE)
+    sidecar = json.loads((entry.folder / "engine.json").read_text())
+    assert sidecar["key"] == spec.key(HERE) and sidecar["component"] == "transformer"
+    assert sidecar["target"] == HERE.to_json() and sidecar["precision"] == "float32"
+    assert sidecar["plan"]["size"] == entry.plan.stat().st_size and sidecar["build"]["device_memory_bytes"] == 1 << 20
+    assert sidecar["profile"] == spec.shapes() and sidecar["trtexec"].startswith("trtexec --onnx=")
+    assert f"--saveEngine=engines/{spec.key(HERE)}/engine.plan" in sidecar["trtexec"]
+    again, built = engines.get_or_build(spec_of(copied_export), HERE, fake_builder(calls))
+    assert not built and calls == ["transformer"] and again.folder == entry.folder
+    assert sorted(p.name for p in (copied_export / "engines").iterdir()) == [f".{entry.key}.lock", entry.key]
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda e: e.plan.write_bytes(b""), "is empty"),
+    (lambda e: e.plan.write_bytes(e.plan.read_bytes()[:7]), "is truncated"),
+    (lambda e: e.plan.write_bytes(e.plan.read_bytes()[::-1]), "does not match the sha256"),
+    (lambda e: e.plan.unlink(), "engine.plan is missing"),
+    (lambda e: (e.folder / "engine.json").unlink(), "engine.json is missing"),
+    (lambda e: (e.folder / "engine.json").write_text("{not json"), "is not readable JSON"),
+    (lambda e: (e.folder / "engine.json").write_text(
+        (e.folder / "engine.json").read_text().replace('"precision": "float32"', '"precision": "float16"')),
+     "do not hash to its key"),
+])
+def test_a_damaged_entry_is_rebuilt_never_used(copied_export, caplog, damage, what):
+    calls: list = []
+    spec = spec_of(copied_export)
+    entry, _ = engines.get_or_build(spec, HERE, fake_builder(calls))
+    good = entry.plan.read_bytes()
+    damage(entry)
+    with caplog.at_level("WARNING"):
+        again, built = engines.get_or_build(spec, HERE, fake_builder(calls))
+    assert built and calls == ["transformer", "transformer"]
+    assert what in caplog.text and "rebuilding it" in caplog.text
+    assert again.plan.read_bytes() == good and again.read_plan() == good
+
+
+def test_a_failed_build_leaves_nothing_half_written(copied_export):
+    spec = spec_of(copied_export)
+
+    def broken(spec, path):
+        path.write_bytes(b"half a plan")
+        raise ExportError("TensorRT could not build component 'transformer': out of memory")
+
+    with pytest.raises(ExportError, match="out of memory"):
+        engines.get_or_build(spec, HERE, broken)
+    with pytest.raises(ExportError, match="wrote no plan"):
+        engines.get_or_build(spec, HERE, lambda spec, path: engines.BuildResult())
+    assert [p.name for p in (copied_export / "engines").iterdir()] == [f".{spec.key(HERE)}.lock"]
+
+
+def _build_in_child(export: str, log: str) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    calls: list = []
+    engines.get_or_build(spec_of(Path(export)), HERE, fake_builder(calls, delay=1.0))
+    with open(log, "a") as f:
+        f.write("built\n" if calls else "cached\n")
+
+
+def test_two_builders_of_one_key_build_once(copied_export, tmp_path):
+    import multiprocessing
+
+    log = tmp_path / "log"
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_build_in_child, args=(str(copied_export), str(log))) for _ in range(2)]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(60)
+        assert c.exitcode == 0
+    assert sorted(log.read_text().split()) == ["built", "cached"]
+    engines.check_entry(copied_export / "engines" / spec_of(copied_export).key(HERE), HERE)
+
+
+def test_the_streaming_budget_is_recorded_without_a_rebuild(copied_export):
+    calls: list = []
+    first, _ = engines.get_or_build(spec_of(copied_export, weight_streaming=True, weight_streaming_budget="auto"), HERE,
+                                    fake_builder(calls))
+    second, built = engines.get_or_build(spec_of(copied_export, weight_streaming=True, weight_streaming_budget="40%"), HERE,
+                                         fake_builder(calls))
+    assert not built and calls == ["transformer"] and second.folder == first.folder
+    assert json.loads((first.folder / "engine.json").read_text())["weight_streaming_budget"] == "40%"
+    assert "--weightStreaming" in first.sidecar["trtexec"] and "--stronglyTyped" in first.sidecar["trtexec"]
+
+
+# --------------------------------------------------------------------------------------
+# Finding the engine to run, and its refusals (also through `zoo run --backend tensorrt`)
+# --------------------------------------------------------------------------------------
+
+
+def test_find_engine_prefers_the_widest_profile_and_refuses_other_targets(copied_export):
+    manifest = load_manifest(copied_export)
+    record = manifest.component("transformer")
+    with pytest.raises(ArtifactError, match="no TensorRT engine for component 'transformer'"):
+        engines.find_engine(manifest, record, HERE)
+    full = spec_of(copied_export)
+    frames = full.dims["frames"]
+    narrow = replace(full, dims={**full.dims, "frames": replace(frames, max=frames.opt)})
+    engines.get_or_build(narrow, HERE, fake_builder())
+    wide, _ = engines.get_or_build(full, HERE, fake_builder())
+    assert engines.find_engine(manifest, record, HERE).folder == wide.folder
+    with pytest.raises(engines.EngineTargetError, match=r"was built for TensorRT 10\.8\.0\.43 on compute capability 9\.0 "
+                                                        r"\(NVIDIA H200\); this machine has TensorRT 10\.3\.0 on compute capability 8\.7"):
+        engines.find_engine(manifest, record, engines.Target("10.3.0", "8.7", "Orin"))
+
+
+def test_find_engine_refuses_engines_of_another_export(copied_export):
+    engines.get_or_build(spec_of(copied_export), HERE, fake_builder())
+    perturb_graph(copied_export, "transformer", lambda w: w * 2)
+    manifest = load_manifest(copied_export)
+    with pytest.raises(ArtifactError, match="were built from another export of it"):
+        engines.find_engine(manifest, manifest.component("transformer"), HERE)
+
+
+@pytest.fixture
+def tensorrt_here(monkeypatch):
+    """This process believes it has TensorRT on ``HERE`` (nothing past the engine lookup runs)."""
+    monkeypatch.setattr(engines, "current_target", lambda device="cuda": HERE)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (None, "no TensorRT engine for component 'text_encoder'"),
+    ("other target", "was built for TensorRT 10.3.0 on compute capability 8.7 (Orin); this machine has TensorRT 10.8.0.43"),
+    ("truncate", "is truncated"),
+    ("corrupt", "does not match the sha256 in its sidecar: corrupted: rebuild it with `zoo build"),
+    ("no sidecar", "engine.json is missing"),
+    ("not json", "is not readable JSON"),
+])
+def test_the_backend_refuses_a_bad_engine_folder_before_deserializing(tiny_export, tmp_path, tensorrt_here, damage, message):
+    """What `zoo run / parity / bench --backend tensorrt` meet first (an ArtifactError: one
+    `error:` line, exit 2). The sampler and parity put their tensors on the GPU before the first
+    engine loads, which a CPU-only torch cannot, so the refusal is checked at the backend here."""
+    from runtimes.backends import load_backend
+
+    export = _copy(tiny_export("pixart", "sigma"), tmp_path / "pixart")
+    if damage is not None:
+        target = engines.Target("10.3.0", "8.7", "Orin") if damage == "other target" else HERE
+        entry, _ = engines.get_or_build(spec_of(export, "text_encoder"), target, fake_builder())
+        if damage == "truncate":
+            entry.plan.write_bytes(entry.plan.read_bytes()[:5])
+        elif damage == "corrupt":
+            entry.plan.write_bytes(entry.plan.read_bytes()[::-1])
+        elif damage == "no sidecar":
+            (entry.folder / "engine.json").unlink()
+        elif damage == "not json":
+            (entry.folder / "engine.json").write_text("]")
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        load_backend("tensorrt", load_manifest(export), "text_encoder", "cuda")
+
+
+def test_refit_from_engines_of_another_gpu_is_one_error(copied_export, other_weights, tmp_path, tensorrt_here, monkeypatch):
+    other = _copy(other_weights, tmp_path / "other")
+    engines.get_or_build(spec_of(other, refittable=True), engines.Target("10.3.0", "8.7", "Orin"), fake_builder())
+    monkeypatch.setattr(engines, "unavailable", lambda device="cuda": None)
+    assert_error(zoo("build", copied_export, "--refit-from", other),
+                 "was built for TensorRT 10.3.0 on compute capability 8.7 (Orin)")
+    assert not (copied_export / "engines").exists() or not any((copied_export / "engines").glob("*/engine.plan"))
+
+
+def test_build_rebuilds_a_corrupted_plan_through_the_command(copied_export, tensorrt_here, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(engines, "unavailable", lambda device="cuda": None)
+    monkeypatch.setattr(engines, "build_plan", lambda spec, path, device: fake_builder(calls)(spec, path))
+    result = zoo("build", copied_export)
+    assert result.exit_code == 0, result.output
+    assert "transformer: " in result.output and "built in" in result.output and calls == ["transformer"]
+    result = zoo("build", copied_export)
+    assert "cached" in result.output and calls == ["transformer"]
+    plan = next((copied_export / "engines").glob("*/engine.plan"))
+    plan.write_bytes(plan.read_bytes()[:3])
+    result = zoo("build", copied_export)
+    assert "built in" in result.output and calls == ["transformer"] * 2
+    engines.check_entry(plan.parent, HERE)
+
+
+# --------------------------------------------------------------------------------------
+# Refit
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """The tiny transformer-temporal model with other random weights: same graph, new weights."""
+    out = tmp_path_factory.mktemp("refit") / "seed1"
+    result = zoo("export", "transformer-temporal", "--tiny", "--seed", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_refit_from_an_export_of_another_model_is_refused(copied_export, tiny_export, other_weights, tmp_path):
+    assert_error(zoo("build", copied_export, "--refit-from", tiny_export("pixart", "sigma"), "--dry-run"),
+                 "it is a pixart export")
+    assert_error(zoo("build", copied_export, "--refit-from", tiny_export("transformer-temporal", "single-group"), "--dry-run"),
+                 "component 'transformer' is another graph there")
+    result = zoo("build", copied_export, "--refit-from", other_weights, "--dry-run")
+    assert result.exit_code == 0, result.output
+    result = zoo("build", copied_export, "--refit-from", other_weights, "--refittable")
+    assert result.exit_code == 2 and "--refit-from keeps the flags" in result.output
+
+
+def test_refit_keeps_the_source_engine_profile_and_flags(copied_export, other_weights, tmp_path):
+    other_weights = _copy(other_weights, tmp_path / "other")
+    theirs = spec_of(other_weights, refittable=True, workspace_gib=1)
+    frames = theirs.dims["frames"]
+    theirs = replace(theirs, dims={**theirs.dims, "frames": replace(frames, max=frames.opt)})
+    source, _ = engines.get_or_build(theirs, HERE, fake_builder())
+    refits = []
+
+    def refitter(plan: bytes, onnx: Path, path: Path) -> engines.BuildResult:
+        refits.append((plan, onnx))
+        path.write_bytes(plan + b" refitted")
+        return engines.BuildResult()
+
+    manifest, other = load_manifest(copied_export), load_manifest(other_weights)
+    structure = engines.check_refit_source(manifest, other, ["transformer"])["transformer"]
+    entry, made = engines.refit_entry(spec_of(copied_export), other, HERE, refitter, structure)
+    assert made and refits == [(source.plan.read_bytes(), copied_export / "transformer" / "model.onnx")]
+    assert entry.sidecar["refit_from"] == {"export": str(other_weights.resolve()), "key": source.key}
+    assert entry.sidecar["flags"] == source.sidecar["flags"] and entry.sidecar["profile"] == source.sidecar["profile"]
+    assert entry.sidecar["content"] == engines.content_digest(manifest, manifest.component("transformer"))
+    assert engines.find_engine(manifest, manifest.component("transformer"), HERE).folder == entry.folder
+    with pytest.raises(engines.EngineTargetError, match="was built for TensorRT 10.8.0.43"):
+        engines.refit_entry(spec_of(copied_export), other, engines.Target("10.9.0", "9.0", "H200"), refitter, structure)
+
+
+def test_refit_needs_a_refittable_engine(copied_export, other_weights, tmp_path):
+    other_weights = _copy(other_weights, tmp_path / "other")
+    engines.get_or_build(spec_of(other_weights), HERE, fake_builder())  # not refittable
+    manifest, other = load_manifest(copied_export), load_manifest(other_weights)
+    structure = engines.check_refit_source(manifest, other, ["transformer"])["transformer"]
+    with pytest.raises(ArtifactError, match="no refittable engine of component 'transformer' there"):
+        engines.refit_entry(spec_of(copied_export), other, HERE, lambda *a: engines.BuildResult(), structure)
+
+
+# --------------------------------------------------------------------------------------
+# Real engines: where TensorRT and a GPU are
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tensorrt_engines_pass_parity_at_every_corner(tiny_export, tmp_path, family):
+    export = _copy(tiny_export(family), tmp_path / family)
+    result = zoo("build", export)
+    assert result.exit_code == 0, result.output
+    assert len(list((export / "engines").glob("*/engine.plan"))) == len(load_manifest(export).components)
+    result = zoo("parity", export, "--backend", "tensorrt", "--json", tmp_path / "parity.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["backend"] == "tensorrt" and report["rows"] and all(r["status"] == "pass" for r in report["rows"])
+    result = zoo("bench", export, "--backend", "tensorrt", "--iterations", "3")
+    assert result.exit_code == 0, result.output
+    assert "cached" in zoo("build", export).output
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_engine_computes_the_reference_and_a_wrong_engine_fails(tmp_path, tiny_export):
+    import torch
+
+    from runtimes.backends import TorchBackend, load_backend, load_reference
+    from zoo.registry import get_family
+
+    export = _copy(tiny_export("transformer-temporal", "default"), tmp_path / "tt")
+    assert zoo("build", export).exit_code == 0
+    manifest = load_manifest(export)
+    feeds = get_family(manifest.family).component("transformer").sample_inputs(load_reference(manifest),
+                                                                               manifest.component("transformer").point())
+    with TorchBackend(manifest, "transformer", "cuda") as ref:
+        want = ref(feeds)
+    got = load_backend("tensorrt", manifest, "transformer", "cuda")(feeds)
+    for k in want:
+        torch.testing.assert_close(got[k].float(), want[k].float(), rtol=1e-3, atol=1e-4)
+    perturb_graph(export, "transformer", lambda w: w * 0)  # another graph: its engine is stale, then rebuilt wrong
+    assert zoo("build", export).exit_code == 0
+    assert zoo("parity", export, "--backend", "tensorrt", "--no-end-to-end").exit_code == 2  # parity fails
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_refit_and_weight_streaming(tmp_path, other_weights, tiny_export):
+    export = _copy(tiny_export("transformer-temporal", "default"), tmp_path / "tt")
+    other = _copy(other_weights, tmp_path / "other")
+    assert zoo("build", other, "--refittable").exit_code == 0
+    result = zoo("build", export, "--refit-from", other)
+    assert result.exit_code == 0 and "refitted from" in result.output, result.output
+    assert zoo("parity", export, "--backend", "tensorrt").exit_code == 0
+    streamed = _copy(tiny_export("transformer-temporal", "default"), tmp_path / "ws")
+    assert zoo("build", streamed, "--weight-streaming", "50%").exit_code == 0
+    assert zoo("parity", streamed, "--backend", "tensorrt").exit_code == 0
