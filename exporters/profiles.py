@@ -72,29 +72,21 @@ def narrow_dims(record: ComponentRecord, ranges: Mapping[str, Range]) -> dict[st
     return dims
 
 
-def strongly_typed(record: ComponentRecord, weight_streaming: bool = False) -> bool:
-    """A reduced-precision graph is built strongly typed: TensorRT then keeps every tensor in
-    the dtype the graph gives it (the fp32 islands are Casts in the graph), which is the graph
-    parity checked. Weight streaming needs a strongly typed network too."""
-    return record.precision != "float32" or weight_streaming
-
-
 def trtexec_command(record: ComponentRecord, onnx_path: str, engine_path: str, *, dims: Dims | None = None,
                     workspace_gib: float | None = None, timing_cache: str | None = None, refittable: bool = False,
                     weight_streaming: bool = False, weight_streaming_budget: str | None = None) -> list[str]:
     """NVIDIA's ``trtexec`` line that builds this component's engine: its ONNX, one optimization
     profile with ``--minShapes/--optShapes/--maxShapes`` for every dynamic input (``dims``, by
-    default the manifest's; derived dims following their source), strongly typed where the graph
-    carries a reduced precision, and without TF32 (fp32 stays fp32, as parity checked it)."""
+    default the manifest's; derived dims following their source), strongly typed: every tensor in
+    the dtype the graph (TensorRT 11 builds nothing else; 10.x needs the flag), and without TF32 (fp32 stays
+    fp32, as parity checked it)."""
     cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     names = dynamic_inputs(record, dims)
     if names:
         for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
             shapes = input_shapes(record, which, dims)
             cmd.append(f"{flag}=" + ",".join(f"{n}:{'x'.join(map(str, shapes[n]))}" for n in names))
-    if strongly_typed(record, weight_streaming):
-        cmd.append("--stronglyTyped")
-    cmd.append("--noTF32")
+    cmd += ["--stronglyTyped", "--noTF32"]
     if workspace_gib is not None:
         cmd.append(f"--memPoolSize=workspace:{max(1, round(workspace_gib * 1024))}M")
     if timing_cache:

@@ -31,7 +31,7 @@ from typing import Any
 
 from exporters.artifacts import atomic_write_json, file_digest, staged_dir
 from exporters.manifest import ComponentRecord, Manifest, inside
-from exporters.profiles import input_shapes, narrow_dims, strongly_typed, trtexec_command
+from exporters.profiles import input_shapes, narrow_dims, trtexec_command
 from zoo.contract import Dim, Range
 from zoo.errors import ArtifactError, BackendUnavailableError, EnvelopeError, ExportError, InputError
 
@@ -149,9 +149,11 @@ class BuildOptions:
     weight_streaming_budget: str | None = None
     timing_cache: Path | None = None
 
-    def flags(self, record: ComponentRecord) -> dict[str, Any]:
+    def flags(self) -> dict[str, Any]:
         return {
-            "strongly_typed": strongly_typed(record, self.weight_streaming),
+            # the graph carries its precision, fp32 islands as Casts: TensorRT keeps every tensor's
+            # dtype (the only mode of TensorRT 11; 10.x needs it for reduced precision and weight streaming)
+            "strongly_typed": True,
             "tf32": False,
             "workspace_bytes": None if self.workspace_gib is None else int(self.workspace_gib * (1 << 30)),
             "refittable": self.refittable,
@@ -181,7 +183,7 @@ class BuildSpec:
 
     @property
     def flags(self) -> dict[str, Any]:
-        return self.options.flags(self.record)
+        return self.options.flags()
 
     def shapes(self) -> dict[str, dict[str, list[int]]]:
         """Every input's min / opt / max shape."""
@@ -689,7 +691,7 @@ def _engine_facts(engine: Any) -> BuildResult:
 
 def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult:
     """Build ``spec``'s engine with Polygraphy's loaders and write its plan to ``path``: one
-    optimization profile, strongly typed where the graph carries its precision, TF32 off, the
+    optimization profile, strongly typed (the graph carries its precision), TF32 off, the
     workspace limit, refit and weight-streaming flags, the timing cache loaded and saved."""
     import tensorrt as trt
     import torch

@@ -217,7 +217,7 @@ def test_trtexec_lines_bound_every_dynamic_input_by_the_manifest(tiny_export, fa
     for name, record in manifest.components.items():
         cmd = trtexec_command(record, f"{name}/model.onnx", f"engines/{name}.plan", workspace_gib=2)
         assert cmd[:3] == ["trtexec", f"--onnx={name}/model.onnx", f"--saveEngine=engines/{name}.plan"]
-        assert "--memPoolSize=workspace:2048M" in cmd and ("--stronglyTyped" in cmd) == (record.precision != "float32")
+        assert "--memPoolSize=workspace:2048M" in cmd and "--stronglyTyped" in cmd and "--noTF32" in cmd
         flags = dict(c.split("=", 1) for c in cmd[1:] if "=" in c)
         dynamic = dynamic_inputs(record)
         for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):

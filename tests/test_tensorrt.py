@@ -71,8 +71,7 @@ def test_dry_run_prints_a_trtexec_line_per_component_bounded_by_the_manifest(tin
     for line, (name, record) in zip(lines, manifest.components.items()):
         cmd = shlex.split(line)
         assert cmd[1:3] == [f"--onnx={export / record.file}", f"--saveEngine={export / 'engines' / (name + '.plan')}"]
-        assert "--noTF32" in cmd and "--memPoolSize=workspace:1536M" in cmd
-        assert ("--stronglyTyped" in cmd) == (record.precision != "float32")
+        assert "--noTF32" in cmd and "--stronglyTyped" in cmd and "--memPoolSize=workspace:1536M" in cmd
         flags = dict(c.split("=", 1) for c in cmd[1:] if "=" in c)
         for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
             want = {k: v for k, v in input_shapes(record, which).items()
@@ -281,7 +280,7 @@ def test_the_streaming_budget_is_recorded_without_a_rebuild(copied_export):
                                          fake_builder(calls))
     assert not built and calls == ["transformer"] and second.folder == first.folder
     assert json.loads((first.folder / "engine.json").read_text())["weight_streaming_budget"] == "40%"
-    assert "--weightStreaming" in first.sidecar["trtexec"] and "--stronglyTyped" in first.sidecar["trtexec"]
+    assert "--weightStreaming --weightStreamingBudget=-1" in first.sidecar["trtexec"]
 
 
 # --------------------------------------------------------------------------------------
