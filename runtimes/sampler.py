@@ -138,15 +138,58 @@ def scheduler_class(name: str) -> type:
     return cls
 
 
-def configure_pipeline(pipeline: Any, request: Request, *, progress: bool = True) -> Any:
+def configure_pipeline(pipeline: Any, request: Request, *, progress: bool = True,
+                       on_step: Callable[[dict[str, int]], None] | None = None) -> Any:
     """The request's set-up on a pipeline: the scheduler class swapped on the checkpoint's own
-    scheduler config, then the set-up calls (``enable_free_init`` ...), then the progress bar."""
+    scheduler config, then the set-up calls (``enable_free_init`` ...), then the progress bar.
+    ``on_step`` is told of every step of every progress bar the pipeline opens (a FreeInit pass
+    or a video segment each opens one): ``{"bar": n, "step": k, "total": t}``."""
     if request.scheduler is not None:
         pipeline.scheduler = scheduler_class(request.scheduler).from_config(pipeline.scheduler.config)
     for method, kwargs in request.setup.items():
         getattr(pipeline, method)(**kwargs)
     pipeline.set_progress_bar_config(desc="sampling", leave=False, disable=not progress)
+    if on_step is not None:
+        bars = pipeline.progress_bar
+        count = [0]
+
+        def progress_bar(iterable: Any = None, total: int | None = None) -> _StepEvents:
+            count[0] += 1
+            return _StepEvents(bars(iterable=iterable, total=total), on_step, count[0])
+
+        pipeline.progress_bar = progress_bar
     return pipeline
+
+
+class _StepEvents:
+    """A pipeline's progress bar that also reports each step (used as an iterable or with
+    ``update``, as diffusers pipelines use theirs)."""
+
+    def __init__(self, bar: Any, on_step: Callable[[dict[str, int]], None], number: int) -> None:
+        self.bar, self.on_step, self.number, self.done = bar, on_step, number, 0
+
+    def _report(self, n: int) -> None:
+        self.done += n
+        self.on_step({"bar": self.number, "step": self.done, "total": int(self.bar.total or 0)})
+
+    def __iter__(self):
+        for item in self.bar:
+            yield item
+            self._report(1)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self._report(n)
+
+    def __enter__(self) -> _StepEvents:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bar, name)
 
 
 def run_pipeline(family: Any, pipeline: Any, request: Request, seed: int) -> np.ndarray:
@@ -183,17 +226,21 @@ class Sampler:
         self.host = {name: _load_host_module(self.manifest.root / name, info)
                      for name, info in self.manifest.host_modules.items()}
 
-    def pipeline(self, request: Request, *, progress: bool = True) -> Any:
+    def pipeline(self, request: Request, *, progress: bool = True,
+                 on_step: Callable[[dict[str, int]], None] | None = None) -> Any:
         """The family's pipeline for ``request`` on backend modules, configured."""
         modules: dict[str, Any] = dict(self.host)
         for slot in self.family.pipeline_slots:  # every slot's components are there (checked in __init__)
             modules[slot.attribute] = BackendModule(slot, self.manifest.configs[slot.module], self.runners, self.device)
-        return configure_pipeline(self.family.build_pipeline(request, modules), request, progress=progress)
+        return configure_pipeline(self.family.build_pipeline(request, modules), request, progress=progress,
+                                  on_step=on_step)
 
-    def __call__(self, request: Request, seed: int = 0, *, progress: bool = True) -> np.ndarray:
-        """Generate: the float array of ``output_type="np"`` ((N,H,W,3) images or (B,F,H,W,3) videos)."""
+    def __call__(self, request: Request, seed: int = 0, *, progress: bool = True,
+                 on_step: Callable[[dict[str, int]], None] | None = None) -> np.ndarray:
+        """Generate: the float array of ``output_type="np"`` ((N,H,W,3) images or (B,F,H,W,3) videos);
+        ``on_step`` hears of each denoising step (see :func:`configure_pipeline`)."""
         check_request(self.manifest, request)
-        return run_pipeline(self.family, self.pipeline(request, progress=progress), request, seed)
+        return run_pipeline(self.family, self.pipeline(request, progress=progress, on_step=on_step), request, seed)
 
     def record_inputs(self, component: str, feed: str) -> list[torch.Tensor]:
         """Record ``feed`` of every call to ``component`` (the denoiser's latents: the trajectory)."""

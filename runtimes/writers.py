@@ -195,6 +195,19 @@ def write_video(frames: np.ndarray, out: Path, *, fps: int = 8) -> list[Path]:
     return _write_files(videos, out, int(fps), _encode_gif)
 
 
+def check_output_path(output_format: str, out: Path) -> None:
+    """``--out`` must suit the request's output (``images``: .png / .npy; ``video``: .mp4 / .gif /
+    .npy or a folder for PNG frames) and lie in a folder; :class:`InputError` otherwise."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if output_format == "images" and suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"--out {out}: expected a {' or '.join(IMAGE_SUFFIXES)} file")
+    if output_format == "video" and suffix and suffix not in VIDEO_SUFFIXES:
+        raise InputError(f"--out {out}: expected a {', '.join(VIDEO_SUFFIXES)} file, or a folder for PNG frames")
+    if (out.is_dir() and output_format == "images") or (out.parent.exists() and not out.parent.is_dir()):
+        raise InputError(f"--out {out}: expected a file path in a folder")
+
+
 def write_output(array: np.ndarray, out: Path, *, fps: int = 8) -> list[Path]:
     """Write a pipeline's ``output_type="np"`` result: rank 4 (N, H, W, 3) images through
     :func:`write_images` (``.png`` / ``.npy``), rank 5 (B, F, H, W, 3) video through :func:`write_video`."""

@@ -853,6 +853,12 @@ class UniAnimateLoop:
     def set_progress_bar_config(self, disable: bool = False, **_: Any) -> None:
         self.progress = not disable
 
+    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
+        """The denoising loop's bar, as a diffusers pipeline makes it (``zoo serve`` reports its steps)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc="sampling", leave=False, disable=not self.progress)
+
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if name in self.calls:
             self.calls[name] += 1
@@ -918,7 +924,6 @@ class UniAnimateLoop:
     def __call__(self, *, image, pose_video, ref_pose, prompt="", negative_prompt="", height, width,
                  num_inference_steps=50, guidance_scale=1.5, long_video=False, context_frames=21, context_overlap=4,
                  teacache=None, tiled=True, generator=None, output_type="np") -> _Output:
-        from tqdm.auto import tqdm
 
         pose = torch.from_numpy(_stack(pose_video)).permute(3, 0, 1, 2)[None].float()  # (1, 3, F, H, W) 0..255
         frames = pose.shape[2]
@@ -945,7 +950,7 @@ class UniAnimateLoop:
             plan = teacache_plan([self._run("time_embedding", {"timestep": t})["t_mod"] for t in timesteps], teacache)
         residuals: dict = {}
         latents = noise
-        for i in tqdm(range(num_inference_steps), desc="sampling", leave=False, disable=not self.progress):
+        for i in self.progress_bar(range(num_inference_steps)):
             t, dsigma = timesteps[i], sigmas[i + 1] - sigmas[i]
             if not long_video:
                 v = self._velocity(latents, t, (text_pos, text_neg, clip, y, poses[0], guidance_scale), 0, plan[i], residuals)
