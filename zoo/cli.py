@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from zoo.errors import ZooError
+from zoo.options import FiniteFloat, click_option
 
 class ZooGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
@@ -40,32 +41,6 @@ class ZooGroup(click.Group):
             sys.exit(1)
 
 
-class FiniteFloat(click.ParamType):
-    """A finite float (``nan`` and ``inf`` are usage errors), optionally bounded."""
-
-    name = "float"
-
-    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
-        self.low, self.high, self.low_open = low, high, low_open
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        import math
-
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number.", param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        below = self.low is not None and (number <= self.low if self.low_open else number < self.low)
-        above = self.high is not None and number > self.high
-        if below or above:
-            lo = "" if self.low is None else f"{self.low:g}{'<' if self.low_open else '<='}"
-            hi = "" if self.high is None else f"<={self.high:g}"
-            self.fail(f"{number:g} is not in the range {lo}x{hi}.", param, ctx)
-        return number
-
-
 class WeightBudget(click.ParamType):
     """A weight-streaming budget: ``auto``, ``N%`` or a size such as ``8G`` (as trtexec writes it)."""
 
@@ -80,28 +55,10 @@ class WeightBudget(click.ParamType):
             self.fail(str(e).split(": ", 1)[-1], param, ctx)
 
 
-def _click_option(option: Any) -> click.Option:
-    """A family's declared :class:`zoo.contract.Option` as a click option (parsing only)."""
-    kinds: dict[str, Any] = {
-        "text": str,
-        "int": click.IntRange(min=None if option.low is None else int(option.low),
-                              max=None if option.high is None else int(option.high)),
-        "float": FiniteFloat(option.low, option.high, option.low_open),
-        "path": click.Path(path_type=Path),
-        "choice": click.Choice(option.choices),
-    }
-    if option.type == "flag":
-        return click.Option([option.flag, option.name], is_flag=True, help=option.help)
-    extra = {} if option.default is None else {"default": option.default}  # click 8.3+: None is a value
-    return click.Option([option.flag, option.name], type=kinds[option.type], required=option.required,
-                        multiple=option.multiple, help=option.help, show_default=option.default not in (None, "", ()),
-                        **extra)
-
-
 class FamilyCommand(click.Command):
-    """A command whose options depend on its first argument: the family named (``zoo export``)
-    or the family of the export folder named (``zoo run``). The family declares them; this
-    class only turns them into click options."""
+    """A command whose options depend on its first argument: the family named (``zoo export``),
+    the family of the export folder named (``zoo run``) or of the server's model (``zoo request``).
+    The family declares them; this class only turns them into click options."""
 
     def __init__(self, *args: Any, family_options: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,7 +86,7 @@ class FamilyCommand(click.Command):
         extra: list[click.Parameter] = []
         if first is not None:
             try:
-                extra = self.family_options(first)
+                extra = self.family_options(first, args)
             except ZooError:
                 if "--help" not in args:
                     raise
@@ -189,7 +146,7 @@ def families() -> None:
             click.echo(f"  sources:    --model, {', '.join('--' + r.name.replace('_', '-') for r in f.source_roles)}")
 
 
-def _export_options(family_name: str) -> list[click.Parameter]:
+def _export_options(family_name: str, args: list[str] = ()) -> list[click.Parameter]:
     """``zoo export FAMILY``'s family options: its envelope axes and its extra sources."""
     from zoo.registry import get_family
 
@@ -420,12 +377,12 @@ def _size(n: int) -> str:
     return f"{n:.1f} GB"
 
 
-def _run_options(export_dir: str) -> list[click.Parameter]:
+def _run_options(export_dir: str, args: list[str] = ()) -> list[click.Parameter]:
     """``zoo run DIR``'s request options: the ones the export's family declares."""
     from exporters.manifest import load_manifest
     from runtimes.sampler import sampler_family
 
-    return [_click_option(o) for o in sampler_family(load_manifest(Path(export_dir))).run_options]
+    return [click_option(o) for o in sampler_family(load_manifest(Path(export_dir))).run_options]
 
 
 @main.command(cls=FamilyCommand, family_options=_run_options)
@@ -442,18 +399,12 @@ def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **opt
     `zoo run DIR --help` lists the request options of the export's family."""
     from exporters.manifest import load_manifest
     from runtimes.sampler import Sampler, prepare_request
-    from runtimes.writers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, write_output
+    from runtimes.writers import check_output_path, write_output
 
     device = _device(device, backend)
     manifest = load_manifest(export_dir)
     request = prepare_request(manifest, options)  # options, media and shapes checked here
-    suffix = out.suffix.lower()
-    if request.output_format == "images" and suffix not in IMAGE_SUFFIXES:
-        raise ZooError(f"--out {out}: expected a {' or '.join(IMAGE_SUFFIXES)} file")
-    if request.output_format == "video" and suffix and suffix not in VIDEO_SUFFIXES:
-        raise ZooError(f"--out {out}: expected a {', '.join(VIDEO_SUFFIXES)} file, or a folder for PNG frames")
-    if (out.is_dir() and request.output_format == "images") or (out.parent.exists() and not out.parent.is_dir()):
-        raise ZooError(f"--out {out}: expected a file path in a folder")
+    check_output_path(request.output_format, out)
     with Sampler(export_dir, backend=backend, device=device) as sampler:
         array = sampler(request, seed)
     for path in write_output(array, out, fps=request.fps):
@@ -533,6 +484,212 @@ def bench(export_dir: Path, backend: str, device: str, warmup: int, iterations: 
         click.echo(f"{r.component:<14} {r.shape:<{width}} {r.torch_ms:>10.2f} {r.backend_ms:>16.2f} {r.speedup:>7.2f}x")
     if json_path:
         atomic_write_json(json_path, {"export": str(export_dir), "rows": [r.to_json() for r in rows]})
+
+
+# --------------------------------------------------------------------------------------
+# Serving: zoo triton, zoo serve, zoo request
+# --------------------------------------------------------------------------------------
+
+
+def _serve_options(f: Any) -> Any:
+    for option in reversed([
+        click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"])),
+        click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu."),
+        click.option("--instances", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Model instances (processes, each with its own backends) serving requests side by side."),
+        click.option("--max-queue", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Requests that may wait; more are refused (503). 0: no limit."),
+        click.option("--queue-timeout", default=0.0, show_default=True, type=FiniteFloat(0),
+                     help="Seconds a request may wait in the queue before it is refused (503). 0: no limit."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _serve_settings(backend: str, device: str | None, instances: int, max_queue: int, queue_timeout: float) -> Any:
+    from runtimes.backends import parse_device
+    from runtimes.triton import ServeOptions
+
+    device = _device(device, backend)
+    parse_device(device, backend)  # a backend that cannot run here says so before any server starts
+    return ServeOptions(backend, device, instances, max_queue, queue_timeout)
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Model repository folder: written, or the model added to it (one folder per model).")
+@click.option("--name", help="Model name. Default: the family's.")
+@_serve_options
+def triton(export_dir: Path, out: Path, name: str | None, backend: str, device: str | None, instances: int,
+           max_queue: int, queue_timeout: float) -> None:
+    """Write a Triton model repository that serves EXPORT_DIR's sampler (the deployment artifact).
+
+    REPO/<model>/config.pbtxt and a Python-backend model over the export, hard-linked beside it.
+    Run it with `zoo serve REPO`, or in NVIDIA's Triton container with zoo installed."""
+    from runtimes.triton import repository_models, write_repository
+
+    settings = _serve_settings(backend, device, instances, max_queue, queue_timeout)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not repository_models(out))):
+        raise ZooError(f"--out {out} exists and is not a model repository: choose a new or empty folder")
+    model = write_repository(export_dir, out, settings, name)
+    click.echo(f"wrote {model} (serve it with `zoo serve {out}`, or `tritonserver --model-repository={out.resolve()}` "
+               f"where zoo is installed)")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@_serve_options
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--drain-timeout", default=30, show_default=True, type=click.IntRange(min=0),
+              help="On SIGTERM / SIGINT: seconds to let in-flight and queued requests finish.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False), help="Append the server's log here.")
+def serve(path: Path, backend: str, device: str | None, instances: int, max_queue: int, queue_timeout: float,
+          http_port: int, grpc_port: int, metrics_port: int, drain_timeout: int, log_path: Path | None) -> None:
+    """Serve an export folder (or a repository written by `zoo triton`) with Triton Inference Server.
+
+    Clients: `zoo request localhost:GRPC_PORT ...`; health at http://localhost:HTTP_PORT/v2/health/ready,
+    Prometheus metrics at http://localhost:METRICS_PORT/metrics. SIGTERM or Ctrl-C finishes the
+    requests in flight, then exits."""
+    import socket
+    import tempfile
+
+    from runtimes.triton import Ports, Server, find_tritonserver, repository_models, serve_forever, write_repository
+
+    find_tritonserver()
+    scratch = None
+    if (path / "manifest.json").is_file():
+        settings = _serve_settings(backend, device, instances, max_queue, queue_timeout)
+        scratch = Path(tempfile.mkdtemp(prefix="zoo-repo-"))
+        repo = scratch / "repository"
+        write_repository(path, repo, settings)
+    elif path.is_dir() and repository_models(path):
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("backend", "device", "instances", "max_queue", "queue_timeout")
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: a repository's config.pbtxt already says this; write it again "
+                                   f"with `zoo triton EXPORT --out {path} {given[0]} ...`")
+        repo = path
+    else:
+        raise ZooError(f"{path} is neither an export folder (manifest.json) nor a model repository (*/config.pbtxt)")
+    ports = [http_port, grpc_port, metrics_port]
+    if len(set(ports)) != 3:
+        raise click.UsageError("--http-port, --grpc-port and --metrics-port must differ")
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                raise ZooError(f"port {port} is in use: choose another with --http-port / --grpc-port / --metrics-port") from None
+    models = ", ".join(repository_models(repo))
+    server = Server(repo, Ports(http_port, grpc_port, metrics_port), drain_timeout, log_path)
+
+    def ready(seconds: float) -> None:
+        click.echo(f"serving {models}: gRPC localhost:{grpc_port} (zoo request localhost:{grpc_port} ...), "
+                   f"HTTP :{http_port}, metrics :{metrics_port}/metrics; ready in {seconds:.1f} s. "
+                   f"Ctrl-C or SIGTERM drains and stops.", err=True)
+
+    try:
+        code = serve_forever(server, ready)
+    finally:
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+    click.echo("stopped", err=True)
+    if code:
+        raise ZooError(f"tritonserver exited with code {code}" + (f" (see {log_path})" if log_path else " (run with --log FILE)"))
+
+
+def _request_options(url: str, args: list[str] = ()) -> list[click.Parameter]:
+    """``zoo request URL``'s request options: those of the served model's family (asked of the server)."""
+    from runtimes.triton import model_family
+    from zoo.registry import get_family
+
+    args = list(args)
+    model = next((a.split("=", 1)[1] for a in args if a.startswith("--model=")), None)
+    if model is None and "--model" in args and args.index("--model") + 1 < len(args):
+        model = args[args.index("--model") + 1]
+    _, family = model_family(url, model)
+    return [click_option(o) for o in get_family(family).run_options]
+
+
+@main.command("request", cls=FamilyCommand, family_options=_request_options)
+@click.argument("url")
+@click.option("--model", help="The served model. Default: the server's only one.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
+              help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="What `zoo run --out` takes: an image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames).")
+@click.option("--array", "array_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the float array the pipeline returned (.npy).")
+def request_command(url: str, model: str | None, seed: int, out: Path, array_path: Path | None, **options: Any) -> None:
+    """Ask a `zoo serve` server (gRPC at URL, e.g. localhost:8001) for what `zoo run` makes; writes the same files.
+
+    `zoo request URL --help` lists the served family's request options."""
+    from exporters.artifacts import atomic_write_bytes
+    from runtimes.serving import Payload, safe_relative
+    from runtimes.triton import ServerError, model_family, stream_request
+    from zoo.registry import get_family
+
+    model, family = model_family(url, model)
+    media = {o.name for o in get_family(family).run_options if o.type == "path"}
+    files: dict[str, tuple[str, bytes]] = {}
+    values: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None or value == ():
+            continue
+        if name in media:
+            path = Path(value)
+            if not path.is_file():
+                raise ZooError(f"--{name.replace('_', '-')} {value}: no such file")
+            files[name] = (str(value), path.read_bytes())
+        else:
+            values[name] = list(value) if isinstance(value, tuple) else value
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ZooError(f"--out {out}: expected a file path in a folder")
+    bars: dict[int, Any] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        from tqdm.auto import tqdm
+
+        if event.get("type") == "step":
+            bar = bars.get(event["bar"])
+            if bar is None:
+                bar = bars[event["bar"]] = tqdm(total=event["total"], desc=f"sampling ({model})", leave=False)
+            bar.update(event["step"] - bar.n)
+
+    payload = Payload(values, seed, str(out), files, return_array=array_path is not None)
+    try:
+        result = stream_request(url, model, payload, on_event)
+    except ServerError as e:
+        line = str(e) if e.status == 400 else f"error: the server refused the request ({e.status}): {e}"
+        click.echo(line, err=True)
+        sys.exit(2)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    written: list[Path] = []
+    for name, data in result.files:
+        rel = safe_relative(name)
+        atomic_write_bytes(out.parent / rel, data)
+        top = out.parent / rel.parts[0]  # a folder of PNG frames is reported once, as `zoo run` does
+        if top not in written:
+            written.append(top)
+    if array_path is not None and result.array is not None:
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.save(buffer, result.array)
+        atomic_write_bytes(array_path, buffer.getvalue())
+        written.append(array_path)
+    for path in written:
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,212 @@
+"""Serving ``zoo run`` over the network: the request protocol and the service behind it.
+
+Both ends are independent of the server that carries them (Triton here, see
+:mod:`runtimes.triton`): the client packs ``zoo run``'s options, seed and media files into a
+:class:`Payload`; the :class:`Service` checks it exactly as ``zoo run`` checks its command line
+(the same click types, then the same request checks, all before any backend runs), runs the
+sampler with step events, and writes the output with ``zoo run``'s own writer, so the files that
+come back are the files ``zoo run`` writes.
+
+On the wire a payload is one JSON document (``request``) and the media files' bytes (``files``,
+an object array: plain numpy byte strings drop trailing NUL bytes, which corrupts PNG and MP4).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import click
+import numpy as np
+
+from zoo.errors import InputError, ZooError
+
+PROTOCOL = 1
+# Triton tensors of the model (names shared by the repository's config, the model and the client)
+REQUEST, MEDIA = "request", "media"  # in
+EVENT, FILES, NAMES, ARRAY = "event", "files", "names", "array"  # out
+
+
+class RequestError(ZooError):
+    """A request that ``zoo run`` would refuse: carries the one line ``zoo run`` prints."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+@dataclass
+class Payload:
+    """One generation request: ``zoo run``'s options by name (as JSON values), the seed, the
+    output's path as the client gave it (the server writes under its file name; its suffix says
+    what to write) and the media files the options name (option name -> (the path the client
+    gave, the bytes)). Error lines name the client's paths, never the server's."""
+
+    options: dict[str, Any]
+    seed: int = 0
+    out_name: str = "out.png"
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    return_array: bool = False
+
+    def encode(self) -> dict[str, np.ndarray]:
+        """The Triton inputs (batch of one)."""
+        order = sorted(self.files)
+        doc = {"protocol": PROTOCOL, "options": self.options, "seed": self.seed, "out_name": self.out_name,
+               "files": {k: [self.files[k][0], i] for i, k in enumerate(order)}, "return_array": self.return_array}
+        files = np.empty((1, max(1, len(order))), dtype=object)
+        files[0, :] = [self.files[k][1] for k in order] or [b""]
+        return {REQUEST: np.array([[json.dumps(doc).encode()]], dtype=object), MEDIA: files}
+
+    @classmethod
+    def decode(cls, request: np.ndarray, files: np.ndarray | None) -> Payload:
+        """From the Triton inputs; a malformed document is a :class:`RequestError`."""
+        try:
+            doc = json.loads(bytes(np.asarray(request).reshape(-1)[0]))
+            if not isinstance(doc, dict) or doc.get("protocol") != PROTOCOL:
+                raise ValueError(f"expected a protocol {PROTOCOL} request document")
+            blobs = [] if files is None else [bytes(b) for b in np.asarray(files).reshape(-1)]
+            media = {}
+            for option, (name, index) in dict(doc.get("files") or {}).items():
+                media[str(option)] = (str(name), blobs[int(index)])
+            options = doc.get("options") or {}
+            if not isinstance(options, dict):
+                raise ValueError("options must be an object")
+            return cls(options, doc.get("seed", 0), str(doc.get("out_name") or "out.png"), media,
+                       bool(doc.get("return_array", False)))
+        except (ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError) as e:
+            raise RequestError(f"error: not a zoo request ({type(e).__name__}: {e})") from None
+
+
+def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (JSON) through the click options ``zoo run`` has for them, seed included, as
+    ``zoo run``'s own command line: the same conversions, ranges, required options and messages
+    (``Error: ...``)."""
+    from zoo.options import click_option
+
+    seed = click.Option(["--seed", "seed"], default=0, type=click.IntRange(0, 2**63 - 1))
+    # zoo run's own options, so that click suggests what it suggests there; a request may not set them
+    own = [click.Option([f"--{n}", n]) for n in ("backend", "device", "out")]
+    params = [click_option(o) for o in run_options] + [seed, *own]
+    command = click.Command("run", params=params)
+    flags = {p.name: p for p in params}
+    args: list[str] = []
+    try:
+        for name, value in values.items():
+            param = flags.get(name)
+            if param is None or param in own:
+                args += ["--" + str(name).replace("_", "-"), str(value)]  # click names it, as on the command line
+                continue
+            if value is None:
+                continue
+            flag = param.opts[0]
+            if param.is_flag:
+                if not isinstance(value, bool):
+                    raise click.BadParameter(f"{value!r} is not true or false.", param=param)
+                args += [flag] if value else []
+                continue
+            for item in value if param.multiple and isinstance(value, list) else [value]:
+                if isinstance(item, (dict, list)):
+                    raise click.BadParameter(f"{json.dumps(item)[:40]} is not a single value.", param=param)
+                args += [flag, str(item).lower() if isinstance(item, bool) else str(item)]
+        ctx = command.make_context("zoo run", args, resilient_parsing=False)
+        given = [p.opts[0] for p in own if ctx.params.get(p.name) is not None]
+        if given:
+            raise click.UsageError(f"{given[0]} is the server's or the client's choice, not the request's")
+        return {k: v for k, v in ctx.params.items() if k not in {p.name for p in own}}
+    except click.ClickException as e:
+        raise RequestError(f"Error: {e.format_message()}") from None
+
+
+def _safe_name(name: str, fallback: str) -> str:
+    """A file name without folders (a client's name for its media, or for the output)."""
+    base = PurePosixPath(str(name).replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
+    return base or fallback
+
+
+@dataclass
+class Result:
+    """What ``zoo run`` would have written: file names relative to the output's folder, with
+    their bytes; the float array when asked for."""
+
+    files: list[tuple[str, bytes]]
+    array: np.ndarray | None = None
+
+
+class Service:
+    """``zoo run`` as a service over one export: built once (backends load on first use), then
+    one request at a time. Every check happens before any backend runs; errors carry ``zoo run``'s
+    line, with the server's temporary paths replaced by the client's names."""
+
+    def __init__(self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu") -> None:
+        from exporters.manifest import load_manifest
+        from runtimes.sampler import Sampler, sampler_family
+
+        self.manifest = load_manifest(export_dir)
+        self.family = sampler_family(self.manifest)
+        self.sampler = Sampler(export_dir, backend=backend, device=device)
+
+    def close(self) -> None:
+        self.sampler.close()
+
+    def run(self, payload: Payload, on_event: Callable[[dict[str, Any]], None] | None = None) -> Result:
+        from runtimes.sampler import prepare_request
+        from runtimes.writers import check_output_path, write_output
+
+        work = Path(tempfile.mkdtemp(prefix="zoo-request-"))
+        names: dict[str, str] = {}
+        try:
+            values = dict(payload.options)
+            media = {o.name for o in self.family.run_options if o.type == "path"}
+            for option, (name, data) in payload.files.items():
+                if option not in media:
+                    raise RequestError(f"Error: No such option: --{option.replace('_', '-')} takes no file")
+                folder = work / "in" / option
+                folder.mkdir(parents=True)
+                path = folder / _safe_name(name, option)
+                path.write_bytes(data)
+                names[str(path)] = name
+                values[option] = str(path)
+            for option in media & set(values) - set(payload.files):
+                raise RequestError(f"error: --{option.replace('_', '-')}: send the file's bytes, not a path on the server")
+            options = parse_options(self.family.run_options, {**values, "seed": payload.seed})
+            seed = options.pop("seed")
+            request = prepare_request(self.manifest, options)  # media read and shapes checked here
+            out = work / "out" / _safe_name(payload.out_name, "out")
+            out.parent.mkdir()
+            names[str(out)] = payload.out_name
+            check_output_path(request.output_format, out)
+            if on_event is not None:
+                on_event({"type": "accepted"})
+            array = self.sampler(request, seed, progress=False,
+                                 on_step=None if on_event is None else lambda e: on_event({"type": "step", **e}))
+            written = write_output(array, out, fps=request.fps)
+            files = []
+            for path in written:
+                files += [(p.relative_to(out.parent).as_posix(), p.read_bytes())
+                          for p in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else [])
+                          if p.is_file()]
+            return Result(files, array.astype(np.float32) if payload.return_array else None)
+        except RequestError:
+            raise
+        except ZooError as e:
+            line = f"error: {e}"
+            for path, name in names.items():
+                line = line.replace(path, name)
+            raise RequestError(line.replace(str(work), "")) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def safe_relative(name: str) -> PurePosixPath:
+    """A file name the server sent back, checked to stay inside the output's folder (client side)."""
+    p = PurePosixPath(name)
+    if not name or p.is_absolute() or ".." in p.parts or "\\" in name:
+        raise InputError(f"the server sent a file named {name!r}, which is not a path inside the output folder; refused")
+    return p

@@ -1,0 +1,365 @@
+"""Serving: the request protocol and service (in process), and `zoo serve` / `zoo request` /
+`zoo triton` on the bundled Triton Inference Server over loopback: the same files as `zoo run`,
+determinism under concurrency, refusals (400 / 503) with `zoo run`'s lines, a client that goes
+away, SIGTERM / SIGINT draining, a kill -9 then a restart on the same ports, health and metrics.
+Every loop is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import zoo
+from runtimes.serving import Payload, RequestError, Service, parse_options, safe_relative
+from runtimes.triton import ServerError, stream_request
+from zoo.errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------
+# Protocol and service, in process
+# --------------------------------------------------------------------------------------
+
+
+def test_payload_keeps_every_byte_of_its_files():
+    blob = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) + b"\x00\x00\x00"  # trailing NULs: a plain bytes array drops them
+    payload = Payload({"prompt": "a fox", "steps": 2}, seed=7, out_name="o.mp4", files={"video": ("clip.mp4", blob)})
+    encoded = payload.encode()
+    back = Payload.decode(encoded["request"], encoded["media"])
+    assert back == payload and back.files["video"][1] == blob
+    with pytest.raises(RequestError, match="not a zoo request"):
+        Payload.decode(np.array([[b"{not json"]], dtype=object), None)
+
+
+def _run_line(*args) -> str:
+    """The one error line `zoo run` prints for ``args``."""
+    result = zoo("run", *args)
+    assert result.exit_code == 2, result.output
+    return next(line for line in result.output.splitlines() if line.lower().startswith("error:"))
+
+
+def test_options_are_parsed_as_zoo_run_parses_them(tiny_export, tmp_path):
+    from runtimes.sampler import sampler_family
+    from exporters.manifest import load_manifest
+
+    export = tiny_export("pixart", "sigma")
+    options = sampler_family(load_manifest(export)).run_options
+    out = tmp_path / "x.png"
+    cases = [
+        ({"steps": 2}, ["--steps", "2"]),
+        ({"prompt": "x", "guidance_scale": float("nan")}, ["--prompt", "x", "--guidance-scale", "nan"]),
+        ({"prompt": "x", "steps": 0}, ["--prompt", "x", "--steps", "0"]),
+        ({"prompt": "x", "bogus": 1}, ["--prompt", "x", "--bogus", "1"]),
+    ]
+    for values, args in cases:
+        with pytest.raises(RequestError) as e:
+            parse_options(options, values)
+        assert e.value.line == _run_line(export, *args, "--out", out)
+    assert parse_options(options, {"prompt": "x", "steps": "3"})["steps"] == 3
+
+
+def test_service_writes_what_zoo_run_writes_and_refuses_as_it_does(tiny_export, tmp_path):
+    export = tiny_export("animatediff")
+    assert zoo("run", export, "--prompt", "a fox", "--steps", "2", "--seed", "3", "--out", tmp_path / "run.gif").exit_code == 0
+    events = []
+    service = Service(export)
+    try:
+        result = service.run(Payload({"prompt": "a fox", "steps": 2}, seed=3, out_name="somewhere/run.gif"), events.append)
+        assert result.files == [("run.gif", (tmp_path / "run.gif").read_bytes())]
+        assert events[0] == {"type": "accepted"} and [e["step"] for e in events[1:]] == [1, 2]
+        not_a_video = tmp_path / "clip.mp4"
+        not_a_video.write_bytes(os.urandom(3000))
+        with pytest.raises(RequestError) as e:
+            service.run(Payload({"prompt": "x", "steps": 2}, out_name="o.gif",
+                                files={"video": (str(not_a_video), not_a_video.read_bytes())}))
+        assert e.value.line == _run_line(export, "--prompt", "x", "--video", not_a_video, "--out", tmp_path / "o.gif")
+        with pytest.raises(RequestError, match="send the file's bytes, not a path on the server"):
+            service.run(Payload({"prompt": "x", "video": "/etc/passwd"}, out_name="o.gif"))
+    finally:
+        service.close()
+
+
+def test_returned_file_names_stay_in_the_output_folder():
+    assert str(safe_relative("frames/0001.png")) == "frames/0001.png"
+    for bad in ("../x.png", "/etc/x", "a\\b.png", ""):
+        with pytest.raises(InputError, match="not a path inside the output folder"):
+            safe_relative(bad)
+
+
+def test_triton_repository_holds_one_folder_per_model(tiny_export, tmp_path):
+    repo = tmp_path / "repo"
+    assert zoo("triton", tiny_export("pixart", "sigma"), "--out", repo, "--instances", "3", "--max-queue", "4",
+               "--queue-timeout", "2.5").exit_code == 0
+    assert zoo("triton", tiny_export("animatediff"), "--out", repo).exit_code == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["animatediff", "pixart"]
+    config = (repo / "pixart" / "config.pbtxt").read_text()
+    for line in ("decoupled: true", "count: 3 kind: KIND_CPU", "max_queue_size: 4", "default_timeout_microseconds: 2500000",
+                 'key: "family" value: { string_value: "pixart" }'):
+        assert line in config
+    graph = repo / "pixart" / "1" / "export" / "transformer" / "model.onnx"
+    assert graph.stat().st_nlink >= 2  # hard-linked, not copied
+    assert "from runtimes.triton_model import TritonPythonModel" in (repo / "pixart" / "1" / "model.py").read_text()
+    (tmp_path / "file").write_text("x")
+    result = zoo("triton", tiny_export("pixart", "sigma"), "--out", tmp_path / "file")
+    assert result.exit_code == 2 and "is not a model repository" in result.output
+    result = zoo("serve", repo, "--instances", "2")  # the repository's config says how many
+    assert result.exit_code == 2 and "--instances: a repository's config.pbtxt already says this" in result.output
+
+
+# --------------------------------------------------------------------------------------
+# A real server over loopback
+# --------------------------------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen
+    http: int
+    grpc: int
+    metrics: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"localhost:{self.grpc}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://localhost:{self.http}/v2/health/ready", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_server(path: Path, *extra: str, ports: list[int] | None = None, timeout: float = 90) -> Served:
+    http, grpc, metrics = ports or free_ports(3)
+    log = path.parent / f"serve-{grpc}.log"
+    process = subprocess.Popen([sys.executable, "-m", "zoo.cli", "serve", str(path), "--http-port", str(http),
+                                "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--log", str(log), *extra],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    served = Served(process, http, grpc, metrics, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"zoo serve exited with {process.returncode}: {process.stdout.read().decode()}")
+        if served.ready():
+            return served
+        time.sleep(0.2)
+    served.stop(signal.SIGKILL)
+    raise AssertionError(f"zoo serve was not ready in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_export, tmp_path_factory):
+    """pixart (2 instances) and animatediff in one repository, served for the module."""
+    repo = tmp_path_factory.mktemp("served") / "repo"
+    assert zoo("triton", tiny_export("pixart", "sigma"), "--out", repo, "--instances", "2").exit_code == 0
+    assert zoo("triton", tiny_export("animatediff"), "--out", repo).exit_code == 0
+    server = start_server(repo)
+    yield server
+    assert server.stop() == 0
+
+
+def test_request_writes_the_files_run_writes(served, tiny_export, tmp_path):
+    export = tiny_export("pixart", "sigma")
+    args = ["--prompt", "a red fox", "--steps", "2", "--seed", "11"]
+    result = zoo("request", served.url, "--model", "pixart", *args, "--out", tmp_path / "req.png", "--array", tmp_path / "req.npy")
+    assert result.exit_code == 0, result.output
+    assert zoo("run", export, *args, "--out", tmp_path / "run.png").exit_code == 0
+    assert zoo("run", export, *args, "--out", tmp_path / "run.npy").exit_code == 0
+    assert (tmp_path / "req.png").read_bytes() == (tmp_path / "run.png").read_bytes()
+    np.testing.assert_array_equal(np.load(tmp_path / "req.npy"), np.load(tmp_path / "run.npy").astype(np.float32))
+    video = ["--prompt", "a cat", "--steps", "2", "--seed", "4", "--frames", "4"]
+    assert zoo("request", served.url, "--model", "animatediff", *video, "--out", tmp_path / "req.gif").exit_code == 0
+    assert zoo("run", tiny_export("animatediff"), *video, "--out", tmp_path / "run.gif").exit_code == 0
+    assert (tmp_path / "req.gif").read_bytes() == (tmp_path / "run.gif").read_bytes()
+
+
+def test_eight_clients_three_requests_each_get_their_own_seed(served, tiny_export):
+    export = tiny_export("pixart", "sigma")
+    seeds = list(range(24))
+    service = Service(export)
+    try:
+        expected = {s: service.run(Payload({"prompt": "a fox", "steps": 2}, seed=s, out_name="x.npy")).files for s in seeds}
+    finally:
+        service.close()
+
+    def client(first: int) -> dict[int, list]:
+        return {s: stream_request(served.url, "pixart", Payload({"prompt": "a fox", "steps": 2}, seed=s, out_name="x.npy")).files
+                for s in seeds[first::8]}
+
+    with ThreadPoolExecutor(8) as pool:
+        got = {}
+        for part in pool.map(client, range(8)):
+            got.update(part)
+    assert sorted(got) == seeds
+    assert all(got[s] == expected[s] for s in seeds)
+    assert len({got[s][0][1] for s in seeds}) == len(seeds)  # different seeds, different images
+
+
+def test_bad_requests_get_zoo_runs_line_with_400(served, tiny_export, tmp_path):
+    pixart, ad = tiny_export("pixart", "sigma"), tiny_export("animatediff")
+    out = tmp_path / "x.png"
+    not_a_video = tmp_path / "clip.mp4"
+    not_a_video.write_bytes(os.urandom(3000))
+    cases = [
+        ("pixart", Payload({"steps": 2}, out_name=str(out)), [pixart, "--steps", "2"]),
+        ("pixart", Payload({"prompt": "x", "height": 4096}, out_name=str(out)), [pixart, "--prompt", "x", "--height", "4096"]),
+        ("pixart", Payload({"prompt": "x", "guidance_scale": float("nan")}, out_name=str(out)),
+         [pixart, "--prompt", "x", "--guidance-scale", "nan"]),
+        ("animatediff", Payload({"prompt": "x"}, out_name=str(tmp_path / "o.gif"),
+                                files={"video": (str(not_a_video), not_a_video.read_bytes())}),
+         [ad, "--prompt", "x", "--video", not_a_video]),
+    ]
+    for model, payload, run_args in cases:
+        with pytest.raises(ServerError) as e:
+            stream_request(served.url, model, payload)
+        want = _run_line(*run_args, "--out", payload.out_name)
+        assert e.value.status == 400 and str(e.value) == want
+        assert "Traceback" not in str(e.value) and "zoo-request" not in str(e.value)
+    result = zoo("request", served.url, "--model", "animatediff", "--prompt", "x", "--video", not_a_video,
+                 "--out", tmp_path / "o.gif")
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        _run_line(ad, "--prompt", "x", "--video", not_a_video, "--out", tmp_path / "o.gif")]
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.gif"))
+
+
+def test_a_client_that_goes_away_does_not_stop_the_server(served):
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    payload = Payload({"prompt": "a fox", "steps": 50}, out_name="x.png")
+    client = grpcclient.InferenceServerClient(served.url)
+    events: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: events.put((result, error)))
+    inputs = []
+    for name, array in payload.encode().items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    client.async_stream_infer("pixart", inputs)
+    events.get(timeout=60)  # accepted: it is running
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    result = stream_request(served.url, "pixart", Payload({"prompt": "a fox", "steps": 2}, out_name="x.png"))
+    assert result.files[0][0] == "x.png" and served.process.poll() is None
+
+
+def test_health_and_prometheus_metrics(served):
+    stream_request(served.url, "pixart", Payload({"prompt": "a fox", "steps": 1}, out_name="x.png"))
+    assert served.ready()
+    with urllib.request.urlopen(f"http://localhost:{served.metrics}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    counts = [line for line in text.splitlines() if line.startswith('nv_inference_request_success{') and 'model="pixart"' in line]
+    assert counts and float(counts[0].rsplit(" ", 1)[1]) >= 1
+
+
+def _slow(steps: int = 40) -> Payload:
+    return Payload({"prompt": "a fox", "steps": steps}, out_name="x.png")
+
+
+def _outcomes(url: str, n: int, payload: Payload) -> list:
+    def one(_: int):
+        try:
+            return stream_request(url, "pixart", payload)
+        except ServerError as e:
+            return e
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_full_queue_and_an_expired_wait_answer_503(tiny_export, tmp_path):
+    export = tiny_export("pixart", "sigma")
+    server = start_server(export, "--max-queue", "1")
+    try:
+        outcomes = _outcomes(server.url, 5, _slow())
+    finally:
+        assert server.stop() == 0
+    refused = [o for o in outcomes if isinstance(o, ServerError)]
+    assert refused and all(o.status == 503 and "queue" in str(o).lower() for o in refused)
+    assert len(outcomes) - len(refused) >= 2  # the one running and the one queued
+    server = start_server(export, "--queue-timeout", "0.2")
+    try:
+        outcomes = _outcomes(server.url, 3, _slow())
+    finally:
+        assert server.stop() == 0
+    refused = [o for o in outcomes if isinstance(o, ServerError)]
+    assert refused and all(o.status == 503 for o in refused)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_drains_in_flight_and_queued_requests(tiny_export, sig):
+    server = start_server(tiny_export("pixart", "sigma"))
+    results: list = []
+    accepted = threading.Event()
+
+    def one(_: int):
+        try:
+            return stream_request(server.url, "pixart", _slow(30), lambda e: accepted.set())
+        except ServerError as e:
+            return e
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(one, i) for i in range(3)]
+        assert accepted.wait(60)
+        time.sleep(0.3)  # the other two are queued by now
+        server.process.send_signal(sig)
+        results = [f.result(timeout=120) for f in futures]
+    assert server.process.wait(60) == 0
+    assert all(not isinstance(r, ServerError) and r.files[0][0] == "x.png" for r in results), results
+
+
+def test_kill_9_leaves_nothing_that_blocks_a_restart(tiny_export):
+    export = tiny_export("pixart", "sigma")
+    server = start_server(export)
+    ports = [server.http, server.grpc, server.metrics]
+    server.process.kill()
+    server.process.wait(10)
+    again = start_server(export, ports=ports)  # the same ports, at once
+    try:
+        assert stream_request(again.url, "pixart", _slow(1)).files[0][0] == "x.png"
+    finally:
+        assert again.stop() == 0
+
+
+def test_serve_refuses_a_busy_port_and_a_folder_that_is_neither(tiny_export, tmp_path):
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = zoo("serve", tiny_export("pixart", "sigma"), "--http-port", port)
+        assert result.exit_code == 2 and f"port {port} is in use" in result.output
+    result = zoo("serve", tmp_path)
+    assert result.exit_code == 2 and "neither an export folder" in result.output
