@@ -166,7 +166,9 @@ class Service:
             media = {o.name for o in self.family.run_options if o.type == "path"}
             for option, (name, data) in payload.files.items():
                 if option not in media:
-                    raise RequestError(f"Error: No such option: --{option.replace('_', '-')} takes no file")
+                    takes = ", ".join("--" + m.replace("_", "-") for m in sorted(media)) or "none"
+                    raise RequestError(f"error: a file was sent for --{option.replace('_', '-')}, which takes no file "
+                                       f"(this model's file options: {takes})")
                 folder = work / "in" / option
                 folder.mkdir(parents=True)
                 path = folder / _safe_name(name, option)

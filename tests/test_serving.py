@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -246,6 +247,14 @@ def test_bad_requests_get_zoo_runs_line_with_400(served, tiny_export, tmp_path):
         want = _run_line(*run_args, "--out", payload.out_name)
         assert e.value.status == 400 and str(e.value) == want
         assert "Traceback" not in str(e.value) and "zoo-request" not in str(e.value)
+    # the same refusal over HTTP (Triton's generate endpoint): status 400 and the same line
+    body = json.dumps({"request": json.dumps({"protocol": 1, "options": {"prompt": "x", "height": 4096},
+                                              "out_name": str(out)})}).encode()
+    http = urllib.request.Request(f"http://localhost:{served.http}/v2/models/pixart/generate", data=body,
+                                  headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(http, timeout=60)
+    assert e.value.code == 400 and json.loads(e.value.read())["error"] == _run_line(*cases[1][2], "--out", out)
     result = zoo("request", served.url, "--model", "animatediff", "--prompt", "x", "--video", not_a_video,
                  "--out", tmp_path / "o.gif")
     assert result.exit_code == 2, result.output
