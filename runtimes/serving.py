@@ -51,36 +51,57 @@ class Payload:
     options: dict[str, Any]
     seed: int = 0
     out_name: str = "out.png"
-    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    files: dict[str, tuple[str, bytes | dict[str, bytes]]] = field(default_factory=dict)  # a file, or a folder's files
     return_array: bool = False
 
     def encode(self) -> dict[str, np.ndarray]:
         """The Triton inputs (batch of one)."""
-        order = sorted(self.files)
+        blobs: list[bytes] = []
+
+        def index(data: bytes) -> int:
+            blobs.append(data)
+            return len(blobs) - 1
+
+        files = {}
+        for option, (name, data) in sorted(self.files.items()):
+            if isinstance(data, dict):
+                files[option] = {"name": name, "folder": {rel: index(b) for rel, b in sorted(data.items())}}
+            else:
+                files[option] = {"name": name, "file": index(data)}
         doc = {"protocol": PROTOCOL, "options": self.options, "seed": self.seed, "out_name": self.out_name,
-               "files": {k: [self.files[k][0], i] for i, k in enumerate(order)}, "return_array": self.return_array}
-        files = np.empty((1, max(1, len(order))), dtype=object)
-        files[0, :] = [self.files[k][1] for k in order] or [b""]
-        return {REQUEST: np.array([[json.dumps(doc).encode()]], dtype=object), MEDIA: files}
+               "files": files, "return_array": self.return_array}
+        media = np.empty((1, max(1, len(blobs))), dtype=object)  # object arrays keep trailing NUL bytes
+        media[0, :] = blobs or [b""]
+        return {REQUEST: np.array([[json.dumps(doc).encode()]], dtype=object), MEDIA: media}
 
     @classmethod
-    def decode(cls, request: np.ndarray, files: np.ndarray | None) -> Payload:
+    def decode(cls, request: np.ndarray, media: np.ndarray | None) -> Payload:
         """From the Triton inputs; a malformed document is a :class:`RequestError`."""
         try:
             doc = json.loads(bytes(np.asarray(request).reshape(-1)[0]))
             if not isinstance(doc, dict) or doc.get("protocol") != PROTOCOL:
                 raise ValueError(f"expected a protocol {PROTOCOL} request document")
-            blobs = [] if files is None else [bytes(b) for b in np.asarray(files).reshape(-1)]
-            media = {}
-            for option, (name, index) in dict(doc.get("files") or {}).items():
-                media[str(option)] = (str(name), blobs[int(index)])
+            blobs = [] if media is None else [bytes(b) for b in np.asarray(media).reshape(-1)]
+            files: dict[str, tuple[str, bytes | dict[str, bytes]]] = {}
+            for option, entry in dict(doc.get("files") or {}).items():
+                if "folder" in entry:
+                    files[str(option)] = (str(entry["name"]), {str(r): blobs[int(i)] for r, i in dict(entry["folder"]).items()})
+                else:
+                    files[str(option)] = (str(entry["name"]), blobs[int(entry["file"])])
             options = doc.get("options") or {}
             if not isinstance(options, dict):
                 raise ValueError("options must be an object")
-            return cls(options, doc.get("seed", 0), str(doc.get("out_name") or "out.png"), media,
+            return cls(options, doc.get("seed", 0), str(doc.get("out_name") or "out.png"), files,
                        bool(doc.get("return_array", False)))
-        except (ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError) as e:
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, UnicodeDecodeError) as e:
             raise RequestError(f"error: not a zoo request ({type(e).__name__}: {e})") from None
+
+    @staticmethod
+    def read_media(path: Path) -> bytes | dict[str, bytes]:
+        """A media option's file, or a folder's files by relative path (a video as PNG frames)."""
+        if path.is_dir():
+            return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        return path.read_bytes()
 
 
 def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,10 +190,16 @@ class Service:
                     takes = ", ".join("--" + m.replace("_", "-") for m in sorted(media)) or "none"
                     raise RequestError(f"error: a file was sent for --{option.replace('_', '-')}, which takes no file "
                                        f"(this model's file options: {takes})")
-                folder = work / "in" / option
-                folder.mkdir(parents=True)
-                path = folder / _safe_name(name, option)
-                path.write_bytes(data)
+                path = work / "in" / option / _safe_name(name, option)
+                if isinstance(data, dict):  # a folder (of frames)
+                    for rel, blob in data.items():
+                        parts = [_safe_name(part, "_") for part in PurePosixPath(str(rel).replace("\\", "/")).parts]
+                        (path / Path(*parts)).parent.mkdir(parents=True, exist_ok=True)
+                        (path / Path(*parts)).write_bytes(blob)
+                    path.mkdir(parents=True, exist_ok=True)
+                else:
+                    path.parent.mkdir(parents=True)
+                    path.write_bytes(data)
                 names[str(path)] = name
                 values[option] = str(path)
             for option in media & set(values) - set(payload.files):

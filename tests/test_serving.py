@@ -42,6 +42,10 @@ def test_payload_keeps_every_byte_of_its_files():
     encoded = payload.encode()
     back = Payload.decode(encoded["request"], encoded["media"])
     assert back == payload and back.files["video"][1] == blob
+    frames = {"a/0.png": b"\x00" * 5, "b.png": blob}
+    folder = Payload({"prompt": "x"}, files={"pose_video": ("poses/", frames), "image": ("ref.png", blob)})
+    encoded = folder.encode()
+    assert Payload.decode(encoded["request"], encoded["media"]) == folder
     with pytest.raises(RequestError, match="not a zoo request"):
         Payload.decode(np.array([[b"{not json"]], dtype=object), None)
 
@@ -90,6 +94,36 @@ def test_service_writes_what_zoo_run_writes_and_refuses_as_it_does(tiny_export, 
         assert e.value.line == _run_line(export, "--prompt", "x", "--video", not_a_video, "--out", tmp_path / "o.gif")
         with pytest.raises(RequestError, match="send the file's bytes, not a path on the server"):
             service.run(Payload({"prompt": "x", "video": "/etc/passwd"}, out_name="o.gif"))
+    finally:
+        service.close()
+
+
+def test_media_as_folders_of_frames_give_what_zoo_run_gives(tiny_export, tmp_path):
+    """Wan-Animate from an image and two videos given as folders of PNG frames (sent file by file)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "ref.png")
+    for name, size in (("pose", (32, 48)), ("face", (16, 16))):
+        (tmp_path / name).mkdir()
+        for i in range(9):
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / name / f"{i:03d}.png")
+    export = tiny_export("wan-animate")
+    args = ["--image", tmp_path / "ref.png", "--pose-video", tmp_path / "pose", "--face-video", tmp_path / "face",
+            "--steps", "2", "--segment-frames", "9", "--prev-frames", "1", "--height", "32", "--width", "48", "--seed", "2"]
+    assert zoo("run", export, *args, "--out", tmp_path / "run.npy").exit_code == 0
+    files = {o: (str(p), Payload.read_media(p)) for o, p in
+             (("image", tmp_path / "ref.png"), ("pose_video", tmp_path / "pose"), ("face_video", tmp_path / "face"))}
+    service = Service(export)
+    try:
+        result = service.run(Payload({"steps": 2, "segment_frames": 9, "prev_frames": "1", "height": 32, "width": 48},
+                                     seed=2, out_name="run.npy", files=files))
+        assert result.files == [("run.npy", (tmp_path / "run.npy").read_bytes())]
+        files["face_video"] = (str(tmp_path / "face"), {"../../evil.png": b"x", "0.png": b"not a png"})
+        with pytest.raises(RequestError) as e:
+            service.run(Payload({"steps": 2, "height": 32, "width": 48}, out_name="o.npy", files=files))
+        assert str(tmp_path / "face") in e.value.line and "zoo-request" not in e.value.line
+        assert not (tmp_path.parent / "evil.png").exists()
     finally:
         service.close()
 

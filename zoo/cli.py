@@ -644,9 +644,9 @@ def request_command(url: str, model: str | None, seed: int, out: Path, array_pat
             continue
         if name in media:
             path = Path(value)
-            if not path.is_file():
-                raise ZooError(f"--{name.replace('_', '-')} {value}: no such file")
-            files[name] = (str(value), path.read_bytes())
+            if not path.exists():
+                raise ZooError(f"--{name.replace('_', '-')} {value}: no such file or folder")
+            files[name] = (str(value), Payload.read_media(path))
         else:
             values[name] = list(value) if isinstance(value, tuple) else value
     if out.parent.exists() and not out.parent.is_dir():
