@@ -204,6 +204,15 @@ class Ports:
     metrics: int = 8002
 
 
+def http_ready(port: int) -> bool:
+    """Whether a Triton server answers ``/v2/health/ready`` on ``port`` (all its models loaded)."""
+    try:
+        with urllib.request.urlopen(f"http://localhost:{port}/v2/health/ready", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 class Server:
     """``tritonserver`` over a repository, as a child process that dies with this one. SIGTERM and
     SIGINT are passed on as SIGTERM: Triton stops taking requests and finishes the ones it holds
@@ -234,11 +243,7 @@ class Server:
         return self
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://localhost:{self.ports.http}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return http_ready(self.ports.http)
 
     def wait_ready(self, timeout: float = 120) -> float:
         """Seconds until ``/v2/health/ready``; :class:`ServerError` if the server exits or times out."""

@@ -25,7 +25,7 @@ import pytest
 
 from conftest import zoo
 from runtimes.serving import Payload, RequestError, Service, parse_options, safe_relative
-from runtimes.triton import ServerError, stream_request
+from runtimes.triton import ServerError, http_ready, stream_request
 from zoo.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,11 +183,7 @@ class Served:
         return f"localhost:{self.grpc}"
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://localhost:{self.http}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return http_ready(self.http)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.process.poll() is None:
