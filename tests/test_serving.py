@@ -298,7 +298,7 @@ def test_a_client_that_goes_away_does_not_stop_the_server(served):
 
     import tritonclient.grpc as grpcclient
 
-    payload = Payload({"prompt": "a fox", "steps": 50}, out_name="x.png")
+    payload = Payload({"prompt": "a fox", "steps": 500}, out_name="x.png")
     client = grpcclient.InferenceServerClient(served.url)
     events: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: events.put((result, error)))
@@ -324,7 +324,8 @@ def test_health_and_prometheus_metrics(served):
     assert counts and float(counts[0].rsplit(" ", 1)[1]) >= 1
 
 
-def _slow(steps: int = 40) -> Payload:
+def _slow(steps: int = 300) -> Payload:
+    """About a second of work on the tiny PixArt (so that requests overlap however slow the machine)."""
     return Payload({"prompt": "a fox", "steps": steps}, out_name="x.png")
 
 
@@ -366,7 +367,7 @@ def test_a_signal_drains_in_flight_and_queued_requests(tiny_export, sig):
 
     def one(_: int):
         try:
-            return stream_request(server.url, "pixart", _slow(30), lambda e: accepted.set())
+            return stream_request(server.url, "pixart", _slow(), lambda e: accepted.set())
         except ServerError as e:
             return e
 

@@ -555,6 +555,7 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
     requests in flight, then exits."""
     import socket
     import tempfile
+    import time
 
     from runtimes.triton import Ports, Server, find_tritonserver, repository_models, serve_forever, write_repository
 
@@ -578,12 +579,17 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
     ports = [http_port, grpc_port, metrics_port]
     if len(set(ports)) != 3:
         raise click.UsageError("--http-port, --grpc-port and --metrics-port must differ")
-    for port in ports:
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                raise ZooError(f"port {port} is in use: choose another with --http-port / --grpc-port / --metrics-port") from None
+    for port in ports:  # bound as the server binds (SO_REUSEADDR: closed connections do not count)
+        for attempt in range(20):  # a server killed a moment ago may still be letting go (2 s at most)
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("0.0.0.0", port))
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        else:
+            raise ZooError(f"port {port} is in use: choose another with --http-port / --grpc-port / --metrics-port")
     models = ", ".join(repository_models(repo))
     server = Server(repo, Ports(http_port, grpc_port, metrics_port), drain_timeout, log_path)
 
