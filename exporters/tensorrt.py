@@ -10,7 +10,7 @@ the build time, the engine's device memory and the equivalent ``trtexec`` line.
 Everything here but :func:`build_plan`, :func:`refit_plan` and :func:`current_target` runs
 without TensorRT: the cache takes the builder as a function, so its keys, sidecar checks,
 corrupt-entry rebuilds and locking are tested on any machine, and the real builder (Polygraphy's
-``NetworkFromOnnxPath`` / ``CreateConfig`` / ``EngineFromNetwork``) where TensorRT is.
+``NetworkFromOnnxPath`` / ``CreateConfig`` / ``EngineBytesFromNetwork``) where TensorRT is.
 """
 
 from __future__ import annotations
@@ -89,7 +89,10 @@ def current_target(device: Any = "cuda") -> Target:
     problem = tensorrt_unavailable()
     if problem:
         raise BackendUnavailableError(problem)
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r}: expected cuda or cuda:N") from None
     if device.type != "cuda":
         raise InputError(f"TensorRT engines run on a CUDA device: got --device {device}, expected cuda or cuda:N")
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -632,6 +635,7 @@ def refit_entry(spec: BuildSpec, other: Manifest, target: Target, refitter: Call
                                 f"[{dim.min}, {dim.max}]; build with `zoo build {spec.root}`")
     flags = source.sidecar["flags"]
     options = replace(spec.options, refittable=True, weight_streaming=bool(flags.get("weight_streaming")),
+                      weight_streaming_budget=source.sidecar.get("weight_streaming_budget"),
                       workspace_gib=None if flags.get("workspace_bytes") is None else flags["workspace_bytes"] / (1 << 30))
     spec = replace(spec, dims=dims, options=options)
     plan = check_plan(source)
@@ -695,7 +699,7 @@ def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult
     workspace limit, refit and weight-streaming flags, the timing cache loaded and saved."""
     import tensorrt as trt
     import torch
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
     from polygraphy.exception import PolygraphyException
 
     o = spec.options
@@ -709,13 +713,27 @@ def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult
     network = NetworkFromOnnxPath(str(spec.onnx), strongly_typed=spec.flags["strongly_typed"])
     try:
         with torch.cuda.device(torch.device(device)):
-            engine = EngineFromNetwork(network, config, save_timing_cache=cache)()
+            serialized = EngineBytesFromNetwork(network, config, save_timing_cache=cache)()
     except PolygraphyException as e:
         raise ExportError(f"TensorRT could not build component {spec.component!r} from {spec.onnx}: "
                           f"{str(e).strip().splitlines()[-1]}") from None
-    facts = _engine_facts(engine)
-    _write_plan(engine.serialize(), path)
-    return facts
+    _write_plan(serialized, path)  # the plan is on disk before anything else holds a copy of it
+    del serialized
+    with torch.cuda.device(torch.device(device)):
+        return _engine_facts(deserialize(path.read_bytes()))
+
+
+def deserialize(plan: bytes) -> Any:
+    """A ``trt.ICudaEngine`` from a plan (with TensorRT's plugin library registered, as Polygraphy's
+    builder registers it, for plans that use its plugins); :class:`ArtifactError` if TensorRT refuses it."""
+    import tensorrt as trt
+    from polygraphy.backend.trt import get_trt_logger
+
+    trt.init_libnvinfer_plugins(get_trt_logger(), "")
+    engine = trt.Runtime(get_trt_logger()).deserialize_cuda_engine(plan)
+    if engine is None:
+        raise ArtifactError("TensorRT could not deserialize the plan (see its log above); rebuild it with `zoo build`")
+    return engine
 
 
 def refit_plan(plan: bytes, onnx: Path, path: Path, device: Any = "cuda") -> BuildResult:
@@ -727,9 +745,7 @@ def refit_plan(plan: bytes, onnx: Path, path: Path, device: Any = "cuda") -> Bui
 
     logger = get_trt_logger()
     with torch.cuda.device(torch.device(device)):
-        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
-        if engine is None:
-            raise ArtifactError("TensorRT could not deserialize the engine to refit")
+        engine = deserialize(plan)
         refitter = trt.Refitter(engine, logger)
         parser = trt.OnnxParserRefitter(refitter, logger)
         if not parser.refit_from_file(str(onnx)):

@@ -257,14 +257,10 @@ class TensorRTBackend(Backend):
 
         target = engines.current_target(self.device)
         self.entry = engines.find_engine(self.manifest, self.record, target)
-        plan = self.entry.read_plan()
         import tensorrt as trt
-        from polygraphy.backend.trt import get_trt_logger
 
         with torch.cuda.device(self.device):
-            self.engine = trt.Runtime(get_trt_logger()).deserialize_cuda_engine(plan)
-            if self.engine is None:
-                raise ArtifactError(f"TensorRT could not deserialize {self.entry.plan}; rebuild it with `zoo build`")
+            self.engine = engines.deserialize(self.entry.read_plan())  # the plan's bytes are dropped once read
             budget = self.entry.sidecar.get("weight_streaming_budget")
             if self.entry.sidecar["flags"].get("weight_streaming") and budget:
                 self.engine.weight_streaming_budget_v2 = engines.budget_bytes(
@@ -291,6 +287,10 @@ class TensorRTBackend(Backend):
         return self._run(feeds)
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.cuda.device(self.device):  # the engine's GPU, whichever one is current
+            return self._execute(feeds)
+
+    def _execute(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         stream = torch.cuda.current_stream(self.device)
         bound = {}
         for name, value in feeds.items():

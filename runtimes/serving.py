@@ -14,7 +14,6 @@ an object array: plain numpy byte strings drop trailing NUL bytes, which corrupt
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -25,7 +24,7 @@ from typing import Any
 import click
 import numpy as np
 
-from zoo.errors import InputError, ZooError
+from zoo.errors import EnvelopeError, InputError, ZooError
 
 PROTOCOL = 1
 # Triton tensors of the model (names shared by the repository's config, the model and the client)
@@ -35,6 +34,15 @@ EVENT, FILES, NAMES, ARRAY = "event", "files", "names", "array"  # out
 
 class RequestError(ZooError):
     """A request that ``zoo run`` would refuse: carries the one line ``zoo run`` prints."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class ServiceError(ZooError):
+    """The server cannot run a valid request (a missing engine, a backend absent, a bad output):
+    its fault, not the request's. Its line starts ``error: server:`` and names no server path."""
 
     def __init__(self, line: str) -> None:
         super().__init__(line)
@@ -114,7 +122,7 @@ def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, An
     # zoo run's own options, so that click suggests what it suggests there; a request may not set them
     own = [click.Option([f"--{n}", n]) for n in ("backend", "device", "out")]
     params = [click_option(o) for o in run_options] + [seed, *own]
-    command = click.Command("run", params=params)
+    command = click.Command("run", params=params, add_help_option=False)
     flags = {p.name: p for p in params}
     args: list[str] = []
     try:
@@ -142,13 +150,17 @@ def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, An
         return {k: v for k, v in ctx.params.items() if k not in {p.name for p in own}}
     except click.ClickException as e:
         raise RequestError(f"Error: {e.format_message()}") from None
+    except (click.exceptions.Exit, click.exceptions.Abort):  # nothing in a request may end parsing early
+        raise RequestError("Error: the request's options could not be parsed") from None
 
 
 def _safe_name(name: str, fallback: str) -> str:
-    """A file name without folders (a client's name for its media, or for the output)."""
+    """A client's file name without its folders (a media file, the output): as given where it is
+    a plain name (spaces, accents and leading dots kept, so the file is the one ``zoo run``
+    writes), the fallback for an empty name, ``.`` or ``..``."""
     base = PurePosixPath(str(name).replace("\\", "/")).name
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
-    return base or fallback
+    base = "".join(c for c in base if c.isprintable())
+    return fallback if base in ("", ".", "..") else base
 
 
 @dataclass
@@ -192,10 +204,16 @@ class Service:
                                        f"(this model's file options: {takes})")
                 path = work / "in" / option / _safe_name(name, option)
                 if isinstance(data, dict):  # a folder (of frames)
+                    seen: set[Path] = set()
                     for rel, blob in data.items():
-                        parts = [_safe_name(part, "_") for part in PurePosixPath(str(rel).replace("\\", "/")).parts]
-                        (path / Path(*parts)).parent.mkdir(parents=True, exist_ok=True)
-                        (path / Path(*parts)).write_bytes(blob)
+                        parts = [p for p in PurePosixPath(str(rel).replace("\\", "/")).parts if p not in ("/", ".", "..")]
+                        target = path.joinpath(*[_safe_name(p, "_") for p in parts]) if parts else None
+                        if target is None or target in seen or any(s in target.parents or target in s.parents for s in seen):
+                            raise RequestError(f"error: --{option.replace('_', '-')} {name}: the folder's file names "
+                                               f"{rel!r} is empty, repeated or both a file and a folder")
+                        seen.add(target)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(blob)
                     path.mkdir(parents=True, exist_ok=True)
                 else:
                     path.parent.mkdir(parents=True)
@@ -222,13 +240,18 @@ class Service:
                           for p in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else [])
                           if p.is_file()]
             return Result(files, array.astype(np.float32) if payload.return_array else None)
-        except RequestError:
+        except (RequestError, ServiceError):
             raise
-        except ZooError as e:
-            line = f"error: {e}"
+        except ZooError as e:  # the request's fault (400) or the server's, with no server path in the line
+            line = str(e)
             for path, name in names.items():
                 line = line.replace(path, name)
-            raise RequestError(line.replace(str(work), "")) from None
+            line = line.replace(str(work), "")
+            for root in {str(self.manifest.root.resolve()), str(self.manifest.root)}:
+                line = line.replace(root, "<export>")
+            if isinstance(e, (InputError, EnvelopeError)):
+                raise RequestError(f"error: {line}") from None
+            raise ServiceError(f"error: server: {line}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

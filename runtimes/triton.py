@@ -28,9 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import logging
+
 from exporters.artifacts import staged_dir
 from runtimes.serving import ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, Result
 from zoo.errors import BackendUnavailableError, ZooError
+
+log = logging.getLogger(__name__)
 
 EXPORT = "export"  # the export's folder inside a model version
 MODEL_PY = '''"""Triton Python-backend model written by `zoo triton`: zoo's sampler over the export in ./{export}.
@@ -98,21 +102,30 @@ def config_pbtxt(name: str, family: str, options: ServeOptions) -> str:
     ])
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """``src`` copied to ``dst`` with hard links where the filesystem allows (no bytes copied)."""
+def _link_tree(src: Path, dst: Path) -> int:
+    """``src`` copied to ``dst`` with hard links where the filesystem allows; the bytes that had
+    to be copied instead (another filesystem)."""
+    copied = 0
+
     def link(s: str, d: str) -> None:
+        nonlocal copied
         try:
             os.link(s, d)
         except OSError:
             shutil.copy2(s, d)
+            copied += os.path.getsize(d)
 
     shutil.copytree(src, dst, copy_function=link, symlinks=False)
+    return copied
 
 
-def write_repository(export_dir: Path, repo: Path, options: ServeOptions = ServeOptions(), name: str | None = None) -> Path:
+def write_repository(export_dir: Path, repo: Path, options: ServeOptions = ServeOptions(), name: str | None = None,
+                     *, link_export: bool = False) -> Path:
     """Model ``name`` (the family's name by default) in the Triton repository ``repo``, serving the
-    export's sampler; other models of the repository stay. The model's folder is staged and
-    swapped in whole. Returns it."""
+    export's sampler; other models of the repository stay. The export is hard-linked into the
+    model (a repository to move; files on another filesystem are copied, and said so), or with
+    ``link_export`` is a symbolic link to it (``zoo serve``'s own repository beside a local export).
+    The model's folder is staged and swapped in whole. Returns it."""
     from exporters.manifest import load_manifest
     from runtimes.backends import BACKENDS
     from runtimes.sampler import sampler_family
@@ -127,7 +140,13 @@ def write_repository(export_dir: Path, repo: Path, options: ServeOptions = Serve
         version.mkdir(parents=True)
         (stage / "config.pbtxt").write_text(config_pbtxt(name, family.name, options))
         (version / "model.py").write_text(MODEL_PY.format(export=EXPORT))
-        _link_tree(Path(export_dir), version / EXPORT)
+        if link_export:
+            (version / EXPORT).symlink_to(Path(export_dir).resolve(), target_is_directory=True)
+        else:
+            copied = _link_tree(Path(export_dir), version / EXPORT)
+            if copied:
+                log.warning("%s is on another filesystem than %s: %.1f MB were copied, not hard-linked",
+                            export_dir, repo, copied / 1e6)
     return repo / name
 
 
@@ -191,6 +210,19 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder named after this process; those of processes that are gone (a kill -9)
+    are removed first."""
+    from exporters.artifacts import _pid_alive
+
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """The server dies with ``zoo serve`` (a kill -9 of it leaves no server holding the ports)."""
     PR_SET_PDEATHSIG = 1
@@ -234,12 +266,22 @@ class Server:
                 "--disable-auto-complete-config", "--log-verbose=0"]
 
     def start(self) -> Server:
+        """Start ``tritonserver``; its log goes to ``log`` (appended), else to this process's stderr."""
         home = find_tritonserver()
-        self._scratch = Path(tempfile.mkdtemp(prefix="zoo-serve-"))
-        backends = _backend_dir(home, self._scratch / "backends")
-        out = open(self.log, "ab") if self.log else None
-        self.process = subprocess.Popen(self.command(backends, home), env=server_env(), preexec_fn=_die_with_parent,
-                                        start_new_session=True, stdout=out or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self._scratch = scratch_dir("zoo-serve-")
+        try:
+            backends = _backend_dir(home, self._scratch / "backends")
+            out = open(self.log, "ab") if self.log else None
+            try:
+                self.process = subprocess.Popen(self.command(backends, home), env=server_env(),
+                                                preexec_fn=_die_with_parent, start_new_session=True,
+                                                stdout=out or sys.stderr, stderr=subprocess.STDOUT)
+            finally:
+                if out is not None:
+                    out.close()
+        except BaseException:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            raise
         return self
 
     def ready(self) -> bool:
@@ -260,6 +302,8 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int:
         """Signal the server and wait for it (SIGKILL after the drain timeout and a margin)."""
         if self.process is None:
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
             return 0
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -281,18 +325,24 @@ class Server:
 
 def serve_forever(server: Server, on_ready: Callable[[float], None]) -> int:
     """Run ``server`` until it exits or this process gets SIGTERM / SIGINT (passed on as SIGTERM,
-    so in-flight requests finish); its exit code."""
-    stopping = []
+    so in-flight requests finish; a second signal kills it); its exit code, 0 after a signal."""
+    stopping: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        if server.process is not None and server.process.poll() is None:
-            server.process.send_signal(signal.SIGTERM if not stopping else signal.SIGKILL)
         stopping.append(signum)
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM if len(stopping) == 1 else signal.SIGKILL)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
-        on_ready(server.wait_ready())
+        if stopping:  # a signal came while the server was starting
+            server.process.send_signal(signal.SIGTERM)
+        try:
+            on_ready(server.wait_ready())
+        except ServerError:
+            if not stopping:
+                raise
         code = server.process.wait()
         return 0 if stopping and code in (0, -signal.SIGTERM) else code
     finally:
@@ -317,7 +367,7 @@ def _server_error(e: Any) -> ServerError:
     status = _STATUS.get(str(e.status()))
     if status is None:
         lower = message.lower()
-        if lower.startswith("error: internal error"):
+        if lower.startswith(("error: internal error", "error: server:")):
             status = 500
         elif lower.startswith("error:"):
             status = 400
@@ -340,8 +390,8 @@ def model_family(url: str, model: str | None) -> tuple[str, str]:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    client = grpcclient.InferenceServerClient(grpc_url(url))
     try:
-        client = grpcclient.InferenceServerClient(grpc_url(url))
         if model is None:
             index = client.get_model_repository_index(as_json=True).get("models", [])
             ready = [m["name"] for m in index if m.get("state") == "READY"]
@@ -350,9 +400,10 @@ def model_family(url: str, model: str | None) -> tuple[str, str]:
                                   f"name one with --model", 400)
             model = ready[0]
         config = client.get_model_config(model, as_json=True)["config"]
-        client.close()
     except InferenceServerException as e:
         raise ServerError(f"the server at {url}: {_server_error(e)}", _server_error(e).status) from None
+    finally:
+        client.close()
     family = config.get("parameters", {}).get("family", {}).get("string_value")
     if not family:
         raise ServerError(f"model {model!r} at {url} is not a zoo model (no family parameter)", 400)
@@ -400,6 +451,7 @@ def stream_request(url: str, model: str, payload: Payload, on_event: Callable[[d
                 if on_event is not None:
                     on_event(doc)
             if response.parameters.get("triton_final_response") and response.parameters["triton_final_response"].bool_param:
+                finished = True
                 raise ServerError("the server ended the request without a result", 500)
     except InferenceServerException as e:
         raise _server_error(e) from None

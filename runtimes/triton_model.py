@@ -4,8 +4,10 @@ One :class:`runtimes.serving.Service` per model instance (a process of its own),
 export in the model version's folder. Each request is answered in the decoupled way: an
 ``accepted`` event once it passed every check, one event per denoising step, then the result
 (the files ``zoo run`` writes and, when asked, the float array). A request that ``zoo run``
-would refuse gets ``zoo run``'s line with INVALID_ARG (HTTP 400), before any backend runs; a bug
-gets a one-line INTERNAL error, its traceback going to the server's log only. A client that
+would refuse gets ``zoo run``'s line with INVALID_ARG (HTTP 400), before any backend runs; what
+the server cannot do (an engine missing, a backend absent) gets ``error: server: ...`` with
+INTERNAL (500), no server path in it; a bug gets a one-line INTERNAL error, its traceback going
+to the server's log only. A client that
 goes away cancels its request at the next step; the server carries on.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.serving import ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, RequestError, Service
+from runtimes.serving import ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, RequestError, Service, ServiceError
 
 
 class _Cancelled(Exception):
@@ -75,6 +77,9 @@ class TritonPythonModel:
             sender.send(flags=final)
         except RequestError as e:
             sender.send(pb.InferenceResponse(error=pb.TritonError(e.line, pb.TritonError.INVALID_ARG)), flags=final)
+        except ServiceError as e:  # the server's fault: a missing engine, an absent backend, a bad output
+            pb.Logger.log_error(e.line)
+            sender.send(pb.InferenceResponse(error=pb.TritonError(e.line, pb.TritonError.INTERNAL)), flags=final)
         except Exception as e:  # a bug: one line to the client, the traceback to the server's log
             pb.Logger.log_error(traceback.format_exc())
             sender.send(pb.InferenceResponse(error=pb.TritonError(

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import zoo
-from runtimes.serving import Payload, RequestError, Service, parse_options, safe_relative
+from runtimes.serving import Payload, RequestError, Service, ServiceError, parse_options, safe_relative
 from runtimes.triton import ServerError, http_ready, stream_request
 from zoo.errors import InputError
 
@@ -75,6 +75,34 @@ def test_options_are_parsed_as_zoo_run_parses_them(tiny_export, tmp_path):
             parse_options(options, values)
         assert e.value.line == _run_line(export, *args, "--out", out)
     assert parse_options(options, {"prompt": "x", "steps": "3"})["steps"] == 3
+    for values in ({"prompt": "x", "help": True}, {"prompt": "x", "out": "/etc/x.png"}):  # never zoo run's own
+        with pytest.raises(RequestError, match="^Error: "):
+            parse_options(options, values)
+
+
+def test_what_the_server_cannot_do_is_its_fault_and_names_no_server_path(tiny_export, tmp_path):
+    import shutil
+
+    export = tmp_path / "pixart"
+    shutil.copytree(tiny_export("pixart", "sigma"), export)
+    (export / "transformer" / "model.onnx").unlink()
+    service = Service(export)
+    try:
+        with pytest.raises(ServiceError) as e:
+            service.run(Payload({"prompt": "x", "steps": 1}, out_name="x.png"))
+    finally:
+        service.close()
+    assert e.value.line.startswith("error: server: ") and "<export>" in e.value.line and str(tmp_path) not in e.value.line
+
+
+def test_folder_names_that_cannot_be_rebuilt_are_refused(tiny_export):
+    service = Service(tiny_export("wan-animate"))
+    try:
+        for frames in ({"": b"x"}, {"a": b"x", "a/b.png": b"y"}, {"a.png": b"x", "./a.png": b"y"}):
+            with pytest.raises(RequestError, match="is empty, repeated or both a file and a folder"):
+                service.run(Payload({}, out_name="o.npy", files={"pose_video": ("pose", frames)}))
+    finally:
+        service.close()
 
 
 def test_service_writes_what_zoo_run_writes_and_refuses_as_it_does(tiny_export, tmp_path):
@@ -83,8 +111,8 @@ def test_service_writes_what_zoo_run_writes_and_refuses_as_it_does(tiny_export, 
     events = []
     service = Service(export)
     try:
-        result = service.run(Payload({"prompt": "a fox", "steps": 2}, seed=3, out_name="somewhere/run.gif"), events.append)
-        assert result.files == [("run.gif", (tmp_path / "run.gif").read_bytes())]
+        result = service.run(Payload({"prompt": "a fox", "steps": 2}, seed=3, out_name="somewhere/my run é.gif"), events.append)
+        assert result.files == [("my run é.gif", (tmp_path / "run.gif").read_bytes())]  # the name as the client gave it
         assert events[0] == {"type": "accepted"} and [e["step"] for e in events[1:]] == [1, 2]
         not_a_video = tmp_path / "clip.mp4"
         not_a_video.write_bytes(os.urandom(3000))

@@ -554,18 +554,18 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
     Prometheus metrics at http://localhost:METRICS_PORT/metrics. SIGTERM or Ctrl-C finishes the
     requests in flight, then exits."""
     import socket
-    import tempfile
     import time
 
-    from runtimes.triton import Ports, Server, find_tritonserver, repository_models, serve_forever, write_repository
+    from runtimes.triton import (Ports, Server, find_tritonserver, repository_models, scratch_dir, serve_forever,
+                                 write_repository)
 
     find_tritonserver()
     scratch = None
     if (path / "manifest.json").is_file():
         settings = _serve_settings(backend, device, instances, max_queue, queue_timeout)
-        scratch = Path(tempfile.mkdtemp(prefix="zoo-repo-"))
+        scratch = scratch_dir("zoo-repo-")
         repo = scratch / "repository"
-        write_repository(path, repo, settings)
+        write_repository(path, repo, settings, link_export=True)  # a link to the export: nothing copied
     elif path.is_dir() and repository_models(path):
         ctx = click.get_current_context()
         given = [f"--{n.replace('_', '-')}" for n in ("backend", "device", "instances", "max_queue", "queue_timeout")
