@@ -34,6 +34,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def read_json(path: Path, remedy: str = "") -> Any:
+    """A JSON file that anyone may have edited; :class:`ArtifactError` naming it (and ``remedy``)
+    if it cannot be read or parsed."""
+    from zoo.errors import ArtifactError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"{path} is not readable JSON ({e}){remedy}") from None
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 

@@ -7,12 +7,12 @@ file it names must stay inside the export folder.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from exporters.artifacts import read_json
 from zoo.contract import DTYPES, Axis, Dim, Range, Source, check_dims
 from zoo.errors import ArtifactError
 
@@ -281,10 +281,7 @@ def load_manifest(export_dir: str | Path) -> Manifest:
     path = root / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{root} has no {MANIFEST}: not a zoo export folder (create one with `zoo export`)")
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ArtifactError(f"{path} is not readable JSON ({e}); re-export") from None
+    d = read_json(path, "; re-export")
     try:
         version = _get(d, "format_version", int, "manifest")
         if version != FORMAT_VERSION:

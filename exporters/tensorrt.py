@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from exporters.artifacts import atomic_write_json, file_digest, staged_dir
+from exporters.artifacts import atomic_write_json, file_digest, read_json, staged_dir
 from exporters.manifest import ComponentRecord, Manifest, inside
 from exporters.profiles import input_shapes, narrow_dims, trtexec_command
 from zoo.contract import Dim, Range
@@ -64,31 +64,29 @@ class Target:
     def to_json(self) -> dict[str, str]:
         return {"tensorrt": self.tensorrt, "compute_capability": self.compute_capability, "gpu": self.gpu}
 
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Target:
+        return cls(d["tensorrt"], d["compute_capability"], d.get("gpu", ""))
+
     def describe(self) -> str:
         return f"TensorRT {self.tensorrt} on compute capability {self.compute_capability}" + (f" ({self.gpu})" if self.gpu else "")
 
-
-def tensorrt_unavailable() -> str | None:
-    """Why TensorRT cannot run here, or None."""
-    import torch
-
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as e:  # the PyPI stub raises on import when its libraries are missing
-        return (f"TensorRT is not installed ({type(e).__name__}); install NVIDIA's tensorrt wheels "
-                f"(`pip install -e '.[gpu]'`) on a machine with an NVIDIA GPU")
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    return None
+    def runs(self, built: Target) -> bool:
+        """Whether a plan built for ``built`` runs here (same TensorRT, same compute capability)."""
+        return (built.tensorrt, built.compute_capability) == (self.tensorrt, self.compute_capability)
 
 
 def current_target(device: Any = "cuda") -> Target:
     """This machine's TensorRT and the GPU ``device``; :class:`BackendUnavailableError` without them."""
     import torch
 
-    problem = tensorrt_unavailable()
-    if problem:
-        raise BackendUnavailableError(problem)
+    try:
+        import tensorrt as trt
+    except Exception as e:  # the PyPI stub raises on import when its libraries are missing
+        raise BackendUnavailableError(f"TensorRT is not installed ({type(e).__name__}); install NVIDIA's tensorrt "
+                                      f"wheels (`pip install -e '.[gpu]'`) on a machine with an NVIDIA GPU") from None
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("no CUDA GPU is visible (torch.cuda.is_available() is False)")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
@@ -98,8 +96,6 @@ def current_target(device: Any = "cuda") -> Target:
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index >= torch.cuda.device_count():
         raise InputError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
-    import tensorrt as trt
-
     major, minor = torch.cuda.get_device_capability(index)
     return Target(trt.__version__, f"{major}.{minor}", torch.cuda.get_device_name(index))
 
@@ -193,22 +189,13 @@ class BuildSpec:
         lo, opt, hi = (input_shapes(self.record, w, self.dims) for w in ("min", "opt", "max"))
         return {n: {"min": list(lo[n]), "opt": list(opt[n]), "max": list(hi[n])} for n in lo}
 
-    def ingredients(self, target: Target) -> dict[str, Any]:
-        """Everything the key hashes (also recorded in the sidecar)."""
-        return {
-            "format": ENGINE_FORMAT,
-            "family": self.family,
-            "component": self.component,
-            "content": self.content,
-            "precision": self.precision,
-            "profile": self.shapes(),
-            "flags": self.flags,
-            "tensorrt": target.tensorrt,
-            "compute_capability": target.compute_capability,
-        }
+    def keyed(self) -> dict[str, Any]:
+        """The key's ingredients that are the spec's own (the sidecar records them as they are)."""
+        return {"format": ENGINE_FORMAT, "family": self.family, "component": self.component, "content": self.content,
+                "precision": self.precision, "profile": self.shapes(), "flags": self.flags}
 
     def key(self, target: Target) -> str:
-        return engine_key(self.ingredients(target))
+        return engine_key(self.keyed(), target)
 
     def trtexec(self, engine_path: str | Path) -> list[str]:
         o = self.options
@@ -223,9 +210,15 @@ class BuildSpec:
         return shape_profile(self.record, self.dims)
 
 
-def engine_key(ingredients: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``ingredients`` (sorted keys, no whitespace): the same in
-    every process, whatever ``PYTHONHASHSEED``."""
+KEYED = ("format", "family", "component", "content", "precision", "profile", "flags")
+
+
+def engine_key(keyed: Mapping[str, Any], target: Target) -> str:
+    """sha256 of the canonical JSON (sorted keys, no whitespace) of the ``KEYED`` fields and the
+    target's TensorRT version and compute capability: the same in every process, whatever
+    ``PYTHONHASHSEED``."""
+    ingredients = {**{k: keyed[k] for k in KEYED}, "tensorrt": target.tensorrt,
+                   "compute_capability": target.compute_capability}
     text = json.dumps(ingredients, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -339,7 +332,7 @@ class Entry:
 
     @property
     def target(self) -> Target:
-        return Target(**self.sidecar["target"])
+        return Target.from_json(self.sidecar["target"])
 
     @property
     def dims(self) -> dict[str, Dim]:
@@ -355,8 +348,13 @@ class Entry:
         return v
 
     def read_plan(self) -> bytes:
-        """The plan's bytes, after checking them against the sidecar's size and sha256."""
-        return check_plan(self)
+        """The plan's bytes, after checking them against the sidecar's size and sha256 (an error
+        says how to rebuild it)."""
+        try:
+            return check_plan(self)
+        except ArtifactError as e:
+            raise ArtifactError(f"{e}: rebuild it with `zoo build {self.folder.parent.parent} "
+                                f"--component {self.component}`") from None
 
 
 _SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -370,10 +368,7 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     path = folder / SIDECAR
     if not path.is_file():
         raise ArtifactError(f"{path} is missing (an interrupted copy, or not an engine folder)")
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ArtifactError(f"{path} is not readable JSON ({e})") from None
+    d = read_json(path)
     if not isinstance(d, dict):
         raise ArtifactError(f"{path} is {type(d).__name__}, expected an object")
     for name, kind in _SIDECAR_FIELDS.items():
@@ -393,24 +388,15 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: field 'dims' is malformed ({e})") from None
     if d["key"] != folder.name:
         raise ArtifactError(f"{path} names key {d['key']}, but lies in folder {folder.name}: a moved or edited entry")
-    if engine_key(_ingredients_of(d)) != d["key"]:
+    if engine_key(d, Target.from_json(d["target"])) != d["key"]:
         raise ArtifactError(f"{path}: its recorded ingredients do not hash to its key: an edited sidecar")
     return d
-
-
-def _ingredients_of(sidecar: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "format": sidecar["format"], "family": sidecar["family"], "component": sidecar["component"],
-        "content": sidecar["content"], "precision": sidecar["precision"], "profile": sidecar["profile"],
-        "flags": sidecar["flags"], "tensorrt": sidecar["target"]["tensorrt"],
-        "compute_capability": sidecar["target"]["compute_capability"],
-    }
 
 
 def check_target(entry: Entry, target: Target) -> None:
     """Refuse, before deserializing, a plan built for another TensorRT version or GPU."""
     built = entry.target
-    if (built.tensorrt, built.compute_capability) != (target.tensorrt, target.compute_capability):
+    if not target.runs(built):
         raise EngineTargetError(
             f"the engine {entry.folder} (component {entry.component!r}) was built for {built.describe()}; this machine "
             f"has {target.describe()}, and a plan runs only where it was built: rebuild it here with "
@@ -451,16 +437,10 @@ def sidecar_for(spec: BuildSpec, target: Target, key: str, plan: Path, built: Bu
     import zoo
 
     return {
-        "format": ENGINE_FORMAT,
+        **spec.keyed(),
         "key": key,
-        "family": spec.family,
-        "component": spec.component,
-        "content": spec.content,
         "structure": structure,
-        "precision": spec.precision,
-        "profile": spec.shapes(),
         "dims": {k: d.to_json() for k, d in spec.dims.items()},
-        "flags": spec.flags,
         "target": target.to_json(),
         "plan": {"size": plan.stat().st_size, "sha256": file_digest(plan)},
         "build": {
@@ -513,7 +493,7 @@ def engines_dir(root: Path) -> Path:
 
 
 def get_or_build(spec: BuildSpec, target: Target, builder: Builder, *, rebuild: bool = False,
-                 refit_from: Mapping[str, Any] | None = None) -> tuple[Entry, bool]:
+                 refit_from: Mapping[str, Any] | None = None, structure: str | None = None) -> tuple[Entry, bool]:
     """The entry of ``spec`` for ``target``: the cached one when whole, else built by ``builder``
     (an entry that is empty, truncated, corrupted or has a bad sidecar is rebuilt, never used).
     Returns the entry and whether it was built. The plan is written in a staging folder and the
@@ -533,7 +513,7 @@ def get_or_build(spec: BuildSpec, target: Target, builder: Builder, *, rebuild: 
                 return entry, False
             except ArtifactError as e:
                 log.warning("%s; rebuilding it", e)
-        structure = structure_digest(spec.onnx)
+        structure = structure or structure_digest(spec.onnx)
         with staged_dir(folder) as stage:
             start = time.perf_counter()
             built = builder(spec, stage / PLAN)
@@ -541,8 +521,9 @@ def get_or_build(spec: BuildSpec, target: Target, builder: Builder, *, rebuild: 
             plan = stage / PLAN
             if not plan.is_file() or plan.stat().st_size == 0:
                 raise ExportError(f"the TensorRT builder wrote no plan for component {spec.component!r}")
-            atomic_write_json(stage / SIDECAR, sidecar_for(spec, target, key, plan, built, seconds, structure, refit_from))
-        return check_entry(folder, target), True
+            sidecar = sidecar_for(spec, target, key, plan, built, seconds, structure, refit_from)
+            atomic_write_json(stage / SIDECAR, sidecar)
+        return Entry(folder, sidecar), True
 
 
 def scan(root: Path) -> tuple[list[Entry], list[str]]:
@@ -561,8 +542,8 @@ def scan(root: Path) -> tuple[list[Entry], list[str]]:
 
 
 def find_engine(manifest: Manifest, record: ComponentRecord, target: Target) -> Entry:
-    """The engine of ``record`` in this export for ``target``, its plan checked (the widest profile
-    where several were built). Errors say what was found instead: nothing, entries that do not
+    """The engine of ``record`` in this export for ``target`` (the widest profile where several were
+    built); its plan is checked when it is read (:meth:`Entry.read_plan`). Errors say what was found instead: nothing, entries that do not
     read, engines of another export of the component, or of another TensorRT / GPU."""
     entries, problems = scan(manifest.root)
     build = f"`zoo build {manifest.root} --component {record.name}`"
@@ -576,15 +557,15 @@ def find_engine(manifest: Manifest, record: ComponentRecord, target: Target) -> 
     if not current:
         raise ArtifactError(f"the engines of component {record.name!r} under {engines_dir(manifest.root)} were built "
                             f"from another export of it (its graph, weights or sources changed since): rebuild with {build}")
-    here = [e for e in current if (e.target.tensorrt, e.target.compute_capability) == (target.tensorrt, target.compute_capability)]
+    here = [e for e in current if target.runs(e.target)]
     if not here:
         check_target(current[0], target)
-    entry = max(here, key=lambda e: (e.volume, e.sidecar["build"].get("built_at", "")))
-    try:
-        check_plan(entry)
-    except ArtifactError as e:
-        raise ArtifactError(f"{e}: rebuild it with {build}") from None
-    return entry
+    return _widest(here)
+
+
+def _widest(entries: list[Entry]) -> Entry:
+    """The engine whose profile covers most (the newest of equals)."""
+    return max(entries, key=lambda e: (e.volume, e.sidecar["build"].get("built_at", "")))
 
 
 # --------------------------------------------------------------------------------------
@@ -619,13 +600,13 @@ def refit_entry(spec: BuildSpec, other: Manifest, target: Target, refitter: Call
     it was made now (False: it was already cached)."""
     candidates = [e for e in scan(other.root)[0] if e.component == spec.component and e.sidecar["structure"] == structure
                   and e.sidecar["flags"].get("refittable")]
-    here = [e for e in candidates if (e.target.tensorrt, e.target.compute_capability) == (target.tensorrt, target.compute_capability)]
+    here = [e for e in candidates if target.runs(e.target)]
     if not here:
         if candidates:
             check_target(candidates[0], target)
         raise ArtifactError(f"--refit-from {other.root}: no refittable engine of component {spec.component!r} there; "
                             f"build one with `zoo build {other.root} --component {spec.component} --refittable`")
-    source = max(here, key=lambda e: (e.volume, e.sidecar["build"].get("built_at", "")))
+    source = _widest(here)
     dims = source.dims
     for name, dim in spec.record.dims.items():
         d = dims.get(name)
@@ -638,13 +619,13 @@ def refit_entry(spec: BuildSpec, other: Manifest, target: Target, refitter: Call
                       weight_streaming_budget=source.sidecar.get("weight_streaming_budget"),
                       workspace_gib=None if flags.get("workspace_bytes") is None else flags["workspace_bytes"] / (1 << 30))
     spec = replace(spec, dims=dims, options=options)
-    plan = check_plan(source)
+    plan = source.read_plan()
     origin = {"export": str(other.root.resolve()), "key": source.key}
 
     def refit(spec: BuildSpec, path: Path) -> BuildResult:
         return refitter(plan, spec.onnx, path)
 
-    return get_or_build(spec, target, refit, refit_from=origin)
+    return get_or_build(spec, target, refit, refit_from=origin, structure=structure)
 
 
 # --------------------------------------------------------------------------------------

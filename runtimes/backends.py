@@ -257,10 +257,13 @@ class TensorRTBackend(Backend):
 
         target = engines.current_target(self.device)
         self.entry = engines.find_engine(self.manifest, self.record, target)
+        self.dims = self.entry.dims  # the engine's profile, checked on every call
+        plan = self.entry.read_plan()  # checked against its sidecar before TensorRT sees it
         import tensorrt as trt
 
         with torch.cuda.device(self.device):
-            self.engine = engines.deserialize(self.entry.read_plan())  # the plan's bytes are dropped once read
+            self.engine = engines.deserialize(plan)
+            del plan  # the plan's bytes are not kept beside the engine
             budget = self.entry.sidecar.get("weight_streaming_budget")
             if self.entry.sidecar["flags"].get("weight_streaming") and budget:
                 self.engine.weight_streaming_budget_v2 = engines.budget_bytes(
@@ -279,11 +282,11 @@ class TensorRTBackend(Backend):
 
     @property
     def profile_dims(self) -> dict:
-        return self.entry.dims if self.is_active else self.record.dims
+        return self.dims if self.is_active else self.record.dims
 
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.activate()
-        check_profile(self.record, self.entry.dims, feeds, f"the engine's profile ({self.entry.folder})")
+        check_profile(self.record, self.dims, feeds, f"the engine's profile ({self.entry.folder})")
         return self._run(feeds)
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
