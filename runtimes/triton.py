@@ -15,6 +15,7 @@ import ctypes
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -135,6 +136,8 @@ def write_repository(export_dir: Path, repo: Path, options: ServeOptions = Serve
     if options.backend not in BACKENDS:
         raise ZooError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
     name = name or family.name
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ZooError(f"--name {name!r}: a model name is letters, digits, '_', '.' and '-' (a folder of the repository)")
     with staged_dir(Path(repo) / name) as stage:
         version = stage / "1"
         version.mkdir(parents=True)

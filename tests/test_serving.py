@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import zoo
+from conftest import assert_error, zoo
 from runtimes.serving import Payload, RequestError, Service, ServiceError, parse_options, safe_relative
 from runtimes.triton import ServerError, http_ready, stream_request
 from zoo.errors import InputError
@@ -357,15 +357,17 @@ def _slow(steps: int = 300) -> Payload:
     return Payload({"prompt": "a fox", "steps": steps}, out_name="x.png")
 
 
-def _outcomes(url: str, n: int, payload: Payload) -> list:
-    def one(_: int):
-        try:
-            return stream_request(url, "pixart", payload)
-        except ServerError as e:
-            return e
+def _outcome(url: str, payload: Payload, on_event=None):
+    """A request's result, or the server's refusal of it."""
+    try:
+        return stream_request(url, "pixart", payload, on_event)
+    except ServerError as e:
+        return e
 
+
+def _outcomes(url: str, n: int, payload: Payload) -> list:
     with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
+        return list(pool.map(lambda _: _outcome(url, payload), range(n)))
 
 
 def test_a_full_queue_and_an_expired_wait_answer_503(tiny_export, tmp_path):
@@ -390,17 +392,9 @@ def test_a_full_queue_and_an_expired_wait_answer_503(tiny_export, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_drains_in_flight_and_queued_requests(tiny_export, sig):
     server = start_server(tiny_export("pixart", "sigma"))
-    results: list = []
     accepted = threading.Event()
-
-    def one(_: int):
-        try:
-            return stream_request(server.url, "pixart", _slow(), lambda e: accepted.set())
-        except ServerError as e:
-            return e
-
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(one, i) for i in range(3)]
+        futures = [pool.submit(_outcome, server.url, _slow(), lambda e: accepted.set()) for _ in range(3)]
         assert accepted.wait(60)
         time.sleep(0.3)  # the other two are queued by now
         server.process.send_signal(sig)
@@ -420,6 +414,37 @@ def test_kill_9_leaves_nothing_that_blocks_a_restart(tiny_export):
         assert stream_request(again.url, "pixart", _slow(1)).files[0][0] == "x.png"
     finally:
         assert again.stop() == 0
+
+
+def test_triton_and_serve_bad_input_write_nothing(tiny_export, tmp_path):
+    from exporters.tensorrt import unavailable
+
+    pixart = tiny_export("pixart", "sigma")
+    assert_error(zoo("triton", pixart, "--out", tmp_path / "r1", "--name", "../evil"), "--name '../evil': a model name is")
+    assert_error(zoo("triton", tiny_export("transformer-temporal", "default"), "--out", tmp_path / "r2"),
+                 "family 'transformer-temporal' has no sampler")
+    if unavailable() is not None:  # absent TensorRT: refused before anything is written
+        assert_error(zoo("triton", pixart, "--out", tmp_path / "r3", "--backend", "tensorrt"),
+                     "the tensorrt backend is not available here")
+    for args in (["--instances", "0"], ["--max-queue", "-1"], ["--queue-timeout", "nan"]):
+        result = zoo("triton", pixart, "--out", tmp_path / "r4", *args)
+        assert result.exit_code == 2 and "Invalid value for" in result.output
+    result = zoo("serve", pixart, "--http-port", "9000", "--grpc-port", "9000")
+    assert result.exit_code == 2 and "--http-port, --grpc-port and --metrics-port must differ" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_request_bad_input_is_one_line(served, tmp_path):
+    port = free_ports(1)[0]  # nothing listens there
+    assert_error(zoo("request", f"localhost:{port}", "--prompt", "x", "--out", tmp_path / "x.png"), f"localhost:{port}")
+    assert_error(zoo("request", served.url, "--model", "nope", "--prompt", "x", "--out", tmp_path / "x.png"), "nope")
+    assert_error(zoo("request", served.url, "--prompt", "x", "--out", tmp_path / "x.png"),
+                 "has 2 ready models (animatediff, pixart): name one with --model")
+    assert_error(zoo("request", served.url, "--model", "animatediff", "--prompt", "x", "--video", tmp_path / "none.mp4",
+                     "--out", tmp_path / "x.gif"), "no such file or folder")
+    result = zoo("request", served.url, "--model", "pixart", "--prompt", "x", "--out", tmp_path / "x.png", "--array", tmp_path)
+    assert result.exit_code == 2 and "Invalid value for '--array'" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_serve_refuses_a_busy_port_and_a_folder_that_is_neither(tiny_export, tmp_path):

@@ -117,11 +117,14 @@ def test_component_or_precision_the_export_lacks_is_refused(tiny_export):
                  "--precision bf16: the export has no bfloat16 graph of unet is float32")
 
 
-def test_bad_build_options_are_usage_errors(tiny_export):
+def test_bad_build_options_are_usage_errors(tiny_export, tmp_path):
     export = tiny_export("transformer-temporal", "default")
-    for args in (["--weight-streaming", "lots"], ["--weight-streaming", "120%"], ["--workspace", "0"], ["--workspace", "nan"]):
+    for args in (["--weight-streaming", "lots"], ["--weight-streaming", "120%"], ["--workspace", "0"], ["--workspace", "nan"],
+                 ["--timing-cache", tmp_path]):
         result = zoo("build", export, *args, "--dry-run")
-        assert result.exit_code == 2 and "Invalid value for" in result.output, result.output
+        assert result.exit_code == 2 and "Invalid value for" in result.output
+    assert_error(zoo("build", export, "--refit-from", tmp_path / "nowhere", "--dry-run"), "does not exist")
+    assert list(tmp_path.iterdir()) == [] and not (export / "engines").exists(), result.output
 
 
 def test_build_without_tensorrt_says_what_is_missing(tiny_export, tmp_path):
