@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -772,22 +772,41 @@ def flow_schedule(steps: int, shift: float = 5.0) -> torch.Tensor:
     return torch.cat([sigmas, torch.zeros(1)])
 
 
-def teacache_plan(t_mods: list[torch.Tensor], threshold: float) -> list[bool]:
-    """Which calls TeaCache computes (True) or skips: its rel-L1 rule on ``t_mod`` and polynomial,
-    which depend only on the timestep schedule, so the plan is made before sampling."""
+def flow_step(sample: torch.Tensor, velocity: torch.Tensor, sigmas: torch.Tensor, i: int) -> torch.Tensor:
+    """The original's ``FlowMatchScheduler.step`` at step ``i``: ``x + v * (sigma_{i+1} - sigma_i)``
+    (``sigmas`` from :func:`flow_schedule`, whose last entry is the final 0)."""
+    return sample + velocity * (sigmas[i + 1] - sigmas[i])
+
+
+def teacache_rescale(rel_l1: float) -> float:
+    """TeaCache's polynomial (Wan2.1-I2V-14B-720P) applied to one rel-L1 distance of ``t_mod``."""
     import numpy as np
 
-    poly = np.poly1d(TEACACHE_COEFFICIENTS)
-    plan, acc, prev = [], 0.0, None
-    for i, t_mod in enumerate(t_mods):
+    return float(np.poly1d(TEACACHE_COEFFICIENTS)(rel_l1))
+
+
+def teacache_distances(t_mods: list[torch.Tensor]) -> list[float]:
+    """TeaCache's rescaled distance of each call from the previous one (none for the first):
+    ``poly(mean|t_mod - prev| / mean|prev|)`` over the whole ``t_mod``, in its dtype."""
+    return [teacache_rescale(float((cur - prev).abs().mean() / prev.abs().mean()))
+            for prev, cur in zip(t_mods, t_mods[1:])]
+
+
+def teacache_plan(t_mods: list[torch.Tensor], threshold: float) -> list[bool]:
+    """Which calls TeaCache computes (True) or skips: the first and last always compute; otherwise
+    the distances accumulate, a call skips while the sum is below ``threshold`` and computes (and
+    resets the sum) once it is not. They depend only on the timestep schedule, so the plan is made
+    before sampling."""
+    distances = teacache_distances(t_mods)
+    plan, acc = [], 0.0
+    for i in range(len(t_mods)):
         if i in (0, len(t_mods) - 1):
             compute, acc = True, 0.0
         else:
-            acc += float(poly(float((t_mod - prev).abs().mean() / prev.abs().mean())))
+            acc += distances[i - 1]
             compute = acc >= threshold
             if compute:
                 acc = 0.0
-        prev = t_mod
         plan.append(compute)
     return plan
 
@@ -802,21 +821,46 @@ def context_windows(latent_frames: int, size: int, overlap: int) -> list[list[in
     return windows
 
 
+def long_video_step(latents: torch.Tensor, windows: list[list[int]], first: list[torch.Tensor],
+                    step_window: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One step of the original's long-video loop: window ``k``'s latents with its first two latent
+    frames replaced by its private state ``first[k]`` are stepped by ``step_window(k, x)``; the
+    private state becomes the stepped first two frames (``first`` is updated in place); the new
+    latents average the stepped windows frame by frame (window 0 with all its frames, the others
+    without their first two)."""
+    counter = torch.zeros(1, 1, latents.shape[2], 1, 1, dtype=latents.dtype)
+    acc = torch.zeros_like(latents)
+    for k, win in enumerate(windows):
+        x = latents[:, :, win].clone()
+        x[:, :, :2] = first[k]
+        x_next = step_window(k, x)
+        kept = win if k == 0 else win[2:]
+        counter[:, :, kept] += 1
+        acc[:, :, kept] += x_next if k == 0 else x_next[:, :, 2:]
+        first[k] = x_next[:, :, :2]
+    return acc / counter
+
+
 def _tile_mask(length: int, start_border: bool, end_border: bool, ramp: int) -> torch.Tensor:
+    """The original's ``build_1d_mask``: 1, with ramps ``(1..ramp)/ramp`` written over the first and
+    (last, so it wins where they meet) the final ``ramp`` entries of an edge that is not the image's.
+    A tile is never shorter than its ramp (``tiled_decode``'s origins guarantee it)."""
     mask = torch.ones(length)
     steps = torch.arange(1, ramp + 1, dtype=torch.float32) / ramp
     if not start_border:
-        mask[:ramp] = torch.minimum(mask[:ramp], steps[:length])
+        mask[:ramp] = steps
     if not end_border:
-        mask[-ramp:] = torch.minimum(mask[-ramp:], steps.flip(0)[-length:])
+        mask[-ramp:] = steps.flip(0)
     return mask
 
 
-def tiled_decode(decode: Any, z: torch.Tensor, scale: int) -> torch.Tensor:
-    """The original's tiled decode: tiles of 30x52 latents every 15x26, each decoded unclamped and
-    blended with linear ramps on the edges that are not the image's, then clamped."""
+def tiled_decode(decode: Any, z: torch.Tensor, scale: int, tile: tuple[int, int] = TILE,
+                 stride: tuple[int, int] = TILE_STRIDE) -> torch.Tensor:
+    """The original's tiled decode (``WanVideoVAE.tiled_decode``): tiles of ``tile`` latents every
+    ``stride`` (the original's 30x52 every 15x26 by default), each decoded unclamped and blended with
+    linear ramps on the edges that are not the image's, then clamped."""
     _, _, _, height, width = z.shape
-    (th, tw), (sh, sw) = TILE, TILE_STRIDE
+    (th, tw), (sh, sw) = tile, stride
     rows = [h for h in range(0, height, sh) if not (h - sh >= 0 and h - sh + th >= height)]
     cols = [w for w in range(0, width, sw) if not (w - sw >= 0 and w - sw + tw >= width)]
     values = weight = None
@@ -951,23 +995,17 @@ class UniAnimateLoop:
         residuals: dict = {}
         latents = noise
         for i in self.progress_bar(range(num_inference_steps)):
-            t, dsigma = timesteps[i], sigmas[i + 1] - sigmas[i]
+            t = timesteps[i]
             if not long_video:
                 v = self._velocity(latents, t, (text_pos, text_neg, clip, y, poses[0], guidance_scale), 0, plan[i], residuals)
-                latents = latents + v * dsigma
+                latents = flow_step(latents, v, sigmas, i)
                 continue
-            counter = torch.zeros(1, 1, latent_frames, 1, 1)
-            acc = torch.zeros_like(latents)
-            for k, win in enumerate(windows):
-                x = latents[:, :, win].clone()
-                x[:, :, :2] = first[k]
+
+            def step_window(k: int, x: torch.Tensor, i: int = i, t: torch.Tensor = t) -> torch.Tensor:
                 v = self._velocity(x, t, (text_pos, text_neg, clip, y, poses[k], guidance_scale), k, plan[i], residuals)
-                x_next = x + v * dsigma
-                kept = win if k == 0 else win[2:]
-                counter[:, :, kept] += 1
-                acc[:, :, kept] += x_next if k == 0 else x_next[:, :, 2:]
-                first[k] = x_next[:, :, :2]
-            latents = acc / counter
+                return flow_step(x, v, sigmas, i)
+
+            latents = long_video_step(latents, windows, first, step_window)
         mean_z, inv_std = self._latent_stats()
         z = latents / inv_std + mean_z
         decode = lambda part: self.graphs.vae_decode(part)  # noqa: E731 (unclamped chunks)
