@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -11,6 +10,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from zoo.hashing import file_sha256
 
 EXPORT_MARKER = ".zoo-export"  # in every export folder: it may be replaced by a re-export
 
@@ -91,12 +92,10 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
             old.unlink(missing_ok=True)
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_digest(path: str | Path) -> str:
+    """The sha256 of all of a file's bytes, read once per version of the file (see
+    :func:`zoo.hashing.file_sha256`, which this is)."""
+    return file_sha256(path)
 
 
 def _pid_alive(pid: int) -> bool:

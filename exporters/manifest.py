@@ -17,7 +17,7 @@ from zoo.contract import DTYPES, Axis, Dim, Range, Source, check_dims
 from zoo.errors import ArtifactError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: sources' hashes over all bytes of every file (2 sampled files over 64 MB)
 
 
 @dataclass(frozen=True)
@@ -285,7 +285,8 @@ def load_manifest(export_dir: str | Path) -> Manifest:
     try:
         version = _get(d, "format_version", int, "manifest")
         if version != FORMAT_VERSION:
-            raise ArtifactError(f"{path} has format version {version}, this zoo reads {FORMAT_VERSION}: re-export")
+            why = " (its sources' hashes read only a sample of large files)" if version < 3 else ""
+            raise ArtifactError(f"{path} has format version {version}{why}, this zoo reads {FORMAT_VERSION}: re-export")
         envelope, axes = _envelope(d)
         components = {k: _component(root, k, v) for k, v in _get(d, "components", dict, "manifest").items()}
         return Manifest(

@@ -224,10 +224,9 @@ def engine_key(keyed: Mapping[str, Any], target: Target) -> str:
 
 
 def content_digest(manifest: Manifest, record: ComponentRecord) -> str:
-    """The component's graph (its recorded sha256), every external-data file (content hash:
-    whole below 64 MB, else size with the first and last MiB) and the export's sources (role,
-    content hash, LoRA scale): another LoRA or scale is another digest even where a large
-    weights file's sampled bytes would not show it."""
+    """The component's graph (its recorded sha256), every external-data file (content hash over
+    all its bytes, remembered by file identity) and the export's sources (role, content hash,
+    LoRA scale): another LoRA or scale is another digest even where the weights files are the same."""
     from zoo.checkpoint import content_hash
 
     data = {rel: content_hash(inside(manifest.root, rel, f"component {record.name!r} external data"))

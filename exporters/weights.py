@@ -33,12 +33,13 @@ from typing import Any
 
 import torch
 
-from zoo.checkpoint import content_hash
+from zoo.hashing import file_sha256
 from zoo.contract import Transform, WeightlessModule
 from zoo.errors import ArtifactError, CheckpointError, ExportError
 
 WEIGHTS_DIR = "weights"  # hard links to the checkpoint files, inside the component folder
 WEIGHT_MAP = "weights.json"
+WEIGHT_MAP_FORMAT = 2  # 2: linked files by the sha256 of all their bytes (1 sampled large files)
 DATA_FILE = "model.onnx.data"
 ALIGN = 4096  # ONNX Runtime memory-maps external data at page-aligned offsets
 
@@ -518,17 +519,23 @@ def write_weights(plans: list[Plan], dest: Path, *, copy_weights: bool,
     finally:
         if writer:
             writer.close()
-    return {"format": 1, "copy_weights": copy_weights, "files": {}, "initializers": entries}
+    return {"format": WEIGHT_MAP_FORMAT, "copy_weights": copy_weights, "files": {}, "initializers": entries}
 
 
 def link_checkpoint_files(weight_map: dict[str, Any], dest: Path) -> None:
     """Hard-link each checkpoint file the map points at into ``dest/weights/`` and point the
-    entries at the links (relative paths, as ONNX Runtime requires); record each file's hash."""
+    entries at the links (relative paths, as ONNX Runtime requires); record each file's sha256,
+    taken before the link (a link changes the file's ctime, so hashing after it would read the
+    whole file again)."""
     links: dict[Path, str] = {}
+    digests: dict[Path, str] = {}
     for entry in weight_map["initializers"].values():
         if entry["location"] != DATA_FILE and Path(entry["location"]).is_absolute():
-            entry["location"] = link_into(Path(entry["location"]), dest / WEIGHTS_DIR, links)
-    weight_map["files"] = {rel: {"source": str(src), "size": (dest / rel).stat().st_size, "hash": content_hash(dest / rel)}
+            src = Path(entry["location"]).resolve()
+            if src not in digests:
+                digests[src] = file_sha256(src)
+            entry["location"] = link_into(src, dest / WEIGHTS_DIR, links)
+    weight_map["files"] = {rel: {"source": str(src), "size": (dest / rel).stat().st_size, "sha256": digests[src]}
                            for src, rel in links.items()}
 
 
@@ -551,14 +558,17 @@ def load_weight_map(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("initializers"), dict):
             raise ValueError("no initializers")
+        if data.get("format") != WEIGHT_MAP_FORMAT:
+            raise ValueError(f"format {data.get('format')}, this zoo reads {WEIGHT_MAP_FORMAT}: an older zoo identified "
+                             f"large checkpoint files by a sample of their bytes")
         files = data.get("files", {})
         if not isinstance(files, dict):
             raise ValueError("files is not a map")
         for rel, info in files.items():
             parts = PurePosixPath(rel).parts
             if len(parts) != 2 or parts[0] != WEIGHTS_DIR or parts[1] in (".", "..") or not isinstance(info, dict) \
-                    or not isinstance(info.get("hash"), str):
-                raise ValueError(f"files names {rel!r}, expected {WEIGHTS_DIR}/FILE with its hash")
+                    or not isinstance(info.get("sha256"), str):
+                raise ValueError(f"files names {rel!r}, expected {WEIGHTS_DIR}/FILE with its sha256")
         for name, e in data["initializers"].items():
             ok = isinstance(e, dict) and isinstance(e.get("dtype"), str) and isinstance(e.get("shape"), list) \
                 and all(isinstance(d, int) for d in e["shape"]) and e.get("source") in ("checkpoint", "computed") \
@@ -578,9 +588,9 @@ def check_files_unchanged(folder: Path, weight_map: Mapping[str, Any]) -> None:
         path = folder / rel
         if not path.is_file():
             raise ArtifactError(f"checkpoint file {path} (linked from {info.get('source')}) is missing; re-export")
-        if content_hash(path) != info.get("hash"):
+        if file_sha256(path) != info.get("sha256"):
             raise ArtifactError(
-                f"checkpoint file {info.get('source')} changed after export (its content hash differs from the "
+                f"checkpoint file {info.get('source')} changed after export (its sha256 differs from the "
                 f"one recorded in {folder / WEIGHT_MAP}); re-export"
             )
 

@@ -16,6 +16,12 @@ _CHECKPOINTS: dict[tuple[str, str], Path] = {}
 _EXPORTS: dict[Path, Path] = {}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_hash_cache(tmp_path_factory):
+    """File digests remembered during the tests go to a folder of this session, not ~/.cache/zoo."""
+    os.environ["ZOO_CACHE_DIR"] = str(tmp_path_factory.mktemp("zoo-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """``tiny_checkpoint(family, variant)`` -> a random-weight checkpoint folder (diffusers format)."""

@@ -35,7 +35,7 @@ def test_manifest_records_family_source_versions_and_dims(tiny_export):
     assert m.envelope["height"] == Range(32, 64, 96)
     assert m.axes["height"].multiple_of == 16
     raw = json.loads((out / "manifest.json").read_text())
-    assert raw["format_version"] == 2 and raw["envelope"]["height"]["unit"] == "pixels"
+    assert raw["format_version"] == 3 and raw["envelope"]["height"]["unit"] == "pixels"
     decoder = m.components["vae_decoder"]
     assert decoder.dims["height"].to_json() == {"min": 32, "opt": 64, "max": 96, "multiple_of": 1,
                                                 "of": "latent_height", "scale": 8, "offset": 0}

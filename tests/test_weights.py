@@ -382,3 +382,24 @@ def test_bad_values_of_the_new_options(tmp_path, tiny_export):
     before = sorted(p.name for p in export.iterdir())
     assert_error(zoo("parity", export, "--weights-only"), "has no weightless component: there is no initializer check")
     assert sorted(p.name for p in export.iterdir()) == before  # no report written for a check that did not run
+
+
+def test_linked_files_are_recorded_by_the_sha256_of_all_their_bytes(weightless, tmp_path):
+    """weights.json names each linked file by what ``sha256sum`` prints; a map of format 1 (whose
+    large files were identified by a sample of their bytes) is refused with the remedy."""
+    import hashlib
+
+    from exporters.weights import WEIGHT_MAP_FORMAT, load_weight_map
+
+    weight_map = json.loads((weightless / "transformer" / WEIGHT_MAP).read_text())
+    assert weight_map["format"] == WEIGHT_MAP_FORMAT == 2 and weight_map["files"]
+    for rel, info in weight_map["files"].items():
+        assert info["sha256"] == hashlib.sha256((weightless / "transformer" / rel).read_bytes()).hexdigest()
+    copy = tmp_path / "export"
+    shutil.copytree(weightless, copy, copy_function=os.link)
+    for old in ({**weight_map, "format": 1}, {k: v for k, v in weight_map.items() if k != "format"}):
+        (copy / "transformer" / WEIGHT_MAP).unlink()
+        (copy / "transformer" / WEIGHT_MAP).write_text(json.dumps(old))
+        with pytest.raises(ArtifactError, match=r"weights.json is missing or not a weight map \(format .*, this zoo reads 2: "
+                                                r"an older zoo identified large checkpoint files by a sample .*re-export"):
+            load_weight_map(copy / "transformer")

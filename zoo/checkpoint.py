@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import CheckpointError
+from zoo.hashing import file_sha256
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".data")
@@ -73,11 +74,12 @@ def loading(what: str, source: Path) -> Iterator[None]:
 
 
 def file_hashes(path: str | Path) -> dict[str, str]:
-    """:func:`content_hash` of each file of a folder (or of the one file), by relative path."""
+    """The sha256 of each file of a folder (or of the one file), by relative path: what
+    ``sha256sum`` prints, computed once per version of a file (:func:`zoo.hashing.file_sha256`)."""
     path = Path(path)
     if path.is_file():
-        return {path.name: content_hash(path)}
-    return {p.relative_to(path).as_posix(): content_hash(p) for p in sorted(path.rglob("*")) if p.is_file()}
+        return {path.name: file_sha256(path)}
+    return {p.relative_to(path).as_posix(): file_sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def changed_files(path: str | Path, recorded: dict[str, str]) -> list[str]:
@@ -86,27 +88,17 @@ def changed_files(path: str | Path, recorded: dict[str, str]) -> list[str]:
     return sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
 
 
-def content_hash(path: str | Path, *, full_below: int = 64 << 20, sample: int = 1 << 20) -> str:
-    """A sha256 over a file, or a folder's files: names, sizes and contents.
-
-    Files under ``full_below`` bytes are hashed whole; larger ones (multi-GB weights) by their
-    size, first and last ``sample`` bytes, so hashing a 30 GB checkpoint takes a second.
-    A random-weight marker's seed is part of its contents, so another seed is another hash.
-    """
+def content_hash(path: str | Path) -> str:
+    """A sha256 over a file, or a folder's files: each one's relative name, size and the sha256
+    of all its bytes (:func:`zoo.hashing.file_sha256`, remembered by file identity, so a 30 GB
+    checkpoint is read once). A random-weight marker's seed is part of its contents, so another
+    seed is another hash."""
     path = Path(path)
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         rel = f.name if f == path else f.relative_to(path).as_posix()
-        size = f.stat().st_size
-        h.update(f"{rel}\0{size}\0".encode())
-        with open(f, "rb") as fh:
-            if size < full_below:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(sample))
-                fh.seek(size - sample)
-                h.update(fh.read(sample))
+        h.update(f"{rel}\0{f.stat().st_size}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
 
 
