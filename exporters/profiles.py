@@ -39,10 +39,12 @@ def shape_profile(record: ComponentRecord, dims: Dims | None = None) -> Any:
     return profile
 
 
-def dynamic_inputs(record: ComponentRecord, dims: Dims | None = None) -> list[str]:
-    """Inputs with at least one dim whose min and max differ (the ones a profile must bound)."""
-    lo, hi = input_shapes(record, "min", dims), input_shapes(record, "max", dims)
-    return [name for name in lo if lo[name] != hi[name]]
+def dynamic_inputs(record: ComponentRecord) -> list[str]:
+    """Inputs the exported graph leaves dynamic: a named dim whose exported min and max differ
+    (derived dims follow their source). A profile must bound each of them, however narrow it is:
+    ``zoo build --dim batch=1`` still builds a graph whose batch is symbolic."""
+    return [t.name for t in record.inputs
+            if any(isinstance(d, str) and record.dims[d].is_dynamic for d in t.shape)]
 
 
 def narrow_dims(record: ComponentRecord, ranges: Mapping[str, Range]) -> dict[str, Dim]:
@@ -76,12 +78,13 @@ def trtexec_command(record: ComponentRecord, onnx_path: str, engine_path: str, *
                     workspace_gib: float | None = None, timing_cache: str | None = None, refittable: bool = False,
                     weight_streaming: bool = False, weight_streaming_budget: str | None = None) -> list[str]:
     """NVIDIA's ``trtexec`` line that builds this component's engine: its ONNX, one optimization
-    profile with ``--minShapes/--optShapes/--maxShapes`` for every dynamic input (``dims``, by
-    default the manifest's; derived dims following their source), strongly typed: every tensor in
+    profile with ``--minShapes/--optShapes/--maxShapes`` for every input the graph leaves dynamic
+    (their shapes from ``dims``, by default the manifest's; derived dims following their source;
+    a profile narrowed to one point still gives all three), strongly typed: every tensor in
     the dtype the graph (TensorRT 11 builds nothing else; 10.x needs the flag), and without TF32 (fp32 stays
     fp32, as parity checked it)."""
     cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
-    names = dynamic_inputs(record, dims)
+    names = dynamic_inputs(record)
     if names:
         for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
             shapes = input_shapes(record, which, dims)

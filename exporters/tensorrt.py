@@ -16,7 +16,6 @@ corrupt-entry rebuilds and locking are tested on any machine, and the real build
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -100,6 +99,17 @@ def current_target(device: Any = "cuda") -> Target:
     return Target(trt.__version__, f"{major}.{minor}", torch.cuda.get_device_name(index))
 
 
+_DEVICE = re.compile(r"^cuda(:\d+)?$")
+
+
+def check_device(device: str) -> str:
+    """``--device`` of ``zoo build``: ``cuda`` or ``cuda:N`` (checked without torch or a GPU, so a
+    dry run refuses what a build would)."""
+    if not _DEVICE.match(str(device).strip()):
+        raise InputError(f"--device {device!r}: TensorRT engines are built on a CUDA device; expected cuda or cuda:N")
+    return str(device).strip()
+
+
 def unavailable(device: Any = "cuda") -> str | None:
     """Why engines cannot be built or run on ``device`` here (a sentence), or None."""
     try:
@@ -127,14 +137,60 @@ def parse_budget(text: str) -> str:
     return text.lower() if text.lower() == "auto" else text.upper()
 
 
+_UNITS = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+MAX_BUDGET = 1 << 50  # 1 PiB: more device memory than any GPU has (an H200 has 141 GB)
+
+
+def _size_bytes(budget: str) -> int:
+    return int(budget[:-1]) * _UNITS[budget[-1]] if budget[-1] in _UNITS else int(budget)
+
+
+def check_budget(budget: str | None, streamable: int | None = None, where: str = "--weight-streaming") -> None:
+    """Refuse a size budget no GPU could hold (over 1 PiB), or larger than the engine's streamable
+    weights when they are known (:class:`EnvelopeError`): a budget is device memory for weights."""
+    if budget is None or budget == "auto" or budget.endswith("%"):
+        return
+    size = _size_bytes(budget)
+    if size > MAX_BUDGET:
+        raise EnvelopeError(f"{where} {budget}: {size:.3g} bytes is more device memory than any GPU has; expected "
+                            f"auto, a percentage such as 50%, or a size of at most 1 PiB such as 8G")
+    if streamable and size > streamable:  # 0 or None: not known (no engine yet)
+        raise EnvelopeError(f"{where} {budget}: {size} bytes is more than the engine's {streamable} bytes of "
+                            f"streamable weights; give at most {streamable // _UNITS['M']}M, a percentage, or auto")
+
+
 def budget_bytes(budget: str, streamable: int, automatic: Callable[[], int]) -> int:
-    """The device bytes for streamable weights that ``budget`` (from :func:`parse_budget`) means."""
+    """The device bytes for streamable weights that ``budget`` (from :func:`parse_budget`) means;
+    ``automatic`` gives the ``auto`` budget (see :func:`auto_budgets` for several engines)."""
     if budget == "auto":
         return int(automatic())
     if budget.endswith("%"):
         return int(streamable * float(budget[:-1]) / 100)
-    units = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(budget[:-1]) * units[budget[-1]] if budget[-1] in units else int(budget)
+    check_budget(budget, streamable)
+    return _size_bytes(budget)
+
+
+def auto_budgets(engines: Mapping[str, Mapping[str, Any]], free: int, margin: float = 0.1) -> dict[str, int]:
+    """The ``auto`` weight-streaming budgets of several engines that run together, resolved once
+    all are known instead of each taking the free memory as it loads. ``engines`` maps a name to
+    its sidecar facts: ``streamable`` (bytes), ``device_memory`` (activation bytes at its largest
+    shapes), ``weights`` (bytes resident without streaming: the plan's size for an engine that does
+    not stream), ``budget`` (``auto``, a percentage, a size, or None when it does not stream).
+    ``free`` device bytes, less ``margin`` of it, less every engine's activations, resident
+    weights and fixed budgets, are shared by the ``auto`` engines in proportion to their
+    streamable weights (each at most all of them, at least 0)."""
+    usable = int(free * (1 - margin))
+    auto = {n: e for n, e in engines.items() if e.get("budget") == "auto"}
+    for name, e in engines.items():
+        usable -= int(e.get("device_memory") or 0)
+        if e.get("budget") is None:
+            usable -= int(e.get("weights") or 0)
+        elif name not in auto:
+            usable -= budget_bytes(e["budget"], int(e.get("streamable") or 0), lambda: 0)
+    total = sum(int(e.get("streamable") or 0) for e in auto.values())
+    usable = max(usable, 0)
+    return {n: min(int(e.get("streamable") or 0), usable * int(e.get("streamable") or 0) // total) if total else 0
+            for n, e in auto.items()}
 
 
 @dataclass(frozen=True)
@@ -272,6 +328,9 @@ def build_specs(manifest: Manifest, components: tuple[str, ...] = (), precision:
     inside the exported profile."""
     for c in components:
         manifest.component(c)
+    repeated = sorted({c for c in components if components.count(c) > 1})
+    if repeated:
+        raise InputError(f"--component {repeated[0]} is given {components.count(repeated[0])} times; name each component once")
     names = list(components or manifest.components)
     if precision is not None:
         want = PRECISION_NAMES[precision]
@@ -346,9 +405,10 @@ class Entry:
                 v *= d.max - d.min + 1
         return v
 
-    def read_plan(self) -> bytes:
-        """The plan's bytes, after checking them against the sidecar's size and sha256 (an error
-        says how to rebuild it)."""
+    def read_plan(self) -> Path:
+        """The plan's path, after checking the file against the sidecar's size and sha256 (an
+        error says how to rebuild it). The file is hashed by streaming, once per file identity
+        (:func:`plan_sha256`), and TensorRT then deserializes it from the file (:func:`deserialize`)."""
         try:
             return check_plan(self)
         except ArtifactError as e:
@@ -403,19 +463,29 @@ def check_target(entry: Entry, target: Target) -> None:
         )
 
 
-def check_plan(entry: Entry) -> bytes:
-    """The plan's bytes if whole (size and sha256 as the sidecar says); :class:`ArtifactError` if
-    it is missing, empty, truncated or corrupted."""
+def plan_sha256(path: Path) -> str:
+    """The plan file's full sha256, streamed (never the whole plan in memory), computed once per
+    file identity by the shared cache of whole-file digests where it exists."""
+    try:
+        from zoo.hashing import file_sha256  # remembered by (device, inode, size, mtime, ctime)
+    except ImportError:  # before that cache lands: the same digest, streamed, not remembered
+        return file_digest(path)
+    return file_sha256(path)
+
+
+def check_plan(entry: Entry) -> Path:
+    """The plan's path if the file is whole (size and sha256 as the sidecar says);
+    :class:`ArtifactError` if it is missing, empty, truncated or corrupted."""
     path, want = entry.plan, entry.sidecar["plan"]
     if not path.is_file():
         raise ArtifactError(f"{path} is missing")
-    data = path.read_bytes()
-    if len(data) != want["size"]:
-        what = "empty" if not data else f"truncated ({len(data)} bytes)" if len(data) < want["size"] else f"{len(data)} bytes"
+    size = path.stat().st_size
+    if size != want["size"]:
+        what = "empty" if not size else f"truncated ({size} bytes)" if size < want["size"] else f"{size} bytes"
         raise ArtifactError(f"{path} is {what}, its sidecar says {want['size']} bytes")
-    if hashlib.sha256(data).hexdigest() != want["sha256"]:
+    if plan_sha256(path) != want["sha256"]:
         raise ArtifactError(f"{path} does not match the sha256 in its sidecar: corrupted")
-    return data
+    return path
 
 
 def check_entry(folder: Path, target: Target | None = None, *, plan: bool = True) -> Entry:
@@ -477,14 +547,14 @@ Builder = Callable[[BuildSpec, Path], BuildResult]  # writes the plan at the pat
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (two builders of one key: the second waits, then finds it built)."""
+    """An exclusive lock between processes (two builders of one key: the second waits, then finds
+    it built). ``filelock`` picks flock on POSIX and msvcrt.locking on Windows when it is taken,
+    so importing this module works on every platform TensorRT runs on (a dry run included)."""
+    from filelock import FileLock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 def engines_dir(root: Path) -> Path:
@@ -506,6 +576,7 @@ def get_or_build(spec: BuildSpec, target: Target, builder: Builder, *, rebuild: 
             try:
                 entry = check_entry(folder, target)
                 budget = spec.options.weight_streaming_budget
+                check_budget(budget, entry.sidecar["build"].get("streamable_weights_bytes"))
                 if spec.options.weight_streaming and budget and entry.sidecar.get("weight_streaming_budget") != budget:
                     entry.sidecar["weight_streaming_budget"] = budget  # a runtime setting: not part of the key
                     atomic_write_json(folder / SIDECAR, entry.sidecar)
@@ -520,6 +591,7 @@ def get_or_build(spec: BuildSpec, target: Target, builder: Builder, *, rebuild: 
             plan = stage / PLAN
             if not plan.is_file() or plan.stat().st_size == 0:
                 raise ExportError(f"the TensorRT builder wrote no plan for component {spec.component!r}")
+            check_budget(spec.options.weight_streaming_budget, built.streamable_weights)
             sidecar = sidecar_for(spec, target, key, plan, built, seconds, structure, refit_from)
             atomic_write_json(stage / SIDECAR, sidecar)
         return Entry(folder, sidecar), True
@@ -592,7 +664,7 @@ def check_refit_source(manifest: Manifest, other: Manifest, names: list[str]) ->
     return digests
 
 
-def refit_entry(spec: BuildSpec, other: Manifest, target: Target, refitter: Callable[[bytes, Path, Path], BuildResult],
+def refit_entry(spec: BuildSpec, other: Manifest, target: Target, refitter: Callable[[Path, Path, Path], BuildResult],
                 structure: str) -> tuple[Entry, bool]:
     """The engine of ``spec``'s component, refitted with ``spec``'s weights from a refittable engine
     of the same graph in ``other`` (its profile and flags are kept). Returns the entry and whether
@@ -700,23 +772,33 @@ def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult
     _write_plan(serialized, path)  # the plan is on disk before anything else holds a copy of it
     del serialized
     with torch.cuda.device(torch.device(device)):
-        return _engine_facts(deserialize(path.read_bytes()))
+        return _engine_facts(deserialize(path))
 
 
-def deserialize(plan: bytes) -> Any:
-    """A ``trt.ICudaEngine`` from a plan (with TensorRT's plugin library registered, as Polygraphy's
-    builder registers it, for plans that use its plugins); :class:`ArtifactError` if TensorRT refuses it."""
+def deserialize(plan: Path | bytes) -> Any:
+    """A ``trt.ICudaEngine`` from a plan file, streamed into TensorRT where it has a stream reader
+    (``IStreamReader``, 10.0+; ``IStreamReaderV2`` in 11, through Polygraphy's ``FileReader``), so
+    the plan is never whole in host memory; from its bytes otherwise. TensorRT's plugin library is
+    registered first, as Polygraphy's builder registers it. :class:`ArtifactError` if TensorRT
+    refuses the plan."""
     import tensorrt as trt
     from polygraphy.backend.trt import get_trt_logger
 
     trt.init_libnvinfer_plugins(get_trt_logger(), "")
-    engine = trt.Runtime(get_trt_logger()).deserialize_cuda_engine(plan)
+    runtime = trt.Runtime(get_trt_logger())
+    if isinstance(plan, Path) and (hasattr(trt, "IStreamReader") or hasattr(trt, "IStreamReaderV2")):
+        from polygraphy.backend.trt import FileReader
+
+        with FileReader(str(plan)) as reader:
+            engine = runtime.deserialize_cuda_engine(reader)
+    else:
+        engine = runtime.deserialize_cuda_engine(plan.read_bytes() if isinstance(plan, Path) else plan)
     if engine is None:
         raise ArtifactError("TensorRT could not deserialize the plan (see its log above); rebuild it with `zoo build`")
     return engine
 
 
-def refit_plan(plan: bytes, onnx: Path, path: Path, device: Any = "cuda") -> BuildResult:
+def refit_plan(plan: Path, onnx: Path, path: Path, device: Any = "cuda") -> BuildResult:
     """Deserialize a refittable ``plan``, refit every weight from ``onnx`` (TensorRT's ONNX parser
     refitter) and write the refitted plan to ``path``."""
     import tensorrt as trt

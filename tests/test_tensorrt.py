@@ -98,6 +98,60 @@ def test_dim_narrows_a_source_dim_and_its_derived_dims_follow(tiny_export):
     assert name in flags["--minShapes"]
 
 
+def test_a_profile_narrowed_to_one_point_still_bounds_the_graphs_dynamic_inputs(tiny_export, copied_export):
+    """`--dim frames_chunk=16 --dim latent_height=8 --dim latent_width=8` (every dynamic dim at one
+    value) leaves the graph's inputs symbolic: trtexec needs --min/--opt/--maxShapes for them (all
+    three the same shape), and the sidecar's line, which is the same function's, carries them too."""
+    export = tiny_export("animatediff")
+    decoder = load_manifest(export).component("vae_decoder")
+    point = {d: dim.max for d, dim in decoder.dims.items() if dim.is_dynamic and not dim.is_derived}
+    assert len(point) == 3
+    result = zoo("build", export, "--component", "vae_decoder", *[a for d, v in point.items() for a in ("--dim", f"{d}={v}")],
+                 "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "static shapes" not in result.output
+    assert all(f"{d} {v}:{v}:{v}" in result.output for d, v in point.items()), result.output
+    flags = dict(c.split("=", 1) for c in shlex.split(result.output.splitlines()[-1])[1:] if "=" in c)
+    spec = engines.build_specs(load_manifest(export), ("vae_decoder",), dims={d: Range(v, v, v) for d, v in point.items()})[0]
+    want = {n: "x".join(map(str, s)) for n, s in input_shapes(decoder, "max", spec.dims).items()}
+    for flag in ("--minShapes", "--optShapes", "--maxShapes"):
+        assert dict(item.split(":") for item in flags[flag].split(",")) == want
+    # a transformer engine built for one frames value: its sidecar's trtexec line bounds the input too
+    full = spec_of(copied_export)
+    frames = full.dims["frames"]
+    entry, _ = engines.get_or_build(replace(full, dims={**full.dims, "frames": replace(frames, min=frames.opt, max=frames.opt)}),
+                                    HERE, fake_builder())
+    assert "--minShapes=" in entry.sidecar["trtexec"] and "--maxShapes=" in entry.sidecar["trtexec"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weight-streaming", "100000000000000000000000G"], "is more device memory than any GPU has"),
+    (["--timing-cache", "{tmp}/nowhere/cache.bin"], "does not exist; create it"),
+    (["--device", "cuda:abc"], "--device 'cuda:abc': TensorRT engines are built on a CUDA device; expected cuda or cuda:N"),
+    (["--device", "cpu"], "expected cuda or cuda:N"),
+    (["--component", "transformer", "--component", "transformer"], "--component transformer is given 2 times"),
+    ("truncate", "is 10 bytes, the manifest says"),
+    ("corrupt", "does not match the sha256 in the manifest"),
+])
+def test_a_dry_run_checks_what_a_build_checks(copied_export, tmp_path, args, message):
+    """Each is one `error:` line and exit 2 with or without --dry-run, and nothing is written."""
+    graph = copied_export / "transformer" / "model.onnx"
+    if args == "truncate":
+        graph.write_bytes(graph.read_bytes()[:10])
+        args = []
+    elif args == "corrupt":
+        data = bytearray(graph.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        graph.write_bytes(bytes(data))
+        args = []
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    before = sorted(p.relative_to(copied_export) for p in copied_export.rglob("*"))
+    for dry in (["--dry-run"], []):
+        assert_error(zoo("build", copied_export, *args, *dry), message)
+    assert sorted(p.relative_to(copied_export) for p in copied_export.rglob("*")) == before
+    assert list(tmp_path.iterdir()) == [copied_export]
+
+
 @pytest.mark.parametrize("dim, message", [
     ("latent_height=2:6:8", "outside the exported profile: latent_height must be in [4, 8]"),
     ("height=32:48:64", "height is derived (height = 8 x latent_height): give --dim latent_height=... instead"),
@@ -138,8 +192,13 @@ def test_build_without_tensorrt_says_what_is_missing(tiny_export, tmp_path):
 def test_weight_streaming_budget():
     assert [engines.parse_budget(b) for b in ("auto", "50%", "8g", "1024")] == ["auto", "50%", "8G", "1024"]
     assert engines.budget_bytes("50%", 1000, lambda: 7) == 500
-    assert engines.budget_bytes("2M", 0, lambda: 7) == 2 << 20
+    assert engines.budget_bytes("2M", 0, lambda: 7) == 2 << 20  # streamable weights not known
     assert engines.budget_bytes("auto", 1000, lambda: 7) == 7
+    with pytest.raises(EnvelopeError, match="more than the engine's 1048576 bytes of streamable weights"):
+        engines.budget_bytes("2M", 1 << 20, lambda: 7)
+    engines.check_budget("1048576G")  # 1 PiB: the largest accepted
+    with pytest.raises(EnvelopeError, match="more device memory than any GPU has"):
+        engines.check_budget("1048577G")
     with pytest.raises(EnvelopeError, match="expected auto, a percentage"):
         engines.parse_budget("-1")
 
@@ -235,7 +294,7 @@ def test_a_damaged_entry_is_rebuilt_never_used(copied_export, caplog, damage, wh
         again, built = engines.get_or_build(spec, HERE, fake_builder(calls))
     assert built and calls == ["transformer", "transformer"]
     assert what in caplog.text and "rebuilding it" in caplog.text
-    assert again.plan.read_bytes() == good and again.read_plan() == good
+    assert again.plan.read_bytes() == good and again.read_plan() == again.plan
 
 
 def test_a_failed_build_leaves_nothing_half_written(copied_export):
@@ -258,6 +317,18 @@ def _build_in_child(export: str, log: str) -> None:
     engines.get_or_build(spec_of(Path(export)), HERE, fake_builder(calls, delay=1.0))
     with open(log, "a") as f:
         f.write("built\n" if calls else "cached\n")
+
+
+def test_a_dry_run_needs_no_posix_only_module(copied_export):
+    """Windows has no fcntl (a TensorRT platform): the command line and the engine cache import
+    without it, and a dry run works; the build lock picks its mechanism when it is taken."""
+    code = ("import sys; sys.modules['fcntl'] = None\n"
+            "from click.testing import CliRunner\nfrom zoo.cli import main\n"
+            f"r = CliRunner().invoke(main, ['build', {str(copied_export)!r}, '--dry-run'], catch_exceptions=False)\n"
+            "print(r.output); sys.exit(r.exit_code)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0 and "trtexec --onnx=" in out.stdout, out.stdout + out.stderr
 
 
 def test_two_builders_of_one_key_build_once(copied_export, tmp_path):
@@ -409,15 +480,15 @@ def test_refit_keeps_the_source_engine_profile_and_flags(copied_export, other_we
     source, _ = engines.get_or_build(theirs, HERE, fake_builder())
     refits = []
 
-    def refitter(plan: bytes, onnx: Path, path: Path) -> engines.BuildResult:
+    def refitter(plan: Path, onnx: Path, path: Path) -> engines.BuildResult:
         refits.append((plan, onnx))
-        path.write_bytes(plan + b" refitted")
+        path.write_bytes(plan.read_bytes() + b" refitted")
         return engines.BuildResult()
 
     manifest, other = load_manifest(copied_export), load_manifest(other_weights)
     structure = engines.check_refit_source(manifest, other, ["transformer"])["transformer"]
     entry, made = engines.refit_entry(spec_of(copied_export), other, HERE, refitter, structure)
-    assert made and refits == [(source.plan.read_bytes(), copied_export / "transformer" / "model.onnx")]
+    assert made and refits == [(source.plan, copied_export / "transformer" / "model.onnx")]
     assert entry.sidecar["refit_from"] == {"export": str(other_weights.resolve()), "key": source.key}
     assert entry.sidecar["flags"] == source.sidecar["flags"] and entry.sidecar["profile"] == source.sidecar["profile"]
     assert entry.sidecar["content"] == engines.content_digest(manifest, manifest.component("transformer"))

@@ -274,8 +274,15 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
     from exporters import tensorrt as engines
     from exporters.manifest import load_manifest
     from exporters.onnx import check_artifact
-    from zoo.errors import BackendUnavailableError
+    from zoo.errors import BackendUnavailableError, InputError
 
+    # everything a build checks, a dry run checks too, before anything is read or written
+    device = engines.check_device(device)
+    engines.check_budget(weight_streaming)
+    if timing_cache is not None and not timing_cache.parent.is_dir():
+        raise InputError(
+            f"--timing-cache {timing_cache}: its folder {timing_cache.parent} does not exist; create it or name "
+            f"a file in an existing folder (the cache is written after the build)")
     manifest = load_manifest(export_dir)
     options = engines.BuildOptions(workspace, refittable, weight_streaming is not None, weight_streaming, timing_cache)
     specs = engines.build_specs(manifest, components, precision, engines.parse_dims(dims), options)
@@ -290,9 +297,14 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
                                    "--weight-streaming, --workspace, --dim and --rebuild")
         other = load_manifest(refit_from)
         structures = engines.check_refit_source(manifest, other, [s.component for s in specs])
+    for spec in specs:
+        check_artifact(manifest.root, spec.record)  # every graph whole before the first build (or line) is made
     if dry_run:
         for spec in specs:
-            profile = ", ".join(f"{n} {d.min}:{d.opt}:{d.max}" for n, d in spec.dims.items() if d.is_dynamic and not d.is_derived)
+            # the graph's dynamic dims, with the profile this build gives them (one point is still a profile)
+            exported = spec.record.dims
+            profile = ", ".join(f"{n} {d.min}:{d.opt}:{d.max}" for n, d in spec.dims.items()
+                                if exported[n].is_dynamic and not d.is_derived)
             click.echo(f"# {spec.component} ({spec.precision}): {profile or 'static shapes'}")
             click.echo(shlex.join(spec.trtexec(engines.engines_dir(manifest.root) / f"{spec.component}.plan")))
         return
@@ -301,8 +313,6 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
         raise BackendUnavailableError(f"zoo build needs TensorRT and an NVIDIA GPU: {problem} (`zoo build --dry-run` "
                                       f"prints the trtexec lines without them)")
     target = engines.current_target(device)
-    for spec in specs:
-        check_artifact(manifest.root, spec.record)  # every graph whole before the first build starts
     click.echo(f"building {len(specs)} engine(s) for {target.describe()}", err=True)
     for spec in specs:
         spec = engines.with_content(spec, manifest)
