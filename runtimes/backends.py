@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from exporters.manifest import ComponentRecord, Manifest
-from runtimes.feeds import check_outputs, check_profile, validate_feeds
+from runtimes.feeds import check_finite, check_outputs, check_profile, validate_feeds
 from zoo.contract import DTYPES, Reference
 from zoo.checkpoint import changed_files, content_hash
 from zoo.errors import ArtifactError, BackendUnavailableError, InputError, OutputError, UnknownFamilyError
@@ -235,15 +235,43 @@ class OnnxRuntimeBackend(Backend):
 
 
 class TensorRTBackend(Backend):
-    """A TensorRT engine built by ``zoo build`` (needs TensorRT and an NVIDIA GPU).
+    """A TensorRT engine built by ``zoo build`` (needs TensorRT 10.1+ and an NVIDIA GPU).
 
-    The engine is found in the export's cache for this machine's TensorRT and GPU, its plan
-    checked against its sidecar before it is deserialized. Feeds and outputs are torch tensors
-    on the device, bound to the execution context by address, and the engine runs on torch's
-    current CUDA stream: no copies, no second stream, and state outputs (VAE caches) stay on
-    the device as the next call's inputs. Shapes are set per call inside the engine's profile."""
+    The engine is found in the export's cache for this machine's TensorRT and GPU, its plan file
+    checked against its sidecar (hashed once per file version) and streamed into TensorRT. Feeds
+    and outputs are torch tensors on the device, bound to the execution context by address, and
+    state outputs (VAE caches) stay on the device as the next call's inputs. Per call:
+
+    - shapes are set inside the engine's profile; an output whose shape is still unknown then
+      (data-dependent) is refused, as are shape tensors TensorRT reads on the host;
+    - every address is 256-byte aligned (TensorRT refuses others): a misaligned or strided feed,
+      such as a view with an offset, is copied into fresh storage; every TensorRT return value is
+      checked, and a refusal is an error naming the tensor;
+    - activation memory is the context's own size for these shapes
+      (``update_device_memory_size_for_shapes``), taken from torch's caching allocator for the
+      call (the context is created ``USER_MANAGED``: nothing is reserved at load for the largest
+      profile, outside torch's allocator);
+    - the engine runs on the backend's own non-default stream (TensorRT adds device-wide
+      synchronisation on the legacy default stream). Ordering: everything the call allocates
+      (copies, outputs, activation memory) is allocated on the caller's current stream; the
+      backend's stream waits for the caller's stream before the engine runs, and the caller's
+      stream waits for the backend's after it is queued. So the engine sees finished inputs, the
+      caller's next kernels see finished outputs, and memory freed by the caller after the call is
+      reused on the caller's stream only after the engine is done with it: no ``record_stream``
+      and no host synchronisation.
+
+    A weight-streaming engine's ``auto`` budget is resolved with the other engines of the same
+    pipeline (:class:`StreamingBudgets`), and the budget TensorRT took is read back and kept in
+    ``streaming_budget``."""
 
     name = "tensorrt"
+    ALIGNMENT = 256  # bytes: what IExecutionContext.set_tensor_address requires
+
+    def __init__(self, manifest: Manifest, component: str, device: str = "cuda") -> None:
+        super().__init__(manifest, component, device)
+        self.budgets: StreamingBudgets | None = None  # shared by the engines of one pipeline (Runners)
+        self.streaming_budget: int | None = None  # bytes, as read back from TensorRT
+        self.fused_finite_check = self.device.type == "cuda"
 
     @classmethod
     def unavailable(cls, device: torch.device) -> str | None:
@@ -258,31 +286,76 @@ class TensorRTBackend(Backend):
         target = engines.current_target(self.device)
         self.entry = engines.find_engine(self.manifest, self.record, target)
         self.dims = self.entry.dims  # the engine's profile, checked on every call
-        plan = self.entry.read_plan()  # checked against its sidecar before TensorRT sees it
+        plan = self.entry.read_plan()  # the file, checked against its sidecar before TensorRT sees it
         import tensorrt as trt
 
         with torch.cuda.device(self.device):
             self.engine = engines.deserialize(plan)
-            del plan  # the plan's bytes are not kept beside the engine
-            budget = self.entry.sidecar.get("weight_streaming_budget")
-            if self.entry.sidecar["flags"].get("weight_streaming") and budget:
-                self.engine.weight_streaming_budget_v2 = engines.budget_bytes(
-                    budget, self.engine.streamable_weights_size, self.engine.get_weight_streaming_automatic_budget)
-            self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = {n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+            self._check_tensors(trt)
+            self.streaming_budget = self._set_streaming_budget()
+            context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if context is None:
+                raise ArtifactError(f"TensorRT could not create an execution context for {self.entry.plan} (see its log above)")
+            self.context = context
+            self.stream = torch.cuda.Stream(self.device)
+
+    def _check_tensors(self, trt: Any) -> None:
+        """The engine's tensors are the component's, in its dtypes, and all device tensors."""
+        engine = self.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = {n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
         if inputs != set(self.input_names) or set(names) - inputs != {t.name for t in self.record.outputs}:
             raise ArtifactError(f"the engine {self.entry.plan} has tensors {', '.join(names)}, not the component's "
                                 f"{', '.join([*self.input_names, *(t.name for t in self.record.outputs)])}; rebuild it")
-        self.dtypes = {n: _TRT_TORCH.get(str(self.engine.get_tensor_dtype(n)).split(".")[-1]) for n in names}
+        host = [n for n in names if engine.is_shape_inference_io(n)]
+        if host:
+            raise ArtifactError(f"the engine {self.entry.plan} has shape tensor(s) {', '.join(host)} that TensorRT reads on "
+                                f"the host; the tensorrt backend binds device tensors only: export the component with "
+                                f"{host[0]!r} as a data input (its values in a device tensor), then rebuild")
+        self.dtypes = {n: _TRT_TORCH.get(str(engine.get_tensor_dtype(n)).split(".")[-1]) for n in names}
         wrong = [f"{t.name} is {self.dtypes[t.name]}, expected {t.dtype}" for t in (*self.record.inputs, *self.record.outputs)
                  if self.dtypes[t.name] != DTYPES[t.dtype]]
         if wrong:
             raise ArtifactError(f"the engine {self.entry.plan} does not have the component's dtypes ({'; '.join(wrong)}); rebuild it")
 
+    def _set_streaming_budget(self) -> int | None:
+        """Set a weight-streaming engine's budget (``auto``: resolved with the pipeline's other
+        engines), read back what TensorRT took, and log it."""
+        from exporters import tensorrt as engines
+
+        budget = self.entry.sidecar.get("weight_streaming_budget")
+        if not (self.entry.sidecar["flags"].get("weight_streaming") and budget):
+            return None
+        streamable = int(self.engine.streamable_weights_size)
+        if budget == "auto" and self.budgets is not None:
+            want = self.budgets.budget_for(self)
+        else:
+            want = engines.budget_bytes(budget, streamable, self.engine.get_weight_streaming_automatic_budget)
+        self.engine.weight_streaming_budget_v2 = want
+        got = int(self.engine.weight_streaming_budget_v2)
+        (log.warning if got != want else log.info)(
+            "component %s: weight-streaming budget %s: %d of %d streamable bytes on the device%s", self.record.name,
+            budget, got, streamable, "" if got == want else f" (asked for {want})")
+        return got
+
     @property
     def profile_dims(self) -> dict:
         return self.dims if self.is_active else self.record.dims
+
+    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """As :meth:`Backend.__call__`; on a GPU, inputs and outputs are checked finite together
+        after the run, with one host synchronisation (:func:`runtimes.feeds.check_finite`), not
+        one per tensor; a NaN input is still an :class:`InputError` naming it, and no state is kept."""
+        if not self.fused_finite_check:
+            return super().__call__(feeds)
+        feeds = {**{k: v for k, v in self.state.items() if k not in feeds}, **feeds}
+        checked = validate_feeds(self.record, feeds, finite=False)
+        outputs = self.infer(checked)
+        check_outputs(self.record, checked, outputs, finite=False)
+        check_finite(self.record, checked, outputs)
+        for output, state_input in self.record.state.items():
+            self.state[state_input] = outputs[output]
+        return outputs
 
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.activate()
@@ -293,29 +366,96 @@ class TensorRTBackend(Backend):
         with torch.cuda.device(self.device):  # the engine's GPU, whichever one is current
             return self._execute(feeds)
 
+    def _refused(self, what: str) -> ArtifactError:
+        return ArtifactError(f"component {self.record.name!r}: TensorRT refused {what} (see its log above)")
+
     def _execute(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        stream = torch.cuda.current_stream(self.device)
-        bound = {}
+        context = self.context
+        caller = torch.cuda.current_stream(self.device)
+        bound: dict[str, torch.Tensor] = {}  # alive until the call is queued (see the class's note on streams)
         for name, value in feeds.items():
-            t = value.to(self.device).contiguous()
-            if not self.context.set_input_shape(name, tuple(t.shape)):
-                raise InputError(f"component {self.record.name!r} input {name!r}: TensorRT refused the shape {tuple(t.shape)}")
-            self.context.set_tensor_address(name, t.data_ptr())
-            bound[name] = t  # alive until the call is queued; torch's allocator orders reuse on this stream
+            t = self._aligned(value.to(self.device))
+            if not context.set_input_shape(name, tuple(t.shape)):
+                raise InputError(f"component {self.record.name!r} input {name!r}: TensorRT refused the shape {tuple(t.shape)} "
+                                 f"(the engine's profile is {self.entry.folder})")
+            bound[name] = t
         outputs = {}
         for spec in self.record.outputs:
-            shape = tuple(self.context.get_tensor_shape(spec.name))
+            shape = tuple(context.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
-                raise OutputError(f"component {self.record.name!r} output {spec.name!r}: TensorRT left its shape {shape} unresolved")
-            out = torch.empty(shape, dtype=self.dtypes[spec.name], device=self.device)
-            self.context.set_tensor_address(spec.name, out.data_ptr())
-            outputs[spec.name] = out
-        if not self.context.execute_async_v3(stream.cuda_stream):
+                raise ArtifactError(f"component {self.record.name!r} output {spec.name!r}: its shape {shape} depends on the "
+                                    f"data (still unknown once every input shape is set); the tensorrt backend allocates "
+                                    f"outputs from the input shapes and does not run such engines")
+            outputs[spec.name] = self._empty(shape, self.dtypes[spec.name])
+        size = int(context.update_device_memory_size_for_shapes())
+        scratch = self._empty((max(size, 1),), torch.uint8)  # activations for these shapes, from torch's allocator
+        context.set_device_memory(scratch.data_ptr(), size)
+        for name, t in (*bound.items(), *outputs.items()):
+            if not context.set_tensor_address(name, t.data_ptr()):
+                raise self._refused(f"the address of {name!r} ({t.data_ptr():#x}, shape {tuple(t.shape)}, {t.dtype})")
+        self.stream.wait_stream(caller)  # inputs written on the caller's stream are finished first
+        queued = context.execute_async_v3(self.stream.cuda_stream)
+        caller.wait_stream(self.stream)  # the caller's next kernels (and frees) come after the engine
+        if not queued:
             raise OutputError(f"component {self.record.name!r}: TensorRT's execute_async_v3 failed (see its log above)")
         return outputs
 
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor whose address is 256-byte aligned (torch's CUDA allocator gives
+        512-byte aligned blocks; any other storage is over-allocated and offset)."""
+        t = torch.empty(shape, dtype=dtype, device=self.device)
+        if t.data_ptr() % self.ALIGNMENT == 0:
+            return t
+        nbytes = t.numel() * t.element_size()
+        raw = torch.empty(nbytes + self.ALIGNMENT, dtype=torch.uint8, device=self.device)
+        offset = -raw.data_ptr() % self.ALIGNMENT
+        return raw[offset:offset + nbytes].view(dtype).view(shape)
+
+    def _aligned(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` if contiguous at an aligned address, else a copy that is (made on the caller's stream)."""
+        if t.is_contiguous() and t.data_ptr() % self.ALIGNMENT == 0:
+            return t
+        out = self._empty(tuple(t.shape), t.dtype)
+        out.copy_(t)
+        return out
+
     def _unload(self) -> None:
-        self.context = self.engine = None
+        self.context = self.engine = self.stream = None
+
+
+class StreamingBudgets:
+    """The ``auto`` weight-streaming budgets of one pipeline's TensorRT engines, resolved together
+    when the first of them loads, from every engine's sidecar (streamable weights, activation
+    memory, plan size) and the device's free memory then (:func:`exporters.tensorrt.auto_budgets`),
+    instead of each engine taking the free memory as it loads."""
+
+    def __init__(self, backends: list[TensorRTBackend]) -> None:
+        self.backends = backends
+        self.resolved: dict[str, int] | None = None
+
+    def budget_for(self, backend: TensorRTBackend) -> int:
+        if self.resolved is None:
+            self.resolved = self.resolve(backend.device)
+            log.info("weight-streaming budgets resolved together: %s", self.resolved)
+        return self.resolved[backend.record.name]
+
+    def resolve(self, device: torch.device) -> dict[str, int]:
+        from exporters import tensorrt as engines
+
+        target = engines.current_target(device)
+        facts = {}
+        for b in self.backends:
+            try:
+                entry = b.entry if getattr(b, "entry", None) is not None else engines.find_engine(b.manifest, b.record, target)
+            except ArtifactError:
+                continue  # no engine: that component fails when it loads, and holds no memory before
+            built, streams = entry.sidecar["build"], entry.sidecar["flags"].get("weight_streaming")
+            facts[b.record.name] = {"streamable": built.get("streamable_weights_bytes"),
+                                    "device_memory": built.get("device_memory_bytes"),
+                                    "weights": entry.sidecar["plan"]["size"],
+                                    "budget": (entry.sidecar.get("weight_streaming_budget") or "auto") if streams else None}
+        free, _ = torch.cuda.mem_get_info(device)
+        return engines.auto_budgets(facts, free)
 
 
 _TRT_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64,
@@ -359,6 +499,10 @@ class Runners(Mapping[str, Backend]):
 
     def __init__(self, name: str, manifest: Manifest, device: str = "cpu") -> None:
         self._backends = {c: backend_for(name, manifest, c, device) for c in manifest.components}
+        engines = [b for b in self._backends.values() if isinstance(b, TensorRTBackend)]
+        budgets = StreamingBudgets(engines)  # `auto` weight streaming: resolved once all engines are known
+        for b in engines:
+            b.budgets = budgets
 
     def __getitem__(self, key: str) -> Backend:
         return self._backends[key]

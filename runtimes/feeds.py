@@ -32,8 +32,38 @@ def _nonfinite(t: torch.Tensor) -> tuple[int, int]:
     return int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
 
 
-def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The feeds as tensors, checked against ``record``; raises :class:`InputError`."""
+def first_nonfinite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first tensor holding a NaN or Inf, or None: one fused reduction per device
+    (``isfinite(t).all()`` of every floating tensor stacked, one ``.item()``), so a GPU call costs
+    one host sync, not one per tensor; which tensor it was is found only on the failing path."""
+    floats = [(name, t) for name, t in tensors.items() if t.is_floating_point() and t.numel()]
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for _, t in floats:
+        by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
+    if all(bool(torch.stack(flags).all().item()) for flags in by_device.values()):
+        return None
+    return next(name for name, t in floats if any(_nonfinite(t)))
+
+
+def check_finite(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
+    """Inputs and outputs finite, checked together with one host sync (:class:`InputError` naming
+    the input, else :class:`OutputError` naming the output, with their NaN and Inf counts)."""
+    named = {**{("in", k): v for k, v in feeds.items()}, **{("out", k): v for k, v in outputs.items()}}
+    bad = first_nonfinite(named)
+    if bad is None:
+        return
+    kind, name = bad
+    t = named[bad]
+    nan, inf = _nonfinite(t)
+    if kind == "in":
+        raise InputError(f"component {record.name!r} input {name!r}: contains {nan} NaN and {inf} Inf values")
+    raise OutputError(f"component {record.name!r} output {name!r}: {nan} NaN and {inf} Inf values "
+                      f"(shape {tuple(t.shape)}); nothing written")
+
+
+def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any], *, finite: bool = True) -> dict[str, torch.Tensor]:
+    """The feeds as tensors, checked against ``record``; raises :class:`InputError`. ``finite``:
+    also refuse NaN / Inf values here (else the caller checks them with :func:`check_finite`)."""
     expected = [t.name for t in record.inputs]
     missing = [n for n in expected if n not in feeds]
     extra = sorted(set(feeds) - set(expected))
@@ -73,10 +103,9 @@ def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any]) -> dict[st
                 so = f", so {name} = {value}" if dim.is_derived else ""
                 raise InputError(f"{where}: dim {axis} ({want}) is {size}{so}, but {seen[name][1]} has {name} = {seen[name][0]}")
             seen.setdefault(name, (value, f"input {spec.name!r}"))
-        nan, inf = _nonfinite(t)
-        if nan or inf:
-            raise InputError(f"{where}: contains {nan} NaN and {inf} Inf values")
         out[spec.name] = t
+    if finite:
+        check_finite(record, out, {})
     return out
 
 
@@ -111,9 +140,10 @@ def _point(record: ComponentRecord, feeds: Mapping[str, torch.Tensor]) -> dict[s
     return point
 
 
-def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
+def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor],
+                  *, finite: bool = True) -> None:
     """Outputs must be all there, of the contract's rank and every dim (derived ones included),
-    and finite (:class:`OutputError`)."""
+    and finite unless ``finite`` is False (:class:`OutputError`)."""
     point = _point(record, feeds)
     for spec in record.outputs:
         where = f"component {record.name!r} output {spec.name!r}"
@@ -130,9 +160,8 @@ def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], ou
                     raise OutputError(f"{where}: dim {axis} ({want}) is {size}, {problem}")
             elif size != expected:
                 raise OutputError(f"{where}: dim {axis} is {size}, expected {expected} {_fmt(spec)}")
-        nan, inf = _nonfinite(t)
-        if nan or inf:
-            raise OutputError(f"{where}: {nan} NaN and {inf} Inf values (shape {tuple(t.shape)}); nothing written")
+    if finite:
+        check_finite(record, {}, {spec.name: outputs[spec.name] for spec in record.outputs})
 
 
 def _fmt(spec: TensorRecord) -> str:

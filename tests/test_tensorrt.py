@@ -5,6 +5,7 @@ so they run without TensorRT; and, marked ``tensorrt``, real engines where Tenso
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -560,3 +561,270 @@ def test_tensorrt_refit_and_weight_streaming(tmp_path, other_weights, tiny_expor
     streamed = _copy(tiny_export("transformer-temporal", "default"), tmp_path / "ws")
     assert zoo("build", streamed, "--weight-streaming", "50%").exit_code == 0
     assert zoo("parity", streamed, "--backend", "tensorrt").exit_code == 0
+
+
+# --------------------------------------------------------------------------------------
+# The backend against a recording fake of TensorRT (no GPU: torch's CUDA calls faked too)
+# --------------------------------------------------------------------------------------
+
+
+class FakeStream:
+    def __init__(self, log: list, handle: int) -> None:
+        self.log, self.cuda_stream = log, handle
+
+    def wait_stream(self, other: FakeStream) -> None:
+        self.log.append(("wait", self.cuda_stream, other.cuda_stream))
+
+
+class FakeContext:
+    """Records every call; refuses what real TensorRT refuses (misaligned addresses) and what
+    the test asks it to; "computes" each output as the call's number."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine, self.shapes, self.addresses, self.memory = engine, {}, {}, None
+
+    def set_input_shape(self, name, shape):
+        self.engine.log.append(("shape", name, tuple(shape)))
+        self.shapes[name] = tuple(shape)
+        return name not in self.engine.refuse
+
+    def get_tensor_shape(self, name):
+        shape = self.shapes[self.engine.like[name]]
+        return (-1, *shape[1:]) if self.engine.data_dependent else shape
+
+    def update_device_memory_size_for_shapes(self):
+        return 1000 + sum(math.prod(s) for s in self.shapes.values())  # grows with the shapes
+
+    def set_device_memory(self, ptr, size):
+        self.memory = (ptr, size)
+        self.engine.log.append(("memory", ptr % 256, size))
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        self.engine.log.append(("address", name, ptr % 256))
+        return ptr % 256 == 0 and name not in self.engine.refuse
+
+    def execute_async_v3(self, stream):
+        import ctypes
+
+        self.engine.log.append(("execute", stream))
+        self.engine.calls += 1
+        for name, dtype in self.engine.outputs.items():
+            n = math.prod(self.shapes[self.engine.like[name]])
+            array = (ctypes.c_float * n).from_address(self.addresses[name])  # float32 outputs in this test
+            array[:] = [float(self.engine.calls)] * n
+        return "execute" not in self.engine.refuse
+
+
+class FakeEngine:
+    _NAMES = {"float32": "DataType.FLOAT", "float16": "DataType.HALF", "bfloat16": "DataType.BF16",
+              "int64": "DataType.INT64", "int32": "DataType.INT32", "bool": "DataType.BOOL"}
+
+    def __init__(self, record, log: list) -> None:
+        self.record, self.log, self.calls = record, log, 0
+        self.names = [t.name for t in (*record.inputs, *record.outputs)]
+        self.outputs = {t.name: t.dtype for t in record.outputs}
+        # each output takes the shape of the input of the same symbolic shape (or the first input)
+        self.like = {t.name: t.name for t in record.inputs}
+        for o in record.outputs:
+            self.like[o.name] = next((i.name for i in record.inputs if i.shape == o.shape), record.inputs[0].name)
+        self.refuse: set[str] = set()
+        self.data_dependent = False
+        self.host_shape_tensors: set[str] = set()
+        self.num_io_tensors = len(self.names)
+        self.streamable_weights_size = 10_000
+        self._budget = 0
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return "INPUT" if name in {t.name for t in self.record.inputs} else "OUTPUT"
+
+    def get_tensor_dtype(self, name):
+        return self._NAMES[next(t.dtype for t in (*self.record.inputs, *self.record.outputs) if t.name == name)]
+
+    def is_shape_inference_io(self, name):
+        return name in self.host_shape_tensors
+
+    def create_execution_context(self, strategy):
+        self.log.append(("context", strategy))
+        return FakeContext(self)
+
+    @property
+    def weight_streaming_budget_v2(self):
+        return self._budget
+
+    @weight_streaming_budget_v2.setter
+    def weight_streaming_budget_v2(self, value):
+        self._budget = value // 256 * 256  # TensorRT may round what it is given: the backend reads it back
+
+    def get_weight_streaming_automatic_budget(self):
+        return 7777
+
+
+@pytest.fixture
+def fake_tensorrt(copied_export, monkeypatch):
+    """A TensorRT backend of the transformer-temporal transformer on a recording fake of TensorRT,
+    with torch's CUDA stream and device calls faked so that it runs on the CPU."""
+    import contextlib
+    import types
+
+    import torch
+
+    from runtimes.backends import TensorRTBackend
+
+    log: list = []
+    fake_trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
+                                     ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="USER_MANAGED"))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    monkeypatch.setattr(engines, "current_target", lambda device="cuda": HERE)
+    default = FakeStream(log, 0)  # the legacy default stream's handle is 0
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: default)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream(log, 0x5EED))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    loaded: list = []
+
+    def deserialize(plan):
+        loaded.append(plan)
+        engine = FakeEngine(load_manifest(copied_export).component("transformer"), log)
+        setup(engine)
+        return engine
+
+    setup = lambda engine: None  # noqa: E731
+    monkeypatch.setattr(engines, "deserialize", deserialize)
+
+    def make(configure=lambda engine: None, **options):
+        nonlocal setup
+        setup = configure
+        engines.get_or_build(spec_of(copied_export, **options), HERE, fake_builder())
+        backend = TensorRTBackend(load_manifest(copied_export), "transformer", "cpu")  # CPU tensors, faked CUDA calls
+        return backend, log, loaded
+
+    return make
+
+
+def _feeds(record, which="opt", **dims):
+    import torch
+
+    from zoo.contract import DTYPES
+
+    shapes = input_shapes(record, which, {**record.dims, **{k: replace(record.dims[k], min=v, opt=v, max=v) for k, v in dims.items()}})
+    return {t.name: torch.zeros(shapes[t.name], dtype=DTYPES[t.dtype]) for t in record.inputs}
+
+
+def test_the_backend_runs_on_its_own_stream_with_aligned_addresses_and_memory_sized_per_call(fake_tensorrt):
+    import torch
+
+    backend, log, loaded = fake_tensorrt()
+    record = backend.record
+    feeds = _feeds(record)
+    name = next(t.name for t in record.inputs if t.dtype == "float32")
+    base = torch.zeros(feeds[name].numel() + 1)
+    feeds[name] = base[1:].view(feeds[name].shape)  # a view with an offset: 4 bytes past an aligned block at best
+    assert feeds[name].data_ptr() % 256 != 0
+    outputs = backend(feeds)
+    assert loaded == [backend.entry.plan]  # deserialized from the checked file, not from bytes in memory
+    assert ("context", "USER_MANAGED") in log  # no activation memory reserved at load
+    execute = log.index(("execute", 0x5EED))  # the backend's own stream, not the default (0)
+    assert log[execute - 1] == ("wait", 0x5EED, 0) and log[execute + 1] == ("wait", 0, 0x5EED)
+    addresses = [e for e in log if e[0] == "address"]
+    assert {e[1] for e in addresses} == {*feeds, *outputs} and all(e[2] == 0 for e in addresses)  # all aligned
+    assert backend.context.addresses[name] != feeds[name].data_ptr()  # the misaligned view was copied
+    memory = [e for e in log if e[0] == "memory"]
+    first = 1000 + sum(math.prod(t.shape) for t in feeds.values())
+    assert memory == [("memory", 0, first)]
+    assert all(float(v.flatten()[0]) == 1.0 for v in outputs.values())
+    smaller = _feeds(record, "min")
+    backend(smaller)
+    memory = [e for e in log if e[0] == "memory"]
+    assert memory[1] == ("memory", 0, 1000 + sum(math.prod(t.shape) for t in smaller.values())) and memory[1][2] < first
+
+
+def test_the_backend_keeps_state_outputs_on_the_device_between_calls(fake_tensorrt, copied_export):
+    backend, log, _ = fake_tensorrt()
+    record = backend.record
+    output = record.outputs[0]
+    state_input = next(t.name for t in record.inputs if t.shape == output.shape and t.dtype == output.dtype)
+    backend.record = replace(record, state={output.name: state_input})  # as a VAE's cache pair
+    first = backend(_feeds(record))
+    kept = backend.state[state_input]
+    assert kept is first[output.name]
+    second = backend({k: v for k, v in _feeds(record).items() if k != state_input})
+    assert backend.context.addresses[state_input] == kept.data_ptr()  # bound where it is, no copy, no host trip
+    assert float(second[output.name].flatten()[0]) == 2.0
+
+
+@pytest.mark.parametrize("refuse, error, message", [
+    ("address", ArtifactError, "TensorRT refused the address of"),
+    ("shape", "InputError", "TensorRT refused the shape"),
+    ("execute", "OutputError", "TensorRT's execute_async_v3 failed"),
+    ("data-dependent", ArtifactError, "depends on the data (still unknown once every input shape is set)"),
+])
+def test_every_tensorrt_refusal_is_an_error_naming_the_tensor(fake_tensorrt, refuse, error, message):
+    from zoo import errors
+
+    record_names = {}
+
+    def configure(engine):
+        if refuse == "address":
+            engine.refuse.add(engine.record.outputs[0].name)
+        elif refuse == "shape":
+            engine.refuse.add(engine.record.inputs[0].name)
+        elif refuse == "execute":
+            engine.refuse.add("execute")
+        else:
+            engine.data_dependent = True
+        record_names.update(input=engine.record.inputs[0].name, output=engine.record.outputs[0].name)
+
+    backend, log, _ = fake_tensorrt(configure)
+    error = getattr(errors, error) if isinstance(error, str) else error
+    with pytest.raises(error, match=re.escape(message)) as raised:
+        backend(_feeds(backend.record))
+    named = record_names["input"] if refuse == "shape" else record_names["output"]
+    assert refuse == "execute" or repr(named) in str(raised.value)
+    assert backend.state == {}
+
+
+def test_host_shape_tensors_are_refused_at_load_naming_the_tensor(fake_tensorrt):
+    from runtimes.backends import TensorRTBackend  # noqa: F401
+
+    backend, _, _ = fake_tensorrt(lambda engine: engine.host_shape_tensors.add(engine.record.inputs[-1].name))
+    with pytest.raises(ArtifactError, match=f"shape tensor\\(s\\) {backend.record.inputs[-1].name} that TensorRT reads on the host"):
+        backend.activate()
+
+
+def test_finiteness_is_one_fused_check_per_call_and_still_names_the_tensor(fake_tensorrt, monkeypatch):
+    import torch
+
+    from zoo.errors import InputError
+
+    backend, _, _ = fake_tensorrt()
+    backend.fused_finite_check = True  # what a CUDA device gets
+    syncs = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: syncs.append(1) or item(self))
+    feeds = _feeds(backend.record)
+    backend(feeds)
+    assert len(syncs) == 1  # inputs and outputs together
+    name = next(t.name for t in backend.record.inputs if t.dtype.startswith(("float", "bfloat")))
+    feeds[name] = feeds[name].clone()
+    feeds[name].view(-1)[3] = float("nan")
+    with pytest.raises(InputError, match=f"input {name!r}: contains 1 NaN and 0 Inf values"):
+        backend(feeds)
+
+
+def test_the_streaming_budget_is_read_back_and_auto_budgets_are_shared(fake_tensorrt):
+    backend, _, _ = fake_tensorrt(weight_streaming=True, weight_streaming_budget="50%")
+    backend.activate()
+    assert backend.streaming_budget == 5000 // 256 * 256  # what TensorRT took, not what was asked
+    mib = 1 << 20
+    budgets = engines.auto_budgets({
+        "transformer": {"streamable": 600 * mib, "device_memory": 100 * mib, "budget": "auto"},
+        "text_encoder": {"streamable": 200 * mib, "device_memory": 50 * mib, "budget": "auto"},
+        "vae": {"device_memory": 200 * mib, "weights": 150 * mib, "budget": None},
+        "fixed": {"streamable": 100 * mib, "device_memory": 0, "budget": "50%"},
+    }, free=1000 * mib, margin=0.0)
+    left = 1000 - 100 - 50 - 200 - 150 - 50  # MiB for the two auto engines, shared 3:1
+    assert budgets == {"transformer": left * mib * 600 // 800, "text_encoder": left * mib * 200 // 800}
+    assert engines.auto_budgets({"a": {"streamable": mib, "budget": "auto"}}, free=1 << 40) == {"a": mib}  # at most all
