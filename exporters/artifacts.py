@@ -108,6 +108,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder ``PREFIX<pid>-XXXX`` in the system's temporary folder; first, those
+    with this prefix whose process is gone (a kill -9 leaves them) are removed."""
+    import tempfile
+
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
 def clean_stale(final: str | Path) -> list[Path]:
     """Remove staging / set-aside folders and temp files beside ``final`` that a killed process
     left (their pid, in the name, is no longer running). Returns what was removed."""

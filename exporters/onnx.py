@@ -743,9 +743,13 @@ def check_export_target(out: str | Path) -> Path:
 def random_reference(family: Family, *, variant: str | None, preset: str, seed: int = 0,
                      extra: tuple[Source, ...] | list[Source] = ()) -> Iterator[Reference]:
     """A random-weight reference in a temporary folder (with ``extra`` sources, e.g. LoRAs),
-    removed afterwards."""
-    import tempfile
+    removed afterwards; the folder is named after this process, so the next one removes it if a
+    kill -9 left it."""
+    from exporters.artifacts import scratch_dir
 
-    with tempfile.TemporaryDirectory(prefix=f"zoo-{family.name}-") as tmp:
-        path = family.build_random(Path(tmp) / "model", variant=variant, preset=preset, seed=seed)
+    tmp = scratch_dir(f"zoo-{family.name}-")
+    try:
+        path = family.build_random(tmp / "model", variant=variant, preset=preset, seed=seed)
         yield family.load((Source("model", path), *extra))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

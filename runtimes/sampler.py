@@ -123,6 +123,84 @@ def check_request(manifest: Manifest, request: Request) -> None:
         manifest.axes[axis_name].check_value(value, manifest.envelope[axis_name], option=label)
     if request.scheduler is not None:
         scheduler_class(request.scheduler)
+    check_steps(manifest, request)
+
+
+def check_steps(manifest: Manifest, request: Request) -> None:
+    """The request's step count is one the scheduler can take: not more than the timesteps its
+    config was trained on, and one whose schedule does not degenerate (DPM-Solver at as many steps
+    as training timesteps repeats one and divides by zero). The scheduler is the export's (or
+    ``--scheduler``'s class on its config), its own arithmetic run on a tiny stand-in sample.
+    :class:`InputError` naming the option before any backend loads."""
+    steps = request.kwargs.get("num_inference_steps")
+    if not isinstance(steps, int) or isinstance(steps, bool):
+        return
+    family = get_family(manifest.family)
+    for name, info in manifest.host_modules.items():
+        if not _is_scheduler(info):
+            continue
+        scheduler = _load_host_module(manifest.root / name, info)
+        if request.scheduler is not None:
+            scheduler = scheduler_class(request.scheduler).from_config(scheduler.config)
+        trained = scheduler.config.get("num_train_timesteps")
+        label = f"{family.option_name('num_inference_steps')} {steps}"
+        if isinstance(trained, int) and steps > trained:
+            raise InputError(f"{label}: {type(scheduler).__name__} of this export has {trained} training timesteps "
+                             f"(num_train_timesteps), so it takes at most {trained} steps")
+        problem = _schedule_problem(scheduler, steps)
+        if problem:
+            most = _most_steps(scheduler, steps)
+            most = f"; it takes at most {most} steps here" if most else ""
+            raise InputError(f"{label}: {type(scheduler).__name__} cannot take that many steps on this export's "
+                             f"scheduler config ({problem}){most}")
+
+
+def _is_scheduler(info: Mapping[str, str]) -> bool:
+    if info.get("library") != "diffusers":
+        return False
+    import diffusers
+
+    cls = getattr(diffusers, info.get("class", ""), None)
+    return isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)
+
+
+def _schedule_problem(scheduler: Any, steps: int) -> str | None:
+    """What goes wrong when ``scheduler`` (a fresh copy of it) samples in ``steps`` steps, or None:
+    its own ``set_timesteps`` refusal, an error or a non-finite sample from its ``step``
+    (fed a seeded random model output, as the pipelines call it)."""
+    import inspect
+
+    s = type(scheduler).from_config(scheduler.config)
+    try:
+        s.set_timesteps(steps)
+    except (ValueError, TypeError, IndexError, ZeroDivisionError) as e:
+        return f"{type(e).__name__}: {e}"
+    gen = torch.Generator("cpu").manual_seed(0)
+    extra = {"generator": gen} if "generator" in inspect.signature(s.step).parameters else {}
+    sample = torch.randn(1, 4, 2, 2, generator=gen) * float(getattr(s, "init_noise_sigma", 1.0))
+    for i, t in enumerate(s.timesteps):
+        try:
+            if hasattr(type(s), "scale_model_input"):  # (flow-matching schedulers have none)
+                s.scale_model_input(sample, t)
+            sample = s.step(torch.randn(sample.shape, generator=gen), t, sample, return_dict=False, **extra)[0]
+        except (ValueError, TypeError, IndexError, ZeroDivisionError, RuntimeError, AssertionError) as e:
+            return f"step {i} of its schedule fails: {type(e).__name__}: {e}"
+        if not torch.isfinite(sample).all():
+            repeats = " (it repeats timesteps)" if len(set(s.timesteps.tolist())) < len(s.timesteps) else ""
+            return f"its schedule degenerates{repeats}: step {i} of {steps} gives NaN"
+    return None
+
+
+def _most_steps(scheduler: Any, steps: int) -> int | None:
+    """The largest step count below ``steps`` that samples cleanly (bisected), None if none does."""
+    lo, hi = 0, steps - 1  # lo samples cleanly (0: none known yet); every count above hi fails
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _schedule_problem(scheduler, mid) is None:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo or None
 
 
 def scheduler_class(name: str) -> type:

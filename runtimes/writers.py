@@ -204,8 +204,34 @@ def check_output_path(output_format: str, out: Path) -> None:
         raise InputError(f"--out {out}: expected a {' or '.join(IMAGE_SUFFIXES)} file")
     if output_format == "video" and suffix and suffix not in VIDEO_SUFFIXES:
         raise InputError(f"--out {out}: expected a {', '.join(VIDEO_SUFFIXES)} file, or a folder for PNG frames")
-    if (out.is_dir() and output_format == "images") or (out.parent.exists() and not out.parent.is_dir()):
+    if out.is_dir() and output_format == "images":
         raise InputError(f"--out {out}: expected a file path in a folder")
+    check_writable(out)
+
+
+def check_writable(out: Path) -> None:
+    """That ``out`` can be written, before anything runs: its nearest existing folder takes a new
+    file (tried with an unnamed temporary file: nothing is left, and the answer is the file
+    system's own, for root, ACLs and read-only mounts alike); the folders still to be made can be
+    made there. :class:`InputError` naming the cause otherwise."""
+    import errno
+    import tempfile
+
+    out = Path(out)
+    folder = out.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        what = ("a file" if folder.is_file() else "a broken symbolic link" if not folder.exists() else "not a folder")
+        raise InputError(f"--out {out}: {folder} is {what}, not a folder, so nothing can be written under it")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        cause = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                 errno.EROFS: "a read-only file system", errno.ENOSPC: "no space left on the device",
+                 errno.EDQUOT: "disk quota exceeded"}.get(e.errno, e.strerror or str(e))
+        raise InputError(f"--out {out}: cannot write in {folder}: {cause}") from None
 
 
 def write_output(array: np.ndarray, out: Path, *, fps: int = 8) -> list[Path]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -17,6 +19,7 @@ from PIL import Image
 from conftest import assert_error, zoo, perturb_graph
 from exporters.manifest import load_manifest
 from zoo.cli import main
+from zoo.registry import get_family
 
 
 def test_families_lists_both():
@@ -356,3 +359,255 @@ def test_family_run_options_are_checked_by_click(tiny_export, tmp_path, family, 
 def test_bench_unknown_component(tiny_export):
     assert_error(zoo("bench", tiny_export("transformer-temporal"), "--component", "unet"),
                  "has no component 'unet'; it has transformer")
+
+
+# --------------------------------------------------------------------------------------
+# Start-up, help text, and faults a newcomer probe found (issue 21)
+# --------------------------------------------------------------------------------------
+
+HEAVY = ("torch", "diffusers", "transformers", "onnx", "onnxruntime")
+
+
+@pytest.mark.parametrize("command", [[], ["export"], ["run"], ["random"], ["parity"], ["bench"], ["build"]])
+def test_help_imports_no_heavy_library(command):
+    """`zoo --help` and a command's help start in a fraction of a second: no torch, no diffusers."""
+    code = ("import sys\nfrom zoo.cli import main\ntry:\n    main(sys.argv[1:], prog_name='zoo')\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint('imported:', *sorted(m for m in %r if m in sys.modules))" % (HEAVY,))
+    done = subprocess.run([sys.executable, "-c", code, *command, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
+    assert done.stdout.splitlines()[-1] == "imported:", f"`zoo {' '.join(command)} --help`: {done.stdout.splitlines()[-1]}"
+
+
+def test_every_family_option_help_shows_its_range_or_none():
+    """An unbounded integer option shows no range (click wrote `[x<=None]`); a bounded one shows it."""
+    import click
+
+    from zoo.options import click_option
+    from zoo.registry import family_names, get_family
+
+    ctx = click.Context(main)
+    seen = 0
+    for name in family_names():
+        for option in get_family(name).run_options:
+            record = click_option(option).get_help_record(ctx)
+            text = record[1] if record else ""
+            assert "None" not in text, f"{name} {option.flag}: {text}"
+            if option.type == "int" and option.low is not None:
+                seen += 1
+                assert f"x>={int(option.low)}" in text, f"{name} {option.flag}: {text}"
+    assert seen
+
+
+def test_families_says_what_each_sampler_is():
+    result = zoo("families")
+    assert result.exit_code == 0, result.output
+    assert "next release" not in result.output
+    assert "unianimate-dit: " in result.output
+
+
+def test_run_out_under_a_file_is_refused_before_sampling(tiny_export, tmp_path, monkeypatch):
+    from runtimes import sampler
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampling started before --out was checked")
+
+    monkeypatch.setattr(sampler.Sampler, "__init__", no_sampling)
+    (tmp_path / "ro").write_text("a file where a folder should be")
+    result = zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", "--out", tmp_path / "ro" / "sub" / "x.png")
+    assert_error(result, f"--out {tmp_path / 'ro' / 'sub' / 'x.png'}: {tmp_path / 'ro'} is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]
+
+
+def test_run_out_in_a_folder_without_permission(tiny_export, tmp_path):
+    """`zoo run` by a user who may not write in the --out folder: the cause is named before anything
+    samples. Root may write anywhere, so as root (these tests, here) the run happens in a forked
+    child that has become nobody (the interpreter, under /root, could not be started as nobody)."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="zoo-test-perm-"))
+    try:
+        export = shared / "export"
+        shutil.copytree(tiny_export("pixart", "sigma"), export)
+        readonly = shared / "ro"
+        readonly.mkdir()
+        for p in [shared, readonly, export, *export.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: become nobody, run, report
+            code = 1
+            try:
+                os.close(read)
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                result = zoo("run", export, "--prompt", "x", "--steps", "1", "--out", readonly / "x.png")
+                os.write(write, result.output.encode())
+                code = result.exit_code
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            output = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 2, output
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert errors == [f"error: --out {readonly / 'x.png'}: cannot write in {readonly}: permission denied"], output
+        assert list(readonly.iterdir()) == []
+    finally:
+        for p in [shared, *shared.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(shared)
+
+
+def test_steps_beyond_the_scheduler_are_refused_before_sampling(tiny_export, tmp_path, monkeypatch):
+    """DPM-Solver repeats a timestep at 1000 steps of 1000 and divides by zero: refused, naming --steps."""
+    from runtimes import sampler
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampling started before --steps was checked")
+
+    monkeypatch.setattr(sampler.Sampler, "__init__", no_sampling)
+    export = tiny_export("pixart", "sigma")
+    out = tmp_path / "x.png"
+    assert_error(zoo("run", export, "--prompt", "x", "--steps", "1000", "--out", out),
+                 "--steps 1000: DPMSolverMultistepScheduler cannot take that many steps on this export's scheduler "
+                 "config (its schedule degenerates (it repeats timesteps): step 500 of 1000 gives NaN); it takes at most "
+                 "999 steps here")
+    assert_error(zoo("run", export, "--prompt", "x", "--steps", "1001", "--out", out),
+                 "--steps 1001: DPMSolverMultistepScheduler of this export has 1000 training timesteps "
+                 "(num_train_timesteps), so it takes at most 1000 steps")
+    assert_error(zoo("run", export, "--prompt", "x", "--steps", "1001", "--scheduler", "DDIMScheduler", "--out", out),
+                 "--steps 1001: DDIMScheduler of this export has 1000 training timesteps")
+    assert list(tmp_path.iterdir()) == []
+    # what the scheduler can take is taken: DPM-Solver at 999, DDIM at all 1000 timesteps
+    manifest = load_manifest(export)
+    sampler.prepare_request(manifest, {"prompt": "x", "steps": 999})
+    sampler.prepare_request(manifest, {"prompt": "x", "steps": 1000, "scheduler": "DDIMScheduler"})
+
+
+def test_steps_check_runs_the_schedulers_own_arithmetic():
+    """Second-order schedulers repeat timesteps on purpose (Heun, KDPM2): no refusal for them."""
+    from runtimes.sampler import _schedule_problem
+
+    dpm = diffusers.DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    assert _schedule_problem(dpm, 999) is None and "gives NaN" in _schedule_problem(dpm, 1000)
+    for name in ("HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "PNDMScheduler", "EulerDiscreteScheduler"):
+        assert _schedule_problem(getattr(diffusers, name).from_config(dpm.config), 1000) is None, name
+    lcm = diffusers.LCMScheduler.from_config(dpm.config)
+    assert "original_steps" in _schedule_problem(lcm, 100)
+
+
+def test_a_killed_exports_scratch_folder_is_removed_by_the_next(tmp_path):
+    """`zoo export --tiny` builds its random model in /tmp/zoo-FAMILY-PID-*; a kill -9 leaves it,
+    and the next export of the family removes it (its process is gone), never a live one's."""
+    import tempfile
+
+    from exporters.onnx import random_reference
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = Path(tempfile.gettempdir())
+    stale = root / f"zoo-transformer-temporal-{dead.pid}-killed"
+    live = root / f"zoo-transformer-temporal-{os.getpid()}-alive"
+    for folder in (stale, live):
+        (folder / "model").mkdir(parents=True)
+    try:
+        fam = get_family("transformer-temporal")
+        with random_reference(fam, variant=None, preset="tiny") as ref:
+            own = [p for p in root.glob(f"zoo-transformer-temporal-{os.getpid()}-*") if p != live]
+            assert not stale.exists() and live.is_dir() and len(own) == 1
+            assert Path(ref.source).is_relative_to(own[0])
+        assert not own[0].exists() and live.is_dir()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)
+
+
+def _diffusers_pixart_sigma_test_config(dest):
+    """diffusers' own PixArt-Sigma pipeline test components (tests/pipelines/pixart_sigma): sample_size
+    8, a one-block VAE (factor 1), DDIM; the T5 is a local tiny one (no hub here)."""
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    from zoo.tiny import build_t5_tokenizer
+
+    torch.manual_seed(0)
+    build_t5_tokenizer(dest / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(dest / "tokenizer")
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                           num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0))
+    transformer = diffusers.PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
+    pipe = diffusers.PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=diffusers.AutoencoderKL(),
+                                         transformer=transformer, scheduler=diffusers.DDIMScheduler())
+    pipe.save_pretrained(dest)
+    return pipe
+
+
+def test_pixart_size_ceiling_is_a_guard_that_says_so(tmp_path, monkeypatch):
+    """PixArt computes its position embedding for any size: diffusers' own test configuration
+    (8 latents, VAE factor 1) exports and generates 48 px; the ceiling is a memory guard whose
+    message says so and how to lift it."""
+    from zoo.contract import GUARD_OVERRIDE, Range
+    from zoo.errors import EnvelopeError
+
+    pipe = _diffusers_pixart_sigma_test_config(tmp_path / "ckpt")
+    fam = get_family("pixart")
+    ref = fam.load(tmp_path / "ckpt")
+    monkeypatch.delenv(GUARD_OVERRIDE, raising=False)
+    assert fam.envelope(ref, {"height": Range(48, 48, 48), "width": Range(48, 48, 48)})["height"] == Range(48, 48, 48)
+    with pytest.raises(EnvelopeError, match=r"--height 48:48:1024: height can be at most 512 pixels \(a guard, not a "
+                                            r"limit of PixArt: .* set ZOO_NO_SIZE_GUARD=1 to export beyond it\)"):
+        fam.envelope(ref, {"height": Range(48, 48, 1024)})
+    monkeypatch.setenv(GUARD_OVERRIDE, "1")
+    assert fam.envelope(ref, {"height": Range(48, 48, 1024)})["height"].max == 1024
+    monkeypatch.delenv(GUARD_OVERRIDE)
+
+    out = tmp_path / "export"
+    result = zoo("export", "pixart", "--model", tmp_path / "ckpt", "--out", out, "--height", "48", "--width", "48",
+                 "--batch", "1", "--text-length", "16")
+    assert result.exit_code == 0, result.output
+    result = zoo("run", out, "--prompt", "a fox", "--steps", "2", "--seed", "3", "--out", tmp_path / "fox.npy")
+    assert result.exit_code == 0, result.output
+    want = pipe(prompt="a fox", num_inference_steps=2, height=48, width=48, max_sequence_length=16,
+                use_resolution_binning=False, generator=torch.Generator("cpu").manual_seed(3), output_type="np").images
+    got = np.load(tmp_path / "fox.npy")
+    assert got.shape == want.shape == (1, 48, 48, 3) and np.abs(got - want).max() <= 1e-3
+
+
+def test_export_takes_the_folder_zoo_random_wrote(tmp_path):
+    """`zoo random pixart --out DIR` writes DIR/model; `--model DIR` is that model (an envelope error
+    after loading shows it was found)."""
+    assert zoo("random", "pixart", "--out", tmp_path / "px").exit_code == 0
+    result = zoo("export", "pixart", "--model", tmp_path / "px", "--height", "72", "--out", tmp_path / "out")
+    assert_error(result, "--height 72:72:72: height must be a multiple of 16 pixels")
+    assert f"using {tmp_path / 'px' / 'model'}, the model folder `zoo random` wrote" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_random_writes_media_the_tiny_export_takes(tiny_export, tmp_path):
+    """`zoo random wan-animate` writes the media the README's `zoo run` lines take: the face video at
+    the model's face size, frames that both documented segmentings accept."""
+    from runtimes.sampler import prepare_request
+
+    assert zoo("random", "wan-animate", "--out", tmp_path / "wan").exit_code == 0
+    media = tmp_path / "wan" / "media"
+    export = tiny_export("wan-animate")
+    manifest = load_manifest(export)
+    face = load_video_frames(media / "face.mp4")
+    size = manifest.configs["transformer"]["motion_encoder_size"]
+    assert face[0].size == (size, size) and len(face) == 17
+    common = {"image": media / "ref.png", "pose_video": media / "pose.mp4", "face_video": media / "face.mp4"}
+    prepare_request(manifest, common)
+    prepare_request(manifest, {**common, "mode": "replace", "background_video": media / "bg.mp4",
+                               "mask_video": media / "mask.mp4", "prev_frames": "5", "segment_frames": 13})
+
+
+def load_video_frames(path):
+    from zoo.media import load_video
+
+    return load_video(path, option="--video")

@@ -101,21 +101,27 @@ class FamilyCommand(click.Command):
 
 
 def _quiet_libraries() -> None:
+    """Errors only from diffusers / transformers / Polygraphy, without importing them (seconds each):
+    the environment tells a library not yet imported, one already imported is told directly."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: never try the network
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars: ours say it
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("diffusers", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from diffusers.utils import logging as dlog
+    if "diffusers" in sys.modules:
+        sys.modules["diffusers"].utils.logging.set_verbosity_error()
+    if "transformers" in sys.modules:
         from transformers.utils import logging as tlog
 
-        dlog.set_verbosity_error()
         tlog.set_verbosity_error()
-        tlog.disable_progress_bar()  # "Loading weights" bars: our own bars say what is happening
-        from polygraphy.logger import G_LOGGER
+        tlog.disable_progress_bar()
+    try:
+        from polygraphy.logger import G_LOGGER  # (milliseconds: Polygraphy imports its backends lazily)
 
         G_LOGGER.module_severity = G_LOGGER.WARNING
     except ImportError:
@@ -231,7 +237,7 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
                    (f", plus {_size(linked)} hard-linked from the checkpoint)" if linked else ")"))
 
     if model is not None:
-        run(fam.load((Source("model", model), *extra)))
+        run(fam.load((Source("model", _random_model(model)), *extra)))
     else:
         with random_reference(fam, variant=variant, preset=preset, seed=seed, extra=extra) as ref:
             run(ref)
@@ -348,13 +354,46 @@ def random_checkpoint(family: str, out: Path, preset: str, seed: int) -> None:
         raise ZooError(f"--out {out} exists and is not empty: choose a new or empty folder")
     with staged_dir(out) as stage:
         sources = fam.write_random_sources(stage, preset=preset, seed=seed)
+        media = _write_media(fam.sample_media(fam.load(sources)), stage / "media")
     args = []
     for s in sources:
         path = out / Path(s.path).relative_to(stage)
         flag = "--" + s.role.replace("_", "-")
         args += [flag, str(path) + (f":{s.scale:g}" if s.scale is not None else "")]
         click.echo(f"wrote {s.role}: {path}")
+    if media:
+        click.echo(f"wrote media for `zoo run` at the default envelope: "
+                   f"{', '.join(str(out / p.relative_to(stage)) for p in media)}")
     click.echo("export it with: zoo export " + shlex.join([family, *args, "--out", "OUT"]))
+
+
+def _write_media(media: dict[str, Any], folder: Path) -> list[Path]:
+    """A family's sample media as files: an image as PNG, frames as MP4 or a folder of PNG frames."""
+    import numpy as np
+
+    from runtimes.writers import write_video
+
+    written = []
+    for name, value in media.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        if isinstance(value, list):
+            write_video(np.stack([np.asarray(f, dtype=np.float32) / 255 for f in value])[None], path)
+        else:
+            value.save(path)
+        written.append(path)
+    return written
+
+
+def _random_model(model: Path) -> Path:
+    """``--model DIR`` where DIR is the folder `zoo random` wrote, whose model is ``DIR/model``: that."""
+    from zoo.checkpoint import RANDOM_MARKER
+
+    inner = model / "model"
+    if (inner / RANDOM_MARKER).is_file() and not (model / RANDOM_MARKER).exists():
+        click.echo(f"using {inner}, the model folder `zoo random` wrote in {model}", err=True)
+        return inner
+    return model
 
 
 def _sources(fam: Any, options: dict[str, Any]) -> list[Any]:

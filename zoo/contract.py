@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ class Range:
         return f"{self.min}:{self.opt}:{self.max}"
 
 
+GUARD_OVERRIDE = "ZOO_NO_SIZE_GUARD"  # lifts the ceilings that are guards (Axis.guard), never a model's limits
+
+
 @dataclass(frozen=True)
 class Axis:
     """One axis of the export envelope, in the user's units (pixels, frames, images)."""
@@ -77,6 +81,9 @@ class Axis:
     unit: str = ""
     help: str = ""
     remainder: int = 0  # values are multiple_of * k + remainder (pixel frames 4k+1)
+    # why the ceiling is there when it is a guard, not something the model cannot do (a guard is
+    # lifted with ZOO_NO_SIZE_GUARD=1; a limit of the model never is)
+    guard: str = ""
 
     def breaks_step(self, value: int) -> bool:
         return (value - self.remainder) % self.multiple_of != 0
@@ -94,8 +101,9 @@ class Axis:
             raise EnvelopeError(f"{label}: expected MIN <= OPT <= MAX")
         if r.min < self.floor:
             raise EnvelopeError(f"{label}: {self.name} must be at least {self.floor}{self.unit_suffix}")
-        if self.ceiling is not None and r.max > self.ceiling:
-            raise EnvelopeError(f"{label}: {self.name} can be at most {self.ceiling}{self.unit_suffix}")
+        if self.ceiling is not None and r.max > self.ceiling and not (self.guard and os.environ.get(GUARD_OVERRIDE)):
+            why = f" ({self.guard}; set {GUARD_OVERRIDE}=1 to export beyond it)" if self.guard else ""
+            raise EnvelopeError(f"{label}: {self.name} can be at most {self.ceiling}{self.unit_suffix}{why}")
         bad = [v for v in (r.min, r.opt, r.max) if self.breaks_step(v)]
         if bad:
             raise EnvelopeError(
@@ -610,6 +618,13 @@ class Family:
         """Random-weight sources in the layout real checkpoints come in (``zoo random``): by
         default one model folder; a family loaded from several sources writes them all."""
         return (Source("model", self.build_random(Path(dest) / "model", preset=preset, seed=seed)),)
+
+    def sample_media(self, ref: Reference) -> dict[str, Any]:
+        """Media that ``zoo run`` takes with an export of ``ref`` at its default envelope, for
+        ``zoo random`` to write beside the checkpoint: file name -> a PIL image, or a list of them
+        (a video: ``NAME.mp4``, or ``NAME/`` a folder of PNG frames). Families whose requests
+        take no media have none."""
+        return {}
 
     def random_choice(self, variant: str | None, preset: str) -> str:
         """The variant to build (default: the first), after checking variant and preset exist."""

@@ -39,10 +39,11 @@ class FiniteFloat(click.ParamType):
 
 def click_option(option: Any) -> click.Option:
     """A family's declared :class:`zoo.contract.Option` as a click option (parsing only)."""
+    bounded = option.low is not None or option.high is not None  # click shows an unbounded IntRange as [x<=None]
     kinds: dict[str, Any] = {
         "text": str,
         "int": click.IntRange(min=None if option.low is None else int(option.low),
-                              max=None if option.high is None else int(option.high)),
+                              max=None if option.high is None else int(option.high)) if bounded else click.INT,
         "float": FiniteFloat(option.low, option.high, option.low_open),
         "path": click.Path(path_type=Path),
         "choice": click.Choice(option.choices),

@@ -48,6 +48,7 @@ from zoo.sd_vae import decoder_component, latent_dims, vae_dims, vae_scale, vae_
 
 PIPELINES = {"sigma": "PixArtSigmaPipeline", "alpha-1024": "PixArtAlphaPipeline", "alpha-512": "PixArtAlphaPipeline"}
 TEXT_LENGTH = {"PixArtSigmaPipeline": 300, "PixArtAlphaPipeline": 120}  # the pipelines' max_sequence_length
+MAX_PATCHES = 256  # image tokens a side the envelope allows (a memory guard: see PixArt.axes)
 
 
 # --------------------------------------------------------------------------------------
@@ -375,26 +376,32 @@ class PixArt(Family):
             height = width = Range(round_to(native / 2, patch), round_to(native, patch), round_to(native * 2, patch))
             batch = Range(1, 1, 4)
         text = Range(min(16, text_length), text_length, text_length)
-        # the models are trained up to 2x their native size; past 4x the attention alone runs out of memory
-        ceiling = round_to(native * 4, patch)
+        # Nothing in PixArt bounds the size: its sin-cos position embedding is computed for any grid
+        # (no table) and no sequence length is capped. The ceiling guards memory instead: past
+        # MAX_PATCHES patches a side, one head's attention scores alone outgrow 16 GiB in fp32.
+        ceiling = MAX_PATCHES * cfg.patch_size * scale // patch * patch
+        guard = (f"a guard, not a limit of PixArt: its position embedding is computed for any size, but past "
+                 f"{MAX_PATCHES} x {MAX_PATCHES} patches one head's attention scores alone take over 16 GiB in fp32")
         return (
             Axis("batch", batch, ceiling=16, help="images per prompt (the transformer sees 2x with CFG)"),
-            Axis("height", height, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels"),
-            Axis("width", width, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels"),
+            Axis("height", height, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels", guard=guard),
+            Axis("width", width, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels", guard=guard),
             Axis("text_length", text, floor=2, ceiling=max_tokens, unit="tokens"),
         )
 
     # -- requests -----------------------------------------------------------------------
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
+        options = self.with_defaults(options)
+
         def pick(option: str, axis: str) -> Any:
             value = options.get(option)
             return context.envelope[axis].opt if value is None else value
 
         kwargs = {
             "prompt": options["prompt"],
-            "negative_prompt": options.get("negative_prompt") or "",
-            "num_inference_steps": options.get("steps", 20),
-            "guidance_scale": options.get("guidance_scale", 4.5),
+            "negative_prompt": options["negative_prompt"],
+            "num_inference_steps": options["steps"],
+            "guidance_scale": options["guidance_scale"],
             "height": pick("height", "height"),
             "width": pick("width", "width"),
             "num_images_per_prompt": pick("batch", "batch"),

@@ -451,7 +451,7 @@ DIT_PRECISION = Precision(keep_fp32=("norm", "time_embedder", "scale_shift_table
 
 class UniAnimateDiT(Family):
     name = "unianimate-dit"
-    description = "UniAnimate-DiT on Wan2.1-I2V (umT5, CLIP vision, pose encoders, merged DiT, Wan VAE chunks); sampler next release"
+    description = "UniAnimate-DiT on Wan2.1-I2V (umT5, CLIP vision, pose encoders, merged DiT, Wan VAE chunks)"
     variants = ("default",)
     random_presets = ("tiny", "bench")
     source_roles = (SourceRole("checkpoint", "UniAnimate-DiT's checkpoint (.ckpt state dict or .safetensors): LoRA and pose encoders.",
@@ -597,6 +597,23 @@ class UniAnimateDiT(Family):
 
     def output(self, result: Any) -> Any:
         return result.frames
+
+    def sample_media(self, ref: Reference) -> dict[str, Any]:
+        """A reference image and its pose at the default opt size, ``poses/`` (the opt frames, a
+        short video) and ``poses-long/`` (17 frames: long video in windows of 3 latent frames):
+        random pixels, for trying `zoo run` on a random model."""
+        import numpy as np
+        from PIL import Image
+
+        env = self.envelope(ref)
+        h, w = env["height"].opt, env["width"].opt
+        rng = np.random.default_rng(0)
+
+        def frames(n: int) -> list:
+            return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+        return {"ref.png": frames(1)[0], "pose.png": frames(1)[0], "poses": frames(env["frames"].opt),
+                "poses-long": frames(17)}
 
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
         import numpy as np

@@ -455,6 +455,25 @@ class WanAnimate(Family):
         return Request(PIPELINE, kwargs, scheduler=options.get("scheduler"), output_format="video",
                        fps=options.get("fps") or 16)
 
+    def sample_media(self, ref: Reference) -> dict[str, Any]:
+        """A reference image, pose / background / mask videos at the default opt size and a face
+        video at the model's face size, 17 frames (two or three segments of the default 9 or of 13
+        with 5 conditioning frames): random pixels, for trying `zoo run` on a random model."""
+        import numpy as np
+        from PIL import Image
+
+        env = self.envelope(ref)
+        h, w, size = env["height"].opt, env["width"].opt, ref.config("transformer").motion_encoder_size
+        rng = np.random.default_rng(0)
+
+        def frames(n: int, hh: int, ww: int) -> list:
+            return [Image.fromarray(rng.integers(0, 255, (hh, ww, 3), dtype=np.uint8)) for _ in range(n)]
+
+        mask = [Image.fromarray(np.pad(np.full((h // 2, w // 2, 3), 255, np.uint8), ((h // 4, h - h // 2 - h // 4),
+                                       (w // 4, w - w // 2 - w // 4), (0, 0)))) for _ in range(17)]
+        return {"ref.png": frames(1, h, w)[0], "pose.mp4": frames(17, h, w), "face.mp4": frames(17, size, size),
+                "bg.mp4": frames(17, h, w), "mask.mp4": mask}
+
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
         import numpy as np
         from PIL import Image
