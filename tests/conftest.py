@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -103,13 +105,38 @@ def perturb_graph(export: Path, component: str, change) -> None:
     (export / "manifest.json").write_text(json.dumps(manifest))
 
 
+#: What makes a test slow (seconds to minutes each on 2 cores): building, exporting or sampling a model.
+_SLOW_FIXTURES = {"tiny_export", "tiny_checkpoint", "copied_export"}
+_SLOW_CALLS = re.compile(r'zoo\(\s*"(export|random|parity|run|bench)"|export_family|build_random|random_reference'
+                         r'|write_random_sources|from_pretrained|Pipeline\(')
+
+
+def _is_slow(item) -> bool:
+    """A test is slow if it, or a fixture it uses, builds, exports or loads a model."""
+    names = set(getattr(item, "fixturenames", ()))
+    if _SLOW_FIXTURES & names:
+        return True
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    functions = [item.function] + [d.func for name in names for d in definitions.get(name, ()) if name != "request"]
+    for function in functions:
+        try:
+            if _SLOW_CALLS.search(inspect.getsource(function)):
+                return True
+        except (OSError, TypeError):  # (pytest's own fixtures are not ours to judge)
+            continue
+    return False
+
+
 def pytest_collection_modifyitems(config, items):
-    """TensorRT / CUDA tests run where the hardware is, and are skipped with the reason elsewhere."""
+    """TensorRT / CUDA tests run where the hardware is, and are skipped with the reason elsewhere.
+    Tests that build or export a model are marked ``slow``: ``-m "not slow"`` is the fast tier."""
     from exporters.tensorrt import unavailable as tensorrt_unavailable
 
     trt_reason = None
     cuda_reason = None
     for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
         if "tensorrt" in item.keywords:
             trt_reason = trt_reason or tensorrt_unavailable() or ""
             if trt_reason:
