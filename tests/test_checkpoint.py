@@ -280,6 +280,18 @@ def test_cache_folder_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert hashing.cache_dir() == tmp_path / "home" / ".cache" / "zoo"
+    monkeypatch.setattr(Path, "home", lambda: (_ for _ in ()).throw(RuntimeError("no home")))
+    assert hashing.cache_file() is None  # then digests last the process
+
+
+def test_without_a_cache_folder_digests_last_the_process(tmp_path, cache, monkeypatch):
+    from zoo import hashing
+
+    _settled(monkeypatch)
+    monkeypatch.setattr(hashing, "cache_file", lambda: None)
+    f = _write(tmp_path / "w.bin", 2 << 20)
+    digest = hashing.file_sha256(f)
+    assert hashing.file_sha256(f) == digest and cache == [f]
 
 
 def test_unwritable_cache_folder_still_hashes(tmp_path, cache, monkeypatch):

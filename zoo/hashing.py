@@ -53,7 +53,8 @@ _DISK: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}  # cache fil
 
 
 def cache_dir() -> Path:
-    """Where zoo keeps caches: ``$ZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo``."""
+    """Where zoo keeps caches: ``$ZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo``
+    (``RuntimeError`` where there is no home folder and neither variable is set)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -131,8 +132,13 @@ def _read_digest(path: Path, size: int, *, progress: bool | None) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def cache_file() -> Path:
-    return cache_dir() / CACHE_FILE
+def cache_file() -> Path | None:
+    """The cache of digests, or None where there is no cache folder (digests then last a process)."""
+    try:
+        return cache_dir() / CACHE_FILE
+    except RuntimeError as e:  # no home folder: Path.home() cannot tell
+        log.debug("no hash cache (%s); set %s to keep file digests between runs", e, CACHE_ENV)
+        return None
 
 
 def _read_entries(file: Path) -> dict[str, Any]:
@@ -158,7 +164,8 @@ def _read_entries(file: Path) -> dict[str, Any]:
 
 
 def _disk_lookup(ident: Identity) -> str | None:
-    entry = _read_entries(cache_file()).get(f"{ident[0]}:{ident[1]}")
+    file = cache_file()
+    entry = _read_entries(file).get(f"{ident[0]}:{ident[1]}") if file else None
     if not isinstance(entry, dict):
         return None
     digest = entry.get("sha256")
@@ -172,6 +179,8 @@ def _disk_lookup(ident: Identity) -> str | None:
 def _disk_store(ident: Identity, digest: str, path: Path) -> None:
     """Merge one entry into the cache file (the newest last, the oldest dropped past ``MAX_ENTRIES``)."""
     file = cache_file()
+    if file is None:
+        return
     entries = dict(_read_entries(file))
     key = f"{ident[0]}:{ident[1]}"
     entries.pop(key, None)
