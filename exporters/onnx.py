@@ -37,8 +37,11 @@ from zoo.errors import ArtifactError, CheckpointError, ExportError, ZooError
 log = logging.getLogger(__name__)
 
 # LayerNormalization needs opset >= 17; 18 is the lowest the dynamo exporter targets natively,
-# and TensorRT 8.6+ / 10.x parse it. bf16 graphs need 22, the first opset whose Conv (and
-# several other ops) admit bfloat16: at 18 the ONNX checker rejects a bf16 Conv.
+# and every TensorRT this zoo supports documents it (10.0-10.13 document opsets 9-20, JetPack 6's
+# 10.3 included). bf16 graphs need 22, the first opset whose Conv (and ~45 other ops) admit
+# bfloat16: at 18 or 20 the ONNX checker rejects a bf16 Conv, and a graph that fails the checker is
+# not exported. TensorRT documents opset 22 from 10.14 (exporters.tensorrt.PARSER_OPSETS), so a
+# bf16 engine needs TensorRT 10.14+ (`zoo build` refuses older ones; fp16 is the route on 10.3).
 OPSET = 18
 OPSET_BF16 = 22
 # Protobuf cannot hold more than 2 GiB: larger graphs keep their weights in model.onnx.data.
@@ -510,6 +513,9 @@ def check_graph(path: Path, component: str) -> None:
         raise ExportError(
             f"component {component!r}: operators the TensorRT ONNX parser does not import: {', '.join(unsupported)}"
         )
+    from exporters.tensorrt import check_parser_support
+
+    check_parser_support(model, component)  # a documented opset; initializer-only inputs (10.x restrictions)
     names = onnx.TensorProto.DataType.Name
     bad = sorted(
         {f"{t.name} ({names(t.data_type)})" for t in model.graph.initializer if names(t.data_type) in TENSORRT_UNSUPPORTED_DTYPES}

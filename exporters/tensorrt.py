@@ -120,6 +120,87 @@ def unavailable(device: Any = "cuda") -> str | None:
 
 
 # --------------------------------------------------------------------------------------
+# What each TensorRT version's ONNX parser documents (../shared/design/MODELS.md, TensorRT section)
+# --------------------------------------------------------------------------------------
+
+# The parser's documented ONNX opset range (onnx-tensorrt docs/operators.md of each release), from
+# the first version that documents it: 10.0-10.13: 9-20; 10.14, 10.15 and 11.x: 9-24; 11.5: 9-25.
+PARSER_OPSETS: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (
+    ((10, 0), (9, 20)), ((10, 14), (9, 24)), ((11, 5), (9, 25)))
+MIN_TENSORRT = (10, 1)  # this zoo's floor (weight_streaming_budget_v2; the gpu extra's pin)
+# Restrictions column of the 10.x parser: these inputs must be initializers (constants known when
+# the network is built), not tensors computed in the graph or fed at run time.
+REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+              "ReduceProd", "ReduceSum", "ReduceSumSquare")
+CONSTANT_INPUTS: dict[str, tuple[int, str]] = {"Squeeze": (1, "axes"), "Unsqueeze": (1, "axes"),
+                                               **{op: (1, "axes") for op in REDUCE_OPS}}
+
+
+def _version(text: str) -> tuple[int, int]:
+    parts = re.findall(r"\d+", str(text))
+    return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) if parts else (0, 0)
+
+
+def parser_opsets(version: str) -> tuple[int, int]:
+    """The ONNX opsets TensorRT ``version``'s parser documents; :class:`EngineTargetError` below 10.1."""
+    v = _version(version)
+    if v < MIN_TENSORRT:
+        raise EngineTargetError(f"TensorRT {version} is older than this zoo supports: install TensorRT 10.1 or newer "
+                                f"(`pip install -e '.[gpu]'`)")
+    return [r for first, r in PARSER_OPSETS if v >= first][-1]
+
+
+def minimum_tensorrt(opset: int) -> str:
+    """The first TensorRT version (at least this zoo's floor) whose parser documents ``opset``."""
+    for first, (lo, hi) in PARSER_OPSETS:
+        if lo <= opset <= hi:
+            return ".".join(map(str, max(first, MIN_TENSORRT)))
+    raise ExportError(f"ONNX opset {opset}: no TensorRT release documents it (the newest documented is "
+                      f"{PARSER_OPSETS[-1][1][1]})")
+
+
+def check_parser_opset(record: ComponentRecord, target: Target) -> None:
+    """Refuse, before building, a graph whose opset ``target``'s parser does not document."""
+    lo, hi = parser_opsets(target.tensorrt)
+    if not lo <= record.opset <= hi:
+        raise EngineTargetError(
+            f"component {record.name!r} is an ONNX opset-{record.opset} graph ({record.precision}); TensorRT "
+            f"{target.tensorrt} documents opsets {lo}-{hi}, so it needs TensorRT {minimum_tensorrt(record.opset)} or "
+            f"newer" + (": or re-export with `zoo export ... --precision fp16` (opset 18)" if record.precision == "bfloat16" else ""))
+
+
+def constant_input_problems(graph: Any) -> list[str]:
+    """Nodes (subgraphs included) whose ``axes`` input the 10.x parser needs as an initializer but
+    that is computed in the graph or fed at run time, each as ``Op 'name': axes from 'tensor'``."""
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    problems = []
+    for node in graph.node:
+        for attr in node.attribute:  # If / Loop bodies
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                problems += constant_input_problems(sub)
+        rule = CONSTANT_INPUTS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule and len(node.input) > rule[0] and node.input[rule[0]] and node.input[rule[0]] not in constants:
+            problems.append(f"{node.op_type} {node.name!r}: {rule[1]} from {node.input[rule[0]]!r}")
+    return problems
+
+
+def check_parser_support(model: Any, component: str) -> int:
+    """The TensorRT-parser lint of an exported graph: its opset documented by some TensorRT this
+    zoo supports, and the 10.x restrictions column (``axes`` of Squeeze / Unsqueeze / Reduce*
+    as initializers). Returns the graph's opset; :class:`ExportError` naming what fails."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    try:
+        minimum_tensorrt(opset)
+    except ExportError as e:
+        raise ExportError(f"component {component!r}: {e}") from None
+    problems = constant_input_problems(model.graph)
+    if problems:
+        raise ExportError(f"component {component!r}: TensorRT 10.x's ONNX parser needs these inputs as initializers, "
+                          f"and the graph computes them: {'; '.join(problems[:5])}")
+    return opset
+
+
+# --------------------------------------------------------------------------------------
 # What to build: one spec per component
 # --------------------------------------------------------------------------------------
 
@@ -464,12 +545,10 @@ def check_target(entry: Entry, target: Target) -> None:
 
 
 def plan_sha256(path: Path) -> str:
-    """The plan file's full sha256, streamed (never the whole plan in memory), computed once per
-    file identity by the shared cache of whole-file digests where it exists."""
-    try:
-        from zoo.hashing import file_sha256  # remembered by (device, inode, size, mtime, ctime)
-    except ImportError:  # before that cache lands: the same digest, streamed, not remembered
-        return file_digest(path)
+    """The plan file's full sha256, streamed (never the whole plan in memory), read once per version
+    of the file: :func:`zoo.hashing.file_sha256` remembers it by (device, inode, size, mtime, ctime)."""
+    from zoo.hashing import file_sha256
+
     return file_sha256(path)
 
 
@@ -775,22 +854,54 @@ def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult
         return _engine_facts(deserialize(path))
 
 
+READ_CHUNK = 256 << 20  # bytes a stream reader hands TensorRT at once: the most of a plan in host memory
+
+
+def plan_reader(trt: Any, path: Path) -> Any | None:
+    """A TensorRT stream reader over the plan file, or None where this TensorRT has none.
+    ``IStreamReaderV2`` (11.x, later 10.x): ``read(num_bytes, stream)`` may return fewer bytes
+    than asked, so the plan goes over in chunks of :data:`READ_CHUNK`; ``seek(offset, where)``
+    with a ``SeekPosition``. ``IStreamReader`` (10.0+): ``read(size)`` returns what is asked."""
+    base = getattr(trt, "IStreamReaderV2", None) or getattr(trt, "IStreamReader", None)
+    if base is None:
+        return None
+    v2 = base is getattr(trt, "IStreamReaderV2", None)
+
+    class PlanReader(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)  # pybind11 trampolines need the base initialised explicitly
+            self.file = open(path, "rb")
+
+        def read(self, size: int, stream: int = 0) -> bytes:
+            return self.file.read(min(size, READ_CHUNK) if v2 else size)
+
+        def seek(self, offset: int, where: Any) -> bool:
+            whence = {"SET": 0, "CUR": 1, "END": 2}.get(getattr(where, "name", ""), int(getattr(where, "value", 0)))
+            self.file.seek(offset, whence)
+            return True
+
+        def close(self) -> None:
+            self.file.close()
+
+    return PlanReader()
+
+
 def deserialize(plan: Path | bytes) -> Any:
     """A ``trt.ICudaEngine`` from a plan file, streamed into TensorRT where it has a stream reader
-    (``IStreamReader``, 10.0+; ``IStreamReaderV2`` in 11, through Polygraphy's ``FileReader``), so
-    the plan is never whole in host memory; from its bytes otherwise. TensorRT's plugin library is
-    registered first, as Polygraphy's builder registers it. :class:`ArtifactError` if TensorRT
-    refuses the plan."""
+    (:func:`plan_reader`), so a 28 GB plan is never whole in host memory; from its bytes otherwise.
+    TensorRT's plugin library is registered first, as Polygraphy's builder registers it.
+    :class:`ArtifactError` if TensorRT refuses the plan."""
     import tensorrt as trt
     from polygraphy.backend.trt import get_trt_logger
 
     trt.init_libnvinfer_plugins(get_trt_logger(), "")
     runtime = trt.Runtime(get_trt_logger())
-    if isinstance(plan, Path) and (hasattr(trt, "IStreamReader") or hasattr(trt, "IStreamReaderV2")):
-        from polygraphy.backend.trt import FileReader
-
-        with FileReader(str(plan)) as reader:
+    reader = plan_reader(trt, plan) if isinstance(plan, Path) else None
+    if reader is not None:
+        try:
             engine = runtime.deserialize_cuda_engine(reader)
+        finally:
+            reader.close()
     else:
         engine = runtime.deserialize_cuda_engine(plan.read_bytes() if isinstance(plan, Path) else plan)
     if engine is None:

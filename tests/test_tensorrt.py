@@ -828,3 +828,133 @@ def test_the_streaming_budget_is_read_back_and_auto_budgets_are_shared(fake_tens
     left = 1000 - 100 - 50 - 200 - 150 - 50  # MiB for the two auto engines, shared 3:1
     assert budgets == {"transformer": left * mib * 600 // 800, "text_encoder": left * mib * 200 // 800}
     assert engines.auto_budgets({"a": {"streamable": mib, "budget": "auto"}}, free=1 << 40) == {"a": mib}  # at most all
+
+
+# --------------------------------------------------------------------------------------
+# Opsets: what each TensorRT version's parser documents (MODELS.md), checked at export and build
+# --------------------------------------------------------------------------------------
+
+
+def test_documented_opset_ranges_per_tensorrt_version():
+    assert [engines.parser_opsets(v) for v in ("10.1.0", "10.3.0.26", "10.13.3", "10.14.1", "11.1.0", "11.5.0")] == \
+        [(9, 20), (9, 20), (9, 20), (9, 24), (9, 24), (9, 25)]
+    assert [engines.minimum_tensorrt(o) for o in (18, 20, 22, 24, 25)] == ["10.1", "10.1", "10.14", "10.14", "11.5"]
+    with pytest.raises(engines.EngineTargetError, match="TensorRT 10.0.1 is older than this zoo supports"):
+        engines.parser_opsets("10.0.1")
+    with pytest.raises(ExportError, match="ONNX opset 26: no TensorRT release documents it"):
+        engines.minimum_tensorrt(26)
+
+
+@pytest.mark.parametrize("axes_from, opset, message", [
+    ("initializer", 18, None),
+    ("constant node", 18, None),
+    ("graph input", 18, "needs these inputs as initializers, and the graph computes them: Unsqueeze 'u': axes from 'axes'"),
+    ("computed", 18, "Unsqueeze 'u': axes from 'axes'"),
+    ("initializer", 26, "ONNX opset 26: no TensorRT release documents it"),
+])
+def test_the_export_lint_checks_the_parsers_opsets_and_initializer_only_inputs(tmp_path, axes_from, opset, message):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.onnx import check_graph
+
+    nodes, inputs, inits = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])], []
+    if axes_from == "initializer":
+        inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"))
+    elif axes_from == "constant node":
+        nodes.append(helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array([0], dtype=np.int64))))
+    elif axes_from == "graph input":
+        inputs.append(helper.make_tensor_value_info("axes", TensorProto.INT64, [1]))
+    else:  # computed from the data: Shape -> Slice
+        inits += [numpy_helper.from_array(np.array([v], dtype=np.int64), n) for n, v in (("s0", 0), ("s1", 1))]
+        nodes += [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Slice", ["shape", "s0", "s1"], ["axes"])]
+    nodes.append(helper.make_node("Unsqueeze", ["x", "axes"], ["y"], name="u"))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    if message is None:
+        check_graph(path, "c")
+        assert engines.check_parser_support(model, "c") == opset
+    else:  # at export (check_graph), past the ONNX checker; a future opset is refused by the lint itself
+        with pytest.raises(ExportError, match=re.escape(message)):
+            (check_graph(path, "c") if opset <= 20 else engines.check_parser_support(model, "c"))
+
+
+def test_build_refuses_a_graph_whose_opset_the_target_tensorrt_does_not_document(copied_export, monkeypatch):
+    calls: list = []
+    orin = engines.Target("10.3.0.26", "8.7", "Orin")
+    monkeypatch.setattr(engines, "current_target", lambda device="cuda": orin)
+    monkeypatch.setattr(engines, "unavailable", lambda device="cuda": None)
+    monkeypatch.setattr(engines, "build_plan", lambda spec, path, device: fake_builder(calls)(spec, path))
+    result = zoo("build", copied_export, "--dry-run")
+    assert "(float32, opset 18: TensorRT 10.1+)" in result.output, result.output
+    manifest = json.loads((copied_export / "manifest.json").read_text())
+    manifest["components"]["transformer"].update(opset=22, precision="bfloat16")  # as a bf16 export records it
+    (copied_export / "manifest.json").write_text(json.dumps(manifest))
+    assert_error(zoo("build", copied_export), "component 'transformer' is an ONNX opset-22 graph (bfloat16); TensorRT "
+                 "10.3.0.26 documents opsets 9-20, so it needs TensorRT 10.14 or newer: or re-export with")
+    assert calls == [] and not (copied_export / "engines").exists()
+    manifest["components"]["transformer"].update(opset=18, precision="float32")
+    (copied_export / "manifest.json").write_text(json.dumps(manifest))
+    result = zoo("build", copied_export)  # an opset-18 graph builds on JetPack 6's TensorRT
+    assert result.exit_code == 0 and calls == ["transformer"], result.output
+
+
+@pytest.mark.parametrize("api", ["IStreamReaderV2", "IStreamReader", None])
+def test_a_plan_is_streamed_to_tensorrt_in_chunks(tmp_path, monkeypatch, api):
+    """The reader TensorRT pulls a plan through (10.x IStreamReader: read(size); 11.x
+    IStreamReaderV2: read(num_bytes, stream) in chunks, seek with a SeekPosition)."""
+    import enum
+    import types
+
+    class SeekPosition(enum.Enum):
+        SET, CUR, END = 0, 1, 2
+
+    class Base:
+        def __init__(self) -> None:
+            pass
+
+    fake = types.SimpleNamespace(SeekPosition=SeekPosition, **({api: Base} if api else {}))
+    plan = tmp_path / "engine.plan"
+    data = os.urandom(10_000)
+    plan.write_bytes(data)
+    monkeypatch.setattr(engines, "READ_CHUNK", 4096)
+    reader = engines.plan_reader(fake, plan)
+    if api is None:
+        assert reader is None  # deserialize falls back to the plan's bytes
+        return
+    if api == "IStreamReaderV2":
+        assert reader.seek(-16, SeekPosition.END) and reader.read(100, 0) == data[-16:]
+        assert reader.seek(0, SeekPosition.SET)
+        chunks = [reader.read(len(data), 0) for _ in range(3)]
+        assert [len(c) for c in chunks] == [4096, 4096, 10_000 - 8192] and b"".join(chunks) == data
+    else:
+        assert reader.read(len(data)) == data
+    reader.close()
+
+
+def test_a_plan_is_hashed_once_per_version_of_the_file(copied_export, monkeypatch):
+    """Loading an engine hashes its plan (streamed) once per version of the file, not at every
+    load; a plan changed in place (same size) is hashed again and refused."""
+    from zoo import hashing
+
+    monkeypatch.setattr(hashing, "SETTLE_NS", 0)  # the test's plan was just written
+    monkeypatch.setattr(hashing, "CACHE_ABOVE", 0)  # and is small
+    reads = []
+    read = hashing._read_digest
+    monkeypatch.setattr(hashing, "_read_digest", lambda path, *a, **k: reads.append(path) or read(path, *a, **k))
+    entry, _ = engines.get_or_build(spec_of(copied_export), HERE, fake_builder())
+    reads.clear()
+    assert entry.read_plan() == entry.plan and entry.read_plan() == entry.plan
+    assert len(reads) <= 1  # the build's own digest may already be remembered
+    again = len(reads)
+    assert engines.check_entry(entry.folder, HERE).plan == entry.plan and len(reads) == again
+    data = bytearray(entry.plan.read_bytes())
+    data[0] ^= 0xFF
+    entry.plan.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match the sha256 in its sidecar: corrupted"):
+        entry.read_plan()
+    assert len(reads) == again + 1

@@ -311,7 +311,8 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
             exported = spec.record.dims
             profile = ", ".join(f"{n} {d.min}:{d.opt}:{d.max}" for n, d in spec.dims.items()
                                 if exported[n].is_dynamic and not d.is_derived)
-            click.echo(f"# {spec.component} ({spec.precision}): {profile or 'static shapes'}")
+            click.echo(f"# {spec.component} ({spec.precision}, opset {spec.record.opset}: TensorRT "
+                       f"{engines.minimum_tensorrt(spec.record.opset)}+): {profile or 'static shapes'}")
             click.echo(shlex.join(spec.trtexec(engines.engines_dir(manifest.root) / f"{spec.component}.plan")))
         return
     problem = engines.unavailable(device)
@@ -319,6 +320,8 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
         raise BackendUnavailableError(f"zoo build needs TensorRT and an NVIDIA GPU: {problem} (`zoo build --dry-run` "
                                       f"prints the trtexec lines without them)")
     target = engines.current_target(device)
+    for spec in specs:
+        engines.check_parser_opset(spec.record, target)  # every graph one this TensorRT documents, before any build
     click.echo(f"building {len(specs)} engine(s) for {target.describe()}", err=True)
     for spec in specs:
         spec = engines.with_content(spec, manifest)
