@@ -345,26 +345,27 @@ class AnimateDiff(Family):
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
         from zoo.media import check_frame_size, load_video
 
+        options = self.with_defaults(options)
         if options.get("free_u"):
             raise InputError(
                 "--free-u is not supported: FreeU rescales the backbone and skip features inside the UNet's up "
                 "blocks, so it would have to be traced into the unet graph; this export was traced without it "
                 "and the graph parity proved is the one without it")
-        steps = options.get("steps", 25)
+        steps = options["steps"]
         kwargs: dict[str, Any] = {
             "prompt": options["prompt"],
-            "negative_prompt": options.get("negative_prompt") or "",
+            "negative_prompt": options["negative_prompt"],
             "num_inference_steps": steps,
-            "guidance_scale": options.get("guidance_scale", 7.5),
+            "guidance_scale": options["guidance_scale"],
         }
         setup = {}
         if options.get("free_init") is not None:
             setup["enable_free_init"] = {
                 "num_iters": options["free_init"],
                 "use_fast_sampling": bool(options.get("free_init_fast")),
-                "method": options.get("free_init_method") or "butterworth",
+                "method": options["free_init_method"],
             }
-        elif options.get("free_init_fast") or options.get("free_init_method") not in (None, "butterworth"):
+        elif options.get("free_init_fast") or options["free_init_method"] != self.option_default("free_init_method"):
             raise InputError("--free-init-method and --free-init-fast need --free-init ITERS")
         height, width = options.get("height"), options.get("width")
         video = options.get("video")
@@ -404,7 +405,7 @@ class AnimateDiff(Family):
             kwargs.update(video=[clip], height=height, width=width, strength=strength)
             pipeline = V2V
         return Request(pipeline, kwargs, setup=setup, scheduler=options.get("scheduler"),
-                       output_format="video", fps=options.get("fps") or 8,
+                       output_format="video", fps=options["fps"],
                        shape_sources=sources if video is not None else {})
 
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:

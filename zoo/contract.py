@@ -673,8 +673,20 @@ class Family:
 
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
         """Turn ``zoo run``'s parsed options into a :class:`Request`, checking every value
-        (media read and checked too) before any backend is loaded."""
+        (media read and checked too) before any backend is loaded. Omitted options take their
+        :class:`Option` defaults (:meth:`with_defaults`), never a default of its own."""
         raise NotImplementedError
+
+    def with_defaults(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` with every omitted (absent or None) run option at its declared default: the
+        one place a default lives, whether ``zoo run`` parsed the options (click fills the same
+        defaults) or a server, a parity request or a test omitted them."""
+        declared = {o.name: o.default for o in self.run_options if o.default is not None}
+        return declared | {k: v for k, v in options.items() if v is not None}
+
+    def option_default(self, name: str) -> Any:
+        """The declared default of run option ``name``."""
+        return next(o.default for o in self.run_options if o.name == name)
 
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
         """Labelled requests for end-to-end parity (shape options at the export's opt point)."""

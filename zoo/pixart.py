@@ -391,15 +391,17 @@ class PixArt(Family):
 
     # -- requests -----------------------------------------------------------------------
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
+        options = self.with_defaults(options)
+
         def pick(option: str, axis: str) -> Any:
             value = options.get(option)
             return context.envelope[axis].opt if value is None else value
 
         kwargs = {
             "prompt": options["prompt"],
-            "negative_prompt": options.get("negative_prompt") or "",
-            "num_inference_steps": options.get("steps", 20),
-            "guidance_scale": options.get("guidance_scale", 4.5),
+            "negative_prompt": options["negative_prompt"],
+            "num_inference_steps": options["steps"],
+            "guidance_scale": options["guidance_scale"],
             "height": pick("height", "height"),
             "width": pick("width", "width"),
             "num_images_per_prompt": pick("batch", "batch"),

@@ -545,6 +545,7 @@ class UniAnimateDiT(Family):
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
         from zoo.media import check_frame_size, load_image, load_video
 
+        options = self.with_defaults(options)
         height = context.envelope["height"].opt if options.get("height") is None else options["height"]
         width = context.envelope["width"].opt if options.get("width") is None else options["width"]
         image = load_image(options["image"], option="--image")
@@ -559,10 +560,10 @@ class UniAnimateDiT(Family):
                                  f"{width}x{height}; not resized: pass --resize-pose to resize it (PIL bilinear)")
             ref_pose = ref_pose.resize((width, height), resample=_bilinear())
         long_video = bool(options.get("long_video"))
-        kwargs: dict[str, Any] = {"image": image, "ref_pose": ref_pose, "prompt": options.get("prompt") or "",
-                                  "negative_prompt": options.get("negative_prompt") or "", "height": height,
-                                  "width": width, "num_inference_steps": options.get("steps", 50),
-                                  "guidance_scale": options.get("guidance_scale", 1.5), "long_video": long_video,
+        kwargs: dict[str, Any] = {"image": image, "ref_pose": ref_pose, "prompt": options["prompt"],
+                                  "negative_prompt": options["negative_prompt"], "height": height,
+                                  "width": width, "num_inference_steps": options["steps"],
+                                  "guidance_scale": options["guidance_scale"], "long_video": long_video,
                                   "tiled": not options.get("untiled"), "teacache": options.get("teacache")}
         if kwargs["teacache"] is not None:
             if kwargs["teacache"] <= 0:
@@ -571,8 +572,7 @@ class UniAnimateDiT(Family):
             if missing:
                 raise InputError(f"--teacache needs the {', '.join(missing)} component(s), which this export lacks; re-export")
         if long_video:
-            size, overlap = options.get("context_frames") or 21, options.get("context_overlap")
-            overlap = 4 if overlap is None else overlap
+            size, overlap = options["context_frames"], options["context_overlap"]
             if not 2 <= overlap < size:
                 raise InputError(f"--context-overlap {overlap}: expected at least 2 and fewer than --context-frames {size}")
             usable = (len(poses) - 1) // 4 * 4 + 1  # the original rounds a long video down to 4k+1 frames
@@ -583,7 +583,7 @@ class UniAnimateDiT(Family):
                 raise InputError(f"--pose-video has {len(poses)} frames: a short video needs 4k+1 pose frames (5, 9, ..., 81); "
                                  f"use --long-video for longer ones")
             kwargs["pose_video"] = poses
-        return Request("UniAnimateLoop", kwargs, output_format="video", fps=options.get("fps") or 15,
+        return Request("UniAnimateLoop", kwargs, output_format="video", fps=options["fps"],
                        shape_sources={"frames": f"--pose-video {options['pose_video']} frames" if not long_video
                                       else f"--context-frames {kwargs.get('context_frames')} window frames"})
 

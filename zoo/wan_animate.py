@@ -413,7 +413,8 @@ class WanAnimate(Family):
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
         from zoo.media import check_frame_size, load_image, load_video
 
-        mode = options.get("mode") or "animate"
+        options = self.with_defaults(options)
+        mode = options["mode"]
         image = load_image(options["image"], option="--image")
         pose = load_video(options["pose_video"], option="--pose-video")
         face = load_video(options["face_video"], option="--face-video")
@@ -440,20 +441,20 @@ class WanAnimate(Family):
         segment = context.envelope["segment_frames"].opt if segment is None else segment
         if segment % 4 != 1:
             raise InputError(f"--segment-frames {segment}: pixel frames per segment must be 4k+1 (5, 9, 13, ...)")
-        prev = int(options.get("prev_frames") or 1)
+        prev = int(options["prev_frames"])
         _check_segments(len(pose), segment, prev)
         kwargs.update(
-            prompt=options.get("prompt") or "",
-            negative_prompt=options.get("negative_prompt") or "",
+            prompt=options["prompt"],
+            negative_prompt=options["negative_prompt"],
             height=context.envelope["height"].opt if options.get("height") is None else options["height"],
             width=context.envelope["width"].opt if options.get("width") is None else options["width"],
             segment_frame_length=segment,
             prev_segment_conditioning_frames=prev,
-            num_inference_steps=options.get("steps", 20),
-            guidance_scale=options.get("guidance_scale", 1.0),
+            num_inference_steps=options["steps"],
+            guidance_scale=options["guidance_scale"],
         )
         return Request(PIPELINE, kwargs, scheduler=options.get("scheduler"), output_format="video",
-                       fps=options.get("fps") or 16)
+                       fps=options["fps"])
 
     def sample_media(self, ref: Reference) -> dict[str, Any]:
         """A reference image, pose / background / mask videos at the default opt size and a face
