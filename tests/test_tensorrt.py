@@ -694,10 +694,10 @@ def fake_tensorrt(copied_export, monkeypatch):
     setup = lambda engine: None  # noqa: E731
     monkeypatch.setattr(engines, "deserialize", deserialize)
 
-    def make(configure=lambda engine: None, **options):
+    def make(configure=lambda engine: None, builder=None, **options):
         nonlocal setup
         setup = configure
-        engines.get_or_build(spec_of(copied_export, **options), HERE, fake_builder())
+        engines.get_or_build(spec_of(copied_export, **options), HERE, builder or fake_builder())
         backend = TensorRTBackend(load_manifest(copied_export), "transformer", "cpu")  # CPU tensors, faked CUDA calls
         return backend, log, loaded
 
@@ -958,3 +958,25 @@ def test_a_plan_is_hashed_once_per_version_of_the_file(copied_export, monkeypatc
     with pytest.raises(ArtifactError, match="does not match the sha256 in its sidecar: corrupted"):
         entry.read_plan()
     assert len(reads) == again + 1
+
+
+def test_auto_budgets_are_resolved_once_for_the_engines_of_a_pipeline(fake_tensorrt, copied_export, monkeypatch):
+    import torch
+
+    from runtimes.backends import Runners
+
+    def builder(spec, path):
+        fake_builder()(spec, path)
+        return engines.BuildResult(device_memory=1 << 20, streamable_weights=10 << 20)
+
+    fake_tensorrt(builder=builder, weight_streaming=True, weight_streaming_budget="auto")
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: asked.append(device) or (3 << 20, 8 << 20))
+    runners = Runners("tensorrt", load_manifest(copied_export), "cpu")
+    backend = runners["transformer"]
+    assert backend.budgets is not None and all(b.budgets is backend.budgets for b in runners.values())
+    backend.activate()
+    want = int((3 << 20) * 0.9) - (1 << 20)  # free memory less the margin and the engine's activations
+    assert backend.budgets.resolved == {"transformer": want} and len(asked) == 1
+    assert backend.streaming_budget == want // 256 * 256  # read back from TensorRT
+    runners.close()
