@@ -18,6 +18,10 @@ Soundness rules:
   re-hash), never store a wrong one. An unreadable cache file or malformed entry is ignored.
 - Hard-linking, renaming, ``chmod`` or removing another link of a file change its ctime, so the
   next check reads it again once: the price of trusting no timestamp that a user can restore.
+- On Windows ``st_ctime`` is the creation time: there, a same-size write whose mtime is then set
+  back to the same nanosecond would not be seen (nothing on Windows writes so by accident).
+- Timestamps are compared with this machine's clock: on a network filesystem whose server clock
+  runs more than ``SETTLE_NS`` behind, a file written a moment ago could be remembered too soon.
 """
 
 from __future__ import annotations
