@@ -377,7 +377,7 @@ class TensorRTBackend(Backend):
             t = self._aligned(value.to(self.device))
             if not context.set_input_shape(name, tuple(t.shape)):
                 raise InputError(f"component {self.record.name!r} input {name!r}: TensorRT refused the shape {tuple(t.shape)} "
-                                 f"(the engine's profile is {self.entry.folder})")
+                                 f"for the engine {self.entry.plan} (see its log above)")
             bound[name] = t
         outputs = {}
         for spec in self.record.outputs:
