@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import assert_error, zoo
-from exporters.weights import WEIGHT_MAP, StoredWeights, checkpoint_files, read_header
+from exporters.weights import WEIGHT_MAP, WEIGHTS_DIR, StoredWeights, checkpoint_files, read_header
 from zoo.errors import ArtifactError, CheckpointError
 
 FAMILY = "wan-animate"
@@ -403,3 +403,32 @@ def test_linked_files_are_recorded_by_the_sha256_of_all_their_bytes(weightless, 
         with pytest.raises(ArtifactError, match=r"weights.json is missing or not a weight map \(format .*, this zoo reads 2: "
                                                 r"an older zoo identified large checkpoint files by a sample .*re-export"):
             load_weight_map(copy / "transformer")
+
+
+def test_linking_records_the_digest_taken_before_the_link(tmp_path, monkeypatch):
+    """A hard link changes the file's ctime: the export records the digest it already has (no
+    second read of a checkpoint file during the export); the next check reads the file once more."""
+    import hashlib
+    import time
+
+    from exporters.weights import link_checkpoint_files
+    from zoo import hashing
+
+    monkeypatch.setenv(hashing.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(hashing, "_MEMO", {})
+    monkeypatch.setattr(hashing, "_DISK", {})
+    monkeypatch.setattr(hashing, "SETTLE_NS", 0)
+    reads = []
+    real = hashing._read_digest
+    monkeypatch.setattr(hashing, "_read_digest", lambda p, size, progress: reads.append(p) or real(p, size, progress=progress))
+    shard = tmp_path / "ckpt" / "model.safetensors"
+    shard.parent.mkdir()
+    shard.write_bytes(os.urandom(3 << 20))
+    time.sleep(0.02)
+    digest = hashing.file_sha256(shard)  # the export's record of its sources
+    weight_map = {"initializers": {"w": {"location": str(shard), "offset": 0, "length": 8}}, "files": {}}
+    link_checkpoint_files(weight_map, tmp_path / "export")
+    assert weight_map["initializers"]["w"]["location"] == f"{WEIGHTS_DIR}/model.safetensors"
+    assert weight_map["files"] == {f"{WEIGHTS_DIR}/model.safetensors": {"source": str(shard), "size": 3 << 20, "sha256": digest}}
+    assert digest == hashlib.sha256(shard.read_bytes()).hexdigest() and len(reads) == 1
+    assert hashing.file_sha256(tmp_path / "export" / WEIGHTS_DIR / "model.safetensors") == digest and len(reads) == 2
