@@ -14,7 +14,10 @@ an object array: plain numpy byte strings drop trailing NUL bytes, which corrupt
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -105,8 +108,12 @@ class Payload:
             raise RequestError(f"error: not a zoo request ({type(e).__name__}: {e})") from None
 
     @staticmethod
-    def read_media(path: Path) -> bytes | dict[str, bytes]:
-        """A media option's file, or a folder's files by relative path (a video as PNG frames)."""
+    def read_media(path: Path, option: str = "--media") -> bytes | dict[str, bytes]:
+        """A media option's file, or a folder's regular files by relative path (a video as PNG
+        frames); what is neither a regular file nor a folder (a FIFO) is refused before reading."""
+        from zoo.media import check_media_path
+
+        check_media_path(path, option)
         if path.is_dir():
             return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
         return path.read_bytes()
@@ -154,6 +161,64 @@ def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, An
         raise RequestError("Error: the request's options could not be parsed") from None
 
 
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc: ask the kernel
+        from exporters.artifacts import _pid_alive
+
+        return _pid_alive(pid)
+
+
+def remove_dead_scratch(prefix: str) -> None:
+    """Remove the temporary folders ``<prefix><pid>-*`` of processes that are gone (a kill -9)."""
+    for old in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not pid_running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder named after this process; those of processes that are gone are removed first."""
+    remove_dead_scratch(prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def _writable(name: str) -> bool:
+    """Whether this process can put ``name`` into a file path. The Python stub that Triton runs
+    the service in has the C locale's ASCII file system encoding (see runtimes.triton.MODEL_PY)."""
+    try:
+        name.encode(sys.getfilesystemencoding())
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _server_name(name: str, fallback: str) -> str:
+    """``name`` where this process can write it, else ``fallback`` with ``name``'s suffix (which
+    says the format). The client's names travel in the request (UTF-8 JSON) and come back in the
+    answer; only the server's own paths are limited to what its file system encoding holds."""
+    if _writable(name):
+        return name
+    suffix = PurePosixPath(name).suffix
+    return fallback + (suffix if _writable(suffix) else "")
+
+
+def _frame_names(names: list[str]) -> dict[str, str]:
+    """Server names for the files of one folder: as given where all can be written, else numbered
+    in the order zoo run reads frames (natural order), hidden files kept hidden, suffixes kept."""
+    if all(_writable(n) for n in names):
+        return {n: n for n in names}
+    from zoo.media import _natural_key
+
+    ranked = sorted(names, key=lambda n: _natural_key(Path(n)))
+    return {n: ("." if n.startswith(".") else "") + _server_name(f"{i:06d}{PurePosixPath(n).suffix}", f"{i:06d}")
+            for i, n in enumerate(ranked)}
+
+
 def _safe_name(name: str, fallback: str) -> str:
     """A client's file name without its folders (a media file, the output): as given where it is
     a plain name (spaces, accents and leading dots kept, so the file is the one ``zoo run``
@@ -173,26 +238,72 @@ class Result:
 
 
 class Service:
-    """``zoo run`` as a service over one export: built once (backends load on first use), then
-    one request at a time. Every check happens before any backend runs; errors carry ``zoo run``'s
-    line, with the server's temporary paths replaced by the client's names."""
+    """``zoo run`` as a service over one export: built once, then one request at a time. Every
+    check happens before any backend runs; errors carry ``zoo run``'s line, with the server's
+    temporary paths replaced by the client's names. ``load`` loads every component's backend now
+    (a server is not ready with a graph that cannot load), else each when first used."""
 
-    def __init__(self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu") -> None:
+    def __init__(self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", *,
+                 load: bool = False) -> None:
         from exporters.manifest import load_manifest
         from runtimes.sampler import Sampler, sampler_family
 
         self.manifest = load_manifest(export_dir)
         self.family = sampler_family(self.manifest)
         self.sampler = Sampler(export_dir, backend=backend, device=device)
+        self.active: set[Path] = set()  # the request folders in use (removed by whoever ends this process)
+        if load:
+            try:
+                for component in self.sampler.backends:
+                    self.sampler.backends[component].activate()
+            except BaseException:
+                self.sampler.close()
+                raise
 
     def close(self) -> None:
         self.sampler.close()
+
+    def _receive(self, work: Path, option: str, name: str, data: bytes | dict[str, bytes],
+                 names: dict[str, str]) -> Path:
+        """A media file or folder written under ``work``; ``names`` maps the server's paths (and
+        renamed frame names) back to the client's."""
+        path = work / "in" / option / _server_name(_safe_name(name, option), option)
+        names[str(path)] = name
+        if not isinstance(data, dict):
+            path.parent.mkdir(parents=True)
+            path.write_bytes(data)
+            return path
+        flag = f"--{option.replace('_', '-')}"
+        targets: dict[tuple[str, ...], tuple[str, bytes]] = {}
+        for rel, blob in data.items():  # a folder (of frames)
+            parts = tuple(_safe_name(p, "_") for p in PurePosixPath(str(rel).replace("\\", "/")).parts
+                          if p not in ("/", ".", ".."))
+            clash = not parts or parts in targets or any(t[:len(parts)] == parts or parts[:len(t)] == t for t in targets)
+            if clash:
+                raise RequestError(f"error: {flag} {name}: the folder's file names {rel!r} is empty, repeated or "
+                                   f"both a file and a folder")
+            targets[parts] = (str(rel), blob)
+        renamed: dict[tuple[str, ...], str] = {}  # each folder level's names, numbered where needed
+        for parent in {t[:-1] for t in targets} | {t[:i] for t in targets for i in range(len(t))}:
+            children = sorted({t[len(parent)] for t in targets if len(t) > len(parent) and t[:len(parent)] == parent})
+            for child, server in _frame_names(children).items():
+                renamed[(*parent, child)] = server
+        for parts, (rel, blob) in targets.items():
+            target = path.joinpath(*[renamed[parts[:i + 1]] for i in range(len(parts))])
+            if target.name != parts[-1]:
+                names[str(target)] = f"{name.rstrip('/')}/{rel}"
+                names[target.name] = parts[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def run(self, payload: Payload, on_event: Callable[[dict[str, Any]], None] | None = None) -> Result:
         from runtimes.sampler import prepare_request
         from runtimes.writers import check_output_path, write_output
 
-        work = Path(tempfile.mkdtemp(prefix="zoo-request-"))
+        work = scratch_dir("zoo-request-")
+        self.active.add(work)
         names: dict[str, str] = {}
         try:
             values = dict(payload.options)
@@ -202,30 +313,14 @@ class Service:
                     takes = ", ".join("--" + m.replace("_", "-") for m in sorted(media)) or "none"
                     raise RequestError(f"error: a file was sent for --{option.replace('_', '-')}, which takes no file "
                                        f"(this model's file options: {takes})")
-                path = work / "in" / option / _safe_name(name, option)
-                if isinstance(data, dict):  # a folder (of frames)
-                    seen: set[Path] = set()
-                    for rel, blob in data.items():
-                        parts = [p for p in PurePosixPath(str(rel).replace("\\", "/")).parts if p not in ("/", ".", "..")]
-                        target = path.joinpath(*[_safe_name(p, "_") for p in parts]) if parts else None
-                        if target is None or target in seen or any(s in target.parents or target in s.parents for s in seen):
-                            raise RequestError(f"error: --{option.replace('_', '-')} {name}: the folder's file names "
-                                               f"{rel!r} is empty, repeated or both a file and a folder")
-                        seen.add(target)
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_bytes(blob)
-                    path.mkdir(parents=True, exist_ok=True)
-                else:
-                    path.parent.mkdir(parents=True)
-                    path.write_bytes(data)
-                names[str(path)] = name
-                values[option] = str(path)
+                values[option] = str(self._receive(work, option, name, data, names))
             for option in media & set(values) - set(payload.files):
                 raise RequestError(f"error: --{option.replace('_', '-')}: send the file's bytes, not a path on the server")
             options = parse_options(self.family.run_options, {**values, "seed": payload.seed})
             seed = options.pop("seed")
             request = prepare_request(self.manifest, options)  # media read and shapes checked here
-            out = work / "out" / _safe_name(payload.out_name, "out")
+            out_name = _safe_name(payload.out_name, "out")
+            out = work / "out" / _server_name(out_name, "out")
             out.parent.mkdir()
             names[str(out)] = payload.out_name
             check_output_path(request.output_format, out)
@@ -236,16 +331,20 @@ class Service:
             written = write_output(array, out, fps=request.fps)
             files = []
             for path in written:
-                files += [(p.relative_to(out.parent).as_posix(), p.read_bytes())
-                          for p in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else [])
-                          if p.is_file()]
+                for p in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []):
+                    if p.is_file():
+                        rel = p.relative_to(out.parent).parts
+                        files.append(("/".join((out_name if rel[0] == out.name else rel[0], *rel[1:])), p.read_bytes()))
             return Result(files, array.astype(np.float32) if payload.return_array else None)
         except (RequestError, ServiceError):
             raise
         except ZooError as e:  # the request's fault (400) or the server's, with no server path in the line
             line = str(e)
-            for path, name in names.items():
-                line = line.replace(path, name)
+            for path in sorted((n for n in names if "/" in n), key=len, reverse=True):
+                line = line.replace(path, names[path])
+            for server, client in names.items():  # frame names that had to be renamed
+                if "/" not in server:
+                    line = re.sub(rf"(?<![\w/.-]){re.escape(server)}(?![\w.-])", lambda m: client, line)
             line = line.replace(str(work), "")
             for root in {str(self.manifest.root.resolve()), str(self.manifest.root)}:
                 line = line.replace(root, "<export>")
@@ -254,6 +353,7 @@ class Service:
             raise ServiceError(f"error: server: {line}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            self.active.discard(work)
 
 
 def safe_relative(name: str) -> PurePosixPath:

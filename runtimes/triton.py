@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -32,18 +31,48 @@ from typing import Any
 import logging
 
 from exporters.artifacts import staged_dir
-from runtimes.serving import ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, Result
+from runtimes.serving import (ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, Result, pid_running,
+                              remove_dead_scratch, scratch_dir)
 from zoo.errors import BackendUnavailableError, ZooError
 
 log = logging.getLogger(__name__)
 
 EXPORT = "export"  # the export's folder inside a model version
+PYTHON_ENV = "ZOO_SERVE_PYTHON"  # zoo serve's interpreter's module search path, for the stubs
+STOP_ENV = "ZOO_SERVE_STOP"  # a file whose existence tells the models to cancel what is left (drain timeout)
 MODEL_PY = '''"""Triton Python-backend model written by `zoo triton`: zoo's sampler over the export in ./{export}.
 
-The server's Python must have zoo installed (pip install zoo[serve] and its backends)."""
+The Python backend's stub runs an embedded interpreter of its own. The stub that nvidia-pytriton
+0.7 bundles (pybind11 2.10's isolated config) ignores PYTHONPATH and every PYTHON* variable, runs
+in the C locale, and takes its sys.prefix from the first `python3` on PATH. `zoo serve` therefore
+passes its own interpreter's module search path in ${python_env}, put first here before any import;
+elsewhere (NVIDIA's container) the stub's own Python must have zoo installed."""
 
-from runtimes.triton_model import TritonPythonModel  # noqa: F401
+import json as _json
+import os as _os
+import site as _site
+import sys as _sys
+
+_env = _json.loads(_os.environ.get("{python_env}") or "{{}}")
+_sys.path[:0] = [_p for _p in _env.get("path", []) if _p not in _sys.path]
+for _d in _env.get("site", []):  # their .pth files too (editable installs, namespace packages)
+    _site.addsitedir(_d)
+for _stream in (_sys.stdout, _sys.stderr):  # the C locale would make them ASCII
+    if hasattr(_stream, "reconfigure"):
+        _stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+
+from runtimes.triton_model import TritonPythonModel  # noqa: E402,F401
 '''
+
+
+def python_env() -> str:
+    """This interpreter's module search path (``''`` made the current folder) and its site
+    folders, as JSON: what the stub's interpreter puts first (see :data:`MODEL_PY`)."""
+    import site
+
+    path = [os.path.abspath(p or os.curdir) for p in sys.path]
+    sites = [d for d in [*site.getsitepackages(), site.getusersitepackages()] if os.path.isdir(d)]
+    return json.dumps({"path": list(dict.fromkeys(path)), "site": sites})
 
 
 class ServerError(ZooError):
@@ -142,7 +171,7 @@ def write_repository(export_dir: Path, repo: Path, options: ServeOptions = Serve
         version = stage / "1"
         version.mkdir(parents=True)
         (stage / "config.pbtxt").write_text(config_pbtxt(name, family.name, options))
-        (version / "model.py").write_text(MODEL_PY.format(export=EXPORT))
+        (version / "model.py").write_text(MODEL_PY.format(export=EXPORT, python_env=PYTHON_ENV))
         if link_export:
             (version / EXPORT).symlink_to(Path(export_dir).resolve(), target_is_directory=True)
         else:
@@ -198,32 +227,43 @@ def _backend_dir(home: Path, into: Path) -> Path:
     return into
 
 
-def server_env() -> dict[str, str]:
-    """The environment of the server and its Python stubs: this interpreter's libpython first
-    (the stub links ``libpython3.X.so``; the system's own, under another interpreter such as
-    pyenv's, fails on the newer stdlib), and this interpreter's packages and zoo on the path."""
+def _python_bin(into: Path) -> Path:
+    """A folder whose ``python3`` is this interpreter. First on the stubs' PATH: the bundled stub's
+    interpreter takes its prefix (hence its standard library) from the first ``python3`` on PATH,
+    which must match the ``libpython`` it links (another version's stdlib fails to import)."""
+    into.mkdir(parents=True)
+    for name in ("python3", "python"):
+        (into / name).symlink_to(sys.executable)
+    return into
+
+
+def server_env(scratch: Path) -> dict[str, str]:
+    """The environment of the server and its Python stubs (see :data:`MODEL_PY`): this
+    interpreter's libpython first (the stub links ``libpython3.X.so``; the system's own, under
+    another interpreter such as pyenv's, fails on the newer stdlib), this interpreter as the
+    ``python3`` on PATH, its module search path in :data:`PYTHON_ENV`, the drain-timeout flag in
+    :data:`STOP_ENV`, and UTF-8 for stubs that read the environment (the bundled one does not:
+    it runs in the C locale, so the service never puts a client's name into a server path)."""
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
-    import site
-
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, *site.getsitepackages(), env.get("PYTHONPATH", "")) if p)
+    env["PATH"] = os.pathsep.join(p for p in (str(_python_bin(scratch / "bin")), env.get("PATH", "")) if p)
+    env[PYTHON_ENV] = python_env()
+    env[STOP_ENV] = str(scratch / "stop")
+    env.update(PYTHONUTF8="1", PYTHONIOENCODING="utf-8")
     env.setdefault("HF_HUB_OFFLINE", "1")
     return env
 
 
-def scratch_dir(prefix: str) -> Path:
-    """A temporary folder named after this process; those of processes that are gone (a kill -9)
-    are removed first."""
-    from exporters.artifacts import _pid_alive
-
-    root = Path(tempfile.gettempdir())
-    for old in root.glob(f"{prefix}*"):
-        pid = old.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux; none known elsewhere)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return kids
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -239,85 +279,196 @@ class Ports:
     metrics: int = 8002
 
 
-def http_ready(port: int) -> bool:
+LOOPBACK = "127.0.0.1"
+GRACE = 10  # seconds a server has to stop once what was left is cancelled, before it is killed
+
+
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``."""
+    return {"0.0.0.0": LOOPBACK, "::": "::1", "": LOOPBACK}.get(host, host)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def http_ready(port: int, host: str = LOOPBACK) -> bool:
     """Whether a Triton server answers ``/v2/health/ready`` on ``port`` (all its models loaded)."""
     try:
-        with urllib.request.urlopen(f"http://localhost:{port}/v2/health/ready", timeout=1) as r:
+        with urllib.request.urlopen(f"http://{_url_host(client_host(host))}:{port}/v2/health/ready", timeout=1) as r:
             return r.status == 200
     except OSError:
         return False
 
 
-class Server:
-    """``tritonserver`` over a repository, as a child process that dies with this one. SIGTERM and
-    SIGINT are passed on as SIGTERM: Triton stops taking requests and finishes the ones it holds
-    (up to ``drain_timeout`` seconds) before it exits."""
+def model_failures(port: int, host: str = LOOPBACK) -> dict[str, str]:
+    """The repository's models that failed to load, with Triton's reason (the exception's line)."""
+    request = urllib.request.Request(f"http://{_url_host(client_host(host))}:{port}/v2/repository/index", data=b"{}",
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as r:
+            index = json.loads(r.read())
+    except (OSError, ValueError):
+        return {}
+    return {m.get("name", "?"): _reason(str(m["reason"])) for m in index
+            if m.get("state") == "UNAVAILABLE" and m.get("reason")}
 
-    def __init__(self, repo: Path, ports: Ports = Ports(), drain_timeout: int = 30, log: Path | None = None) -> None:
-        self.repo, self.ports, self.drain_timeout, self.log = Path(repo), ports, drain_timeout, log
+
+def _reason(reason: str) -> str:
+    """Triton's reason for a model that failed to load, as the exception's own line."""
+    reason = reason.split("\n\nAt:")[0].split("\\n\\nAt:")[0].strip()
+    reason = re.sub(r"^(Internal|Invalid argument|Unavailable): ", "", reason)
+    return re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", reason)
+
+
+class Server:
+    """``tritonserver`` over a repository, bound to ``host``, as a child process that dies with
+    this one; its Python stubs are in its process group. Triton's log goes to ``log`` (appended),
+    else to ``triton.log`` in the server's scratch folder (:attr:`log_path`)."""
+
+    def __init__(self, repo: Path, ports: Ports = Ports(), drain_timeout: int = 30, log: Path | None = None,
+                 host: str = LOOPBACK) -> None:
+        self.repo, self.ports, self.drain_timeout, self.log, self.host = Path(repo), ports, drain_timeout, log, host
         self.process: subprocess.Popen | None = None
         self._scratch: Path | None = None
+        self._stubs: list[int] = []  # of a server killed
 
     @property
     def url(self) -> str:
-        return f"localhost:{self.ports.grpc}"
+        return f"{_url_host(client_host(self.host))}:{self.ports.grpc}"
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.log if self.log is not None else self._scratch / "triton.log" if self._scratch else None
 
     def command(self, backends: Path, home: Path) -> list[str]:
-        return [str(home / "bin" / "tritonserver"), f"--model-repository={self.repo}", f"--backend-directory={backends}",
-                f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}", f"--metrics-port={self.ports.metrics}",
-                "--allow-metrics=true", "--allow-gpu-metrics=false", f"--exit-timeout-secs={self.drain_timeout}",
-                "--disable-auto-complete-config", "--log-verbose=0"]
+        # Triton's own exit timeout is a backstop: the drain timeout is enforced by cancelling (cancel_left)
+        return [str(home / "bin" / "tritonserver"), f"--model-repository={self.repo.resolve()}",
+                f"--backend-directory={backends}", f"--http-address={self.host}", f"--grpc-address={self.host}",
+                f"--metrics-address={self.host}", f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
+                f"--metrics-port={self.ports.metrics}", "--allow-metrics=true", "--allow-gpu-metrics=false",
+                f"--exit-timeout-secs={self.drain_timeout + GRACE}", "--disable-auto-complete-config",
+                "--log-verbose=0"]
 
     def start(self) -> Server:
-        """Start ``tritonserver``; its log goes to ``log`` (appended), else to this process's stderr."""
+        """Start ``tritonserver`` (in its scratch folder: nothing is imported from the current one)."""
         home = find_tritonserver()
+        remove_dead_scratch("zoo-request-")  # left by the stubs of a server that was killed
         self._scratch = scratch_dir("zoo-serve-")
         try:
             backends = _backend_dir(home, self._scratch / "backends")
-            out = open(self.log, "ab") if self.log else None
-            try:
-                self.process = subprocess.Popen(self.command(backends, home), env=server_env(),
+            env = server_env(self._scratch)
+            with open(self.log_path, "ab") as out:
+                self.process = subprocess.Popen(self.command(backends, home), env=env, cwd=self._scratch,
                                                 preexec_fn=_die_with_parent, start_new_session=True,
-                                                stdout=out or sys.stderr, stderr=subprocess.STDOUT)
-            finally:
-                if out is not None:
-                    out.close()
+                                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         except BaseException:
             shutil.rmtree(self._scratch, ignore_errors=True)
             raise
         return self
 
     def ready(self) -> bool:
-        return http_ready(self.ports.http)
+        return http_ready(self.ports.http, self.host)
 
     def wait_ready(self, timeout: float = 120) -> float:
-        """Seconds until ``/v2/health/ready``; :class:`ServerError` if the server exits or times out."""
+        """Seconds until ``/v2/health/ready``; :class:`ServerError` if the server exits, a model
+        fails to load (Triton's reason: the file that is corrupt, the module that is missing), or
+        it times out."""
         start = time.monotonic()
+        see = f" (Triton's log: {self.log})" if self.log else ""
         while time.monotonic() - start < timeout:
             if self.process is not None and self.process.poll() is not None:
+                failed = self._log_failures()
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready"
-                                  + (f" (see {self.log})" if self.log else ""), 500)
+                                  + (f": {failed}" if failed else "") + see, 500)
             if self.ready():
                 return time.monotonic() - start
+            failed = model_failures(self.ports.http, self.host)
+            if failed:
+                raise ServerError("; ".join(f"model {m!r} cannot load: {r}" for m, r in sorted(failed.items())) + see, 500)
             time.sleep(0.1)
-        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s", 503)
+        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s" + see, 503)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int:
-        """Signal the server and wait for it (SIGKILL after the drain timeout and a margin)."""
+    def _log_failures(self) -> str:
+        """Why the server exited, from its log: the models that failed to load and their reasons,
+        else its last error line."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except (OSError, AttributeError):
+            return ""
+        errors = [line.split("] ", 1)[-1].strip('"') for line in lines if line.startswith("E")]
+        failed = [re.match(r"failed to load '([^']*)' version \d+: (.*)", e) for e in errors]
+        failed = [f"model {m.group(1)!r} cannot load: {_reason(m.group(2))}" for m in failed if m]
+        if failed:
+            return "; ".join(dict.fromkeys(failed))
+        return errors[-1].split("\\n")[0] if errors else ""
+
+    def _exited(self, timeout: float) -> bool:
+        """Whether the server exited within ``timeout`` s, left unreaped (its pid, its process
+        group's id, cannot be reused until it is)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    return True
+            except ChildProcessError:  # reaped already
+                return True
+            except InterruptedError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def cancel_left(self) -> None:
+        """Tell the models to cancel what is left: each running request ends at its next step and
+        every queued one is refused, with ``error: server: shutting down ...`` (503)."""
+        if self._scratch is not None:
+            (self._scratch / "stop").touch()
+
+    def kill_group(self) -> None:
+        """SIGKILL the server and its process group (its Python stubs), remembering the stubs
+        (safe in a signal handler: the server is not reaped here)."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self._stubs += _children(self.process.pid)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> None:
+        """:meth:`kill_group`, then reap the server; returns once its stubs are dead too (5 s at most)."""
+        if self.process is None:
+            return
+        self.kill_group()
+        self.process.wait()
+        deadline = time.monotonic() + 5
+        while any(pid_running(p) for p in self._stubs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the server; after the drain timeout cancel what is left, after a grace kill it
+        and its stubs. Its exit code (-9 where it had to be killed)."""
         if self.process is None:
             if self._scratch is not None:
                 shutil.rmtree(self._scratch, ignore_errors=True)
             return 0
         if self.process.poll() is None:
             self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout if timeout is not None else self.drain_timeout + 15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            if not self._exited(self.drain_timeout):
+                self.cancel_left()
+                self._exited(GRACE)
+        self.finish()
+        return self.process.returncode
+
+    def finish(self) -> None:
+        """After the server exited (or to end it now): no stub of it left, its scratch folder and
+        the request folders of its stubs removed."""
+        if self.process is not None:
+            self.kill()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
-        return self.process.returncode
+        remove_dead_scratch("zoo-request-")
 
     def __enter__(self) -> Server:
         return self.start()
@@ -326,32 +477,60 @@ class Server:
         self.stop()
 
 
-def serve_forever(server: Server, on_ready: Callable[[float], None]) -> int:
-    """Run ``server`` until it exits or this process gets SIGTERM / SIGINT (passed on as SIGTERM,
-    so in-flight requests finish; a second signal kills it); its exit code, 0 after a signal."""
-    stopping: list[int] = []
+def serve_forever(server: Server, on_ready: Callable[[float], None], say: Callable[[str], None] = lambda line: None) -> int:
+    """Run ``server`` until it exits or this process gets SIGTERM / SIGINT. A first signal is
+    passed on as SIGTERM: no new requests, the ones held finish; at ``drain_timeout`` what is left
+    is cancelled (its clients get a 503 ``shutting down`` line) and the server exits by itself; a
+    second signal kills it and its stubs at once. ``say`` hears what happens. The server's exit
+    code, 0 after a signal."""
+    signals: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        stopping.append(signum)
-        if server.process is not None and server.process.poll() is None:
-            server.process.send_signal(signal.SIGTERM if len(stopping) == 1 else signal.SIGKILL)
+        signals.append(signum)
+        if server.process is None or server.process.returncode is not None:
+            return
+        if len(signals) == 1:
+            server.process.send_signal(signal.SIGTERM)
+        else:
+            server.kill_group()
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
-        if stopping:  # a signal came while the server was starting
+        if signals:  # a signal came while the server was starting
             server.process.send_signal(signal.SIGTERM)
         try:
             on_ready(server.wait_ready())
         except ServerError:
-            if not stopping:
+            if not signals:
                 raise
-        code = server.process.wait()
-        return 0 if stopping and code in (0, -signal.SIGTERM) else code
+        deadline = None
+        cancelled = False
+        while not server._exited(0.1):
+            now = time.monotonic()
+            if signals and deadline is None:
+                deadline = now + server.drain_timeout
+                say(f"draining: no new requests; the ones held have {server.drain_timeout} s to finish")
+            if deadline is not None and now >= deadline and not cancelled:
+                cancelled = True
+                server.cancel_left()
+                say(f"drain timeout ({server.drain_timeout} s): cancelling the requests left")
+            if cancelled and now >= deadline + GRACE:
+                say(f"the server did not stop {GRACE} s after the drain timeout: killed")
+                break
+        code = server.process.poll()
+        if code is None or len(signals) > 1:
+            server.kill()
+            say("killed" + (" (second signal): requests in flight were dropped" if len(signals) > 1 else ""))
+            return 0 if signals else server.process.returncode
+        if signals and code in (0, -signal.SIGTERM):
+            say("drained and stopped" if not cancelled else "stopped")
+            return 0
+        return code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        server.stop()
+        server.finish()
 
 
 # --------------------------------------------------------------------------------------
@@ -370,7 +549,9 @@ def _server_error(e: Any) -> ServerError:
     status = _STATUS.get(str(e.status()))
     if status is None:
         lower = message.lower()
-        if lower.startswith(("error: internal error", "error: server:")):
+        if lower.startswith("error: server: shutting down"):  # the drain timeout ended: ask again elsewhere
+            status = 503
+        elif lower.startswith(("error: internal error", "error: server:")):
             status = 500
         elif lower.startswith("error:"):
             status = 400
@@ -445,7 +626,7 @@ def stream_request(url: str, model: str, payload: Payload, on_event: Callable[[d
                 doc = json.loads(bytes(event.reshape(-1)[0]))
                 if doc.get("type") == "result":
                     finished = True
-                    names = [bytes(n).decode() for n in result.as_numpy(NAMES).reshape(-1)]
+                    names = [bytes(n).decode("utf-8") for n in result.as_numpy(NAMES).reshape(-1)]
                     blobs = [bytes(b) for b in result.as_numpy(FILES).reshape(-1)]
                     array = result.as_numpy(ARRAY)
                     shape = doc.get("shape")

@@ -219,17 +219,26 @@ class Served:
         return self.process.wait(timeout)
 
 
-def start_server(path: Path, *extra: str, ports: list[int] | None = None, timeout: float = 90) -> Served:
+def start_server(path: Path, *extra: str, ports: list[int] | None = None, timeout: float = 90,
+                 python: str = sys.executable, cwd: Path = REPO, tmpdir: Path | None = None, log: bool = True,
+                 env: dict[str, str] | None = None) -> Served:
+    """``zoo serve path`` on loopback; ``tmpdir`` its (and its stubs') TMPDIR, ``env`` more of its
+    environment; Triton's log in serve-PORT.log beside ``path`` unless not ``log``."""
     http, grpc, metrics = ports or free_ports(3)
-    log = path.parent / f"serve-{grpc}.log"
-    process = subprocess.Popen([sys.executable, "-m", "zoo.cli", "serve", str(path), "--http-port", str(http),
-                                "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--log", str(log), *extra],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    served = Served(process, http, grpc, metrics, log)
+    log_file = path.parent / f"serve-{grpc}.log"
+    environment = {**os.environ, **({"TMPDIR": str(tmpdir)} if tmpdir else {}), **(env or {})}
+    process = subprocess.Popen([python, "-m", "zoo.cli", "serve", str(path), "--http-port", str(http),
+                                "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+                                *(["--log", str(log_file)] if log else []), *extra],
+                               cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    served = Served(process, http, grpc, metrics, log_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"zoo serve exited with {process.returncode}: {process.stdout.read().decode()}")
+            output = process.stdout.read().decode()
+            if ports is None and "is in use" in output:  # another process took a free port meanwhile: new ones
+                return start_server(path, *extra, timeout=timeout, python=python, cwd=cwd, tmpdir=tmpdir, log=log, env=env)
+            raise AssertionError(f"zoo serve exited with {process.returncode}: {output}")
         if served.ready():
             return served
         time.sleep(0.2)
@@ -403,17 +412,136 @@ def test_a_signal_drains_in_flight_and_queued_requests(tiny_export, sig):
     assert all(not isinstance(r, ServerError) and r.files[0][0] == "x.png" for r in results), results
 
 
-def test_kill_9_leaves_nothing_that_blocks_a_restart(tiny_export):
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stubs(server: Served) -> list[int]:
+    """The Python backend stubs of ``zoo serve``'s tritonserver."""
+    return [stub for triton in _children(server.process.pid) for stub in _children(triton)]
+
+
+def _survivors(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if _running(p)]
+
+
+def _busy(server: Served, n: int = 1, steps: int = 999):
+    """``n`` long requests on a pool (one running, the rest queued); returns once one runs."""
+    accepted = threading.Event()
+    pool = ThreadPoolExecutor(n)
+    futures = [pool.submit(_outcome, server.url, _slow(steps), lambda e: accepted.set()) for _ in range(n)]
+    assert accepted.wait(60)
+    return pool, futures
+
+
+def test_kill_9_leaves_no_stub_no_folder_and_nothing_that_blocks_a_restart(tiny_export, tmp_path):
+    """kill -9 of zoo serve mid-request: its busy stub ends too (no orphan holding memory), the
+    request's folder goes with it, and a restart on the same ports removes the dead server's
+    scratch folders."""
     export = tiny_export("pixart", "sigma")
-    server = start_server(export)
+    server = start_server(export, tmpdir=tmp_path)
     ports = [server.http, server.grpc, server.metrics]
+    pool, futures = _busy(server)
+    stubs = _stubs(server)
+    assert stubs and list(tmp_path.glob("zoo-request-*"))  # a request is running in a stub
     server.process.kill()
     server.process.wait(10)
-    again = start_server(export, ports=ports)  # the same ports, at once
     try:
+        assert _survivors(stubs, 20) == []
+        assert isinstance(futures[0].result(timeout=60), ServerError)
+    finally:
+        pool.shutdown(wait=False)
+    assert not list(tmp_path.glob("zoo-request-*"))
+    dead = f"-{server.process.pid}-"
+    assert [p for p in tmp_path.iterdir() if dead in p.name]  # zoo serve's own scratch, until the next start
+    again = start_server(export, ports=ports, tmpdir=tmp_path)  # the same ports, at once
+    try:
+        assert not [p for p in tmp_path.iterdir() if dead in p.name]
         assert stream_request(again.url, "pixart", _slow(1)).files[0][0] == "x.png"
     finally:
         assert again.stop() == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("zoo-")]
+
+
+def test_a_second_signal_kills_the_server_and_its_busy_stubs_at_once(tiny_export, tmp_path):
+    server = start_server(tiny_export("pixart", "sigma"), tmpdir=tmp_path)
+    pool, futures = _busy(server)
+    stubs = _stubs(server)
+    try:
+        server.process.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # the first is being handled: the request goes on
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(20) == 0
+        assert _survivors(stubs, 5) == []
+        assert isinstance(futures[0].result(timeout=60), ServerError)
+    finally:
+        pool.shutdown(wait=False)
+    assert "killed (second signal)" in server.process.stdout.read().decode()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("zoo-")]
+
+
+def test_sigterm_past_the_drain_timeout_cancels_what_is_left_and_exits_0(tiny_export, tmp_path):
+    """SIGTERM with requests that outlast --drain-timeout: the one running ends at its next step,
+    the queued ones are refused, each client gets a 503 line, and zoo serve exits 0 on time."""
+    drain = 1
+    server = start_server(tiny_export("pixart", "sigma"), "--drain-timeout", str(drain), tmpdir=tmp_path)
+    pool, futures = _busy(server, 4)  # ~4 x 999 steps: far more than a second on any machine
+    try:
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(60)
+        took = time.monotonic() - signalled
+        outcomes = [f.result(timeout=30) for f in futures]
+    finally:
+        pool.shutdown(wait=False)
+    output = server.process.stdout.read().decode()
+    assert code == 0, output
+    assert took < drain + 8, (took, output)  # not Triton's exit timeout, nor a kill
+    refused = [o for o in outcomes if isinstance(o, ServerError)]
+    assert refused and all(o.status == 503 and "shutting down" in str(o) for o in refused), outcomes
+    assert "cancelling the requests left" in output and "stopped" in output and "killed" not in output
+    assert "code -11" not in output and "Segmentation" not in server.log.read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("zoo-")]
+
+
+def test_a_graph_that_cannot_load_is_never_ready(tiny_export, tmp_path):
+    """A corrupt graph: zoo serve does not say ready; it stops, naming the file (exit 2)."""
+    import shutil
+
+    export = tmp_path / "pixart"
+    shutil.copytree(tiny_export("pixart", "sigma"), export)
+    graph = export / "transformer" / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # same size, other bytes
+    graph.write_bytes(bytes(data))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    http, grpc, metrics = free_ports(3)
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "serve", str(export), "--http-port", str(http),
+                             "--grpc-port", str(grpc), "--metrics-port", str(metrics)], cwd=REPO,
+                            env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot load" in errors[0] and str(graph) in errors[0], result.stderr
+    assert "ready in" not in result.stderr
+    assert not [p for p in scratch.iterdir() if p.name.startswith("zoo-")]
 
 
 def test_triton_and_serve_bad_input_write_nothing(tiny_export, tmp_path):
@@ -441,7 +569,7 @@ def test_request_bad_input_is_one_line(served, tmp_path):
     assert_error(zoo("request", served.url, "--prompt", "x", "--out", tmp_path / "x.png"),
                  "has 2 ready models (animatediff, pixart): name one with --model")
     assert_error(zoo("request", served.url, "--model", "animatediff", "--prompt", "x", "--video", tmp_path / "none.mp4",
-                     "--out", tmp_path / "x.gif"), "no such file or folder")
+                     "--out", tmp_path / "x.gif"), "does not exist")
     result = zoo("request", served.url, "--model", "pixart", "--prompt", "x", "--out", tmp_path / "x.png", "--array", tmp_path)
     assert result.exit_code == 2 and "Invalid value for '--array'" in result.output
     assert list(tmp_path.iterdir()) == []
@@ -456,3 +584,158 @@ def test_serve_refuses_a_busy_port_and_a_folder_that_is_neither(tiny_export, tmp
         assert result.exit_code == 2 and f"port {port} is in use" in result.output
     result = zoo("serve", tmp_path)
     assert result.exit_code == 2 and "neither an export folder" in result.output
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            address, hexport = local.rsplit(":", 1)
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_serve_listens_on_loopback_only_and_says_so(served):
+    """The default --host: every port on 127.0.0.1; zoo serve's own lines, Triton's log in its file."""
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, as IPv4 or IPv4-mapped IPv6
+    for port in (served.http, served.grpc, served.metrics):
+        assert _listening(port) and _listening(port) <= loopback, (port, _listening(port))
+    assert "TRITONBACKEND_ModelInstanceInitialize" in served.log.read_text()
+
+
+def test_serve_bad_host_is_one_line(tiny_export, tmp_path):
+    for host in ("203.0.113.7", "no such host."):  # TEST-NET-3: never this machine's
+        result = zoo("serve", tiny_export("pixart", "sigma"), "--host", host, "--http-port", free_ports(1)[0])
+        assert result.exit_code == 2 and "Invalid value for '--host'" in result.output and "not an address" in result.output
+
+
+def test_non_ascii_names_both_ways(served, tiny_export, tmp_path):
+    """Output and media names with accents and spaces, kept as given: the files come back under
+    them, the same bytes as zoo run's, and a refusal names them (the stub runs in the C locale)."""
+    ad = tiny_export("animatediff")
+    args = ["--prompt", "a fox", "--steps", "2", "--seed", "5", "--frames", "4"]
+    out = tmp_path / "uni dir ü" / "s12 ö.gif"
+    out.parent.mkdir()
+    result = zoo("request", served.url, "--model", "animatediff", *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert zoo("run", ad, *args, "--out", tmp_path / "run.gif").exit_code == 0
+    assert out.read_bytes() == (tmp_path / "run.gif").read_bytes()
+    video = tmp_path / "fü x.gif"
+    video.write_bytes(out.read_bytes())
+    again = tmp_path / "vidéo ä.gif"
+    result = zoo("request", served.url, "--model", "animatediff", *args, "--video", video, "--out", again)
+    assert result.exit_code == 0, result.output
+    assert zoo("run", ad, *args, "--video", video, "--out", tmp_path / "run2.gif").exit_code == 0
+    assert again.read_bytes() == (tmp_path / "run2.gif").read_bytes()
+    bad = tmp_path / "kaputt ü.gif"
+    bad.write_bytes(os.urandom(2000))
+    result = zoo("request", served.url, "--model", "animatediff", *args, "--video", bad, "--out", tmp_path / "o é.gif")
+    assert_error(result, str(bad))
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        _run_line(ad, *args, "--video", bad, "--out", tmp_path / "o é.gif")]
+
+
+def test_frame_folders_with_names_the_server_cannot_write(tiny_export, tmp_path, monkeypatch):
+    """Under the stub's ASCII file system encoding (simulated), a folder of frames with accented
+    names is rebuilt under numbered names in zoo run's (natural) order: the same result as zoo run
+    on the original folder; a refusal still names the client's frame."""
+    import runtimes.serving as serving
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "réf.png")
+    folders = {"pose": tmp_path / "pösé", "face": tmp_path / "gesicht ä"}
+    for name, size in (("pose", (32, 48)), ("face", (16, 16))):
+        folders[name].mkdir()
+        for i in range(9):  # natural order: bild 5 before bild 10, which sorts first as text
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folders[name] / f"bild ü {i * 5}.png")
+    export = tiny_export("wan-animate")
+    args = ["--image", tmp_path / "réf.png", "--pose-video", folders["pose"], "--face-video", folders["face"],
+            "--steps", "2", "--segment-frames", "9", "--prev-frames", "1", "--height", "32", "--width", "48", "--seed", "2"]
+    assert zoo("run", export, *args, "--out", tmp_path / "run.npy").exit_code == 0
+    files = {o: (str(p), Payload.read_media(p)) for o, p in
+             (("image", tmp_path / "réf.png"), ("pose_video", folders["pose"]), ("face_video", folders["face"]))}
+    monkeypatch.setattr(serving, "_writable", lambda name: name.isascii())
+    service = Service(export)
+    try:
+        options = {"steps": 2, "segment_frames": 9, "prev_frames": "1", "height": 32, "width": 48}
+        result = service.run(Payload(options, seed=2, out_name="ergebnis ö.npy", files=files))
+        assert result.files == [("ergebnis ö.npy", (tmp_path / "run.npy").read_bytes())]
+        odd = dict(files["pose_video"][1])
+        odd["bild ü 45.png"] = (tmp_path / "réf.png").read_bytes()  # 48x32 among 48x32: then one of another size
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+        odd["bild ü 50.png"] = (tmp_path / "small.png").read_bytes()
+        with pytest.raises(RequestError) as e:
+            service.run(Payload(options, out_name="o.npy", files={**files, "pose_video": (files["pose_video"][0], odd)}))
+    finally:
+        service.close()
+    assert "bild ü 50.png" in e.value.line and str(folders["pose"]) in e.value.line, e.value.line
+    assert "000" not in e.value.line and "zoo-request" not in e.value.line
+
+
+def test_a_fifo_is_refused_before_it_is_read(served, tiny_export, tmp_path):
+    """zoo request and zoo run refuse a FIFO given as media at once (a reader would block)."""
+    fifo = tmp_path / "clip.gif"
+    os.mkfifo(fifo)
+    results = {}
+
+    def attempt():
+        results["request"] = zoo("request", served.url, "--model", "animatediff", "--prompt", "x", "--video", fifo,
+                                 "--out", tmp_path / "o.gif")
+        results["run"] = zoo("run", tiny_export("animatediff"), "--prompt", "x", "--video", fifo, "--out", tmp_path / "o.gif")
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(120)
+    if thread.is_alive():  # blocked on the FIFO: unblock it, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("a FIFO given as --video was opened and blocked")
+    for result in results.values():
+        assert_error(result, f"--video {fifo}: not a regular file or folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif"]
+
+
+def test_serve_from_a_wheel_installed_outside_the_checkout(tiny_export, tmp_path):
+    """Issue 20: zoo installed from a wheel (not editable) into a fresh virtual environment that
+    borrows this one's dependencies through a .pth (CI cannot afford installing torch again), run
+    from an unrelated folder with that environment not activated: the stubs import zoo from it."""
+    import shutil
+    import sysconfig
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for package in ("zoo", "exporters", "runtimes", "parity"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist", src],
+                   check=True, timeout=300)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co., not zoo (editable hook unused)
+    wheel = next((tmp_path / "dist").glob("zoo-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel], check=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([python, "-c", "import zoo, runtimes.triton_model as m; print(zoo.__file__, m.__file__)"],
+                           cwd=elsewhere, check=True, capture_output=True, text=True).stdout.split()
+    assert all(Path(w).is_relative_to(site) for w in where), where
+    unrelated = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(str(REPO)))
+    env = {"PATH": unrelated, "VIRTUAL_ENV": "", "PYTHONPATH": ""}  # no virtual environment active
+    server = start_server(tiny_export("pixart", "sigma"), python=str(python), cwd=elsewhere, tmpdir=tmp_path, env=env)
+    try:
+        result = stream_request(server.url, "pixart", Payload({"prompt": "a fox", "steps": 1}, out_name="x.png"))
+        assert result.files[0][0] == "x.png"
+    finally:
+        assert server.stop() == 0

@@ -597,27 +597,32 @@ def triton(export_dir: Path, out: Path, name: str | None, backend: str, device: 
 @click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--drain-timeout", default=30, show_default=True, type=click.IntRange(min=0),
               help="On SIGTERM / SIGINT: seconds to let in-flight and queued requests finish.")
-@click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False), help="Append the server's log here.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the HTTP, gRPC and metrics ports listen on: 127.0.0.1 serves this machine only; "
+                   "0.0.0.0 (every interface) or one of its addresses serves the network, unauthenticated.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Append Triton's log here (default: a file in the server's temporary folder, removed at exit).")
 def serve(path: Path, backend: str, device: str | None, instances: int, max_queue: int, queue_timeout: float,
-          http_port: int, grpc_port: int, metrics_port: int, drain_timeout: int, log_path: Path | None) -> None:
+          http_port: int, grpc_port: int, metrics_port: int, drain_timeout: int, host: str, log_path: Path | None) -> None:
     """Serve an export folder (or a repository written by `zoo triton`) with Triton Inference Server.
 
-    Clients: `zoo request localhost:GRPC_PORT ...`; health at http://localhost:HTTP_PORT/v2/health/ready,
-    Prometheus metrics at http://localhost:METRICS_PORT/metrics. SIGTERM or Ctrl-C finishes the
-    requests in flight, then exits."""
+    Clients: `zoo request 127.0.0.1:GRPC_PORT ...`; health at http://127.0.0.1:HTTP_PORT/v2/health/ready,
+    Prometheus metrics at http://127.0.0.1:METRICS_PORT/metrics. SIGTERM or Ctrl-C lets the requests
+    in flight finish for up to --drain-timeout seconds, cancels what is left, and exits 0; a second
+    one kills the server at once."""
+    import errno
+    import ipaddress
     import socket
     import time
 
-    from runtimes.triton import (Ports, Server, find_tritonserver, repository_models, scratch_dir, serve_forever,
-                                 write_repository)
+    from runtimes.triton import (Ports, Server, client_host, find_tritonserver, repository_models, scratch_dir,
+                                 serve_forever, write_repository)
 
     find_tritonserver()
     scratch = None
-    if (path / "manifest.json").is_file():
+    export = (path / "manifest.json").is_file()
+    if export:
         settings = _serve_settings(backend, device, instances, max_queue, queue_timeout)
-        scratch = scratch_dir("zoo-repo-")
-        repo = scratch / "repository"
-        write_repository(path, repo, settings, link_export=True)  # a link to the export: nothing copied
     elif path.is_dir() and repository_models(path):
         ctx = click.get_current_context()
         given = [f"--{n.replace('_', '-')}" for n in ("backend", "device", "instances", "max_queue", "queue_timeout")
@@ -631,33 +636,64 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
     ports = [http_port, grpc_port, metrics_port]
     if len(set(ports)) != 3:
         raise click.UsageError("--http-port, --grpc-port and --metrics-port must differ")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        socket.getaddrinfo(host, None, family)
+    except (OSError, UnicodeError):
+        raise click.BadParameter(f"{host!r} is not an address of this machine (e.g. 127.0.0.1, 0.0.0.0, ::1)",
+                                 param_hint="'--host'") from None
     for port in ports:  # bound as the server binds (SO_REUSEADDR: closed connections do not count)
         for attempt in range(20):  # a server killed a moment ago may still be letting go (2 s at most)
-            with socket.socket() as s:
+            with socket.socket(family) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
-                    s.bind(("0.0.0.0", port))
+                    s.bind((host, port))
                     break
-                except OSError:
+                except OSError as e:
+                    if e.errno == errno.EADDRNOTAVAIL:
+                        raise click.BadParameter(f"{host!r} is not an address of this machine",
+                                                 param_hint="'--host'") from None
                     time.sleep(0.1)
         else:
             raise ZooError(f"port {port} is in use: choose another with --http-port / --grpc-port / --metrics-port")
+    if export:
+        scratch = scratch_dir("zoo-repo-")
+        repo = scratch / "repository"
+        try:
+            write_repository(path, repo, settings, link_export=True)  # a link to the export: nothing copied
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
     models = ", ".join(repository_models(repo))
-    server = Server(repo, Ports(http_port, grpc_port, metrics_port), drain_timeout, log_path)
+    server = Server(repo, Ports(http_port, grpc_port, metrics_port), drain_timeout, log_path, host)
+    at = client_host(host)
+    at = f"[{at}]" if ":" in at else at
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
 
     def ready(seconds: float) -> None:
-        click.echo(f"serving {models}: gRPC localhost:{grpc_port} (zoo request localhost:{grpc_port} ...), "
-                   f"HTTP :{http_port}, metrics :{metrics_port}/metrics; ready in {seconds:.1f} s. "
-                   f"Ctrl-C or SIGTERM drains and stops.", err=True)
+        click.echo(f"ready in {seconds:.1f} s: serving {models}", err=True)
+        click.echo(f"  gRPC    {at}:{grpc_port}   (zoo request {at}:{grpc_port} ...)", err=True)
+        click.echo(f"  HTTP    http://{at}:{http_port}/v2/health/ready", err=True)
+        click.echo(f"  metrics http://{at}:{metrics_port}/metrics", err=True)
+        if not loopback:
+            click.echo(f"  listening on {host}: anyone who reaches these ports can run requests (no authentication)",
+                       err=True)
+        click.echo(f"  Triton's log: {server.log_path}" + ("" if log_path else " (removed at exit; keep it with --log FILE)"),
+                   err=True)
+        click.echo("Ctrl-C or SIGTERM drains and stops.", err=True)
 
     try:
-        code = serve_forever(server, ready)
+        code = serve_forever(server, ready, lambda line: click.echo(line, err=True))
     finally:
         if scratch is not None:
             import shutil
 
             shutil.rmtree(scratch, ignore_errors=True)
-    click.echo("stopped", err=True)
     if code:
         raise ZooError(f"tritonserver exited with code {code}" + (f" (see {log_path})" if log_path else " (run with --log FILE)"))
 
@@ -700,11 +736,8 @@ def request_command(url: str, model: str | None, seed: int, out: Path, array_pat
     for name, value in options.items():
         if value is None or value == ():
             continue
-        if name in media:
-            path = Path(value)
-            if not path.exists():
-                raise ZooError(f"--{name.replace('_', '-')} {value}: no such file or folder")
-            files[name] = (str(value), Payload.read_media(path))
+        if name in media:  # a missing path, a FIFO or a device refused before anything is read
+            files[name] = (str(value), Payload.read_media(Path(value), f"--{name.replace('_', '-')}"))
         else:
             values[name] = list(value) if isinstance(value, tuple) else value
     if out.parent.exists() and not out.parent.is_dir():

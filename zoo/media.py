@@ -43,9 +43,16 @@ def _natural_key(path: Path) -> list[int | str]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def _check_exists(path: Path, option: str) -> None:
+def check_media_path(path: Path, option: str) -> None:
+    """A media path must exist and be a regular file or a folder, checked before anything opens
+    it: a FIFO, a socket or a device would block a reader or never end."""
     if not path.exists():
         raise InputError(f"{option} {path}: does not exist")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"{option} {path}: not a regular file or folder (a FIFO, socket or device is not read)")
+
+
+_check_exists = check_media_path
 
 
 def _decode_image(path: Path, option: str) -> PIL.Image.Image:
