@@ -71,7 +71,8 @@ def python_env() -> str:
     import site
 
     path = [os.path.abspath(p or os.curdir) for p in sys.path]
-    sites = [d for d in [*site.getsitepackages(), site.getusersitepackages()] if os.path.isdir(d)]
+    user = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []  # a venv's interpreter has none
+    sites = [d for d in [*site.getsitepackages(), *user] if os.path.isdir(d)]
     return json.dumps({"path": list(dict.fromkeys(path)), "site": sites})
 
 
