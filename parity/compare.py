@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,14 +14,12 @@ from parity.metrics import Metrics, compare
 from parity.points import describe, profile_points
 from parity.reduced import TorchInDtype, runtime_refusal, structure_check
 from parity.report import Row
-from parity.tolerances import Tolerance, tolerance
+from parity.tolerances import Tolerance, rounding_tolerance, tolerance
 from runtimes.backends import Backend, Runners, TorchBackend, backend_for, load_reference, parse_device
 from runtimes.sampler import Sampler, check_request, configure_pipeline, request_context, run_pipeline
-from zoo.contract import bind_argument
+from zoo.contract import Rounding, bind_argument
 from zoo.errors import ArtifactError, ZooError
 from zoo.registry import get_family
-
-log = logging.getLogger(__name__)
 
 
 def scale_of(manifest: Manifest) -> str:
@@ -33,10 +30,11 @@ def scale_of(manifest: Manifest) -> str:
 def _rows_for(level: str, component: str, label: str, shape: str, candidate: Mapping[str, torch.Tensor],
               reference: Mapping[str, torch.Tensor], tol: Tolerance, data_range: float | None = None, *,
               precision: str = "float32", own: Mapping[str, torch.Tensor] | None = None,
-              problems: list[str] | None = None) -> list[Row]:
+              problems: list[str] | None = None, roundings: Mapping[str, Rounding] | None = None) -> list[Row]:
     """One row per reference output. For a reduced ``precision``, ``own`` is PyTorch itself in
     that dtype (its error is shown, and a bound holds within twice it) and ``problems`` are the
-    graph's dtype-structure failures."""
+    graph's dtype-structure failures. An output in ``roundings`` (one the family rounds on purpose)
+    is held to the rounding-aware bound instead of ``tol``."""
     rows = []
     for name, ref in reference.items():
         cand = candidate[name]
@@ -44,12 +42,32 @@ def _rows_for(level: str, component: str, label: str, shape: str, candidate: Map
             failure = f"shape/dtype {tuple(cand.shape)} {cand.dtype} vs reference {tuple(ref.shape)} {ref.dtype}"
             rows.append(Row(level, component, label, shape, name, None, tol, [failure], precision))
             continue
+        if roundings and name in roundings:
+            rows.append(_rounding_row(level, component, label, shape, name, cand, ref, roundings[name], tol,
+                                      precision, problems))
+            continue
         m = compare(cand, ref, rtol=tol.rtol, data_range=data_range)
         m_own = _own_error(own, name, ref, tol, data_range)
         rows.append(Row(level, component, label, shape, name, m, tol,
                         tol.failures(m, m_own, precision) + list(problems or ()), precision, m_own,
                         tol.held_by_torch(m, m_own, precision)))
     return rows
+
+
+def _rounding_row(level: str, component: str, label: str, shape: str, name: str, candidate: torch.Tensor,
+                  reference: torch.Tensor, rounding: Rounding, row: Tolerance, precision: str,
+                  problems: list[str] | None) -> Row:
+    """A tensor the family rounds on purpose, compared there: the component's ``row`` plus one ulp
+    of the rounded dtype elementwise, the elements that flipped counted (in the row's value and a note)."""
+    tol = rounding_tolerance(row, rounding.dtype)
+    m = compare(candidate, reference, rtol=tol.rtol, rounded_to=rounding.dtype)
+    row = Row(level, component, label, shape, name, m, tol, tol.failures(m) + list(problems or ()), precision)
+    if m.flipped:
+        row.notes.append(f"rounded to {rounding.dtype} on purpose ({rounding.why or 'declared by the family'}): "
+                         f"{m.flipped} of {m.elements} elements one ulp apart, a difference below the rounding "
+                         f"crossing its boundary" + (" (the candidate continues from the reference's value)"
+                                                     if level == "trajectory" else ""))
+    return row
 
 
 def _own_error(own: Mapping[str, torch.Tensor] | None, name: str, ref: torch.Tensor, tol: Tolerance,
@@ -121,6 +139,7 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
         tol = tolerance(record.kind, precision, scale_of(manifest))
         data_range = 2.0 if record.kind == "vae_decoder" else None  # images in [-1, 1]
         reduced = precision != "float32"
+        roundings = {r.output: r for r in family.roundings if r.component == name}
         with TorchBackend(manifest, name, device) as reference:
             own_runner, own_problem, structure, problems = None, None, "", []
             if reduced:
@@ -149,7 +168,7 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
                                               structure=structure, problems=problems)
                     else:
                         rows += _rows_for("component", name, label, where, candidate(feeds), expected, tol, data_range,
-                                          precision=precision, own=own, problems=problems)
+                                          precision=precision, own=own, problems=problems, roundings=roundings)
             finally:
                 candidate.deactivate()
     return rows
@@ -174,15 +193,16 @@ def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: st
     they replace, at the family's own list of lengths."""
     manifest = load_manifest(export_dir)
     family = get_family(manifest.family)
-    missing = sorted(set(family.loop_components) - set(manifest.components))
-    if missing:
-        log.warning("loop parity skipped: the export lacks %s", ", ".join(missing))
+    if family.host_loop is None:
         return []
+    missing = sorted(set(family.host_loop.components) - set(manifest.components))
+    if missing:
+        return [_partial_not_run("loop", "loops", missing)]
     ref = load_reference(manifest)
     runners = Runners(backend, manifest, device)
     rows: list[Row] = []
     try:
-        for check in family.loop_checks(ref, runners, manifest.envelope, seed):
+        for check in family.host_loop.checks(ref, runners, manifest.envelope, seed):
             record = manifest.component(check.component)
             precision = _lowest_precision(manifest, [check.component])
             tol = tolerance(record.kind, precision, scale_of(manifest))
@@ -202,6 +222,14 @@ def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: st
     return rows
 
 
+def _partial_not_run(level: str, component: str, missing: list[str]) -> Row:
+    """The host-loop or end-to-end checks of a partial export (``zoo export --component``): one
+    ``not run`` row naming what the export lacks."""
+    return Row(level, component, "-", "-", "-", None, Tolerance(), not_run=(
+        f"the export lacks {', '.join(missing)} (a partial export, zoo export --component): re-export with them "
+        f"to run these checks"), checked_instead=["the exported components on their own (component rows above)"])
+
+
 def _sampler_not_run(level: str, component: str, label: str, reason: str, tol: Tolerance, precision: str) -> Row:
     """A host-loop or sampler run that could not happen here: one ``not run`` row."""
     return Row(level, component, label, "-", "-", None, tol, precision=precision, not_run=reason,
@@ -219,23 +247,27 @@ def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", devi
         return []
     needed = {c for slot in family.pipeline_slots for c in slot.components}
     if not needed <= set(manifest.components):
-        log.warning("end-to-end parity skipped: the export lacks %s", ", ".join(sorted(needed - set(manifest.components))))
-        return []
+        return [_partial_not_run("end_to_end", "sampler", sorted(needed - set(manifest.components)))]
     scale = scale_of(manifest)
     precision = _lowest_precision(manifest, needed)
     component, feed = family.trajectory
+    # rounding points are met in the family's own loop only (a library pipeline runs no component)
+    roundings = [r for r in family.roundings if r.component in needed] if family.reference_backend else []
     rows: list[Row] = []
     with Sampler(export_dir, backend=backend, device=device) as sampler:
         for label, request in family.parity_requests(request_context(manifest)):
             check_request(manifest, request)
+            rounded: dict[str, RoundingPoint] = {}
             if family.reference_backend:  # the family's own loop, on the reference backend
                 with Sampler(export_dir, backend=family.reference_backend) as reference:
                     reference_steps = reference.record_inputs(component, feed)
+                    rounded = RoundingPoint.install(reference, roundings)
                     expected = reference(request, seed, progress=False)
             else:
                 expected, reference_steps = _library_run(manifest, family, request, component, feed, seed)
             sampler.runners = dict(sampler.backends)
             candidate_steps = sampler.record_inputs(component, feed)
+            candidate_rounded = RoundingPoint.install(sampler, roundings, rounded)
             try:
                 got = sampler(request, seed, progress=False)
             except ArtifactError as e:
@@ -245,8 +277,69 @@ def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", devi
                 rows.append(_sampler_not_run("end_to_end", "sampler", label, f"{reason} [{backend} on {device}]",
                                              tolerance("end_to_end", precision, scale), precision))
                 continue
+            for name, point in candidate_rounded.items():  # held to the component's own row, plus one ulp
+                own = _lowest_precision(manifest, [name])
+                rows += point.rows(label, rounded[name], tolerance(manifest.component(name).kind, own, scale), own)
             rows += _request_rows(label, component, feed, candidate_steps, reference_steps, got, expected, scale, precision)
     return rows
+
+
+class RoundingPoint:
+    """A sampler's runner of a component whose outputs the family rounds on purpose: it keeps
+    those outputs of every call and, given the reference run's, continues with the reference's
+    value of the same call, so that the rows after the rounding compare the loop and not a
+    one-ulp flip that a 1e-7 difference before the rounding can cause."""
+
+    def __init__(self, runner: object, component: str, roundings: Mapping[str, Rounding],
+                 reference: RoundingPoint | None = None) -> None:
+        self.runner, self.component, self.roundings, self.reference = runner, component, dict(roundings), reference
+        self.calls: list[dict[str, torch.Tensor]] = []
+
+    @classmethod
+    def install(cls, sampler: Sampler, roundings: list[Rounding],
+                reference: Mapping[str, RoundingPoint] | None = None) -> dict[str, RoundingPoint]:
+        """Wrap ``sampler``'s runner of every rounding component; with ``reference`` (the same
+        points of the reference run), the candidate continues from the reference's values."""
+        points = {}
+        for name in dict.fromkeys(r.component for r in roundings):
+            outputs = {r.output: r for r in roundings if r.component == name}
+            points[name] = cls(sampler.runners[name], name, outputs, (reference or {}).get(name))
+            sampler.runners[name] = points[name]
+        return points
+
+    def __getattr__(self, name: str) -> object:  # the backend's record, input names, state calls
+        if name == "runner":
+            raise AttributeError(name)
+        return getattr(self.runner, name)
+
+    def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = dict(self.runner(feeds))
+        i = len(self.calls)
+        self.calls.append({k: out[k].detach().clone() for k in self.roundings})
+        theirs = self.reference.calls[i] if self.reference is not None and i < len(self.reference.calls) else None
+        for k in self.roundings:
+            if theirs is not None and theirs[k].shape == out[k].shape:
+                out[k] = theirs[k].to(out[k].device, out[k].dtype).clone()
+        return out
+
+    def rows(self, label: str, reference: RoundingPoint, row: Tolerance, precision: str) -> list[Row]:
+        """One row per call and rounded output: the candidate's value against the reference's,
+        held to the component's ``row`` plus one ulp of the rounded dtype."""
+        rows: list[Row] = []
+        if len(self.calls) != len(reference.calls):
+            rows.append(Row("trajectory", self.component, f"{label} calls", "-", ", ".join(self.roundings), None,
+                            row, [f"{len(self.calls)} calls vs {len(reference.calls)} in the reference run"], precision))
+        for i, (mine, theirs) in enumerate(zip(self.calls, reference.calls)):
+            for name, rounding in self.roundings.items():
+                c, r = mine[name], theirs[name]
+                where = f"{label} call {i}"
+                if c.shape != r.shape:
+                    rows.append(Row("trajectory", self.component, where, "x".join(map(str, r.shape)), name, None,
+                                    row, [f"shape {tuple(c.shape)} vs reference {tuple(r.shape)}"], precision))
+                    continue
+                rows.append(_rounding_row("trajectory", self.component, where, "x".join(map(str, r.shape)), name, c, r,
+                                          rounding, row, precision, None))
+        return rows
 
 
 def _library_run(manifest: Manifest, family, request, component: str, feed: str, seed: int):
@@ -300,7 +393,17 @@ def run_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str
     rows += loop_parity(export_dir, backend, device)
     if end_to_end:
         rows += end_to_end_parity(export_dir, backend, device)
+    elif get_family(load_manifest(export_dir).family).has_sampler:
+        rows.append(Row("end_to_end", "sampler", "-", "-", "-", None, Tolerance(),
+                        not_run="skipped by --no-end-to-end", checked_instead=["the components on their own (rows above)"]))
     return rows
+
+
+def weights_only_row() -> Row:
+    """``zoo parity --weights-only``: the numeric checks did not run (one ``not run`` row)."""
+    return Row("component", "all", "-", "-", "-", None, Tolerance(),
+               not_run="skipped by --weights-only: only the initializer check ran (no weights were loaded)",
+               checked_instead=["every initializer's bytes and transformations (weights rows above)"])
 
 
 def weights_parity(export_dir: str | Path) -> list[Row]:

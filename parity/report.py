@@ -59,6 +59,8 @@ class Row:
         m = metrics if metrics is not None else self.metrics
         if m is None:
             return "-", math.nan
+        if t.rounded_to is not None:
+            return f"{t.rounded_to} ulps", math.nan if m.max_ulps is None else float(m.max_ulps)
         if t.atol is not None:
             return "atol needed", m.atol_needed
         if t.max_abs is not None:
@@ -89,8 +91,13 @@ class Row:
         }
 
 
-def _value(metric: str, value: float) -> str:
-    return "-" if metric == "-" or math.isnan(value) else f"{value:.3g}"
+def _value(metric: str, value: float, metrics: Metrics | None = None) -> str:
+    """The table's value: the metric, and at a rounding point the elements that flipped."""
+    if metric == "-" or math.isnan(value):
+        return "-"
+    if metrics is not None and metrics.flipped is not None:
+        return f"{value:.3g} ({metrics.flipped}/{metrics.elements} flipped)"
+    return f"{value:.3g}"
 
 
 def format_table(rows: list[Row]) -> str:
@@ -105,7 +112,7 @@ def format_table(rows: list[Row]) -> str:
         max_abs = f"{r.metrics.max_abs:.3g}" if r.metrics else "-"
         status = {PASS: "ok", FAIL: "FAIL", NOT_RUN: "NOT RUN"}[r.status]
         lines.append((r.level, r.component, r.point, r.shape, r.output, r.precision, max_abs, metric,
-                      _value(metric, value), _value(metric, own), str(r.tolerance), status))
+                      _value(metric, value, r.metrics), _value(metric, own), str(r.tolerance), status))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     text = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
@@ -124,8 +131,10 @@ def format_table(rows: list[Row]) -> str:
     for r in not_run:  # one line per component output and reason, not one per shape
         groups.setdefault((r.level, r.component, r.output, r.not_run or ""), []).append(r)
     for (level, component, output, reason), group in groups.items():
-        where = f"{group[0].point} {group[0].shape}" if len(group) == 1 else f"{len(group)} points"
-        text.append(f"NOT RUN {level} {component} {output} at {where}: {reason}; checked instead: {_instead(group)}")
+        where = f" at {group[0].point} {group[0].shape}" if len(group) == 1 else f" at {len(group)} points"
+        what = " ".join(x for x in (level, component, output) if x != "-")
+        where = "" if where == " at - -" else where  # a whole level (a partial export's loops, the sampler)
+        text.append(f"NOT RUN {what}{where}: {reason}; checked instead: {_instead(group)}")
     text.append(summary(rows))
     return "\n".join(text)
 
@@ -141,11 +150,30 @@ def _instead(group: list[Row]) -> str:
                       f"{first.precision} row ({first.tolerance}) at each point (worst {metric} {worst:.3g})", *rest])
 
 
+# ``zoo parity``'s exit status: every check ran and passed; one failed (or bad input: every
+# ``error:`` line of zoo exits 2); nothing failed but some checks did not run here
+EXIT_PASSED, EXIT_FAILED, EXIT_NOT_RUN = 0, 2, 3
+
+
 def summary(rows: list[Row]) -> str:
-    """``N passed, M failed, K not run`` (the last part only when some did not run)."""
+    """The verdict line: ``N passed, 0 failed`` only when every check ran and passed; ``passed what
+    ran; K checks not run (...)`` when nothing failed but some did not run; else the counts."""
     counts = {s: sum(r.status == s for r in rows) for s in (PASS, FAIL, NOT_RUN)}
     text = f"{counts[PASS]} passed, {counts[FAIL]} failed"
-    return text + (f", {counts[NOT_RUN]} not run (not counted as passed)" if counts[NOT_RUN] else "")
+    if not counts[NOT_RUN]:
+        return text
+    if not counts[FAIL]:
+        checks = "check" if counts[NOT_RUN] == 1 else "checks"
+        return (f"passed what ran; {counts[NOT_RUN]} {checks} not run ({text}; the NOT RUN lines say why; "
+                f"not a full pass)")
+    return text + f", {counts[NOT_RUN]} not run (not counted as passed)"
+
+
+def exit_status(rows: list[Row]) -> int:
+    """:data:`EXIT_FAILED` when a row failed, :data:`EXIT_NOT_RUN` when none failed but some did
+    not run, :data:`EXIT_PASSED` only when every row ran and passed."""
+    statuses = {r.status for r in rows}
+    return EXIT_FAILED if FAIL in statuses else EXIT_NOT_RUN if NOT_RUN in statuses else EXIT_PASSED
 
 
 def not_run_reasons(rows: list[Row]) -> list[str]:
@@ -161,6 +189,8 @@ def report_json(rows: list[Row], **meta: Any) -> dict[str, Any]:
         "failed": counts[FAIL],
         "not_run": counts[NOT_RUN],
         "complete": counts[NOT_RUN] == 0,
+        "verdict": summary(rows),
+        "exit_status": exit_status(rows),
         "not_run_reasons": not_run_reasons(rows),
         "rows": [r.to_json() for r in rows],
     }

@@ -6,7 +6,7 @@ models (tests, the embedded demo) and ``full`` for real checkpoints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from parity.metrics import Metrics
 from zoo.errors import ZooError
@@ -22,6 +22,9 @@ class Tolerance:
     min_cosine: float | None = None
     max_rel_l2: float | None = None
     min_psnr: float | None = None
+    # at a point where the family rounds to this dtype on purpose: the elementwise bounds (atol,
+    # max_abs) hold once one ulp of it is taken off each element's error (see rounding_tolerance)
+    rounded_to: str | None = None
 
     def failures(self, m: Metrics, torch_error: Metrics | None = None, precision: str = "") -> list[str]:
         """What failed, each with the bound that would have passed.
@@ -35,7 +38,7 @@ class Tolerance:
         for key, text in self._broken(m):
             if key in self._held(m, torch_error):
                 continue
-            if torch_error is not None:
+            if torch_error is not None and key in _ERROR:
                 own = _ERROR[key](torch_error)
                 text += (f"; PyTorch in {precision or 'that dtype'} has {_ERROR_NAME[key]} {own:.3g}, "
                          f"twice that would be {TWICE * own:.3g}")
@@ -57,10 +60,19 @@ class Tolerance:
     def _broken(self, m: Metrics) -> list[tuple[str, str]]:
         """(bound, failure text) for every fixed bound ``m`` breaks."""
         out = []
-        if self.atol is not None and m.atol_needed > self.atol:
-            out.append(("atol", f"needs atol {m.atol_needed:.3g} at rtol {self.rtol:g} (allowed atol {self.atol:g})"))
-        if self.max_abs is not None and m.max_abs > self.max_abs:
-            out.append(("max_abs", f"max abs {m.max_abs:.3g} > {self.max_abs:g} (would pass with max_abs {m.max_abs:.3g})"))
+        atol_needed, max_abs, beyond = m.atol_needed, m.max_abs, ""
+        if self.rounded_to is not None:
+            if m.unrounded is None or m.atol_beyond_ulp is None or m.max_abs_beyond_ulp is None:
+                return [("rounded", f"not measured in {self.rounded_to} ulps")]
+            if m.unrounded:
+                out.append(("rounded", f"{m.unrounded} values are not {self.rounded_to} values: the tensor is not "
+                                       f"rounded to {self.rounded_to} where the family says it is"))
+            atol_needed, max_abs = m.atol_beyond_ulp, m.max_abs_beyond_ulp
+            beyond = f" beyond one {self.rounded_to} ulp"
+        if self.atol is not None and atol_needed > self.atol:
+            out.append(("atol", f"needs atol {atol_needed:.3g} at rtol {self.rtol:g}{beyond} (allowed atol {self.atol:g})"))
+        if self.max_abs is not None and max_abs > self.max_abs:
+            out.append(("max_abs", f"max abs {max_abs:.3g}{beyond} > {self.max_abs:g} (would pass with max_abs {max_abs:.3g})"))
         if self.min_cosine is not None and not m.cosine >= self.min_cosine:
             out.append(("min_cosine", f"cosine {m.cosine:.7f} < {self.min_cosine:g} (would pass with min_cosine {m.cosine:.7f})"))
         if self.max_rel_l2 is not None and not m.rel_l2 <= self.max_rel_l2:
@@ -74,7 +86,7 @@ class Tolerance:
         when PyTorch's own output has NaN / Inf)."""
         if torch_error is None or torch_error.nan or torch_error.inf:
             return set()
-        return {key for key, _ in self._broken(m) if _ERROR[key](m) <= TWICE * _ERROR[key](torch_error)}
+        return {key for key, _ in self._broken(m) if key in _ERROR and _ERROR[key](m) <= TWICE * _ERROR[key](torch_error)}
 
     def __str__(self) -> str:
         parts = []
@@ -88,7 +100,8 @@ class Tolerance:
             parts.append(f"rel-L2 <= {self.max_rel_l2:g}")
         if self.min_psnr is not None:
             parts.append(f"PSNR >= {self.min_psnr:g} dB")
-        return ", ".join(parts)
+        text = ", ".join(parts)
+        return text + (f" + 1 {self.rounded_to} ulp" if self.rounded_to is not None else "")
 
 
 # "For reduced precision a tolerance also holds if the error is at most twice the error of
@@ -149,6 +162,17 @@ TABLE: dict[str, dict[tuple[str, str], Tolerance]] = {
         ("bfloat16", "any"): _REDUCED_E2E,
     },
 }
+
+
+def rounding_tolerance(row: Tolerance, dtype: str) -> Tolerance:
+    """``row`` at a tensor the family rounds to ``dtype`` as its original does (a declared
+    :class:`zoo.contract.Rounding`): two results within ``row`` before the rounding may land one
+    ulp of ``dtype`` further apart after it (|round(a) - round(b)| <= |a - b| + 1 ulp), so its
+    elementwise bounds hold once one ulp is taken off each element's error: for values of a
+    normal size, at most one ulp apart. Its other bounds (cosine, rel-L2, PSNR) stay as they are.
+    It holds there only: every row after it keeps its own bound (the sampler continues from the
+    reference's rounded value)."""
+    return replace(row, rounded_to=dtype)
 
 
 def tolerance(kind: str, precision: str = "float32", scale: str = "tiny") -> Tolerance:

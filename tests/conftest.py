@@ -84,9 +84,10 @@ def assert_error(result, message: str) -> None:
     assert "Traceback" not in result.output
 
 
-def perturb_graph(export: Path, component: str, change) -> None:
-    """Apply ``change(values) -> values`` to the largest weight of ``component``'s graph and
-    update the manifest (a wrong graph with a consistent manifest, as a broken exporter makes)."""
+def perturb_graph(export: Path, component: str, change, pick=None) -> None:
+    """Apply ``change(values) -> values`` to the largest weight of ``component``'s graph (or the
+    first initializer whose values ``pick(values)`` accepts) and update the manifest (a wrong
+    graph with a consistent manifest, as a broken exporter makes)."""
     import json
 
     import numpy as np
@@ -97,7 +98,10 @@ def perturb_graph(export: Path, component: str, change) -> None:
 
     path = export / component / "model.onnx"
     model = onnx.load(str(path))
-    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    if pick is None:
+        weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    else:
+        weight = next(t for t in model.graph.initializer if pick(numpy_helper.to_array(t)))
     weight.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(weight).copy()), weight.name))
     onnx.save(model, str(path))
     manifest = json.loads((export / "manifest.json").read_text())

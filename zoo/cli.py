@@ -469,7 +469,8 @@ def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **opt
 @click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu.")
 @click.option("--json", "json_path", is_flag=False, flag_value="-", type=click.Path(path_type=Path),
               help="Also write the JSON report to FILE, or to stdout with a bare --json (it is always in EXPORT_DIR/parity.json).")
-@click.option("--no-end-to-end", is_flag=True, help="Components only: skip the trajectory and end-to-end runs.")
+@click.option("--no-end-to-end", is_flag=True,
+              help="Components (and host loops) only: skip the trajectory and end-to-end runs (a NOT RUN row).")
 @click.option("--weights-only", is_flag=True,
               help="Only the initializer check of weightless components (no weights are loaded: for checkpoints "
                    "too large to run here).")
@@ -479,21 +480,31 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
 
     Weightless components first get the initializer check: every initializer is the checkpoint's
     tensor (the safetensors header places it at that byte range) or the recorded transformation
-    of it (recomputed)."""
+    of it (recomputed). A check that cannot run (a partial export's loops and sampler, a graph the
+    runtime here has no kernels for, --no-end-to-end, --weights-only) is a NOT RUN row with the
+    reason, never a pass.
+
+    \b
+    Exit status and last line:
+      0  every check ran and passed       "N passed, 0 failed"
+      2  a check failed (or bad input)    "error: parity failed: ..."
+      3  nothing failed, some did not run "passed what ran; K checks not run (...)"
+    """
     from exporters.artifacts import atomic_write_json
     from exporters.manifest import load_manifest
     from parity.compare import run_parity
-    from parity.report import FAIL, NOT_RUN, format_table, not_run_reasons, report_json
-    from zoo.errors import ParityError, ParityIncompleteError
+    from parity.report import EXIT_NOT_RUN, FAIL, exit_status, format_table, report_json, summary
+    from zoo.errors import ParityError
 
     device = _device(device, backend)
     manifest = load_manifest(export_dir)
     if weights_only:
-        from parity.compare import weights_parity
+        from parity.compare import weights_only_row, weights_parity
 
         rows = weights_parity(export_dir)
         if not rows:
             raise ZooError(f"{export_dir} has no weightless component: there is no initializer check to run")
+        rows.append(weights_only_row())
     else:
         rows = run_parity(export_dir, backend=backend, device=device, end_to_end=not no_end_to_end)
     report = report_json(rows, family=manifest.family, variant=manifest.variant, backend=backend, device=device)
@@ -507,10 +518,10 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
     failed = [r for r in rows if r.status == FAIL]
     if failed:
         raise ParityError(f"parity failed: {len(failed)} of {len(rows)} comparisons out of tolerance (see FAIL lines above)")
-    not_run = [r for r in rows if r.status == NOT_RUN]
-    if not_run:  # nothing failed, but not everything was compared: not a pass
-        raise ParityIncompleteError(f"parity incomplete: {len(not_run)} comparisons could not run here: "
-                                    f"{'; '.join(not_run_reasons(rows))} (the report's NOT RUN rows say what was checked instead)")
+    if exit_status(rows) == EXIT_NOT_RUN:  # nothing failed, but not everything ran: not a pass
+        if str(json_path) == "-":
+            click.echo(summary(rows), err=True)  # stdout holds the JSON; the verdict is still the last line
+        sys.exit(EXIT_NOT_RUN)
 
 
 @main.command()

@@ -577,7 +577,9 @@ class Family:
     # sampler declaration (empty: the family has no sampler, only components)
     pipeline_slots: ClassVar[tuple[PipelineSlot, ...]] = ()
     host_modules: ClassVar[tuple[str, ...]] = ()  # tokenizer, scheduler: copied into exports
-    loop_components: ClassVar[tuple[str, ...]] = ()  # what loop_checks runs (skipped if an export lacks one)
+    host_loop: ClassVar[HostLoop | None] = None  # a host loop over components and its parity checks
+    # tensors the family rounds to a coarser dtype, as its original does (parity compares them to one ulp)
+    roundings: ClassVar[tuple[Rounding, ...]] = ()
     run_options: ClassVar[tuple[Option, ...]] = ()
     request_axes: ClassVar[Mapping[str, str]] = {}  # pipeline kwarg -> envelope axis
     # pipeline kwarg -> the zoo run option that sets it, where the names differ (for messages)
@@ -592,6 +594,22 @@ class Family:
     reference_backend: ClassVar[str | None] = None
 
     # -- loading ------------------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A family's declarations that can be checked without a reference are checked as it is
+        declared: a host loop and a rounding name components the family has, and a host loop is
+        declared whole (the pre-``HostLoop`` attributes are refused)."""
+        super().__init_subclass__(**kwargs)
+        halves = sorted({"loop_components", "loop_checks"} & set(vars(cls)))
+        if halves:
+            raise TypeError(f"{cls.__name__} declares {', '.join(halves)}: declare a host loop whole, as "
+                            f"host_loop = HostLoop(components=..., checks=...)")
+        names = {c.name for c in getattr(cls, "components", ())}
+        declared = [("host loop", c) for c in (cls.host_loop.components if cls.host_loop else ())]
+        declared += [("rounding", r.component) for r in cls.roundings]
+        unknown = [f"{what} component {c!r}" for what, c in declared if c not in names]
+        if unknown and names:
+            raise TypeError(f"{cls.__name__}: {', '.join(unknown)} is not one of its components ({', '.join(sorted(names))})")
+
     def load(self, sources: Sources | str | Path) -> Reference:
         """Load the reference from local sources (or one model folder) with the library's
         ``from_pretrained``; LoRAs are applied as the family applies them."""
@@ -705,16 +723,50 @@ class Family:
         """The float array the pipeline returned with ``output_type="np"``."""
         return result.images
 
-    def loop_checks(self, ref: Reference, runners: Mapping[str, Any], envelope: Mapping[str, Range],
-                    seed: int = 0) -> list[LoopCheck]:
-        """Host loops over exported components (a chunked VAE) against the library call they
-        replace; none by default."""
-        return []
-
     def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         """The shape options the pipeline will really run at (a pipeline that snaps sizes to
         bins runs at the bin); checked against the envelope before running."""
         return {option: request.kwargs.get(option) for option in self.request_axes}
+
+
+@dataclass(frozen=True)
+class HostLoop:
+    """A loop the host runs over exported components (a chunked VAE's encode / decode) in place
+    of one library call, declared whole: the ``components`` it runs and the ``checks`` that run
+    it against the library call, ``checks(ref, runners, envelope, seed) -> [LoopCheck]``. Parity
+    runs the checks when the export has every component, and reports them not run otherwise."""
+
+    components: tuple[str, ...]
+    checks: Callable[..., list[LoopCheck]]
+
+    def __post_init__(self) -> None:
+        if not self.components or not all(isinstance(c, str) and c for c in self.components):
+            raise TypeError(f"HostLoop.components: expected component names, got {self.components!r}")
+        if not callable(self.checks):
+            raise TypeError(f"HostLoop.checks: expected a function (ref, runners, envelope, seed) -> [LoopCheck], "
+                            f"got {self.checks!r}")
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """A tensor the family rounds to a coarser ``dtype`` on purpose, as its original does (the
+    original's hard-coded ``.to(torch.bfloat16)`` of a pose feature): ``output`` of ``component``.
+
+    Two correct implementations that differ by 1e-7 before the rounding can land one ulp of
+    ``dtype`` apart after it. Parity compares the tensor there with a rounding-aware bound (at
+    most one ulp of ``dtype`` elementwise, the flipped elements counted) and, in a sampler run,
+    lets the candidate continue from the reference's rounded value, so that the rows after it
+    compare the loop and not the flip."""
+
+    component: str
+    output: str
+    dtype: str  # bfloat16 | float16
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("bfloat16", "float16"):
+            raise TypeError(f"Rounding of {self.component}.{self.output}: dtype must be bfloat16 or float16, "
+                            f"got {self.dtype!r}")
 
 
 @dataclass

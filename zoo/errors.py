@@ -49,8 +49,3 @@ class BackendUnavailableError(ZooError):
 
 class ParityError(ZooError):
     """A parity comparison failed its tolerance."""
-
-
-class ParityIncompleteError(ZooError):
-    """Parity could not make every comparison here (a runtime that cannot execute a graph's
-    dtype): nothing failed, but the export is not shown to pass."""

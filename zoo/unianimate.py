@@ -40,6 +40,7 @@ from zoo.contract import (
     Reference,
     Request,
     RequestContext,
+    Rounding,
     Source,
     SourceRole,
     Sources,
@@ -517,8 +518,12 @@ class UniAnimateDiT(Family):
 
     pipeline_slots = (GRAPHS,)
     host_modules = ("tokenizer",)
-    loop_components = wan_vae.CHUNK_COMPONENTS
+    host_loop = wan_vae.HOST_LOOP  # the chunk loops, checked against AutoencoderKLWan.encode / decode
     reference_backend = "torch"  # no library pipeline: the same loop on the torch backend is the reference
+    roundings = (  # the original's hard-coded .to(torch.bfloat16) of both pose features (UNIANIMATE.md 9.3)
+        Rounding("pose_encoder", "pose_features", "bfloat16", why="dwpose_embedding(...).to(torch.bfloat16)"),
+        Rounding("ref_pose_encoder", "ref_pose_features", "bfloat16", why="randomref_embedding_pose(...).to(torch.bfloat16)"),
+    )
     run_options = (
         Option("image", "The reference image (the person to animate).", type="path", required=True),
         Option("pose_video", "Rendered pose frames (MP4, GIF or a folder of frames).", type="path", required=True),

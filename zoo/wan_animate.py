@@ -361,7 +361,7 @@ class WanAnimate(Family):
         wan_vae.vae_slot(),
     )
     host_modules = ("tokenizer", "scheduler", "image_processor")
-    loop_components = wan_vae.CHUNK_COMPONENTS
+    host_loop = wan_vae.HOST_LOOP
     run_options = (
         Option("image", "The reference image (the character).", type="path", required=True),
         Option("pose_video", "Pose video (MP4, GIF or a folder of frames); its length is the output's.", type="path", required=True),
@@ -500,9 +500,6 @@ class WanAnimate(Family):
 
     def output(self, result: Any) -> Any:
         return result.frames
-
-    def loop_checks(self, ref: Reference, runners: Mapping[str, Any], envelope: Envelope, seed: int = 0) -> list[Any]:
-        return wan_vae.loop_checks(ref, runners, envelope, seed)
 
     def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         k = request.kwargs

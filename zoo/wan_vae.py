@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.contract import Component, Dim, Envelope, PipelineSlot, Precision, Reference, TensorSpec
+from zoo.contract import Component, Dim, Envelope, HostLoop, PipelineSlot, Precision, Reference, TensorSpec
 from zoo.errors import ArtifactError, CheckpointError
 
 PRECISION = Precision(keep_fp32=("*",), note="the Wan VAE runs in fp32 (MODELS.md)")
@@ -326,3 +326,7 @@ def loop_checks(ref: Reference, runners: Mapping[str, Any], envelope: Envelope, 
             checks.append(LoopCheck("vae_decoder_step", f"decode {latent} latent frames", "frames",
                                     decode(runners, z), vae.decode(z).sample))
     return checks
+
+
+# The chunk loops, declared whole: the graphs they run and their checks (every Wan VAE family's)
+HOST_LOOP = HostLoop(components=CHUNK_COMPONENTS, checks=loop_checks)
