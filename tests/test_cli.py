@@ -293,9 +293,10 @@ def test_partial_export(tmp_path):
     assert set(load_manifest(out).components) == {"transformer"}
     assert_error(zoo("run", out, "--prompt", "x", "--out", tmp_path / "x.png"),
                  "lacks component(s) text_encoder, vae_decoder that the sampler runs")
-    result = zoo("parity", out)
-    assert result.exit_code == 0, result.output
-    assert "end_to_end" not in result.output
+    result = zoo("parity", out)  # the sampler of a partial export did not run: not a pass (exit 3)
+    assert result.exit_code == 3, result.output
+    assert "NOT RUN end_to_end sampler: the export lacks text_encoder, vae_decoder (a partial export" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("passed what ran; 1 check not run (")
 
 
 def test_export_over_a_foreign_manifest_is_refused(tmp_path):
