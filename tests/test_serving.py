@@ -486,16 +486,28 @@ def test_a_second_signal_kills_the_server_and_its_busy_stubs_at_once(tiny_export
     server = start_server(tiny_export("pixart", "sigma"), tmpdir=tmp_path, log=False)
     pool, futures = _busy(server)
     stubs = _stubs(server)
+    lines: list[str] = []
+    draining = threading.Event()
+
+    def read() -> None:
+        for line in server.process.stdout:
+            lines.append(line.decode())
+            if line.startswith(b"draining"):
+                draining.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         server.process.send_signal(signal.SIGINT)
-        time.sleep(0.5)  # the first is being handled: the request goes on
+        assert draining.wait(30)  # the first was handled (two at once could arrive as one)
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(20) == 0
         assert _survivors(stubs, 5) == []
         assert isinstance(futures[0].result(timeout=60), ServerError)
     finally:
         pool.shutdown(wait=False)
-    output = server.process.stdout.read().decode()
+    reader.join(10)
+    output = "".join(lines)
     assert "killed (second signal)" in output and "ready in" in output and "Triton's log: " in output
     assert not re.search(r"(?m)^[IWE]\d{4} ", output), output  # no line of Triton's own log
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("zoo-")]
