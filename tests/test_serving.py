@@ -518,7 +518,7 @@ def test_sigterm_past_the_drain_timeout_cancels_what_is_left_and_exits_0(tiny_ex
     the queued ones are refused, each client gets a 503 line, and zoo serve exits 0 on time."""
     drain = 1
     server = start_server(tiny_export("pixart", "sigma"), "--drain-timeout", str(drain), tmpdir=tmp_path)
-    pool, futures = _busy(server, 4)  # ~4 x 999 steps: far more than a second on any machine
+    pool, futures = _busy(server, 8)  # 8 x 999 steps, one at a time: far more than a second on any machine
     try:
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
