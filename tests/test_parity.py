@@ -259,6 +259,6 @@ def test_unianimate_straddled_rounding_point_passes_counting_the_flips(tmp_path,
     monkeypatch.setattr(type(family), "roundings", ())
     rows = end_to_end_parity(out)
     trajectory = [r for r in rows if r.level == "trajectory"]
-    assert trajectory and all(not r.ok and r.metrics.max_abs >= 2.0**-8 for r in trajectory)
+    assert trajectory and all(not r.ok and r.metrics.max_abs > 2.0**-8 - 1e-6 for r in trajectory)
     first = [r.metrics.max_abs for r in trajectory if r.point.endswith(" step 0")]
-    assert first == [2.0**-8] * 3  # short, long (its first window), teacache
+    assert first == [pytest.approx(2.0**-8, abs=1e-6)] * 3  # short, long (its first window), teacache: y + ref in fp32
