@@ -607,7 +607,8 @@ def triton(export_dir: Path, out: Path, name: str | None, backend: str, device: 
 @click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--drain-timeout", default=30, show_default=True, type=click.IntRange(min=0),
-              help="On SIGTERM / SIGINT: seconds to let in-flight and queued requests finish.")
+              help="On SIGTERM / SIGINT: seconds to let in-flight and queued requests finish; what is left "
+                   "then is cancelled (its clients get a 503 'shutting down' line).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address the HTTP, gRPC and metrics ports listen on: 127.0.0.1 serves this machine only; "
                    "0.0.0.0 (every interface) or one of its addresses serves the network, unauthenticated.")
