@@ -262,3 +262,16 @@ def test_unianimate_straddled_rounding_point_passes_counting_the_flips(tmp_path,
     assert trajectory and all(not r.ok and r.metrics.max_abs > 2.0**-8 - 1e-6 for r in trajectory)
     first = [r.metrics.max_abs for r in trajectory if r.point.endswith(" step 0")]
     assert first == [pytest.approx(2.0**-8, abs=1e-6)] * 3  # short, long (its first window), teacache: y + ref in fp32
+
+
+def test_weights_only_is_not_a_full_pass(tmp_path):
+    """`--weights-only` proves where every initializer comes from and runs nothing else: the numeric
+    checks are one NOT RUN row, and the verdict says so (exit 3)."""
+    out = tmp_path / "weightless"
+    result = zoo("export", "pixart", "--tiny", "--weightless", "--component", "transformer", "--out", out)
+    assert result.exit_code == 0, result.output
+    result = zoo("parity", out, "--weights-only")
+    assert result.exit_code == 3, result.output
+    assert "NOT RUN component all: skipped by --weights-only: only the initializer check ran" in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "passed what ran; 1 check not run (1 passed, 0 failed; the NOT RUN lines say why; not a full pass)")
