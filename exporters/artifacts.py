@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zoo.hashing import file_sha256
-
 EXPORT_MARKER = ".zoo-export"  # in every export folder: it may be replaced by a re-export
 
 
@@ -90,12 +88,6 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
-
-
-def file_digest(path: str | Path) -> str:
-    """The sha256 of all of a file's bytes, read once per version of the file (see
-    :func:`zoo.hashing.file_sha256`, which this is)."""
-    return file_sha256(path)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from exporters.artifacts import EXPORT_MARKER, atomic_write_json, file_digest, staged_dir
+from exporters.artifacts import EXPORT_MARKER, atomic_write_json, staged_dir
 from exporters.weights import (
     WEIGHT_MAP,
     WeightlessBuild,
@@ -30,9 +30,10 @@ from exporters.weights import (
     module_prefixes,
 )
 from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord, inside, looks_like_export
-from zoo.checkpoint import content_hash, file_hashes, is_lfs_pointer, random_preset
+from zoo.checkpoint import content_hash_of, file_hashes, is_lfs_pointer, random_preset
 from zoo.contract import Component, Dim, Envelope, Family, Reference, Source, TensorSpec, check_dims, resolve_point
 from zoo.errors import ArtifactError, CheckpointError, ExportError, ZooError
+from zoo.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
         module=component.module,
         file=f"{component.name}/model.onnx",
         size=path.stat().st_size,
-        sha256=file_digest(path),
+        sha256=file_sha256(path),
         external_data={f"{component.name}/{k}": v for k, v in external.items()},
         inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in specs),
         outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in outputs),
@@ -551,7 +552,7 @@ def check_artifact(root: Path, record: ComponentRecord) -> Path:
         raise ArtifactError(
             f"{path} is {size} bytes, the manifest says {record.size}: truncated or replaced; re-export"
         )
-    if file_digest(path) != record.sha256:  # the graph file only: external data is checked by size
+    if file_sha256(path) != record.sha256:  # the graph file only: external data is checked by size
         raise ArtifactError(f"{path} does not match the sha256 in the manifest: corrupted or replaced; re-export")
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -714,7 +715,8 @@ def _record_sources(sources: tuple[Source, ...], stage: Path | None) -> list[dic
     seen: dict[str, int] = {}
     for s in sources:
         path = Path(s.path).resolve()
-        record: dict[str, Any] = {"role": s.role, "path": str(path), "hash": content_hash(path), "files": file_hashes(path)}
+        files = file_hashes(path)  # each file read once (small ones are not remembered by zoo.hashing)
+        record: dict[str, Any] = {"role": s.role, "path": str(path), "hash": content_hash_of(path, files), "files": files}
         if s.scale is not None:
             record["scale"] = s.scale
         if s.role == "model":

@@ -28,11 +28,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from exporters.artifacts import atomic_write_json, file_digest, read_json, staged_dir
+from exporters.artifacts import atomic_write_json, read_json, staged_dir
 from exporters.manifest import ComponentRecord, Manifest, inside
 from exporters.profiles import input_shapes, narrow_dims, trtexec_command
 from zoo.contract import Dim, Range
 from zoo.errors import ArtifactError, BackendUnavailableError, EnvelopeError, ExportError, InputError
+from zoo.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +490,8 @@ class Entry:
     def read_plan(self) -> Path:
         """The plan's path, after checking the file against the sidecar's size and sha256 (an
         error says how to rebuild it). The file is hashed by streaming, once per file identity
-        (:func:`plan_sha256`), and TensorRT then deserializes it from the file (:func:`deserialize`)."""
+        (:func:`zoo.hashing.file_sha256`, remembered by (device, inode, size, mtime, ctime), never
+        the whole plan in memory), and TensorRT then deserializes it from the file (:func:`deserialize`)."""
         try:
             return check_plan(self)
         except ArtifactError as e:
@@ -544,14 +546,6 @@ def check_target(entry: Entry, target: Target) -> None:
         )
 
 
-def plan_sha256(path: Path) -> str:
-    """The plan file's full sha256, streamed (never the whole plan in memory), read once per version
-    of the file: :func:`zoo.hashing.file_sha256` remembers it by (device, inode, size, mtime, ctime)."""
-    from zoo.hashing import file_sha256
-
-    return file_sha256(path)
-
-
 def check_plan(entry: Entry) -> Path:
     """The plan's path if the file is whole (size and sha256 as the sidecar says);
     :class:`ArtifactError` if it is missing, empty, truncated or corrupted."""
@@ -562,7 +556,7 @@ def check_plan(entry: Entry) -> Path:
     if size != want["size"]:
         what = "empty" if not size else f"truncated ({size} bytes)" if size < want["size"] else f"{size} bytes"
         raise ArtifactError(f"{path} is {what}, its sidecar says {want['size']} bytes")
-    if plan_sha256(path) != want["sha256"]:
+    if file_sha256(path) != want["sha256"]:
         raise ArtifactError(f"{path} does not match the sha256 in its sidecar: corrupted")
     return path
 
@@ -590,7 +584,7 @@ def sidecar_for(spec: BuildSpec, target: Target, key: str, plan: Path, built: Bu
         "structure": structure,
         "dims": {k: d.to_json() for k, d in spec.dims.items()},
         "target": target.to_json(),
-        "plan": {"size": plan.stat().st_size, "sha256": file_digest(plan)},
+        "plan": {"size": plan.stat().st_size, "sha256": file_sha256(plan)},
         "build": {
             "seconds": round(seconds, 3),
             "device_memory_bytes": built.device_memory,

@@ -94,7 +94,7 @@ def perturb_graph(export: Path, component: str, change, pick=None) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from exporters.artifacts import file_digest
+    from zoo.hashing import file_sha256
 
     path = export / component / "model.onnx"
     model = onnx.load(str(path))
@@ -105,7 +105,7 @@ def perturb_graph(export: Path, component: str, change, pick=None) -> None:
     weight.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(weight).copy()), weight.name))
     onnx.save(model, str(path))
     manifest = json.loads((export / "manifest.json").read_text())
-    manifest["components"][component].update(size=path.stat().st_size, sha256=file_digest(path))
+    manifest["components"][component].update(size=path.stat().st_size, sha256=file_sha256(path))
     (export / "manifest.json").write_text(json.dumps(manifest))
 
 

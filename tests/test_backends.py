@@ -118,12 +118,12 @@ def test_corrupted_onnx_of_right_size(copied_export):
 def test_unreadable_onnx_with_matching_manifest(copied_export):
     import json
 
-    from exporters.artifacts import file_digest
+    from zoo.hashing import file_sha256
 
     model = copied_export / "transformer" / "model.onnx"
     model.write_bytes(b"\xff" * model.stat().st_size)
     manifest = json.loads((copied_export / "manifest.json").read_text())
-    manifest["components"]["transformer"]["sha256"] = file_digest(model)
+    manifest["components"]["transformer"]["sha256"] = file_sha256(model)
     (copied_export / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="is not a readable ONNX model"):
         load_backend("onnxruntime", load_manifest(copied_export), "transformer")

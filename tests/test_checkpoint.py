@@ -147,6 +147,49 @@ def test_file_sha256_is_the_sha256_of_every_byte(tmp_path, cache):
         assert file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
 
 
+def _content_hash_as_recorded(path: Path) -> str:
+    """content_hash as manifests have recorded it: over the sorted Paths' name, size and sha256."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        rel = f.name if f == path else f.relative_to(path).as_posix()
+        h.update(f"{rel}\0{f.stat().st_size}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def test_content_hash_of_file_hashes_is_content_hash(tmp_path, cache):
+    """The content hash derived from file_hashes is content_hash, and the value manifests recorded,
+    in the order of sorted Paths ("a/b" before "a-c", which a plain string sort reverses)."""
+    from zoo.checkpoint import content_hash_of, file_hashes
+
+    folder = tmp_path / "model"
+    for rel, size in (("a-c", 3), ("a/b", 5), ("a/b.json", 0), ("x/y/z.bin", 4096), ("B", 1)):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        _write(folder / rel, size)
+    hashes = file_hashes(folder)
+    assert content_hash_of(folder, hashes) == content_hash(folder) == _content_hash_as_recorded(folder)
+    assert content_hash_of(folder, dict(reversed(hashes.items()))) == content_hash(folder)  # order-free
+    one = folder / "x" / "y" / "z.bin"
+    assert content_hash_of(one, file_hashes(one)) == content_hash(one) == _content_hash_as_recorded(one)
+
+
+def test_export_reads_each_source_file_once(tmp_path, cache):
+    """The export records each source's content hash and per-file hashes from one read of each file
+    (files under 1 MiB are not remembered by zoo.hashing, so a second hash would read them again)."""
+    from exporters.onnx import _record_sources
+    from zoo.checkpoint import file_hashes
+    from zoo.contract import Source
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    files = [_write(folder / name, 100) for name in ("config.json", "model.safetensors")]
+    lora = _write(tmp_path / "style.safetensors", 100)
+    records = _record_sources((Source("model", folder), Source("lora", lora, 0.5)), None)
+    assert sorted(cache) == sorted([*files, lora])
+    assert [(r["hash"], r["files"]) for r in records] == [
+        (_content_hash_as_recorded(folder), file_hashes(folder)), (_content_hash_as_recorded(lora), file_hashes(lora))]
+
+
 def test_large_file_is_read_once_then_found_by_identity(tmp_path, cache, monkeypatch):
     from zoo import hashing
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from conftest import zoo
-from exporters.artifacts import file_digest
 from exporters.onnx import OPSET, dynamic_shapes, example_point
 from exporters.precision import (
     HEAVY_OPS,
@@ -29,6 +28,7 @@ from parity.report import NOT_RUN, PASS, format_table, report_json
 from parity.tolerances import Tolerance, tolerance
 from zoo.contract import Precision
 from zoo.errors import ArtifactError, ExportError
+from zoo.hashing import file_sha256
 from zoo.registry import get_family
 
 
@@ -280,7 +280,7 @@ def _reduce(export: Path, name: str, dtype: str) -> Path:
     path = export / manifest.component(name).file
     _trace(ref, get_family(manifest.family).component(name), manifest.component(name).dims, dtype, path)
     data = json.loads((export / "manifest.json").read_text())
-    data["components"][name].update(precision=dtype, size=path.stat().st_size, sha256=file_digest(path))
+    data["components"][name].update(precision=dtype, size=path.stat().st_size, sha256=file_sha256(path))
     (export / "manifest.json").write_text(json.dumps(data))
     return path
 

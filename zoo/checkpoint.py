@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +93,17 @@ def content_hash(path: str | Path) -> str:
     of all its bytes (:func:`zoo.hashing.file_sha256`, remembered by file identity, so a 30 GB
     checkpoint is read once). A random-weight marker's seed is part of its contents, so another
     seed is another hash."""
+    return content_hash_of(path, file_hashes(path))
+
+
+def content_hash_of(path: str | Path, hashes: Mapping[str, str]) -> str:
+    """:func:`content_hash` of ``path`` from its :func:`file_hashes` ``hashes``, without reading
+    the files again (only their sizes are looked up): the two give the same value."""
     path = Path(path)
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        rel = f.name if f == path else f.relative_to(path).as_posix()
-        h.update(f"{rel}\0{f.stat().st_size}\0{file_sha256(f)}\n".encode())
+    for rel in sorted(hashes, key=lambda r: r.split("/")):  # the order of sorted Paths: part by part
+        f = path if path.is_file() else path / rel
+        h.update(f"{rel}\0{f.stat().st_size}\0{hashes[rel]}\n".encode())
     return h.hexdigest()
 
 
