@@ -37,6 +37,10 @@ class Backend(ABC):
     taken from the previous call's outputs (or from :meth:`set_state`)."""
 
     name: ClassVar[str]
+    # Check inputs and outputs finite together after the run, with one host synchronisation
+    # (:func:`runtimes.feeds.check_finite`), rather than the inputs before it and the outputs after
+    # it (two): for a GPU runtime that should not wait for the host between its calls.
+    check_finite_after_run: ClassVar[bool] = False
 
     def __init__(self, manifest: Manifest, component: str, device: str = "cpu") -> None:
         self.manifest = manifest
@@ -103,11 +107,16 @@ class Backend(ABC):
         self.state.clear()
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Validate ``feeds`` against the contract, run, check the outputs, keep the state."""
+        """Validate ``feeds`` against the contract, run, check the outputs, keep the state. NaN
+        and Inf are refused (an :class:`InputError` naming the input, an :class:`OutputError` naming
+        the output), the inputs before the run unless :attr:`check_finite_after_run`; then no state
+        is kept either."""
+        after = self.check_finite_after_run
         feeds = {**{k: v for k, v in self.state.items() if k not in feeds}, **feeds}
-        checked = validate_feeds(self.record, feeds)
+        checked = validate_feeds(self.record, feeds, finite=not after)
         outputs = self.infer(checked)
         check_outputs(self.record, checked, outputs)
+        check_finite(self.record, checked if after else {}, {t.name: outputs[t.name] for t in self.record.outputs})
         for output, state_input in self.record.state.items():
             self.state[state_input] = outputs[output]
         return outputs
@@ -265,13 +274,13 @@ class TensorRTBackend(Backend):
     ``streaming_budget``."""
 
     name = "tensorrt"
+    check_finite_after_run = True  # one host synchronisation per call, inputs and outputs together
     ALIGNMENT = 256  # bytes: what IExecutionContext.set_tensor_address requires
 
     def __init__(self, manifest: Manifest, component: str, device: str = "cuda") -> None:
         super().__init__(manifest, component, device)
         self.budgets: StreamingBudgets | None = None  # shared by the engines of one pipeline (Runners)
         self.streaming_budget: int | None = None  # bytes, as read back from TensorRT
-        self.fused_finite_check = self.device.type == "cuda"
 
     @classmethod
     def unavailable(cls, device: torch.device) -> str | None:
@@ -341,21 +350,6 @@ class TensorRTBackend(Backend):
     @property
     def profile_dims(self) -> dict:
         return self.dims if self.is_active else self.record.dims
-
-    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """As :meth:`Backend.__call__`; on a GPU, inputs and outputs are checked finite together
-        after the run, with one host synchronisation (:func:`runtimes.feeds.check_finite`), not
-        one per tensor; a NaN input is still an :class:`InputError` naming it, and no state is kept."""
-        if not self.fused_finite_check:
-            return super().__call__(feeds)
-        feeds = {**{k: v for k, v in self.state.items() if k not in feeds}, **feeds}
-        checked = validate_feeds(self.record, feeds, finite=False)
-        outputs = self.infer(checked)
-        check_outputs(self.record, checked, outputs, finite=False)
-        check_finite(self.record, checked, outputs)
-        for output, state_input in self.record.state.items():
-            self.state[state_input] = outputs[output]
-        return outputs
 
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.activate()

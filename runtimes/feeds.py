@@ -140,10 +140,9 @@ def _point(record: ComponentRecord, feeds: Mapping[str, torch.Tensor]) -> dict[s
     return point
 
 
-def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor],
-                  *, finite: bool = True) -> None:
-    """Outputs must be all there, of the contract's rank and every dim (derived ones included),
-    and finite unless ``finite`` is False (:class:`OutputError`)."""
+def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
+    """Outputs must be all there, of the contract's rank and every dim (derived ones included)
+    (:class:`OutputError`); whether they are finite is :func:`check_finite`'s to say."""
     point = _point(record, feeds)
     for spec in record.outputs:
         where = f"component {record.name!r} output {spec.name!r}"
@@ -160,8 +159,6 @@ def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], ou
                     raise OutputError(f"{where}: dim {axis} ({want}) is {size}, {problem}")
             elif size != expected:
                 raise OutputError(f"{where}: dim {axis} is {size}, expected {expected} {_fmt(spec)}")
-    if finite:
-        check_finite(record, {}, {spec.name: outputs[spec.name] for spec in record.outputs})
 
 
 def _fmt(spec: TensorRecord) -> str:

@@ -799,8 +799,11 @@ def test_finiteness_is_one_fused_check_per_call_and_still_names_the_tensor(fake_
 
     from zoo.errors import InputError
 
+    from runtimes.backends import Backend, TensorRTBackend
+
+    assert TensorRTBackend.check_finite_after_run and not Backend.check_finite_after_run
+    assert "__call__" not in vars(TensorRTBackend)  # Backend.__call__, reading the class attribute
     backend, _, _ = fake_tensorrt()
-    backend.fused_finite_check = True  # what a CUDA device gets
     syncs = []
     item = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: syncs.append(1) or item(self))
@@ -812,6 +815,8 @@ def test_finiteness_is_one_fused_check_per_call_and_still_names_the_tensor(fake_
     feeds[name].view(-1)[3] = float("nan")
     with pytest.raises(InputError, match=f"input {name!r}: contains 1 NaN and 0 Inf values"):
         backend(feeds)
+    assert len(syncs) == 2  # one fused check for the failing call too (the NaN counts are for its message)
+    assert backend.state == {}
 
 
 def test_the_streaming_budget_is_read_back_and_auto_budgets_are_shared(fake_tensorrt):
