@@ -90,26 +90,53 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
             old.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs. A zombie (killed or exited, not yet reaped) does not: it
+    writes nothing more, so what it left may be removed. Another user's process does."""
+    if pid <= 0:
+        return False
     try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():  # /proc is there: no such process
+            return False
+    except OSError:
+        pass
+    else:
+        try:
+            return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # the state, after the command's name
+        except IndexError:
+            pass
+    try:  # no /proc (macOS): ask the kernel, for which a zombie still exists
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
     return True
 
 
-def scratch_dir(prefix: str) -> Path:
-    """A new temporary folder ``PREFIX<pid>-XXXX`` in the system's temporary folder; first, those
-    with this prefix whose process is gone (a kill -9 leaves them) are removed."""
+def remove_dead_scratch(prefix: str) -> list[Path]:
+    """Remove the folders ``PREFIX<pid>-*`` in the system's temporary folder whose process is gone
+    (a kill -9 leaves them). Only real folders: a symlink or a file with such a name is left alone.
+    Returns what was removed."""
     import tempfile
 
-    root = Path(tempfile.gettempdir())
-    for old in root.glob(f"{prefix}*"):
+    removed = []
+    for old in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         pid = old.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)) and old.is_dir() and not old.is_symlink():
+        if pid.isdigit() and not pid_running(int(pid)) and old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder ``PREFIX<pid>-XXXX`` in the system's temporary folder, named after
+    this process; first, those of processes that are gone are removed (:func:`remove_dead_scratch`)."""
+    import tempfile
+
+    remove_dead_scratch(prefix)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
 
 
@@ -126,7 +153,7 @@ def clean_stale(final: str | Path) -> list[Path]:
             continue
         tag, _, rest = p.name[len(prefix):].partition("-")
         pid = rest.split("-", 1)[0]
-        if tag in ("staging", "old", "tmp") and pid.isdigit() and not _pid_alive(int(pid)):
+        if tag in ("staging", "old", "tmp") and pid.isdigit() and not pid_running(int(pid)):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -161,32 +161,6 @@ def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, An
         raise RequestError("Error: the request's options could not be parsed") from None
 
 
-def pid_running(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):  # no /proc: ask the kernel
-        from exporters.artifacts import _pid_alive
-
-        return _pid_alive(pid)
-
-
-def remove_dead_scratch(prefix: str) -> None:
-    """Remove the temporary folders ``<prefix><pid>-*`` of processes that are gone (a kill -9)."""
-    for old in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
-        pid = old.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not pid_running(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def scratch_dir(prefix: str) -> Path:
-    """A temporary folder named after this process; those of processes that are gone are removed first."""
-    remove_dead_scratch(prefix)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
-
-
 def _writable(name: str) -> bool:
     """Whether this process can put ``name`` into a file path. The Python stub that Triton runs
     the service in has the C locale's ASCII file system encoding (see runtimes.triton.MODEL_PY)."""
@@ -212,9 +186,9 @@ def _frame_names(names: list[str]) -> dict[str, str]:
     in the order zoo run reads frames (natural order), hidden files kept hidden, suffixes kept."""
     if all(_writable(n) for n in names):
         return {n: n for n in names}
-    from zoo.media import _natural_key
+    from zoo.media import natural_key
 
-    ranked = sorted(names, key=lambda n: _natural_key(Path(n)))
+    ranked = sorted(names, key=lambda n: natural_key(Path(n)))
     return {n: ("." if n.startswith(".") else "") + _server_name(f"{i:06d}{PurePosixPath(n).suffix}", f"{i:06d}")
             for i, n in enumerate(ranked)}
 
@@ -302,7 +276,8 @@ class Service:
         from runtimes.sampler import prepare_request
         from runtimes.writers import check_output_path, write_output
 
-        work = scratch_dir("zoo-request-")
+        # named after this process: the server's start and finish remove those of stubs that are gone
+        work = Path(tempfile.mkdtemp(prefix=f"zoo-request-{os.getpid()}-"))
         self.active.add(work)
         names: dict[str, str] = {}
         try:

@@ -30,9 +30,8 @@ from typing import Any
 
 import logging
 
-from exporters.artifacts import staged_dir
-from runtimes.serving import (ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, Result, pid_running,
-                              remove_dead_scratch, scratch_dir)
+from exporters.artifacts import pid_running, remove_dead_scratch, scratch_dir, staged_dir
+from runtimes.serving import ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, Result
 from zoo.errors import BackendUnavailableError, ZooError
 
 log = logging.getLogger(__name__)

@@ -164,6 +164,105 @@ def test_returned_file_names_stay_in_the_output_folder():
             safe_relative(bad)
 
 
+# --------------------------------------------------------------------------------------
+# Scratch folders, the pids they are named after, and the stubs' module search path
+# --------------------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a process that ran and was reaped."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def _zombie() -> subprocess.Popen:
+    """A child that exited and is not reaped yet (the caller reaps it)."""
+    child = subprocess.Popen(["sleep", "0"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return child
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.02)
+    child.wait()
+    pytest.fail("the child did not become a zombie within 10 s")
+
+
+def test_pid_running_counts_a_zombie_as_gone(tmp_path, monkeypatch):
+    import pathlib
+
+    from exporters import artifacts
+    from exporters.artifacts import pid_running
+
+    zombie = _zombie()
+    try:
+        assert not pid_running(zombie.pid)  # exited, not reaped: it writes nothing more
+        assert pid_running(os.getpid()) and pid_running(1)  # init: another user's process runs too
+        assert not pid_running(_dead_pid()) and not pid_running(0)
+        # no /proc (macOS): the kernel answers, for which a zombie still exists
+        monkeypatch.setattr(artifacts, "Path", lambda p: pathlib.Path(str(p).replace("/proc/", f"{tmp_path}/")))
+        assert pid_running(os.getpid()) and pid_running(zombie.pid) and not pid_running(_dead_pid())
+    finally:
+        zombie.wait()
+
+
+def test_remove_dead_scratch_removes_only_the_folders_of_processes_that_are_gone(tmp_path, monkeypatch):
+    import tempfile
+
+    from exporters.artifacts import clean_stale, remove_dead_scratch, scratch_dir
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    dead, zombie = _dead_pid(), _zombie()
+    try:
+        gone = [tmp / f"zoo-x-{dead}-a1", tmp / f"zoo-x-{zombie.pid}-b2"]
+        live = tmp / f"zoo-x-{os.getpid()}-c3"
+        for folder in (*gone, live, tmp / f"zoo-y-{dead}-d4", tmp / "zoo-x-other-e5"):
+            folder.mkdir()
+            (folder / "f").write_text("x")
+        target = tmp_path / "mine"  # a symlink with a dead pid's name is not followed nor removed
+        target.mkdir()
+        (target / "keep").write_text("keep me")
+        (tmp / f"zoo-x-{dead}-link").symlink_to(target)
+        (tmp / f"zoo-x-{dead}-file").write_text("a file, not a folder")
+        before = sorted(p.name for p in tmp.iterdir())
+        assert sorted(remove_dead_scratch("zoo-x-")) == sorted(gone)
+        assert sorted(p.name for p in tmp.iterdir()) == sorted(set(before) - {p.name for p in gone})
+        assert (target / "keep").read_text() == "keep me"
+        made = scratch_dir("zoo-x-")
+        assert made.is_dir() and made.parent == tmp and made.name.startswith(f"zoo-x-{os.getpid()}-")
+        stale = tmp_path / f".export.staging-{zombie.pid}-deadbeef"  # an export killed and not reaped
+        stale.mkdir()
+        assert clean_stale(tmp_path / "export") == [stale] and not stale.exists()
+    finally:
+        zombie.wait()
+
+
+def test_a_request_gets_a_scratch_folder_named_after_its_process_and_sweeps_nothing(tiny_export, tmp_path, monkeypatch):
+    """The server's start and finish remove the request folders of stubs that are gone; a request
+    only makes its own."""
+    import tempfile
+
+    service = Service(tiny_export("pixart", "sigma"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"zoo-request-{_dead_pid()}-x"
+    dead.mkdir()
+    made = []
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(k.get("prefix")) or mkdtemp(*a, **k))
+    try:
+        with pytest.raises(RequestError, match="which takes no file"):
+            service.run(Payload({"prompt": "x"}, files={"prompt": ("p.txt", b"x")}))
+    finally:
+        service.close()
+    assert made == [f"zoo-request-{os.getpid()}-"] and dead.is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == [dead.name]  # its own folder is removed when it ends
+
+
 def test_triton_repository_holds_one_folder_per_model(tiny_export, tmp_path):
     repo = tmp_path / "repo"
     assert zoo("triton", tiny_export("pixart", "sigma"), "--out", repo, "--instances", "3", "--max-queue", "4",

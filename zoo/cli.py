@@ -627,8 +627,9 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
     import socket
     import time
 
-    from runtimes.triton import (Ports, Server, client_host, find_tritonserver, repository_models, scratch_dir,
-                                 serve_forever, write_repository)
+    from exporters.artifacts import scratch_dir
+    from runtimes.triton import (Ports, Server, client_host, find_tritonserver, repository_models, serve_forever,
+                                 write_repository)
 
     find_tritonserver()
     scratch = None

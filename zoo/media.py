@@ -38,7 +38,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _natural_key(path: Path) -> list[int | str]:
+def natural_key(path: Path) -> list[int | str]:
     """``frame9.png`` before ``frame10.png``: digit runs compare as numbers."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
@@ -50,9 +50,6 @@ def check_media_path(path: Path, option: str) -> None:
         raise InputError(f"{option} {path}: does not exist")
     if not (path.is_file() or path.is_dir()):
         raise InputError(f"{option} {path}: not a regular file or folder (a FIFO, socket or device is not read)")
-
-
-_check_exists = check_media_path
 
 
 def _decode_image(path: Path, option: str) -> PIL.Image.Image:
@@ -67,7 +64,7 @@ def _decode_image(path: Path, option: str) -> PIL.Image.Image:
 def load_image(path: str | Path, *, option: str) -> PIL.Image.Image:
     """Decode ``path`` into an RGB image; :class:`InputError` starting with ``option`` otherwise."""
     path = Path(path)
-    _check_exists(path, option)
+    check_media_path(path, option)
     if path.is_dir():
         raise InputError(f"{option} {path}: is a folder, not an image file")
     return _decode_image(path, option)
@@ -81,7 +78,7 @@ def _to_rgb(frames: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
 def _load_frame_folder(folder: Path, option: str) -> list[PIL.Image.Image]:
     files = sorted(
         (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")),
-        key=_natural_key,
+        key=natural_key,
     )
     if not files:
         accepted = " ".join(FRAME_SUFFIXES)
@@ -116,7 +113,7 @@ def load_video(path: str | Path, *, option: str) -> list[PIL.Image.Image]:
     ``frame10``) and must share one size. Every GIF frame is returned, converted to RGB.
     """
     path = Path(path)
-    _check_exists(path, option)
+    check_media_path(path, option)
     if path.is_dir():
         frames = _load_frame_folder(path, option)
     elif path.suffix.lower() in VIDEO_FILE_SUFFIXES:
