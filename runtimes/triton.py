@@ -65,11 +65,13 @@ from runtimes.triton_model import TritonPythonModel  # noqa: E402,F401
 
 
 def python_env() -> str:
-    """This interpreter's module search path (``''`` made the current folder) and its site
-    folders, as JSON: what the stub's interpreter puts first (see :data:`MODEL_PY`)."""
+    """This interpreter's module search path and its site folders, as JSON: what the stub's
+    interpreter puts first (see :data:`MODEL_PY`). The empty entry (``python -c``, an interactive
+    session: "the current folder") is left out: the stub would put ``zoo serve``'s current folder
+    first, where a ``runtimes/`` or a ``torch.py`` of the user's would shadow the real ones."""
     import site
 
-    path = [os.path.abspath(p or os.curdir) for p in sys.path]
+    path = [os.path.abspath(p) for p in sys.path if p]  # a folder named explicitly, the current one included, stays
     user = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []  # a venv's interpreter has none
     sites = [d for d in [*site.getsitepackages(), *user] if os.path.isdir(d)]
     return json.dumps({"path": list(dict.fromkeys(path)), "site": sites})

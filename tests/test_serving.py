@@ -263,6 +263,32 @@ def test_a_request_gets_a_scratch_folder_named_after_its_process_and_sweeps_noth
     assert [p.name for p in tmp_path.iterdir()] == [dead.name]  # its own folder is removed when it ends
 
 
+def test_the_stubs_module_search_path_leaves_out_the_current_folder_of_an_empty_entry(tmp_path, monkeypatch):
+    """A ``runtimes/`` or a ``torch.py`` in zoo serve's current folder is never what a stub imports:
+    the empty entry of sys.path (python -c, an interactive session) is not passed on as that folder."""
+    from runtimes.triton import MODEL_PY, PYTHON_ENV, python_env
+
+    cwd = tmp_path / "cwd"
+    (cwd / "runtimes").mkdir(parents=True)
+    (cwd / "runtimes" / "__init__.py").write_text("raise SystemExit('the decoy runtimes was imported')\n")
+    (cwd / "torch.py").write_text("raise SystemExit('the decoy torch was imported')\n")
+    monkeypatch.chdir(cwd)
+    rest = [p for p in sys.path if p and os.path.abspath(p) != str(cwd)]
+    monkeypatch.setattr(sys, "path", ["", *rest])
+    env = json.loads(python_env())
+    assert env["path"] == list(dict.fromkeys(os.path.abspath(p) for p in rest)) and str(cwd) not in env["path"]
+    monkeypatch.setattr(sys, "path", ["", str(cwd), *rest])  # named explicitly (PYTHONPATH=$PWD): kept
+    assert json.loads(python_env())["path"][0] == str(cwd)
+    # the stub's preamble with that list, in an interpreter that adds no folder of its own (-I), run in the decoy's folder
+    preamble = MODEL_PY.format(export="export", python_env=PYTHON_ENV).split("from runtimes.triton_model")[0]
+    probe = "import importlib.util, runtimes; print(runtimes.__file__); print(importlib.util.find_spec('torch').origin)"
+    done = subprocess.run([sys.executable, "-I", "-c", preamble + probe], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, PYTHON_ENV: json.dumps(env)}, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    runtimes_file, torch_file = done.stdout.split()
+    assert Path(runtimes_file) == REPO / "runtimes" / "__init__.py" and not torch_file.startswith(str(cwd))
+
+
 def test_triton_repository_holds_one_folder_per_model(tiny_export, tmp_path):
     repo = tmp_path / "repo"
     assert zoo("triton", tiny_export("pixart", "sigma"), "--out", repo, "--instances", "3", "--max-queue", "4",
