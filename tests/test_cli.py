@@ -590,6 +590,20 @@ def test_export_takes_the_folder_zoo_random_wrote(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_random_loads_the_model_only_for_a_family_with_media(tmp_path, monkeypatch):
+    """`zoo random` loads what it wrote only to ask for sample media: not for PixArt or AnimateDiff,
+    whose requests take none."""
+    from zoo.registry import family_names
+
+    assert {n for n in family_names() if get_family(n).has_sample_media} == {"wan-animate", "unianimate-dit"}
+    for name in ("pixart", "animatediff"):
+        fam = get_family(name)
+        monkeypatch.setattr(type(fam), "load", lambda self, *a, **k: pytest.fail("the model was loaded"))
+        result = zoo("random", name, "--out", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert not (tmp_path / name / "media").exists() and "wrote media" not in result.output
+
+
 def test_random_writes_media_the_tiny_export_takes(tiny_export, tmp_path):
     """`zoo random wan-animate` writes the media the README's `zoo run` lines take: the face video at
     the model's face size, frames that both documented segmentings accept."""

@@ -357,7 +357,7 @@ def random_checkpoint(family: str, out: Path, preset: str, seed: int) -> None:
         raise ZooError(f"--out {out} exists and is not empty: choose a new or empty folder")
     with staged_dir(out) as stage:
         sources = fam.write_random_sources(stage, preset=preset, seed=seed)
-        media = _write_media(fam.sample_media(fam.load(sources)), stage / "media")
+        media = _write_media(fam.sample_media(fam.load(sources)), stage / "media") if fam.has_sample_media else []
     args = []
     for s in sources:
         path = out / Path(s.path).relative_to(stage)

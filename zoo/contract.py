@@ -644,6 +644,12 @@ class Family:
         take no media have none."""
         return {}
 
+    @property
+    def has_sample_media(self) -> bool:
+        """Whether :meth:`sample_media` is the family's own (else it has none, and ``zoo random``
+        need not load the model it wrote to ask)."""
+        return type(self).sample_media is not Family.sample_media
+
     def random_choice(self, variant: str | None, preset: str) -> str:
         """The variant to build (default: the first), after checking variant and preset exist."""
         variant = variant or self.variants[0]
