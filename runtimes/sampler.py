@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ def check_steps(manifest: Manifest, request: Request) -> None:
     config was trained on, and one whose schedule does not degenerate (DPM-Solver at as many steps
     as training timesteps repeats one and divides by zero). The scheduler is the export's (or
     ``--scheduler``'s class on its config), its own arithmetic run on a tiny stand-in sample.
-    :class:`InputError` naming the option before any backend loads."""
+    :class:`InputError` naming the option before any backend loads. Each (scheduler class, config,
+    steps) is simulated once per process (:func:`_steps_problem`)."""
     steps = request.kwargs.get("num_inference_steps")
     if not isinstance(steps, int) or isinstance(steps, bool):
         return
@@ -142,17 +144,40 @@ def check_steps(manifest: Manifest, request: Request) -> None:
         scheduler = _load_host_module(manifest.root / name, info)
         if request.scheduler is not None:
             scheduler = scheduler_class(request.scheduler).from_config(scheduler.config)
-        trained = scheduler.config.get("num_train_timesteps")
-        label = f"{family.option_name('num_inference_steps')} {steps}"
-        if isinstance(trained, int) and steps > trained:
-            raise InputError(f"{label}: {type(scheduler).__name__} of this export has {trained} training timesteps "
-                             f"(num_train_timesteps), so it takes at most {trained} steps")
-        problem = _schedule_problem(scheduler, steps)
+        problem = _steps_problem(scheduler, steps)
         if problem:
-            most = _most_steps(scheduler, steps)
-            most = f"; it takes at most {most} steps here" if most else ""
-            raise InputError(f"{label}: {type(scheduler).__name__} cannot take that many steps on this export's "
-                             f"scheduler config ({problem}){most}")
+            raise InputError(f"{family.option_name('num_inference_steps')} {steps}: {problem}")
+
+
+_STEP_PROBLEMS: dict[tuple[type, str, int], str | None] = {}  # the most recently used last
+_STEP_PROBLEMS_KEPT = 256
+_STEP_PROBLEMS_LOCK = threading.Lock()
+
+
+def _steps_problem(scheduler: Any, steps: int) -> str | None:
+    """Why ``scheduler`` cannot take ``steps`` steps (the message after the option), or None;
+    remembered by (class, config JSON, steps), the last :data:`_STEP_PROBLEMS_KEPT` of them, so a
+    request checked again (parity checks each one, then samples it twice) is not simulated again."""
+    key = (type(scheduler), scheduler.to_json_string(), steps)
+    with _STEP_PROBLEMS_LOCK:
+        if key in _STEP_PROBLEMS:
+            _STEP_PROBLEMS[key] = _STEP_PROBLEMS.pop(key)
+            return _STEP_PROBLEMS[key]
+    problem = None
+    trained = scheduler.config.get("num_train_timesteps")
+    if isinstance(trained, int) and steps > trained:
+        problem = (f"{type(scheduler).__name__} of this export has {trained} training timesteps "
+                   f"(num_train_timesteps), so it takes at most {trained} steps")
+    elif simulated := _schedule_problem(scheduler, steps):
+        most = _most_steps(scheduler, steps)
+        most = f"; it takes at most {most} steps here" if most else ""
+        problem = (f"{type(scheduler).__name__} cannot take that many steps on this export's "
+                   f"scheduler config ({simulated}){most}")
+    with _STEP_PROBLEMS_LOCK:
+        _STEP_PROBLEMS[key] = problem
+        while len(_STEP_PROBLEMS) > _STEP_PROBLEMS_KEPT:
+            del _STEP_PROBLEMS[next(iter(_STEP_PROBLEMS))]
+    return problem
 
 
 def _is_scheduler(info: Mapping[str, str]) -> bool:

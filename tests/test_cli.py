@@ -489,6 +489,40 @@ def test_steps_beyond_the_scheduler_are_refused_before_sampling(tiny_export, tmp
     sampler.prepare_request(manifest, {"prompt": "x", "steps": 1000, "scheduler": "DDIMScheduler"})
 
 
+def test_steps_check_simulates_each_scheduler_config_and_step_count_once(tiny_export, monkeypatch):
+    """A request checked again (parity checks it, then samples it twice) is not simulated again:
+    once per (scheduler class, config, steps) in a process, refusals included."""
+    from runtimes import sampler
+    from zoo.errors import InputError
+
+    monkeypatch.setattr(sampler, "_STEP_PROBLEMS", {})
+    simulated = []
+    real = sampler._schedule_problem
+    monkeypatch.setattr(sampler, "_schedule_problem", lambda s, n: simulated.append((type(s).__name__, n)) or real(s, n))
+    manifest = load_manifest(tiny_export("pixart", "sigma"))
+    for _ in range(3):
+        sampler.prepare_request(manifest, {"prompt": "x", "steps": 3})
+    assert simulated == [("DPMSolverMultistepScheduler", 3)]
+    sampler.prepare_request(manifest, {"prompt": "x", "steps": 4})
+    sampler.prepare_request(manifest, {"prompt": "x", "steps": 3, "scheduler": "DDIMScheduler"})
+    assert simulated[1:] == [("DPMSolverMultistepScheduler", 4), ("DDIMScheduler", 3)]
+    messages = []
+    for _ in range(2):
+        with pytest.raises(InputError, match="it takes at most 999 steps here") as refused:
+            sampler.prepare_request(manifest, {"prompt": "x", "steps": 1000})
+        messages.append(str(refused.value))
+        if len(messages) == 1:
+            assert len(simulated) > 4  # the refusal and the bisection for the most it takes
+            done = len(simulated)
+    assert messages[0] == messages[1] and len(simulated) == done
+    monkeypatch.setattr(sampler, "_STEP_PROBLEMS_KEPT", 2)  # the least recently used are forgotten
+    sampler.prepare_request(manifest, {"prompt": "x", "steps": 3})  # remembered, now the most recent
+    sampler.prepare_request(manifest, {"prompt": "x", "steps": 5})
+    assert len(simulated) == done + 1 and [k[2] for k in sampler._STEP_PROBLEMS] == [3, 5]
+    sampler.prepare_request(manifest, {"prompt": "x", "steps": 4})
+    assert len(simulated) == done + 2 and [k[2] for k in sampler._STEP_PROBLEMS] == [5, 4]
+
+
 def test_steps_check_runs_the_schedulers_own_arithmetic():
     """Second-order schedulers repeat timesteps on purpose (Heun, KDPM2): no refusal for them."""
     from runtimes.sampler import _schedule_problem
