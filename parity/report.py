@@ -157,15 +157,16 @@ EXIT_PASSED, EXIT_FAILED, EXIT_NOT_RUN = 0, 2, 3
 
 def summary(rows: list[Row]) -> str:
     """The verdict line: ``N passed, 0 failed`` only when every check ran and passed; ``passed what
-    ran; K checks not run (...)`` when nothing failed but some did not run; else the counts."""
+    ran; K checks not run (...)`` when nothing failed but some did not run (``nothing ran: K checks
+    not run (...)`` when none ran at all); else the counts."""
     counts = {s: sum(r.status == s for r in rows) for s in (PASS, FAIL, NOT_RUN)}
     text = f"{counts[PASS]} passed, {counts[FAIL]} failed"
     if not counts[NOT_RUN]:
         return text
     if not counts[FAIL]:
         checks = "check" if counts[NOT_RUN] == 1 else "checks"
-        return (f"passed what ran; {counts[NOT_RUN]} {checks} not run ({text}; the NOT RUN lines say why; "
-                f"not a full pass)")
+        ran = "passed what ran;" if counts[PASS] else "nothing ran:"
+        return f"{ran} {counts[NOT_RUN]} {checks} not run ({text}; the NOT RUN lines say why; not a full pass)"
     return text + f", {counts[NOT_RUN]} not run (not counted as passed)"
 
 

@@ -177,6 +177,10 @@ def test_verdict_and_exit_status_tell_a_full_pass_from_a_partial_one():
     assert summary([ran, skipped]) == ("passed what ran; 1 check not run (1 passed, 0 failed; the NOT RUN lines say "
                                        "why; not a full pass)")
     assert summary([ran, skipped, skipped]).startswith("passed what ran; 2 checks not run (1 passed, 0 failed;")
+    assert summary([skipped]) == ("nothing ran: 1 check not run (0 passed, 0 failed; the NOT RUN lines say why; "
+                                  "not a full pass)")  # not "passed what ran" when none did
+    assert summary([skipped, skipped]).startswith("nothing ran: 2 checks not run (0 passed, 0 failed;")
+    assert exit_status([skipped]) == EXIT_NOT_RUN
     assert exit_status([ran, skipped, failed]) == EXIT_FAILED == 2
     assert summary([ran, skipped, failed]) == "1 passed, 1 failed, 1 not run (not counted as passed)"
     report = report_json([ran, skipped])
@@ -186,7 +190,8 @@ def test_verdict_and_exit_status_tell_a_full_pass_from_a_partial_one():
     help_text = zoo("parity", "--help").output  # the convention is documented where the command is
     for line in ('0  every check ran and passed       "N passed, 0 failed"',
                  '2  a check failed (or bad input)    "error: parity failed: ..."',
-                 '3  nothing failed, some did not run "passed what ran; K checks not run (...)"'):
+                 '3  nothing failed, some did not run "passed what ran; K checks not run (...)"',
+                 '("nothing ran: K checks not run (...)" when none ran)'):
         assert line in help_text
 
 

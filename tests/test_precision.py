@@ -317,7 +317,7 @@ def test_bf16_graph_onnxruntime_cannot_run_is_not_run_never_pass(copied_export, 
     report = report_json(rows)
     assert report["passed"] == 0 and report["not_run"] == len(rows) and report["complete"] is False
     text = format_table(rows)
-    verdict = f"passed what ran; {len(rows)} checks not run (0 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
+    verdict = f"nothing ran: {len(rows)} checks not run (0 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
     assert "NOT RUN" in text and text.splitlines()[-1] == verdict
 
     result = zoo("parity", copied_export, "--no-end-to-end")  # exit 3: nothing failed, not everything ran

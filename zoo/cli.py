@@ -489,6 +489,7 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
       0  every check ran and passed       "N passed, 0 failed"
       2  a check failed (or bad input)    "error: parity failed: ..."
       3  nothing failed, some did not run "passed what ran; K checks not run (...)"
+                                          ("nothing ran: K checks not run (...)" when none ran)
     """
     from exporters.artifacts import atomic_write_json
     from exporters.manifest import load_manifest
