@@ -189,7 +189,7 @@ def test_verdict_and_exit_status_tell_a_full_pass_from_a_partial_one():
         "NOT RUN loop loops: the export lacks vae_decoder_step; checked instead: nothing")
     help_text = zoo("parity", "--help").output  # the convention is documented where the command is
     for line in ('0  every check ran and passed       "N passed, 0 failed"',
-                 '2  a check failed (or bad input)    "error: parity failed: ..."',
+                 '2  a check failed (or bad input)    "parity failed: K of N ..."',
                  '3  nothing failed, some did not run "passed what ran; K checks not run (...)"',
                  '("nothing ran: K checks not run (...)" when none ran)'):
         assert line in help_text

@@ -487,7 +487,7 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
     \b
     Exit status and last line:
       0  every check ran and passed       "N passed, 0 failed"
-      2  a check failed (or bad input)    "error: parity failed: ..."
+      2  a check failed (or bad input)    "parity failed: K of N ..."
       3  nothing failed, some did not run "passed what ran; K checks not run (...)"
                                           ("nothing ran: K checks not run (...)" when none ran)
     """
