@@ -223,7 +223,7 @@ def test_unianimate_straddled_rounding_point_passes_counting_the_flips(tmp_path,
     which compare the transformer's hidden_states, failed by exactly that 0.0039. Parity compares
     the rounded tensor there, counts the flips, and the rows after it keep their own bound. The
     host loop (the Wan VAE chunk loops UniAnimate had no checks for) runs too."""
-    from parity.compare import end_to_end_parity
+    from parity.compare import component_parity, end_to_end_parity, loop_parity
     from zoo.registry import get_family
 
     family = get_family("unianimate-dit")
@@ -242,7 +242,9 @@ def test_unianimate_straddled_rounding_point_passes_counting_the_flips(tmp_path,
     perturb_graph(out, "ref_pose_encoder", lambda values: above, pick=lambda v: v.shape == (channels,) and
                   np.array_equal(v, boundary.numpy()))
 
-    rows = run_parity(out)
+    # the rounded component at every corner, then the sampler and the host loops (the other components'
+    # corners are what every UniAnimate export's parity checks already: not repeated here)
+    rows = component_parity(out, components=("ref_pose_encoder",)) + end_to_end_parity(out) + loop_parity(out)
     failed = [r for r in rows if not r.ok]
     assert not failed, format_table(failed)
     ref_pose = [r for r in rows if r.component == "ref_pose_encoder"]
