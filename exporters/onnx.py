@@ -30,10 +30,10 @@ from exporters.weights import (
     module_prefixes,
 )
 from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord, inside, looks_like_export
-from zoo.checkpoint import content_hash_of, file_hashes, is_lfs_pointer, random_preset
+from zoo.infra.checkpoint import content_hash_of, file_hashes, is_lfs_pointer, random_preset
 from zoo.contract import Component, Dim, Envelope, Family, Reference, Source, TensorSpec, check_dims, resolve_point
 from zoo.errors import ArtifactError, CheckpointError, ExportError, ZooError
-from zoo.hashing import file_sha256
+from zoo.infra.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -715,7 +715,7 @@ def _record_sources(sources: tuple[Source, ...], stage: Path | None) -> list[dic
     seen: dict[str, int] = {}
     for s in sources:
         path = Path(s.path).resolve()
-        files = file_hashes(path)  # each file read once (small ones are not remembered by zoo.hashing)
+        files = file_hashes(path)  # each file read once (small ones are not remembered by zoo.infra.hashing)
         record: dict[str, Any] = {"role": s.role, "path": str(path), "hash": content_hash_of(path, files), "files": files}
         if s.scale is not None:
             record["scale"] = s.scale

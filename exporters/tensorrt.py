@@ -33,7 +33,7 @@ from exporters.manifest import ComponentRecord, Manifest, inside
 from exporters.profiles import input_shapes, narrow_dims, trtexec_command
 from zoo.contract import Dim, Range
 from zoo.errors import ArtifactError, BackendUnavailableError, EnvelopeError, ExportError, InputError
-from zoo.hashing import file_sha256
+from zoo.infra.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ def content_digest(manifest: Manifest, record: ComponentRecord) -> str:
     """The component's graph (its recorded sha256), every external-data file (content hash over
     all its bytes, remembered by file identity) and the export's sources (role, content hash,
     LoRA scale): another LoRA or scale is another digest even where the weights files are the same."""
-    from zoo.checkpoint import content_hash
+    from zoo.infra.checkpoint import content_hash
 
     data = {rel: content_hash(inside(manifest.root, rel, f"component {record.name!r} external data"))
             for rel in sorted(record.external_data)}
@@ -490,7 +490,7 @@ class Entry:
     def read_plan(self) -> Path:
         """The plan's path, after checking the file against the sidecar's size and sha256 (an
         error says how to rebuild it). The file is hashed by streaming, once per file identity
-        (:func:`zoo.hashing.file_sha256`, remembered by (device, inode, size, mtime, ctime), never
+        (:func:`zoo.infra.hashing.file_sha256`, remembered by (device, inode, size, mtime, ctime), never
         the whole plan in memory), and TensorRT then deserializes it from the file (:func:`deserialize`)."""
         try:
             return check_plan(self)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from zoo.hashing import file_sha256
+from zoo.infra.hashing import file_sha256
 from zoo.contract import Transform, WeightlessModule
 from zoo.errors import ArtifactError, CheckpointError, ExportError
 

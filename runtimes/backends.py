@@ -19,7 +19,7 @@ import torch
 from exporters.manifest import ComponentRecord, Manifest
 from runtimes.feeds import check_finite, check_outputs, check_profile, validate_feeds
 from zoo.contract import DTYPES, Reference
-from zoo.checkpoint import changed_files, content_hash
+from zoo.infra.checkpoint import changed_files, content_hash
 from zoo.errors import ArtifactError, BackendUnavailableError, InputError, OutputError, UnknownFamilyError
 from zoo.registry import get_family
 

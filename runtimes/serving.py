@@ -111,7 +111,7 @@ class Payload:
     def read_media(path: Path, option: str = "--media") -> bytes | dict[str, bytes]:
         """A media option's file, or a folder's regular files by relative path (a video as PNG
         frames); what is neither a regular file nor a folder (a FIFO) is refused before reading."""
-        from zoo.media import check_media_path
+        from zoo.infra.media import check_media_path
 
         check_media_path(path, option)
         if path.is_dir():
@@ -123,7 +123,7 @@ def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, An
     """``values`` (JSON) through the click options ``zoo run`` has for them, seed included, as
     ``zoo run``'s own command line: the same conversions, ranges, required options and messages
     (``Error: ...``)."""
-    from zoo.options import click_option
+    from zoo.infra.options import click_option
 
     seed = click.Option(["--seed", "seed"], default=0, type=click.IntRange(0, 2**63 - 1))
     # zoo run's own options, so that click suggests what it suggests there; a request may not set them
@@ -186,7 +186,7 @@ def _frame_names(names: list[str]) -> dict[str, str]:
     in the order zoo run reads frames (natural order), hidden files kept hidden, suffixes kept."""
     if all(_writable(n) for n in names):
         return {n: n for n in names}
-    from zoo.media import natural_key
+    from zoo.infra.media import natural_key
 
     ranked = sorted(names, key=lambda n: natural_key(Path(n)))
     return {n: ("." if n.startswith(".") else "") + _server_name(f"{i:06d}{PurePosixPath(n).suffix}", f"{i:06d}")

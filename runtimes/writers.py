@@ -13,7 +13,7 @@ import numpy as np
 
 from exporters.artifacts import _temp_sibling, atomic_write_bytes, staged_dir
 from zoo.errors import InputError, OutputError
-from zoo.media import require_video_libs
+from zoo.infra.media import require_video_libs
 
 #: What :func:`write_video` writes by suffix; no suffix (or an existing folder) is a folder of PNG frames.
 VIDEO_SUFFIXES = (".mp4", ".gif", ".npy")

@@ -112,8 +112,8 @@ def resident(files: list[Path]) -> int | None:
 
 def child(what: str, path: Path, cache: Path) -> dict[str, Any]:
     """Time ``content_hash`` (or ``file_sha256``) of ``path`` in a new process with hash cache ``cache``."""
-    code = ("import json, sys, time; sys.path.insert(0, sys.argv[1]); from zoo.checkpoint import content_hash; "
-            "from zoo.hashing import file_sha256; from pathlib import Path; f = {'folder': content_hash, "
+    code = ("import json, sys, time; sys.path.insert(0, sys.argv[1]); from zoo.infra.checkpoint import content_hash; "
+            "from zoo.infra.hashing import file_sha256; from pathlib import Path; f = {'folder': content_hash, "
             "'file': file_sha256}[sys.argv[2]]; t = time.perf_counter(); d = f(Path(sys.argv[3])); "
             "s = time.perf_counter() - t; t = time.perf_counter(); f(Path(sys.argv[3])); "
             "print(json.dumps({'seconds': s, 'again_in_process_seconds': time.perf_counter() - t, 'digest': d}))")

@@ -20,7 +20,7 @@ import torch
 
 from exporters.manifest import load_manifest
 from runtimes.backends import Runners
-from zoo import wan_vae
+from zoo.models import wan_vae
 from zoo.registry import get_family
 
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from exporters.weights import DATA_FILE, WEIGHTS_DIR, dtype_name  # noqa: E402
-from zoo.checkpoint import RANDOM_MARKER, empty_module  # noqa: E402
+from zoo.infra.checkpoint import RANDOM_MARKER, empty_module  # noqa: E402
 from zoo.registry import get_family  # noqa: E402
 
 SAFETENSORS_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}

@@ -94,7 +94,7 @@ def perturb_graph(export: Path, component: str, change, pick=None) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from zoo.hashing import file_sha256
+    from zoo.infra.hashing import file_sha256
 
     path = export / component / "model.onnx"
     model = onnx.load(str(path))

@@ -16,7 +16,7 @@ from conftest import assert_error, zoo
 from exporters.manifest import load_manifest
 from parity.compare import run_parity
 from runtimes.backends import load_reference
-from zoo.checkpoint import content_hash
+from zoo.infra.checkpoint import content_hash
 from zoo.contract import Range, Source
 from zoo.errors import CheckpointError, EnvelopeError
 from zoo.registry import get_family

@@ -118,7 +118,7 @@ def test_corrupted_onnx_of_right_size(copied_export):
 def test_unreadable_onnx_with_matching_manifest(copied_export):
     import json
 
-    from zoo.hashing import file_sha256
+    from zoo.infra.hashing import file_sha256
 
     model = copied_export / "transformer" / "model.onnx"
     model.write_bytes(b"\xff" * model.stat().st_size)

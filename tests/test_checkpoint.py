@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.checkpoint import content_hash
+from zoo.infra.checkpoint import content_hash
 from zoo.errors import CheckpointError
 from zoo.registry import get_family
 
@@ -110,7 +110,7 @@ def test_temporal_with_cross_attention_is_refused(tmp_path):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty hash cache of this test's own, and a count of the files actually read."""
-    from zoo import hashing
+    from zoo.infra import hashing
 
     monkeypatch.setenv(hashing.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(hashing, "_MEMO", {})
@@ -128,7 +128,7 @@ def cache(tmp_path, monkeypatch):
 
 def _settled(monkeypatch) -> None:
     """Remember digests of files written a moment ago (the test's own files are all that recent)."""
-    from zoo import hashing
+    from zoo.infra import hashing
 
     monkeypatch.setattr(hashing, "SETTLE_NS", 0)
 
@@ -140,7 +140,7 @@ def _write(path: Path, size: int) -> Path:
 
 
 def test_file_sha256_is_the_sha256_of_every_byte(tmp_path, cache):
-    from zoo.hashing import file_sha256
+    from zoo.infra.hashing import file_sha256
 
     for size in (0, 10, (1 << 20) + 7):
         f = _write(tmp_path / f"f{size}", size)
@@ -160,7 +160,7 @@ def _content_hash_as_recorded(path: Path) -> str:
 def test_content_hash_of_file_hashes_is_content_hash(tmp_path, cache):
     """The content hash derived from file_hashes is content_hash, and the value manifests recorded,
     in the order of sorted Paths ("a/b" before "a-c", which a plain string sort reverses)."""
-    from zoo.checkpoint import content_hash_of, file_hashes
+    from zoo.infra.checkpoint import content_hash_of, file_hashes
 
     folder = tmp_path / "model"
     for rel, size in (("a-c", 3), ("a/b", 5), ("a/b.json", 0), ("x/y/z.bin", 4096), ("B", 1)):
@@ -175,9 +175,9 @@ def test_content_hash_of_file_hashes_is_content_hash(tmp_path, cache):
 
 def test_export_reads_each_source_file_once(tmp_path, cache):
     """The export records each source's content hash and per-file hashes from one read of each file
-    (files under 1 MiB are not remembered by zoo.hashing, so a second hash would read them again)."""
+    (files under 1 MiB are not remembered by zoo.infra.hashing, so a second hash would read them again)."""
     from exporters.onnx import _record_sources
-    from zoo.checkpoint import file_hashes
+    from zoo.infra.checkpoint import file_hashes
     from zoo.contract import Source
 
     folder = tmp_path / "model"
@@ -191,7 +191,7 @@ def test_export_reads_each_source_file_once(tmp_path, cache):
 
 
 def test_large_file_is_read_once_then_found_by_identity(tmp_path, cache, monkeypatch):
-    from zoo import hashing
+    from zoo.infra import hashing
 
     _settled(monkeypatch)
     f = _write(tmp_path / "w.safetensors", 3 << 20)
@@ -203,7 +203,7 @@ def test_large_file_is_read_once_then_found_by_identity(tmp_path, cache, monkeyp
     saved = json.loads(hashing.cache_file().read_text())["entries"]
     assert [e["sha256"] for e in saved.values()] == [digest]
     # and another process finds it without reading the file (reading would fail: it cannot open it)
-    code = ("import sys; from zoo import hashing; hashing._read_digest = None; "
+    code = ("import sys; from zoo.infra import hashing; hashing._read_digest = None; "
             f"print(hashing.file_sha256({str(f)!r}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == digest
@@ -211,7 +211,7 @@ def test_large_file_is_read_once_then_found_by_identity(tmp_path, cache, monkeyp
 
 def test_recently_written_file_is_not_remembered(tmp_path, cache):
     """Within one timestamp tick a file can change again with the same identity: not cached."""
-    from zoo import hashing
+    from zoo.infra import hashing
 
     f = tmp_path / "fresh.bin"
     f.write_bytes(os.urandom(2 << 20))
@@ -221,7 +221,7 @@ def test_recently_written_file_is_not_remembered(tmp_path, cache):
 
 
 def test_remembered_digest_is_dropped_when_the_file_changes(tmp_path, cache, monkeypatch):
-    from zoo import hashing
+    from zoo.infra import hashing
 
     _settled(monkeypatch)
     f = _write(tmp_path / "w.bin", 2 << 20)
@@ -250,7 +250,7 @@ def test_remembered_digest_is_dropped_when_the_file_changes(tmp_path, cache, mon
 @pytest.mark.parametrize("content", [b"{corrupt", b"\xff\xfe\x00", b"[]", b'{"format": 1, "entries": []}',
                                      b'{"format": 99, "entries": {}}'])
 def test_corrupt_cache_file_is_ignored_and_rewritten(tmp_path, cache, monkeypatch, content):
-    from zoo import hashing
+    from zoo.infra import hashing
 
     _settled(monkeypatch)
     f = _write(tmp_path / "w.bin", 2 << 20)
@@ -265,7 +265,7 @@ def test_corrupt_cache_file_is_ignored_and_rewritten(tmp_path, cache, monkeypatc
 
 @pytest.mark.parametrize("entry", [{"sha256": "not hex"}, {"sha256": 5}, {"sha256": "ab" * 32, "size": "1"}, "x", None])
 def test_malformed_cache_entry_is_ignored(tmp_path, cache, monkeypatch, entry):
-    from zoo import hashing
+    from zoo.infra import hashing
 
     _settled(monkeypatch)
     f = _write(tmp_path / "w.bin", 2 << 20)
@@ -278,7 +278,7 @@ def test_malformed_cache_entry_is_ignored(tmp_path, cache, monkeypatch, entry):
 
 
 def test_a_file_that_keeps_changing_while_hashed_is_refused(tmp_path, monkeypatch):
-    from zoo import hashing
+    from zoo.infra import hashing
     from zoo.errors import ArtifactError
 
     monkeypatch.setenv(hashing.CACHE_ENV, str(tmp_path / "cache"))
@@ -303,7 +303,7 @@ def test_a_file_that_keeps_changing_while_hashed_is_refused(tmp_path, monkeypatc
 
 
 def test_what_is_not_a_regular_file_is_refused_without_reading(tmp_path):
-    from zoo.hashing import file_sha256
+    from zoo.infra.hashing import file_sha256
     from zoo.errors import ArtifactError
 
     fifo = tmp_path / "pipe"
@@ -313,7 +313,7 @@ def test_what_is_not_a_regular_file_is_refused_without_reading(tmp_path):
 
 
 def test_cache_folder_from_the_environment(monkeypatch, tmp_path):
-    from zoo import hashing
+    from zoo.infra import hashing
 
     monkeypatch.setenv(hashing.CACHE_ENV, str(tmp_path / "mine"))
     assert hashing.cache_file() == tmp_path / "mine" / hashing.CACHE_FILE
@@ -328,7 +328,7 @@ def test_cache_folder_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_without_a_cache_folder_digests_last_the_process(tmp_path, cache, monkeypatch):
-    from zoo import hashing
+    from zoo.infra import hashing
 
     _settled(monkeypatch)
     monkeypatch.setattr(hashing, "cache_file", lambda: None)
@@ -338,7 +338,7 @@ def test_without_a_cache_folder_digests_last_the_process(tmp_path, cache, monkey
 
 
 def test_unwritable_cache_folder_still_hashes(tmp_path, cache, monkeypatch):
-    from zoo import hashing
+    from zoo.infra import hashing
 
     _settled(monkeypatch)
     blocker = tmp_path / "file"
@@ -400,7 +400,7 @@ def test_middle_tensor_of_a_large_file_gives_a_new_engine_key_and_a_changed_sour
     from exporters import tensorrt as engines
     from exporters.manifest import load_manifest
     from runtimes import backends
-    from zoo.checkpoint import content_hash, file_hashes
+    from zoo.infra.checkpoint import content_hash, file_hashes
     from zoo.errors import ArtifactError
 
     if remembered:

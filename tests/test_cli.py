@@ -243,7 +243,7 @@ def test_custom_pixart_checkpoint_end_to_end(tmp_path):
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-    from zoo.tiny import build_t5_tokenizer
+    from zoo.infra.tiny import build_t5_tokenizer
 
     ckpt = tmp_path / "custom"
     torch.manual_seed(1)
@@ -384,7 +384,7 @@ def test_every_family_option_help_shows_its_range_or_none():
     """An unbounded integer option shows no range (click wrote `[x<=None]`); a bounded one shows it."""
     import click
 
-    from zoo.options import click_option
+    from zoo.infra.options import click_option
     from zoo.registry import family_names, get_family
 
     ctx = click.Context(main)
@@ -566,7 +566,7 @@ def _diffusers_pixart_sigma_test_config(dest):
     8, a one-block VAE (factor 1), DDIM; the T5 is a local tiny one (no hub here)."""
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-    from zoo.tiny import build_t5_tokenizer
+    from zoo.infra.tiny import build_t5_tokenizer
 
     torch.manual_seed(0)
     build_t5_tokenizer(dest / "tokenizer")
@@ -657,6 +657,6 @@ def test_random_writes_media_the_tiny_export_takes(tiny_export, tmp_path):
 
 
 def load_video_frames(path):
-    from zoo.media import load_video
+    from zoo.infra.media import load_video
 
     return load_video(path, option="--video")

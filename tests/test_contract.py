@@ -136,7 +136,7 @@ def test_a_host_loop_is_declared_whole():
 
 def test_families_with_chunk_graphs_declare_the_wan_vae_loop():
     """Both Wan VAE families run the same chunk loop, declared once (UniAnimate had components but no checks)."""
-    from zoo import wan_vae
+    from zoo.models import wan_vae
 
     for name in family_names():
         fam = get_family(name)

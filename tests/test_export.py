@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 import exporters.onnx as onnx_export
 from exporters.manifest import load_manifest
 from exporters.onnx import check_graph, export_family, random_reference
-from zoo.checkpoint import content_hash
+from zoo.infra.checkpoint import content_hash
 from zoo.contract import Range
 from zoo.errors import ArtifactError, EnvelopeError, ExportError
 from zoo.registry import get_family

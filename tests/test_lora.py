@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from zoo.errors import CheckpointError, InputError  # noqa: E402
-from zoo.lora import LoraSpec, build_random_motion_lora, fuse_loras, lora_file, parse_lora  # noqa: E402
+from zoo.infra.lora import LoraSpec, build_random_motion_lora, fuse_loras, lora_file, parse_lora  # noqa: E402
 
 FRAMES = 3
 

@@ -11,7 +11,7 @@ import pytest
 
 from runtimes.writers import VIDEO_SUFFIXES, write_images, write_output, write_video
 from zoo.errors import InputError, OutputError
-from zoo.media import check_frame_size, load_image, load_video
+from zoo.infra.media import check_frame_size, load_image, load_video
 
 
 def _video(b: int = 1, f: int = 6, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:

@@ -28,7 +28,7 @@ from parity.report import NOT_RUN, PASS, format_table, report_json
 from parity.tolerances import Tolerance, tolerance
 from zoo.contract import Precision
 from zoo.errors import ArtifactError, ExportError
-from zoo.hashing import file_sha256
+from zoo.infra.hashing import file_sha256
 from zoo.registry import get_family
 
 

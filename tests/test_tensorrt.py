@@ -944,7 +944,7 @@ def test_a_plan_is_streamed_to_tensorrt_in_chunks(tmp_path, monkeypatch, api):
 def test_a_plan_is_hashed_once_per_version_of_the_file(copied_export, monkeypatch):
     """Loading an engine hashes its plan (streamed) once per version of the file, not at every
     load; a plan changed in place (same size) is hashed again and refused."""
-    from zoo import hashing
+    from zoo.infra import hashing
 
     monkeypatch.setattr(hashing, "SETTLE_NS", 0)  # the test's plan was just written
     monkeypatch.setattr(hashing, "CACHE_ABOVE", 0)  # and is small

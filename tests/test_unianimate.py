@@ -17,7 +17,7 @@ from parity.compare import component_parity
 from zoo.contract import Source
 from zoo.errors import CheckpointError
 from zoo.registry import get_family
-from zoo.unianimate import LORA_TARGETS, RANDOM_CHECKPOINT, read_checkpoint
+from zoo.families.unianimate_dit.family import LORA_TARGETS, RANDOM_CHECKPOINT, read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from runtimes.sampler import Sampler, prepare_request  # noqa: E402
-from zoo.unianimate import context_windows, teacache_plan, tiled_decode  # noqa: E402
+from zoo.families.unianimate_dit.family import context_windows, teacache_plan, tiled_decode  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ import math
 import pytest
 import torch
 
-from zoo.unianimate import (
+from zoo.families.unianimate_dit.family import (
     context_windows,
     flow_schedule,
     flow_step,

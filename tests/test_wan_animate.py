@@ -19,7 +19,7 @@ from runtimes.sampler import Sampler, prepare_request
 from zoo.contract import Range
 from zoo.errors import EnvelopeError
 from zoo.registry import get_family
-from zoo.wan_vae import cache_slots
+from zoo.models.wan_vae import cache_slots
 
 
 def _frames(folder, n, size, seed=0, mode="RGB"):

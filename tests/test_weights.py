@@ -414,7 +414,7 @@ def test_linking_records_the_digest_taken_before_the_link(tmp_path, monkeypatch)
     import time
 
     from exporters.weights import link_checkpoint_files
-    from zoo import hashing
+    from zoo.infra import hashing
 
     monkeypatch.setenv(hashing.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(hashing, "_MEMO", {})

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-from zoo.pixart import PixArtTransformerExport
+from zoo.families.pixart.family import PixArtTransformerExport
 from zoo.registry import get_family
 
 CASES = [("pixart", v) for v in ("sigma", "alpha-1024", "alpha-512")] + [

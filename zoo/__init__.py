@@ -1,7 +1,16 @@
 """Model zoo: PyTorch references and export contracts of video and image diffusion models.
 
-This is the lowest layer: it imports neither ``exporters``, ``runtimes`` nor ``parity``
-(the command line in :mod:`zoo.cli` is the one exception and imports them lazily).
+The bottom layer of the house, by role:
+
+- :mod:`zoo.contract` (dims, tensors, sources, requests, family) and :mod:`zoo.registry`;
+- :mod:`zoo.families` (one package per family) over :mod:`zoo.models` (model pieces several
+  families share) over :mod:`zoo.infra` (checkpoints, hashes, LoRA, media, tiny tokenizers);
+- :mod:`zoo.errors`, imported by everything.
+
+None of these imports ``exporters``, ``runtimes`` or ``parity``. The command line,
+:mod:`zoo.cli`, sits on top of the whole house (above ``parity``): it is in this package only so
+that ``zoo`` is both the command and the library (``pyproject.toml``'s import-linter contract
+states the layers).
 """
 
 from zoo.errors import (

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from zoo.errors import ZooError
-from zoo.options import FiniteFloat, click_option
+from zoo.infra.options import FiniteFloat, click_option
 
 class ZooGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
@@ -390,7 +390,7 @@ def _write_media(media: dict[str, Any], folder: Path) -> list[Path]:
 
 def _random_model(model: Path) -> Path:
     """``--model DIR`` where DIR is the folder `zoo random` wrote, whose model is ``DIR/model``: that."""
-    from zoo.checkpoint import RANDOM_MARKER
+    from zoo.infra.checkpoint import RANDOM_MARKER
 
     inner = model / "model"
     if (inner / RANDOM_MARKER).is_file() and not (model / RANDOM_MARKER).exists():
@@ -402,7 +402,7 @@ def _random_model(model: Path) -> Path:
 def _sources(fam: Any, options: dict[str, Any]) -> list[Any]:
     """The family's extra sources from their options (LoRAs as PATH[:SCALE])."""
     from zoo.contract import Source
-    from zoo.lora import parse_lora
+    from zoo.infra.lora import parse_lora
 
     sources = []
     for role in fam.source_roles:

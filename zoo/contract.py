@@ -428,7 +428,7 @@ class Modules(Mapping[str, Any]):
     def from_found(cls, found: Mapping[str, tuple[Callable[[], Any], Any, Any]],
                    weightless: Mapping[str, Callable[[], WeightlessModule]] | None = None,
                    **override: Callable[[], Any]) -> Modules:
-        """From :func:`zoo.checkpoint.pipeline_modules`' (loader, config loader, weightless)
+        """From :func:`zoo.infra.checkpoint.pipeline_modules`' (loader, config loader, weightless)
         triples, with some loaders replaced: a module whose loading the family changes loses
         its weightless build unless ``weightless`` declares its own."""
         loaders = {k: v[0] for k, v in found.items()} | override

@@ -1,4 +1,6 @@
-"""The registry of families: name -> declaration. Adding a family = one module + its tests."""
+"""The registry of families: name -> the package that declares it (``zoo/families/<name>/``).
+Adding a family = one new folder there and one line here; its tests come from the conformance
+battery (``tests/test_conformance.py``)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,11 @@ from zoo.errors import UnknownFamilyError
 
 # family name -> module that declares it (imported on first use: torch/diffusers are heavy)
 _MODULES: dict[str, str] = {
-    "animatediff": "zoo.animatediff",
-    "pixart": "zoo.pixart",
-    "transformer-temporal": "zoo.transformer_temporal",
-    "unianimate-dit": "zoo.unianimate",
-    "wan-animate": "zoo.wan_animate",
+    "animatediff": "zoo.families.animatediff",
+    "pixart": "zoo.families.pixart",
+    "transformer-temporal": "zoo.families.transformer_temporal",
+    "unianimate-dit": "zoo.families.unianimate_dit",
+    "wan-animate": "zoo.families.wan_animate",
 }
 _LOADED: dict[str, Family] = {}
 

@@ -8,7 +8,7 @@ from a folder in the ``Wan2.2-Animate-14B-Diffusers`` layout.
 Components: ``text_encoder`` (umT5), ``image_encoder`` (CLIP vision, the hidden state the
 pipeline uses), ``face_encoder`` (motion encoder + face encoder: face pixels to the motion
 vectors the DiT consumes, the QR of a weight computed once at load time), ``transformer`` (the
-DiT taking those motion vectors), and the Wan VAE as chunk graphs (:mod:`zoo.wan_vae`). The
+DiT taking those motion vectors), and the Wan VAE as chunk graphs (:mod:`zoo.models.wan_vae`). The
 sampler is ``WanAnimatePipeline`` itself; the face encoder runs once per segment and CFG branch.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo import wan_vae
-from zoo.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
+from zoo.models import wan_vae
+from zoo.infra.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     Transform,
     COMMON_RUN_OPTIONS,
@@ -45,7 +45,7 @@ from zoo.contract import (
     specs,
 )
 from zoo.errors import CheckpointError, InputError
-from zoo.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
+from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
 
 PIPELINE = "WanAnimatePipeline"
 MODES = ("animate", "replace")
@@ -411,7 +411,7 @@ class WanAnimate(Family):
 
     # -- requests -----------------------------------------------------------------------
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
-        from zoo.media import check_frame_size, load_image, load_video
+        from zoo.infra.media import check_frame_size, load_image, load_video
 
         options = self.with_defaults(options)
         mode = options["mode"]
@@ -540,7 +540,7 @@ def _random_parts(preset: str, seed: int) -> dict[str, Any]:
     from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config,
                               UMT5EncoderModel)
 
-    from zoo.tiny import build_t5_tokenizer
+    from zoo.infra.tiny import build_t5_tokenizer
 
     bench = preset == "bench"
     torch.manual_seed(seed)

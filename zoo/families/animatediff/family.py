@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.checkpoint import empty_module, pipeline_modules, random_preset, require_folder, write_random_marker
+from zoo.infra.checkpoint import empty_module, pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     COMMON_RUN_OPTIONS,
     Axis,
@@ -49,7 +49,7 @@ from zoo.contract import (
     token_ids,
 )
 from zoo.errors import CheckpointError, InputError
-from zoo.sd_vae import decoder_component, encoder_component, latent_dims, vae_dims, vae_scale, vae_slot
+from zoo.models.sd_vae import decoder_component, encoder_component, latent_dims, vae_dims, vae_scale, vae_slot
 
 T2V = "AnimateDiffPipeline"
 V2V = "AnimateDiffVideoToVideoPipeline"
@@ -343,7 +343,7 @@ class AnimateDiff(Family):
 
     # -- requests -----------------------------------------------------------------------
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
-        from zoo.media import check_frame_size, load_video
+        from zoo.infra.media import check_frame_size, load_video
 
         options = self.with_defaults(options)
         if options.get("free_u"):
@@ -469,7 +469,7 @@ class AnimateDiff(Family):
         def unet() -> nn.Module:
             from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-            from zoo.checkpoint import loading
+            from zoo.infra.checkpoint import loading
 
             with loading("the motion UNet", source):
                 if adapter is None:
@@ -521,7 +521,7 @@ class AnimateDiff(Family):
         folder and a motion LoRA (what ``zoo random animatediff`` writes)."""
         from diffusers import StableDiffusionPipeline, UNetMotionModel
 
-        from zoo.lora import build_random_motion_lora
+        from zoo.infra.lora import build_random_motion_lora
 
         dest = Path(dest)
         parts = _random_parts(preset, seed)
@@ -540,7 +540,7 @@ def _with_loras(modules: Modules, loras: list[Source]) -> Modules:
     """The modules with the LoRAs fused by diffusers into the UNet (and text encoder) on first use."""
     from diffusers import AnimateDiffPipeline
 
-    from zoo.lora import LoraSpec, fuse_loras
+    from zoo.infra.lora import LoraSpec, fuse_loras
 
     fused: dict[str, Any] = {}
 
@@ -565,7 +565,7 @@ def _random_parts(preset: str, seed: int) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from zoo.tiny import build_clip_tokenizer
+    from zoo.infra.tiny import build_clip_tokenizer
 
     bench = preset == "bench"
     torch.manual_seed(seed)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import CheckpointError
-from zoo.hashing import file_sha256
+from zoo.infra.hashing import file_sha256
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".data")
@@ -75,7 +75,7 @@ def loading(what: str, source: Path) -> Iterator[None]:
 
 def file_hashes(path: str | Path) -> dict[str, str]:
     """The sha256 of each file of a folder (or of the one file), by relative path: what
-    ``sha256sum`` prints, computed once per version of a file (:func:`zoo.hashing.file_sha256`)."""
+    ``sha256sum`` prints, computed once per version of a file (:func:`zoo.infra.hashing.file_sha256`)."""
     path = Path(path)
     if path.is_file():
         return {path.name: file_sha256(path)}
@@ -90,7 +90,7 @@ def changed_files(path: str | Path, recorded: dict[str, str]) -> list[str]:
 
 def content_hash(path: str | Path) -> str:
     """A sha256 over a file, or a folder's files: each one's relative name, size and the sha256
-    of all its bytes (:func:`zoo.hashing.file_sha256`, remembered by file identity, so a 30 GB
+    of all its bytes (:func:`zoo.infra.hashing.file_sha256`, remembered by file identity, so a 30 GB
     checkpoint is read once). A random-weight marker's seed is part of its contents, so another
     seed is another hash."""
     return content_hash_of(path, file_hashes(path))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
+from zoo.infra.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     COMMON_RUN_OPTIONS,
     Axis,
@@ -43,8 +43,8 @@ from zoo.contract import (
     token_ids,
 )
 from zoo.errors import CheckpointError
-from zoo.patches import attention_mask_expand
-from zoo.sd_vae import decoder_component, latent_dims, vae_dims, vae_scale, vae_slot
+from zoo.infra.patches import attention_mask_expand
+from zoo.models.sd_vae import decoder_component, latent_dims, vae_dims, vae_scale, vae_slot
 
 PIPELINES = {"sigma": "PixArtSigmaPipeline", "alpha-1024": "PixArtAlphaPipeline", "alpha-512": "PixArtAlphaPipeline"}
 TEXT_LENGTH = {"PixArtSigmaPipeline": 300, "PixArtAlphaPipeline": 120}  # the pipelines' max_sequence_length
@@ -453,7 +453,7 @@ class PixArt(Family):
         from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
         from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-        from zoo.tiny import build_t5_tokenizer
+        from zoo.infra.tiny import build_t5_tokenizer
 
         variant = self.random_choice(variant, preset)
         dest = Path(dest)

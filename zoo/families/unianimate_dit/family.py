@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo import wan_vae
-from zoo.checkpoint import is_lfs_pointer, pipeline_modules, random_preset, require_folder, write_random_marker
+from zoo.models import wan_vae
+from zoo.infra.checkpoint import is_lfs_pointer, pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     COMMON_RUN_OPTIONS,
     Axis,
@@ -51,7 +51,7 @@ from zoo.contract import (
     specs,
 )
 from zoo.errors import CheckpointError, InputError
-from zoo.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
+from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
 
 PIPELINE = "WanImageToVideoPipeline"
 RANDOM_CHECKPOINT = "unianimate.ckpt"
@@ -548,7 +548,7 @@ class UniAnimateDiT(Family):
     trajectory = ("transformer", "hidden_states")
 
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
-        from zoo.media import check_frame_size, load_image, load_video
+        from zoo.infra.media import check_frame_size, load_image, load_video
 
         options = self.with_defaults(options)
         height = context.envelope["height"].opt if options.get("height") is None else options["height"]
@@ -747,7 +747,7 @@ def _random_parts(preset: str, seed: int) -> dict[str, Any]:
     encoders and VAE are Wan-Animate's random parts of the same preset."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-    from zoo.wan_animate import _random_parts as wan_parts
+    from zoo.families.wan_animate.family import _random_parts as wan_parts
 
     bench = preset == "bench"
     parts = wan_parts(preset, seed)
