@@ -1,0 +1,93 @@
+"""The declarative contract every family fills in, split by concern:
+
+- :mod:`zoo.contract.dims`: the envelope (user units) and symbolic tensor dims with their profiles;
+- :mod:`zoo.contract.tensors`: tensor and component specs (value ranges, precision, tolerance class);
+- :mod:`zoo.contract.sources`: sources and the loaded reference;
+- :mod:`zoo.contract.requests`: run options (defaults stated once) and requests;
+- :mod:`zoo.contract.family`: the family declaration, its sampler slots, host loops and typed hooks.
+
+Everything generic (export, checks, profiles, backends, parity) reads only this contract. The names
+are re-exported here: ``from zoo.contract import Component`` is the public spelling.
+"""
+
+from zoo.contract.dims import (
+    GUARD_OVERRIDE,
+    Axis,
+    Dim,
+    Envelope,
+    Range,
+    check_dims,
+    resolve_point,
+    round_to,
+)
+from zoo.contract.family import Family, HostLoop, LoopCheck, PipelineSlot, SlotCall
+from zoo.contract.requests import (
+    COMMON_RUN_OPTIONS,
+    Option,
+    Request,
+    RequestContext,
+    bind_argument,
+)
+from zoo.contract.sources import (
+    Modules,
+    Reference,
+    Source,
+    SourceRole,
+    Sources,
+    source_of,
+)
+from zoo.contract.tensors import (
+    DTYPES,
+    Component,
+    Precision,
+    Rounding,
+    SampleFn,
+    Specs,
+    SpecsFn,
+    TensorSpec,
+    Transform,
+    WeightlessModule,
+    make_sample,
+    specs,
+    token_ids,
+)
+
+__all__ = [
+    "Axis",
+    "COMMON_RUN_OPTIONS",
+    "Component",
+    "DTYPES",
+    "Dim",
+    "Envelope",
+    "Family",
+    "GUARD_OVERRIDE",
+    "HostLoop",
+    "LoopCheck",
+    "Modules",
+    "Option",
+    "PipelineSlot",
+    "Precision",
+    "Range",
+    "Reference",
+    "Request",
+    "RequestContext",
+    "Rounding",
+    "SampleFn",
+    "SlotCall",
+    "Source",
+    "SourceRole",
+    "Sources",
+    "Specs",
+    "SpecsFn",
+    "TensorSpec",
+    "Transform",
+    "WeightlessModule",
+    "bind_argument",
+    "check_dims",
+    "make_sample",
+    "resolve_point",
+    "round_to",
+    "source_of",
+    "specs",
+    "token_ids",
+]

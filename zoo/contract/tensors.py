@@ -1,0 +1,188 @@
+"""Tensors and components: what a component's inputs and outputs are (dtype, dims, how a sample
+fills them, what values they take), its precision policy, its tolerance class, and the tensors
+a family rounds on purpose."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from zoo.contract.dims import Dim, Envelope
+
+if TYPE_CHECKING:
+    from zoo.contract.sources import Reference
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+SampleFn = Callable[[tuple[int, ...], torch.Generator, "Reference"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named input or output: dtype and shape, each dim an int or a symbolic dim name.
+
+    ``sample`` says how the sample-input factory fills it: ``"normal"`` (standard normal),
+    ``"mask"`` (1 then trailing 0 padding per row, like a tokenizer mask), ``"timestep"``
+    (integer-valued timesteps in [0, 1000)), ``"uniform"`` ([0, 1)), ``"pixels"`` ([-1, 1), images as
+    the pipelines feed them), or a callable.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    sample: str | SampleFn = "normal"
+
+    def resolve(self, point: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else int(point[d]) for d in self.shape)
+
+
+def make_sample(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
+    """One sample tensor for ``spec`` at concrete ``shape`` (seeded by ``gen``)."""
+    dtype = DTYPES[spec.dtype]
+    if callable(spec.sample):
+        return spec.sample(shape, gen, ref).to(dtype)
+    if spec.sample == "normal":
+        return torch.randn(shape, generator=gen).to(dtype)
+    if spec.sample == "uniform":
+        return torch.rand(shape, generator=gen).to(dtype)
+    if spec.sample == "pixels":
+        return (torch.rand(shape, generator=gen) * 2 - 1).to(dtype)
+    if spec.sample == "timestep":
+        return torch.randint(0, 1000, shape, generator=gen).to(dtype)
+    if spec.sample == "mask":
+        # rows of 1s followed by 0 padding; every row keeps at least one token
+        length = shape[-1]
+        keep = torch.randint(1, length + 1, shape[:-1] + (1,), generator=gen)
+        return (torch.arange(length).expand(shape) < keep).to(dtype)
+    raise ValueError(f"{spec.name}: unknown sample kind {spec.sample!r}")
+
+
+def token_ids(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
+    """Sample token ids for a text encoder (the reference's ``text_encoder`` vocabulary)."""
+    return torch.randint(0, ref.config("text_encoder").vocab_size, shape, generator=gen)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Precision policy of a component: the export dtype, and what must stay fp32."""
+
+    dtype: str = "float32"
+    keep_fp32: tuple[str, ...] = ()
+    note: str = ""
+
+
+Specs = tuple[TensorSpec, ...]
+
+
+SpecsFn = Callable[["Reference"], Specs]
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A weight the graph holds that the checkpoint does not store as such (a fused LoRA, a QR
+    basis): ``fn(read)`` computes it from stored tensors, ``read(key)`` reading one at a time by the
+    module's state-dict key."""
+
+    what: str  # shown in the weight map, e.g. "W + 0.8 * B @ A (LoRA motion.safetensors)"
+    fn: Callable[[Callable[[str], torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WeightlessModule:
+    """How to build a module without its weights: ``build()`` makes it with parameters on the
+    meta device and buffers computed from the config (accelerate's ``init_empty_weights``);
+    its state-dict keys are the keys of the safetensors files in ``folders``, except the
+    ``transforms`` (state-dict key -> how the value is computed from stored tensors)."""
+
+    build: Callable[[], torch.nn.Module]
+    folders: tuple[Path, ...]
+    transforms: Mapping[str, Transform] = field(default_factory=dict)
+    # stored keys -> {module key: stored key}, where the library renames keys at load time
+    # (transformers 5's conversion mapping); None: the stored keys are the module's
+    rename: Callable[[torch.nn.Module, list[str]], dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    """One exportable part of a family (an encoder, a denoiser, a VAE half).
+
+    ``inputs`` / ``outputs`` are computed from the loaded reference (a function of it), as
+    optimum's ``inputs`` property: optional conditions exist or not by config, and a causal
+    VAE has one cache tensor per causal conv. ``state`` pairs an output with the input it
+    feeds on the next call (a cache): the manifest records the pairs and backends keep those
+    tensors on the device between calls.
+    """
+
+    name: str
+    kind: str  # tolerance row: text_encoder | image_encoder | denoiser | vae_encoder | vae_decoder
+    module: str  # key of the reference module in Reference.modules
+    inputs: SpecsFn
+    outputs: SpecsFn
+    dims: Callable[[Envelope, Reference], dict[str, Dim]]
+    wrapper: Callable[[Reference], torch.nn.Module]
+    reference: Callable[[Reference, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+    precision: Precision = Precision()
+    export_patches: tuple[Callable[[], contextlib.AbstractContextManager], ...] = ()
+    state: Callable[[Reference], Mapping[str, str]] = lambda ref: {}  # output -> input it feeds next call
+    # tensors of the wrapper itself computed from the module's weights (wrapper name -> how),
+    # for a weightless export: e.g. a QR basis the wrapper precomputes
+    derived: Callable[[Reference], Mapping[str, Transform]] = lambda ref: {}
+
+    def input_specs(self, ref: Reference) -> Specs:
+        return tuple(self.inputs(ref))
+
+    def output_specs(self, ref: Reference) -> Specs:
+        return tuple(self.outputs(ref))
+
+    def state_pairs(self, ref: Reference) -> dict[str, str]:
+        pairs = dict(self.state(ref))
+        ins, outs = {s.name for s in self.input_specs(ref)}, {s.name for s in self.output_specs(ref)}
+        bad = [f"{o} -> {i}" for o, i in pairs.items() if o not in outs or i not in ins]
+        if bad:
+            raise ValueError(f"component {self.name}: state pairs name no such output / input: {', '.join(bad)}")
+        return pairs
+
+    def sample_inputs(self, ref: Reference, point: Mapping[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
+        """Sample feeds at a concrete ``point`` (dim name -> size, derived dims included)."""
+        gen = torch.Generator("cpu").manual_seed(seed)
+        return {s.name: make_sample(s, s.resolve(point), gen, ref) for s in self.input_specs(ref)}
+
+
+def specs(*items: TensorSpec) -> SpecsFn:
+    """Inputs or outputs that do not depend on the config."""
+    return lambda ref: items
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """A tensor the family rounds to a coarser ``dtype`` on purpose, as its original does (the
+    original's hard-coded ``.to(torch.bfloat16)`` of a pose feature): ``output`` of ``component``.
+
+    Two correct implementations that differ by 1e-7 before the rounding can land one ulp of
+    ``dtype`` apart after it. Parity compares the tensor there with a rounding-aware bound (at
+    most one ulp of ``dtype`` elementwise, the flipped elements counted) and, in a sampler run,
+    lets the candidate continue from the reference's rounded value, so that the rows after it
+    compare the loop and not the flip."""
+
+    component: str
+    output: str
+    dtype: str  # bfloat16 | float16
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("bfloat16", "float16"):
+            raise TypeError(f"Rounding of {self.component}.{self.output}: dtype must be bfloat16 or float16, "
+                            f"got {self.dtype!r}")
