@@ -124,7 +124,7 @@ def remove_dead_scratch(prefix: str) -> list[Path]:
 
     removed = []
     for old in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
-        pid = old.name[len(prefix):].split("-", 1)[0]
+        pid = old.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not pid_running(int(pid)) and old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
             removed.append(old)
@@ -151,7 +151,7 @@ def clean_stale(final: str | Path) -> list[Path]:
     for p in final.parent.iterdir():
         if not p.name.startswith(prefix):
             continue
-        tag, _, rest = p.name[len(prefix):].partition("-")
+        tag, _, rest = p.name[len(prefix) :].partition("-")
         pid = rest.split("-", 1)[0]
         if tag in ("staging", "old", "tmp") and pid.isdigit() and not pid_running(int(pid)):
             if p.is_dir():

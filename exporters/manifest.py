@@ -105,9 +105,16 @@ class Manifest:
             "sources": self.sources,
             "versions": self.versions,
             "envelope": {
-                k: {"min": r.min, "opt": r.opt, "max": r.max, "multiple_of": self.axes[k].multiple_of,
-                    "remainder": self.axes[k].remainder, "floor": self.axes[k].floor,
-                    "ceiling": self.axes[k].ceiling, "unit": self.axes[k].unit}
+                k: {
+                    "min": r.min,
+                    "opt": r.opt,
+                    "max": r.max,
+                    "multiple_of": self.axes[k].multiple_of,
+                    "remainder": self.axes[k].remainder,
+                    "floor": self.axes[k].floor,
+                    "ceiling": self.axes[k].ceiling,
+                    "unit": self.axes[k].unit,
+                }
                 for k, r in self.envelope.items()
             },
             "pipeline": self.pipeline,
@@ -131,9 +138,7 @@ class Manifest:
 
     def component(self, name: str) -> ComponentRecord:
         if name not in self.components:
-            raise ArtifactError(
-                f"export {self.root} has no component {name!r}; it has {', '.join(self.components)}"
-            )
+            raise ArtifactError(f"export {self.root} has no component {name!r}; it has {', '.join(self.components)}")
         return self.components[name]
 
 
@@ -171,7 +176,9 @@ def inside(root: Path, rel: str, what: str) -> Path:
     try:
         full.resolve().relative_to(root.resolve())
     except ValueError:
-        raise ArtifactError(f"{root / MANIFEST}: {what} {rel!r} leads outside the export folder (a link); refused") from None
+        raise ArtifactError(
+            f"{root / MANIFEST}: {what} {rel!r} leads outside the export folder (a link); refused"
+        ) from None
     return full
 
 
@@ -246,9 +253,15 @@ def _envelope(d: dict) -> tuple[dict[str, Range], dict[str, Axis]]:
         r = Range(_get(v, "min", int, where), _get(v, "opt", int, where), _get(v, "max", int, where))
         ceiling = _get(v, "ceiling", (int, type(None)), where, None)
         envelope[k] = r
-        axes[k] = Axis(k, r, multiple_of=_get(v, "multiple_of", int, where, 1), floor=_get(v, "floor", int, where, 1),
-                       ceiling=ceiling, unit=_get(v, "unit", str, where, ""),
-                       remainder=_get(v, "remainder", int, where, 0))
+        axes[k] = Axis(
+            k,
+            r,
+            multiple_of=_get(v, "multiple_of", int, where, 1),
+            floor=_get(v, "floor", int, where, 1),
+            ceiling=ceiling,
+            unit=_get(v, "unit", str, where, ""),
+            remainder=_get(v, "remainder", int, where, 0),
+        )
     return envelope, axes
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from exporters.artifacts import EXPORT_MARKER, atomic_write_json, staged_dir
+from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord, inside, looks_like_export
 from exporters.weights import (
     WEIGHT_MAP,
     WeightlessBuild,
@@ -29,10 +30,9 @@ from exporters.weights import (
     load_weight_map,
     module_prefixes,
 )
-from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord, inside, looks_like_export
-from zoo.infra.checkpoint import content_hash_of, file_hashes, is_lfs_pointer, random_preset
 from zoo.contract import Component, Dim, Envelope, Family, Reference, Source, TensorSpec, check_dims, resolve_point
 from zoo.errors import ArtifactError, CheckpointError, ExportError, ZooError
+from zoo.infra.checkpoint import content_hash_of, file_hashes, is_lfs_pointer, random_preset
 from zoo.infra.hashing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,17 @@ def _quiet_export() -> Iterator[None]:
 # --------------------------------------------------------------------------------------
 
 
-def export_component(ref: Reference, component: Component, dims: Mapping[str, Dim], dest: Path, *,
-                     weightless: bool = False, copy_weights: bool = False, precision: str | None = None,
-                     progress: bool = False) -> ComponentRecord:
+def export_component(
+    ref: Reference,
+    component: Component,
+    dims: Mapping[str, Dim],
+    dest: Path,
+    *,
+    weightless: bool = False,
+    copy_weights: bool = False,
+    precision: str | None = None,
+    progress: bool = False,
+) -> ComponentRecord:
     """Trace ``component``'s wrapper into ``dest/model.onnx`` (+ ``model.onnx.data`` when large),
     name its dims from the contract and check the graph.
 
@@ -214,8 +222,16 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
                 verbose=False,
             )
             if build is not None:  # weights first: the optimizer reads small initializers
-                weight_map = _attach_weights(program.model, dest, build, component.derived(ref), constants,
-                                             copy_weights=copy_weights, progress=progress, name=component.name)
+                weight_map = _attach_weights(
+                    program.model,
+                    dest,
+                    build,
+                    component.derived(ref),
+                    constants,
+                    copy_weights=copy_weights,
+                    progress=progress,
+                    name=component.name,
+                )
                 _optimize_keeping_weights(program.model)
         except ZooError:
             raise
@@ -236,8 +252,11 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
     check_graph(path, component.name)
     if build is not None:
         check_weights(dest, onnx.load(str(path), load_external_data=False))
-    external = {p.relative_to(dest).as_posix(): p.stat().st_size for p in sorted(dest.rglob("*"))
-                if p.is_file() and p.name not in ("model.onnx", WEIGHT_MAP)}
+    external = {
+        p.relative_to(dest).as_posix(): p.stat().st_size
+        for p in sorted(dest.rglob("*"))
+        if p.is_file() and p.name not in ("model.onnx", WEIGHT_MAP)
+    }
     return ComponentRecord(
         name=component.name,
         kind=component.kind,
@@ -256,8 +275,9 @@ def export_component(ref: Reference, component: Component, dims: Mapping[str, Di
     )
 
 
-def weightless_wrapper(ref: Reference, component: Component, dtype: str
-                       ) -> tuple[WeightlessBuild, Reference, torch.nn.Module, dict[str, torch.Tensor]]:
+def weightless_wrapper(
+    ref: Reference, component: Component, dtype: str
+) -> tuple[WeightlessBuild, Reference, torch.nn.Module, dict[str, torch.Tensor]]:
     """The component's wrapper around its module built without weights, in ``dtype`` with the
     policy's islands, on the meta device; the reference that holds that module; and the real
     tensors the wrapper computed from the config (by wrapper name), which the trace loses."""
@@ -265,17 +285,22 @@ def weightless_wrapper(ref: Reference, component: Component, dtype: str
 
     spec = ref.modules.weightless(component.module)
     if spec is None:
-        raise ExportError(f"component {component.name!r}: its module {component.module!r} has no weightless build "
-                          f"(the family loads it another way than from its safetensors, e.g. with LoRAs fused by "
-                          f"diffusers); export it with --load-weights")
+        raise ExportError(
+            f"component {component.name!r}: its module {component.module!r} has no weightless build "
+            f"(the family loads it another way than from its safetensors, e.g. with LoRAs fused by "
+            f"diffusers); export it with --load-weights"
+        )
     build = WeightlessBuild(spec, f"component {component.name!r} ({component.module})")
     ref = dataclasses.replace(ref, modules=ref.modules.with_module(component.module, build.module))
     plain = component.wrapper(ref).eval()
     build.prefixes = module_prefixes(plain, build.module)  # by identity; apply_precision copies, same names
     wrapper = apply_precision(plain, component.precision, dtype, component=component.name)
-    constants = {k: v.detach().clone() for k, v in wrapper.state_dict(keep_vars=True).items() if v.device.type != "meta"}
-    constants.update({k: v.detach().clone() for k, v in wrapper.named_buffers(remove_duplicate=False)
-                      if v.device.type != "meta"})
+    constants = {
+        k: v.detach().clone() for k, v in wrapper.state_dict(keep_vars=True).items() if v.device.type != "meta"
+    }
+    constants.update(
+        {k: v.detach().clone() for k, v in wrapper.named_buffers(remove_duplicate=False) if v.device.type != "meta"}
+    )
     return build, ref, wrapper.to("meta"), constants
 
 
@@ -324,21 +349,35 @@ def _optimize_keeping_weights(model: Any) -> None:
     for _ in range(2):
         # folded constants land in the graph proto: keep them small (a 512 x 512 relative-position
         # table per layer of a T5 encoder would otherwise add 100 MB of what the graph computes in microseconds)
-        folded = fold_constants_ir(model, onnx_shape_inference=True, output_size_limit=FOLDED_CONSTANT_LIMIT,
-                                   should_fold=should_fold)
+        folded = fold_constants_ir(
+            model, onnx_shape_inference=True, output_size_limit=FOLDED_CONSTANT_LIMIT, should_fold=should_fold
+        )
         common.RemoveUnusedNodesPass()(model)
         if not folded.modified:
             break
-    for step in (common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass(),
-                 common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-                 common.CommonSubexpressionEliminationPass(), common.RemoveUnusedNodesPass(),
-                 common.OutputFixPass(), common.NameFixPass()):
+    for step in (
+        common.RemoveUnusedFunctionsPass(),
+        common.RemoveUnusedOpsetsPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.CommonSubexpressionEliminationPass(),
+        common.RemoveUnusedNodesPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    ):
         step(model)
 
 
-def _attach_weights(model: Any, dest: Path, build: WeightlessBuild, derived: Mapping[str, Any],
-                    constants: Mapping[str, torch.Tensor], *, copy_weights: bool, progress: bool,
-                    name: str) -> dict[str, Any]:
+def _attach_weights(
+    model: Any,
+    dest: Path,
+    build: WeightlessBuild,
+    derived: Mapping[str, Any],
+    constants: Mapping[str, torch.Tensor],
+    *,
+    copy_weights: bool,
+    progress: bool,
+    name: str,
+) -> dict[str, Any]:
     """Give every initializer its bytes (linked, copied or computed one at a time) and point the
     graph at them; returns the weight map."""
     import onnx_ir as ir
@@ -364,7 +403,9 @@ def _attach_weights(model: Any, dest: Path, build: WeightlessBuild, derived: Map
         weight_map = write_weights(plans, dest, copy_weights=copy_weights, progress=bar.update)
     for init_name, value in model.graph.initializers.items():
         read = lazy_value(weight_map["initializers"][init_name], dest)
-        value.const_value = ir.LazyTensor(lambda read=read: _ir_tensor(read()), value.dtype, value.shape, name=init_name)
+        value.const_value = ir.LazyTensor(
+            lambda read=read: _ir_tensor(read()), value.dtype, value.shape, name=init_name
+        )
     return weight_map
 
 
@@ -384,8 +425,9 @@ def _cast_in_graph(model: Any, value: Any, plan: Any) -> Any:
     onnx_type = {"bfloat16": ir.DataType.BFLOAT16, "float16": ir.DataType.FLOAT16}[stored_dtype]
     graph = model.graph
     stored = ir.Value(name=f"{value.name}.stored_{stored_dtype}", shape=value.shape, type=ir.TensorType(onnx_type))
-    stored.const_value = ir.LazyTensor(lambda: _ir_tensor(torch.zeros(0, dtype=torch_dtype(stored_dtype))),
-                                       onnx_type, value.shape, name=stored.name)  # replaced by the real bytes below
+    stored.const_value = ir.LazyTensor(
+        lambda: _ir_tensor(torch.zeros(0, dtype=torch_dtype(stored_dtype))), onnx_type, value.shape, name=stored.name
+    )  # replaced by the real bytes below
     cast = ir.node("Cast", inputs=[stored], attributes={"to": value.dtype}, name=f"widen_{value.name}")
     out = cast.outputs[0]
     name, shape, kind = value.name, value.shape, value.type
@@ -394,8 +436,14 @@ def _cast_in_graph(model: Any, value: Any, plan: Any) -> Any:
     graph.register_initializer(stored)
     graph.insert_before(graph[0], cast)
     out.name, out.shape, out.type = name, shape, kind
-    return dataclasses.replace(plan, name=stored.name, dtype=stored_dtype, source="checkpoint",
-                      how="stored (widened to float32 by a Cast in the graph)", compute=None)
+    return dataclasses.replace(
+        plan,
+        name=stored.name,
+        dtype=stored_dtype,
+        source="checkpoint",
+        how="stored (widened to float32 by a Cast in the graph)",
+        compute=None,
+    )
 
 
 def _ir_tensor(t: torch.Tensor) -> Any:
@@ -414,18 +462,35 @@ def _point_at_weights(model: Any, weight_map: dict[str, Any], dest: Path) -> Non
 
     kept = model.graph.initializers  # the optimizer may have dropped unused ones
     weight_map["initializers"] = {k: v for k, v in weight_map["initializers"].items() if k in kept}
-    lost = [k for k, v in kept.items() if isinstance(v.const_value, ir.LazyTensor) and k not in weight_map["initializers"]]
+    lost = [
+        k for k, v in kept.items() if isinstance(v.const_value, ir.LazyTensor) and k not in weight_map["initializers"]
+    ]
     if lost:  # a pass renamed a weight: it would be embedded whole, unchecked
-        raise ExportError(f"the graph optimizer renamed weights {', '.join(lost[:3])}: they would be embedded in the graph")
+        raise ExportError(
+            f"the graph optimizer renamed weights {', '.join(lost[:3])}: they would be embedded in the graph"
+        )
     link_checkpoint_files(weight_map, dest)
     for init_name, entry in weight_map["initializers"].items():
         value = kept[init_name]
-        value.const_value = ir.ExternalTensor(entry["location"], entry["offset"], entry["length"], value.dtype,
-                                              shape=value.shape, name=init_name, base_dir=dest)
+        value.const_value = ir.ExternalTensor(
+            entry["location"],
+            entry["offset"],
+            entry["length"],
+            value.dtype,
+            shape=value.shape,
+            name=init_name,
+            base_dir=dest,
+        )
 
 
-def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
-               dims: Mapping[str, Dim], component: str, folder: Path) -> None:
+def _name_dims(
+    model: Any,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    dims: Mapping[str, Dim],
+    component: str,
+    folder: Path,
+) -> None:
     """Give graph inputs and outputs the contract's dims, with onnx's own tool: dynamic dims by
     name (the exporter's symbols, like ``2*latent_height_div2``, mean nothing to a user or a
     TensorRT profile), static ones by value. First check that the graph has the contract's
@@ -465,8 +530,9 @@ def _name_dims(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[Tensor
         raise ExportError(f"component {component!r}: graph tensors {', '.join(extra)} are not in the contract")
     names = {v.name for v in model.graph.input}
     with checkable(model):  # the tool runs the checker on the model
-        update_inputs_outputs_dims(model, {k: v for k, v in wanted.items() if k in names},
-                                   {k: v for k, v in wanted.items() if k not in names})
+        update_inputs_outputs_dims(
+            model, {k: v for k, v in wanted.items() if k in names}, {k: v for k, v in wanted.items() if k not in names}
+        )
 
 
 @contextlib.contextmanager
@@ -519,7 +585,11 @@ def check_graph(path: Path, component: str) -> None:
     check_parser_support(model, component)  # a documented opset; initializer-only inputs (10.x restrictions)
     names = onnx.TensorProto.DataType.Name
     bad = sorted(
-        {f"{t.name} ({names(t.data_type)})" for t in model.graph.initializer if names(t.data_type) in TENSORRT_UNSUPPORTED_DTYPES}
+        {
+            f"{t.name} ({names(t.data_type)})"
+            for t in model.graph.initializer
+            if names(t.data_type) in TENSORRT_UNSUPPORTED_DTYPES
+        }
         | {
             f"{v.name} ({names(v.type.tensor_type.elem_type)})"
             for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
@@ -590,7 +660,16 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {}
-    for dist in ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
+    for dist in (
+        "torch",
+        "diffusers",
+        "transformers",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+    ):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -646,9 +725,16 @@ def export_family(
             dims = component.dims(envelope, ref)
             plan = weight_plan(ref, component, weightless, precision)
             log.info("exporting %s/%s with dims %s (%s)", family.name, component.name, dims, plan)
-            records[component.name] = export_component(ref, component, dims, stage / component.name,
-                                                       weightless=plan.weightless, copy_weights=copy_weights,
-                                                       precision=plan.precision, progress=progress)
+            records[component.name] = export_component(
+                ref,
+                component,
+                dims,
+                stage / component.name,
+                weightless=plan.weightless,
+                copy_weights=copy_weights,
+                precision=plan.precision,
+                progress=progress,
+            )
 
         host = {}
         for name in family.host_modules:
@@ -685,7 +771,9 @@ class WeightPlan:
 
     def __str__(self) -> str:
         how = "weightless" if self.weightless else "loaded"
-        return f"{how}, {self.precision}" + (f", {self.stored_bytes / 2**30:.2f} GiB stored" if self.stored_bytes else "")
+        return f"{how}, {self.precision}" + (
+            f", {self.stored_bytes / 2**30:.2f} GiB stored" if self.stored_bytes else ""
+        )
 
 
 def weight_plan(ref: Reference, component: Component, weightless: bool | None, precision: str | None) -> WeightPlan:
@@ -716,14 +804,21 @@ def _record_sources(sources: tuple[Source, ...], stage: Path | None) -> list[dic
     for s in sources:
         path = Path(s.path).resolve()
         files = file_hashes(path)  # each file read once (small ones are not remembered by zoo.infra.hashing)
-        record: dict[str, Any] = {"role": s.role, "path": str(path), "hash": content_hash_of(path, files), "files": files}
+        record: dict[str, Any] = {
+            "role": s.role,
+            "path": str(path),
+            "hash": content_hash_of(path, files),
+            "files": files,
+        }
         if s.scale is not None:
             record["scale"] = s.scale
         if s.role == "model":
             record["preset"] = random_preset(path)
         if stage is not None:
             n = seen[s.role] = seen.get(s.role, -1) + 1
-            rel = f"{REFERENCE_DIR}/{s.role}" + (f"-{n}" if n else "") + "".join(path.suffixes if path.is_file() else ())
+            rel = (
+                f"{REFERENCE_DIR}/{s.role}" + (f"-{n}" if n else "") + "".join(path.suffixes if path.is_file() else ())
+            )
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, stage / rel)
             record["path"] = rel
@@ -748,8 +843,9 @@ def check_export_target(out: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def random_reference(family: Family, *, variant: str | None, preset: str, seed: int = 0,
-                     extra: tuple[Source, ...] | list[Source] = ()) -> Iterator[Reference]:
+def random_reference(
+    family: Family, *, variant: str | None, preset: str, seed: int = 0, extra: tuple[Source, ...] | list[Source] = ()
+) -> Iterator[Reference]:
     """A random-weight reference in a temporary folder (with ``extra`` sources, e.g. LoRAs),
     removed afterwards; the folder is named after this process, so the next one removes it if a
     kill -9 left it."""

@@ -134,14 +134,21 @@ def plan_precision(wrapper: torch.nn.Module, policy: Precision, dtype: str, *, c
     matched = [n for n, _ in modules if n and any(r.search(n) for r in regexes.values())]
     islands = outermost(matched)
     inside = {id(t) for n in islands for t in _all_tensors(wrapper.get_submodule(n))}
-    kept = tuple(n for n, t in tensors
-                 if id(t) not in inside and t.is_floating_point() and any(r.search(n) for r in regexes.values()))
-    matches = {p: outermost([n for n in matched if r.search(n)]) + tuple(n for n in kept if r.search(n))
-               for p, r in regexes.items()}
+    kept = tuple(
+        n
+        for n, t in tensors
+        if id(t) not in inside and t.is_floating_point() and any(r.search(n) for r in regexes.values())
+    )
+    matches = {
+        p: outermost([n for n in matched if r.search(n)]) + tuple(n for n in kept if r.search(n))
+        for p, r in regexes.items()
+    }
     missing = [p for p in patterns if not matches[p]]
     if missing:
-        names = sorted({part for n, _ in modules for part in n.split(".") if part and not part.isdigit()}
-                       | {n.rsplit(".", 1)[-1] for n, _ in tensors})
+        names = sorted(
+            {part for n, _ in modules for part in n.split(".") if part and not part.isdigit()}
+            | {n.rsplit(".", 1)[-1] for n, _ in tensors}
+        )
         owner = f"component {component!r}" if component else type(wrapper).__name__
         hints = "; ".join(
             f"{p!r} (close names: {', '.join(difflib.get_close_matches(p.rsplit('.', 1)[-1], names, n=4, cutoff=0.5)) or 'none'})"
@@ -298,8 +305,17 @@ def apply_precision(wrapper: torch.nn.Module, policy: Precision, dtype: str, *, 
 # --------------------------------------------------------------------------------------
 
 # onnx.TensorProto element type names -> the dtype names of the contract
-_ONNX_DTYPES = {"FLOAT": "float32", "FLOAT16": "float16", "BFLOAT16": "bfloat16", "DOUBLE": "float64",
-                "INT64": "int64", "INT32": "int32", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+_ONNX_DTYPES = {
+    "FLOAT": "float32",
+    "FLOAT16": "float16",
+    "BFLOAT16": "bfloat16",
+    "DOUBLE": "float64",
+    "INT64": "int64",
+    "INT32": "int32",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
 HEAVY_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum")  # where the FLOPs are
 NORM_OPS = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "RMSNormalization")
 
@@ -345,7 +361,17 @@ def graph_dtypes(model: Any) -> GraphDtypes:
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model), load_external_data=False)
     name = onnx.TensorProto.DataType.Name
-    size = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+    size = {
+        "float32": 4,
+        "float16": 2,
+        "bfloat16": 2,
+        "float64": 8,
+        "int64": 8,
+        "int32": 4,
+        "int8": 1,
+        "uint8": 1,
+        "bool": 1,
+    }
 
     def dtype_of(elem_type: int) -> str:
         n = name(elem_type)

@@ -23,8 +23,7 @@ def input_shapes(record: ComponentRecord, which: str, dims: Dims | None = None) 
     """Every input's shape at the profile's ``min``, ``opt`` or ``max`` (of ``dims``, by default
     the exported ones)."""
     dims = record.dims if dims is None else dims
-    return {t.name: tuple(d if isinstance(d, int) else getattr(dims[d], which) for d in t.shape)
-            for t in record.inputs}
+    return {t.name: tuple(d if isinstance(d, int) else getattr(dims[d], which) for d in t.shape) for t in record.inputs}
 
 
 def shape_profile(record: ComponentRecord, dims: Dims | None = None) -> Any:
@@ -43,8 +42,7 @@ def dynamic_inputs(record: ComponentRecord) -> list[str]:
     """Inputs the exported graph leaves dynamic: a named dim whose exported min and max differ
     (derived dims follow their source). A profile must bound each of them, however narrow it is:
     ``zoo build --dim batch=1`` still builds a graph whose batch is symbolic."""
-    return [t.name for t in record.inputs
-            if any(isinstance(d, str) and record.dims[d].is_dynamic for d in t.shape)]
+    return [t.name for t in record.inputs if any(isinstance(d, str) and record.dims[d].is_dynamic for d in t.shape)]
 
 
 def narrow_dims(record: ComponentRecord, ranges: Mapping[str, Range]) -> dict[str, Dim]:
@@ -58,15 +56,21 @@ def narrow_dims(record: ComponentRecord, ranges: Mapping[str, Range]) -> dict[st
         if dim is None:
             raise EnvelopeError(f"{where}: the component has no dim {name!r}; its dims are {', '.join(record.dims)}")
         if dim.is_derived:
-            raise EnvelopeError(f"{where}: {name} is derived ({name} = {dim.formula()}): give --dim {dim.of}=... instead")
+            raise EnvelopeError(
+                f"{where}: {name} is derived ({name} = {dim.formula()}): give --dim {dim.of}=... instead"
+            )
         if not r.min <= r.opt <= r.max:
             raise EnvelopeError(f"{where}: expected MIN <= OPT <= MAX")
         if r.min < dim.min or r.max > dim.max:
-            raise EnvelopeError(f"{where}: outside the exported profile: {name} must be in [{dim.min}, {dim.max}] "
-                                f"(re-export with a wider envelope)")
+            raise EnvelopeError(
+                f"{where}: outside the exported profile: {name} must be in [{dim.min}, {dim.max}] "
+                f"(re-export with a wider envelope)"
+            )
         bad = [v for v in (r.min, r.opt, r.max) if v % dim.multiple_of]
         if bad:
-            raise EnvelopeError(f"{where}: {name} must be a multiple of {dim.multiple_of}, got {', '.join(map(str, bad))}")
+            raise EnvelopeError(
+                f"{where}: {name} must be a multiple of {dim.multiple_of}, got {', '.join(map(str, bad))}"
+            )
         dims[name] = Dim(name, r.min, r.opt, r.max, dim.multiple_of)
     for name, dim in dims.items():
         if dim.is_derived:
@@ -74,9 +78,18 @@ def narrow_dims(record: ComponentRecord, ranges: Mapping[str, Range]) -> dict[st
     return dims
 
 
-def trtexec_command(record: ComponentRecord, onnx_path: str, engine_path: str, *, dims: Dims | None = None,
-                    workspace_gib: float | None = None, timing_cache: str | None = None, refittable: bool = False,
-                    weight_streaming: bool = False, weight_streaming_budget: str | None = None) -> list[str]:
+def trtexec_command(
+    record: ComponentRecord,
+    onnx_path: str,
+    engine_path: str,
+    *,
+    dims: Dims | None = None,
+    workspace_gib: float | None = None,
+    timing_cache: str | None = None,
+    refittable: bool = False,
+    weight_streaming: bool = False,
+    weight_streaming_budget: str | None = None,
+) -> list[str]:
     """NVIDIA's ``trtexec`` line that builds this component's engine: its ONNX, one optimization
     profile with ``--minShapes/--optShapes/--maxShapes`` for every input the graph leaves dynamic
     (their shapes from ``dims``, by default the manifest's; derived dims following their source;
@@ -99,5 +112,7 @@ def trtexec_command(record: ComponentRecord, onnx_path: str, engine_path: str, *
     if weight_streaming:
         cmd.append("--weightStreaming")
         if weight_streaming_budget:
-            cmd.append(f"--weightStreamingBudget={'-1' if weight_streaming_budget == 'auto' else weight_streaming_budget}")
+            cmd.append(
+                f"--weightStreamingBudget={'-1' if weight_streaming_budget == 'auto' else weight_streaming_budget}"
+            )
     return cmd

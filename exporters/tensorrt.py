@@ -69,7 +69,9 @@ class Target:
         return cls(d["tensorrt"], d["compute_capability"], d.get("gpu", ""))
 
     def describe(self) -> str:
-        return f"TensorRT {self.tensorrt} on compute capability {self.compute_capability}" + (f" ({self.gpu})" if self.gpu else "")
+        return f"TensorRT {self.tensorrt} on compute capability {self.compute_capability}" + (
+            f" ({self.gpu})" if self.gpu else ""
+        )
 
     def runs(self, built: Target) -> bool:
         """Whether a plan built for ``built`` runs here (same TensorRT, same compute capability)."""
@@ -83,8 +85,10 @@ def current_target(device: Any = "cuda") -> Target:
     try:
         import tensorrt as trt
     except Exception as e:  # the PyPI stub raises on import when its libraries are missing
-        raise BackendUnavailableError(f"TensorRT is not installed ({type(e).__name__}); install NVIDIA's tensorrt "
-                                      f"wheels (`pip install -e '.[gpu]'`) on a machine with an NVIDIA GPU") from None
+        raise BackendUnavailableError(
+            f"TensorRT is not installed ({type(e).__name__}); install NVIDIA's tensorrt "
+            f"wheels (`pip install -e '.[gpu]'`) on a machine with an NVIDIA GPU"
+        ) from None
     if not torch.cuda.is_available():
         raise BackendUnavailableError("no CUDA GPU is visible (torch.cuda.is_available() is False)")
     try:
@@ -127,14 +131,30 @@ def unavailable(device: Any = "cuda") -> str | None:
 # The parser's documented ONNX opset range (onnx-tensorrt docs/operators.md of each release), from
 # the first version that documents it: 10.0-10.13: 9-20; 10.14, 10.15 and 11.x: 9-24; 11.5: 9-25.
 PARSER_OPSETS: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (
-    ((10, 0), (9, 20)), ((10, 14), (9, 24)), ((11, 5), (9, 25)))
+    ((10, 0), (9, 20)),
+    ((10, 14), (9, 24)),
+    ((11, 5), (9, 25)),
+)
 MIN_TENSORRT = (10, 1)  # this zoo's floor (weight_streaming_budget_v2; the gpu extra's pin)
 # Restrictions column of the 10.x parser: these inputs must be initializers (constants known when
 # the network is built), not tensors computed in the graph or fed at run time.
-REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
-              "ReduceProd", "ReduceSum", "ReduceSumSquare")
-CONSTANT_INPUTS: dict[str, tuple[int, str]] = {"Squeeze": (1, "axes"), "Unsqueeze": (1, "axes"),
-                                               **{op: (1, "axes") for op in REDUCE_OPS}}
+REDUCE_OPS = (
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+)
+CONSTANT_INPUTS: dict[str, tuple[int, str]] = {
+    "Squeeze": (1, "axes"),
+    "Unsqueeze": (1, "axes"),
+    **{op: (1, "axes") for op in REDUCE_OPS},
+}
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -146,8 +166,10 @@ def parser_opsets(version: str) -> tuple[int, int]:
     """The ONNX opsets TensorRT ``version``'s parser documents; :class:`EngineTargetError` below 10.1."""
     v = _version(version)
     if v < MIN_TENSORRT:
-        raise EngineTargetError(f"TensorRT {version} is older than this zoo supports: install TensorRT 10.1 or newer "
-                                f"(`pip install -e '.[gpu]'`)")
+        raise EngineTargetError(
+            f"TensorRT {version} is older than this zoo supports: install TensorRT 10.1 or newer "
+            f"(`pip install -e '.[gpu]'`)"
+        )
     return [r for first, r in PARSER_OPSETS if v >= first][-1]
 
 
@@ -156,8 +178,9 @@ def minimum_tensorrt(opset: int) -> str:
     for first, (lo, hi) in PARSER_OPSETS:
         if lo <= opset <= hi:
             return ".".join(map(str, max(first, MIN_TENSORRT)))
-    raise ExportError(f"ONNX opset {opset}: no TensorRT release documents it (the newest documented is "
-                      f"{PARSER_OPSETS[-1][1][1]})")
+    raise ExportError(
+        f"ONNX opset {opset}: no TensorRT release documents it (the newest documented is {PARSER_OPSETS[-1][1][1]})"
+    )
 
 
 def check_parser_opset(record: ComponentRecord, target: Target) -> None:
@@ -167,13 +190,21 @@ def check_parser_opset(record: ComponentRecord, target: Target) -> None:
         raise EngineTargetError(
             f"component {record.name!r} is an ONNX opset-{record.opset} graph ({record.precision}); TensorRT "
             f"{target.tensorrt} documents opsets {lo}-{hi}, so it needs TensorRT {minimum_tensorrt(record.opset)} or "
-            f"newer" + (": or re-export with `zoo export ... --precision fp16` (opset 18)" if record.precision == "bfloat16" else ""))
+            f"newer"
+            + (
+                ": or re-export with `zoo export ... --precision fp16` (opset 18)"
+                if record.precision == "bfloat16"
+                else ""
+            )
+        )
 
 
 def constant_input_problems(graph: Any) -> list[str]:
     """Nodes (subgraphs included) whose ``axes`` input the 10.x parser needs as an initializer but
     that is computed in the graph or fed at run time, each as ``Op 'name': axes from 'tensor'``."""
-    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants = {t.name for t in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output
+    }
     problems = []
     for node in graph.node:
         for attr in node.attribute:  # If / Loop bodies
@@ -196,8 +227,10 @@ def check_parser_support(model: Any, component: str) -> int:
         raise ExportError(f"component {component!r}: {e}") from None
     problems = constant_input_problems(model.graph)
     if problems:
-        raise ExportError(f"component {component!r}: TensorRT 10.x's ONNX parser needs these inputs as initializers, "
-                          f"and the graph computes them: {'; '.join(problems[:5])}")
+        raise ExportError(
+            f"component {component!r}: TensorRT 10.x's ONNX parser needs these inputs as initializers, "
+            f"and the graph computes them: {'; '.join(problems[:5])}"
+        )
     return opset
 
 
@@ -213,7 +246,9 @@ def parse_budget(text: str) -> str:
     kept on the device, or bytes with an optional B / K / M / G (base-2) suffix."""
     text = str(text).strip()
     if not _BUDGET.match(text):
-        raise EnvelopeError(f"--weight-streaming {text!r}: expected auto, a percentage such as 50%, or a size such as 8G")
+        raise EnvelopeError(
+            f"--weight-streaming {text!r}: expected auto, a percentage such as 50%, or a size such as 8G"
+        )
     if text.endswith("%") and float(text[:-1]) > 100:
         raise EnvelopeError(f"--weight-streaming {text!r}: a percentage is at most 100%")
     return text.lower() if text.lower() == "auto" else text.upper()
@@ -234,11 +269,15 @@ def check_budget(budget: str | None, streamable: int | None = None, where: str =
         return
     size = _size_bytes(budget)
     if size > MAX_BUDGET:
-        raise EnvelopeError(f"{where} {budget}: {size:.3g} bytes is more device memory than any GPU has; expected "
-                            f"auto, a percentage such as 50%, or a size of at most 1 PiB such as 8G")
+        raise EnvelopeError(
+            f"{where} {budget}: {size:.3g} bytes is more device memory than any GPU has; expected "
+            f"auto, a percentage such as 50%, or a size of at most 1 PiB such as 8G"
+        )
     if streamable and size > streamable:  # 0 or None: not known (no engine yet)
-        raise EnvelopeError(f"{where} {budget}: {size} bytes is more than the engine's {streamable} bytes of "
-                            f"streamable weights; give at most {streamable // _UNITS['M']}M, a percentage, or auto")
+        raise EnvelopeError(
+            f"{where} {budget}: {size} bytes is more than the engine's {streamable} bytes of "
+            f"streamable weights; give at most {streamable // _UNITS['M']}M, a percentage, or auto"
+        )
 
 
 def budget_bytes(budget: str, streamable: int, automatic: Callable[[], int]) -> int:
@@ -271,8 +310,10 @@ def auto_budgets(engines: Mapping[str, Mapping[str, Any]], free: int, margin: fl
             usable -= budget_bytes(e["budget"], int(e.get("streamable") or 0), lambda: 0)
     total = sum(int(e.get("streamable") or 0) for e in auto.values())
     usable = max(usable, 0)
-    return {n: min(int(e.get("streamable") or 0), usable * int(e.get("streamable") or 0) // total) if total else 0
-            for n, e in auto.items()}
+    return {
+        n: min(int(e.get("streamable") or 0), usable * int(e.get("streamable") or 0) // total) if total else 0
+        for n, e in auto.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -329,18 +370,32 @@ class BuildSpec:
 
     def keyed(self) -> dict[str, Any]:
         """The key's ingredients that are the spec's own (the sidecar records them as they are)."""
-        return {"format": ENGINE_FORMAT, "family": self.family, "component": self.component, "content": self.content,
-                "precision": self.precision, "profile": self.shapes(), "flags": self.flags}
+        return {
+            "format": ENGINE_FORMAT,
+            "family": self.family,
+            "component": self.component,
+            "content": self.content,
+            "precision": self.precision,
+            "profile": self.shapes(),
+            "flags": self.flags,
+        }
 
     def key(self, target: Target) -> str:
         return engine_key(self.keyed(), target)
 
     def trtexec(self, engine_path: str | Path) -> list[str]:
         o = self.options
-        return trtexec_command(self.record, str(self.onnx), str(engine_path), dims=self.dims,
-                               workspace_gib=o.workspace_gib, timing_cache=str(o.timing_cache) if o.timing_cache else None,
-                               refittable=o.refittable, weight_streaming=o.weight_streaming,
-                               weight_streaming_budget=o.weight_streaming_budget)
+        return trtexec_command(
+            self.record,
+            str(self.onnx),
+            str(engine_path),
+            dims=self.dims,
+            workspace_gib=o.workspace_gib,
+            timing_cache=str(o.timing_cache) if o.timing_cache else None,
+            refittable=o.refittable,
+            weight_streaming=o.weight_streaming,
+            weight_streaming_budget=o.weight_streaming_budget,
+        )
 
     def profile(self) -> Any:
         from exporters.profiles import shape_profile
@@ -355,8 +410,11 @@ def engine_key(keyed: Mapping[str, Any], target: Target) -> str:
     """sha256 of the canonical JSON (sorted keys, no whitespace) of the ``KEYED`` fields and the
     target's TensorRT version and compute capability: the same in every process, whatever
     ``PYTHONHASHSEED``."""
-    ingredients = {**{k: keyed[k] for k in KEYED}, "tensorrt": target.tensorrt,
-                   "compute_capability": target.compute_capability}
+    ingredients = {
+        **{k: keyed[k] for k in KEYED},
+        "tensorrt": target.tensorrt,
+        "compute_capability": target.compute_capability,
+    }
     text = json.dumps(ingredients, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -367,8 +425,10 @@ def content_digest(manifest: Manifest, record: ComponentRecord) -> str:
     LoRA scale): another LoRA or scale is another digest even where the weights files are the same."""
     from zoo.infra.checkpoint import content_hash
 
-    data = {rel: content_hash(inside(manifest.root, rel, f"component {record.name!r} external data"))
-            for rel in sorted(record.external_data)}
+    data = {
+        rel: content_hash(inside(manifest.root, rel, f"component {record.name!r} external data"))
+        for rel in sorted(record.external_data)
+    }
     sources = [[s.get("role"), s.get("hash"), s.get("scale")] for s in manifest.sources]
     text = json.dumps({"graph": record.sha256, "data": data, "sources": sources}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -401,8 +461,13 @@ def parse_dims(items: tuple[str, ...]) -> dict[str, Range]:
     return out
 
 
-def build_specs(manifest: Manifest, components: tuple[str, ...] = (), precision: str | None = None,
-                dims: Mapping[str, Range] | None = None, options: BuildOptions = BuildOptions()) -> list[BuildSpec]:
+def build_specs(
+    manifest: Manifest,
+    components: tuple[str, ...] = (),
+    precision: str | None = None,
+    dims: Mapping[str, Range] | None = None,
+    options: BuildOptions = BuildOptions(),
+) -> list[BuildSpec]:
     """The engines ``zoo build`` makes, every choice checked against the export before anything
     is built: the components (all, or those named), the precision (``fp32`` / ``fp16`` / ``bf16``:
     the graph carries its precision, so an export in another precision is refused, or with no
@@ -412,32 +477,51 @@ def build_specs(manifest: Manifest, components: tuple[str, ...] = (), precision:
         manifest.component(c)
     repeated = sorted({c for c in components if components.count(c) > 1})
     if repeated:
-        raise InputError(f"--component {repeated[0]} is given {components.count(repeated[0])} times; name each component once")
+        raise InputError(
+            f"--component {repeated[0]} is given {components.count(repeated[0])} times; name each component once"
+        )
     names = list(components or manifest.components)
     if precision is not None:
         want = PRECISION_NAMES[precision]
         other = {n: manifest.components[n].precision for n in names if manifest.components[n].precision != want}
         if components and other:
             listed = ", ".join(f"{n} is {p}" for n, p in other.items())
-            raise ArtifactError(f"--precision {precision}: the export has no {want} graph of {listed}; the graph carries "
-                                f"its precision: re-export with `zoo export ... --precision {precision}`")
+            raise ArtifactError(
+                f"--precision {precision}: the export has no {want} graph of {listed}; the graph carries "
+                f"its precision: re-export with `zoo export ... --precision {precision}`"
+            )
         names = [n for n in names if n not in other]
         if not names:
             have = sorted({r.precision for r in manifest.components.values()})
-            raise ArtifactError(f"--precision {precision}: no component of {manifest.root} is exported in {want} "
-                                f"(it has {', '.join(have)}); re-export with `zoo export ... --precision {precision}`")
+            raise ArtifactError(
+                f"--precision {precision}: no component of {manifest.root} is exported in {want} "
+                f"(it has {', '.join(have)}); re-export with `zoo export ... --precision {precision}`"
+            )
     dims = dict(dims or {})
     unused = [d for d in dims if not any(d in manifest.components[n].dims for n in names)]
     if unused:
-        have = sorted({d for n in names for d, v in manifest.components[n].dims.items() if not v.is_derived and v.is_dynamic})
-        raise EnvelopeError(f"--dim {unused[0]}: no component being built has a dim {unused[0]!r}; "
-                            f"their dynamic dims are {', '.join(have) or 'none'}")
+        have = sorted(
+            {d for n in names for d, v in manifest.components[n].dims.items() if not v.is_derived and v.is_dynamic}
+        )
+        raise EnvelopeError(
+            f"--dim {unused[0]}: no component being built has a dim {unused[0]!r}; "
+            f"their dynamic dims are {', '.join(have) or 'none'}"
+        )
     specs = []
     for name in names:
         record = manifest.components[name]
         mine = {d: r for d, r in dims.items() if d in record.dims}
-        specs.append(BuildSpec(manifest.family, record, manifest.root / record.file, narrow_dims(record, mine), options,
-                               "", manifest.root))
+        specs.append(
+            BuildSpec(
+                manifest.family,
+                record,
+                manifest.root / record.file,
+                narrow_dims(record, mine),
+                options,
+                "",
+                manifest.root,
+            )
+        )
     return specs
 
 
@@ -495,13 +579,25 @@ class Entry:
         try:
             return check_plan(self)
         except ArtifactError as e:
-            raise ArtifactError(f"{e}: rebuild it with `zoo build {self.folder.parent.parent} "
-                                f"--component {self.component}`") from None
+            raise ArtifactError(
+                f"{e}: rebuild it with `zoo build {self.folder.parent.parent} --component {self.component}`"
+            ) from None
 
 
 _SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "format": int, "key": str, "family": str, "component": str, "content": str, "structure": str,
-    "precision": str, "profile": dict, "dims": dict, "flags": dict, "target": dict, "plan": dict, "build": dict,
+    "format": int,
+    "key": str,
+    "family": str,
+    "component": str,
+    "content": str,
+    "structure": str,
+    "precision": str,
+    "profile": dict,
+    "dims": dict,
+    "flags": dict,
+    "target": dict,
+    "plan": dict,
+    "build": dict,
 }
 
 
@@ -515,7 +611,9 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is {type(d).__name__}, expected an object")
     for name, kind in _SIDECAR_FIELDS.items():
         if not isinstance(d.get(name), kind) or isinstance(d.get(name), bool):
-            raise ArtifactError(f"{path}: field {name!r} is {d.get(name, 'missing')!r:.60}, expected {getattr(kind, '__name__', kind)}")
+            raise ArtifactError(
+                f"{path}: field {name!r} is {d.get(name, 'missing')!r:.60}, expected {getattr(kind, '__name__', kind)}"
+            )
     if d["format"] != ENGINE_FORMAT:
         raise ArtifactError(f"{path} has engine format {d['format']}, this zoo reads {ENGINE_FORMAT}: rebuild")
     target, plan = d["target"], d["plan"]
@@ -572,8 +670,16 @@ def check_entry(folder: Path, target: Target | None = None, *, plan: bool = True
     return entry
 
 
-def sidecar_for(spec: BuildSpec, target: Target, key: str, plan: Path, built: BuildResult, seconds: float,
-                structure: str, refit_from: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def sidecar_for(
+    spec: BuildSpec,
+    target: Target,
+    key: str,
+    plan: Path,
+    built: BuildResult,
+    seconds: float,
+    structure: str,
+    refit_from: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     import platform
 
     import zoo
@@ -634,8 +740,15 @@ def engines_dir(root: Path) -> Path:
     return root / ENGINES_DIR
 
 
-def get_or_build(spec: BuildSpec, target: Target, builder: Builder, *, rebuild: bool = False,
-                 refit_from: Mapping[str, Any] | None = None, structure: str | None = None) -> tuple[Entry, bool]:
+def get_or_build(
+    spec: BuildSpec,
+    target: Target,
+    builder: Builder,
+    *,
+    rebuild: bool = False,
+    refit_from: Mapping[str, Any] | None = None,
+    structure: str | None = None,
+) -> tuple[Entry, bool]:
     """The entry of ``spec`` for ``target``: the cached one when whole, else built by ``builder``
     (an entry that is empty, truncated, corrupted or has a bad sidecar is rebuilt, never used).
     Returns the entry and whether it was built. The plan is written in a staging folder and the
@@ -694,13 +807,17 @@ def find_engine(manifest: Manifest, record: ComponentRecord, target: Target) -> 
     mine = [e for e in entries if e.sidecar["family"] == manifest.family and e.component == record.name]
     if not mine:
         unreadable = f" ({len(problems)} unreadable: {problems[0]})" if problems else ""
-        raise ArtifactError(f"no TensorRT engine for component {record.name!r} under {engines_dir(manifest.root)}"
-                            f"{unreadable}: build it with {build}")
+        raise ArtifactError(
+            f"no TensorRT engine for component {record.name!r} under {engines_dir(manifest.root)}"
+            f"{unreadable}: build it with {build}"
+        )
     content = content_digest(manifest, record)
     current = [e for e in mine if e.sidecar["content"] == content]
     if not current:
-        raise ArtifactError(f"the engines of component {record.name!r} under {engines_dir(manifest.root)} were built "
-                            f"from another export of it (its graph, weights or sources changed since): rebuild with {build}")
+        raise ArtifactError(
+            f"the engines of component {record.name!r} under {engines_dir(manifest.root)} were built "
+            f"from another export of it (its graph, weights or sources changed since): rebuild with {build}"
+        )
     here = [e for e in current if target.runs(e.target)]
     if not here:
         check_target(current[0], target)
@@ -721,47 +838,71 @@ def check_refit_source(manifest: Manifest, other: Manifest, names: list[str]) ->
     """Refuse ``--refit-from`` an export of another model: another family, a component it lacks,
     or a graph that differs beyond its weights. Returns each component's structure digest."""
     if other.family != manifest.family:
-        raise ArtifactError(f"--refit-from {other.root}: it is a {other.family} export, {manifest.root} is {manifest.family}; "
-                            f"refit takes the weights of another export of the same model")
+        raise ArtifactError(
+            f"--refit-from {other.root}: it is a {other.family} export, {manifest.root} is {manifest.family}; "
+            f"refit takes the weights of another export of the same model"
+        )
     digests = {}
     for name in names:
         if name not in other.components:
-            raise ArtifactError(f"--refit-from {other.root}: it has no component {name!r} (it has {', '.join(other.components)})")
+            raise ArtifactError(
+                f"--refit-from {other.root}: it has no component {name!r} (it has {', '.join(other.components)})"
+            )
         mine = structure_digest(manifest.root / manifest.components[name].file)
         theirs = structure_digest(other.root / other.components[name].file)
         if mine != theirs:
-            raise ArtifactError(f"--refit-from {other.root}: component {name!r} is another graph there (layers, shapes or "
-                                f"operators differ, not only weights): an export of another model or configuration "
-                                f"cannot be refitted; build it with `zoo build {manifest.root}`")
+            raise ArtifactError(
+                f"--refit-from {other.root}: component {name!r} is another graph there (layers, shapes or "
+                f"operators differ, not only weights): an export of another model or configuration "
+                f"cannot be refitted; build it with `zoo build {manifest.root}`"
+            )
         digests[name] = mine
     return digests
 
 
-def refit_entry(spec: BuildSpec, other: Manifest, target: Target, refitter: Callable[[Path, Path, Path], BuildResult],
-                structure: str) -> tuple[Entry, bool]:
+def refit_entry(
+    spec: BuildSpec,
+    other: Manifest,
+    target: Target,
+    refitter: Callable[[Path, Path, Path], BuildResult],
+    structure: str,
+) -> tuple[Entry, bool]:
     """The engine of ``spec``'s component, refitted with ``spec``'s weights from a refittable engine
     of the same graph in ``other`` (its profile and flags are kept). Returns the entry and whether
     it was made now (False: it was already cached)."""
-    candidates = [e for e in scan(other.root)[0] if e.component == spec.component and e.sidecar["structure"] == structure
-                  and e.sidecar["flags"].get("refittable")]
+    candidates = [
+        e
+        for e in scan(other.root)[0]
+        if e.component == spec.component
+        and e.sidecar["structure"] == structure
+        and e.sidecar["flags"].get("refittable")
+    ]
     here = [e for e in candidates if target.runs(e.target)]
     if not here:
         if candidates:
             check_target(candidates[0], target)
-        raise ArtifactError(f"--refit-from {other.root}: no refittable engine of component {spec.component!r} there; "
-                            f"build one with `zoo build {other.root} --component {spec.component} --refittable`")
+        raise ArtifactError(
+            f"--refit-from {other.root}: no refittable engine of component {spec.component!r} there; "
+            f"build one with `zoo build {other.root} --component {spec.component} --refittable`"
+        )
     source = _widest(here)
     dims = source.dims
     for name, dim in spec.record.dims.items():
         d = dims.get(name)
         if d is None or d.min < dim.min or d.max > dim.max:
-            raise EnvelopeError(f"--refit-from {other.root}: its engine of {spec.component!r} has the profile "
-                                f"{name} [{d.min if d else '?'}, {d.max if d else '?'}], outside this export's "
-                                f"[{dim.min}, {dim.max}]; build with `zoo build {spec.root}`")
+            raise EnvelopeError(
+                f"--refit-from {other.root}: its engine of {spec.component!r} has the profile "
+                f"{name} [{d.min if d else '?'}, {d.max if d else '?'}], outside this export's "
+                f"[{dim.min}, {dim.max}]; build with `zoo build {spec.root}`"
+            )
     flags = source.sidecar["flags"]
-    options = replace(spec.options, refittable=True, weight_streaming=bool(flags.get("weight_streaming")),
-                      weight_streaming_budget=source.sidecar.get("weight_streaming_budget"),
-                      workspace_gib=None if flags.get("workspace_bytes") is None else flags["workspace_bytes"] / (1 << 30))
+    options = replace(
+        spec.options,
+        refittable=True,
+        weight_streaming=bool(flags.get("weight_streaming")),
+        weight_streaming_budget=source.sidecar.get("weight_streaming_budget"),
+        workspace_gib=None if flags.get("workspace_bytes") is None else flags["workspace_bytes"] / (1 << 30),
+    )
     spec = replace(spec, dims=dims, options=options)
     plan = source.read_plan()
     origin = {"export": str(other.root.resolve()), "key": source.key}
@@ -788,8 +929,9 @@ def _progress_monitor(desc: str) -> Any:
             self.bars: dict[str, Any] = {}
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            self.bars[phase_name] = tqdm(total=num_steps, desc=f"{desc}: {phase_name}", leave=False,
-                                         position=len(self.bars))
+            self.bars[phase_name] = tqdm(
+                total=num_steps, desc=f"{desc}: {phase_name}", leave=False, position=len(self.bars)
+            )
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             bar = self.bars.get(phase_name)
@@ -815,7 +957,9 @@ def _engine_facts(engine: Any) -> BuildResult:
     memory = getattr(engine, "device_memory_size_v2", None)
     if memory is None:
         memory = engine.device_memory_size
-    return BuildResult(device_memory=int(memory), streamable_weights=int(getattr(engine, "streamable_weights_size", 0) or 0))
+    return BuildResult(
+        device_memory=int(memory), streamable_weights=int(getattr(engine, "streamable_weights_size", 0) or 0)
+    )
 
 
 def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult:
@@ -831,8 +975,12 @@ def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult
     pools = None if o.workspace_gib is None else {trt.MemoryPoolType.WORKSPACE: int(o.workspace_gib * (1 << 30))}
     cache = str(o.timing_cache) if o.timing_cache else None
     config = CreateConfig(
-        profiles=[spec.profile()], tf32=False, refittable=o.refittable or None, weight_streaming=o.weight_streaming or None,
-        memory_pool_limits=pools, load_timing_cache=cache if cache and Path(cache).is_file() else None,
+        profiles=[spec.profile()],
+        tf32=False,
+        refittable=o.refittable or None,
+        weight_streaming=o.weight_streaming or None,
+        memory_pool_limits=pools,
+        load_timing_cache=cache if cache and Path(cache).is_file() else None,
         progress_monitor=_progress_monitor(f"build {spec.component}"),
     )
     network = NetworkFromOnnxPath(str(spec.onnx), strongly_typed=spec.flags["strongly_typed"])
@@ -840,8 +988,9 @@ def build_plan(spec: BuildSpec, path: Path, device: Any = "cuda") -> BuildResult
         with torch.cuda.device(torch.device(device)):
             serialized = EngineBytesFromNetwork(network, config, save_timing_cache=cache)()
     except PolygraphyException as e:
-        raise ExportError(f"TensorRT could not build component {spec.component!r} from {spec.onnx}: "
-                          f"{str(e).strip().splitlines()[-1]}") from None
+        raise ExportError(
+            f"TensorRT could not build component {spec.component!r} from {spec.onnx}: {str(e).strip().splitlines()[-1]}"
+        ) from None
     _write_plan(serialized, path)  # the plan is on disk before anything else holds a copy of it
     del serialized
     with torch.cuda.device(torch.device(device)):
@@ -920,7 +1069,9 @@ def refit_plan(plan: Path, onnx: Path, path: Path, device: Any = "cuda") -> Buil
             raise ArtifactError(f"TensorRT could not refit from {onnx}: {errors or 'no error given'}")
         missing = refitter.get_missing_weights()
         if missing:
-            raise ArtifactError(f"TensorRT refit from {onnx} left {len(missing)} weights unset: {', '.join(missing[:5])}")
+            raise ArtifactError(
+                f"TensorRT refit from {onnx} left {len(missing)} weights unset: {', '.join(missing[:5])}"
+            )
         if not refitter.refit_cuda_engine():
             raise ArtifactError(f"TensorRT could not refit the engine with the weights of {onnx}")
     facts = _engine_facts(engine)

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from zoo.infra.hashing import file_sha256
 from zoo.contract import Transform, WeightlessModule
 from zoo.errors import ArtifactError, CheckpointError, ExportError
+from zoo.infra.hashing import file_sha256
 
 WEIGHTS_DIR = "weights"  # hard links to the checkpoint files, inside the component folder
 WEIGHT_MAP = "weights.json"
@@ -45,9 +45,18 @@ ALIGN = 4096  # ONNX Runtime memory-maps external data at page-aligned offsets
 
 # safetensors dtype names -> torch dtypes (the ones diffusion checkpoints use)
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 _TORCH_NAMES = {v: str(v).removeprefix("torch.") for v in SAFETENSORS_DTYPES.values()}
 MAX_HEADER = 100 << 20  # the safetensors format's own bound on the JSON header
@@ -94,7 +103,9 @@ def read_header(path: Path) -> dict[str, StoredTensor]:
             raise CheckpointError(f"weights file {path} is {size} bytes: not a safetensors file (truncated?)")
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"weights file {path} has no readable safetensors header (truncated or not safetensors)")
+            raise CheckpointError(
+                f"weights file {path} has no readable safetensors header (truncated or not safetensors)"
+            )
         try:
             header = json.loads(f.read(n))
         except ValueError:
@@ -112,11 +123,15 @@ def read_header(path: Path) -> dict[str, StoredTensor]:
             shape = tuple(int(d) for d in entry["shape"])
             begin, stop = (int(v) for v in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"weights file {path}: tensor {key!r} has an unreadable header entry {entry!r}") from None
+            raise CheckpointError(
+                f"weights file {path}: tensor {key!r} has an unreadable header entry {entry!r}"
+            ) from None
         numel = math.prod(shape)
         if any(d < 0 for d in shape) or not 0 <= begin <= stop or stop - begin != numel * dtype.itemsize:
-            raise CheckpointError(f"weights file {path}: tensor {key!r} has a corrupt header entry "
-                                  f"(shape {list(shape)} of {entry['dtype']} at bytes {begin}..{stop})")
+            raise CheckpointError(
+                f"weights file {path}: tensor {key!r} has a corrupt header entry "
+                f"(shape {list(shape)} of {entry['dtype']} at bytes {begin}..{stop})"
+            )
         out[key] = StoredTensor(path, key, dtype_name(dtype), shape, 8 + n + begin, stop - begin)
         ranges.append((begin, stop, key))
         end = max(end, stop)
@@ -142,8 +157,9 @@ def checkpoint_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
-    indexes = sorted(p for p in folder.glob("*.safetensors.index.json")
-                     if "." not in p.name.removesuffix(".safetensors.index.json"))  # not model.fp16.safetensors.index.json
+    indexes = sorted(
+        p for p in folder.glob("*.safetensors.index.json") if "." not in p.name.removesuffix(".safetensors.index.json")
+    )  # not model.fp16.safetensors.index.json
     if indexes:
         files: list[Path] = []
         for index in indexes:
@@ -243,8 +259,9 @@ class WeightlessBuild:
         self.what = what
         self.stored = StoredWeights(spec.folders)
         module = spec.build()
-        self.buffers = {k: b.detach().clone() for k, b in module.named_buffers(remove_duplicate=False)
-                        if b.device.type != "meta"}
+        self.buffers = {
+            k: b.detach().clone() for k, b in module.named_buffers(remove_duplicate=False) if b.device.type != "meta"
+        }
         self.aliases = _aliases(module)
         self.prefixes: dict[str, str] = {}  # wrapper submodule path -> module path (set by the exporter)
         stored_keys = list(self.stored.tensors)
@@ -317,8 +334,14 @@ def module_key(name: str, prefixes: Mapping[str, str]) -> str | None:
     return None
 
 
-def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: WeightlessBuild,
-                     derived: Mapping[str, Transform], constant: torch.Tensor | None) -> Plan:
+def plan_initializer(
+    name: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    build: WeightlessBuild,
+    derived: Mapping[str, Transform],
+    constant: torch.Tensor | None,
+) -> Plan:
     """Where the initializer ``name`` (a wrapper tensor name) gets its bytes."""
     read = build.read
     target = torch_dtype(dtype)
@@ -327,6 +350,7 @@ def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: Weigh
         """The value in the graph's dtype; its shape must already be the graph's (a transform that
         returned Q for Q.T must fail, not be reshaped), except for buffers and constants the
         exporter may have flattened or given a unit dim."""
+
         def compute() -> torch.Tensor:
             value = fn()
             if tuple(value.shape) != tuple(shape):
@@ -334,6 +358,7 @@ def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: Weigh
                     raise ExportError(f"initializer {name}: computed shape {tuple(value.shape)}, the graph has {shape}")
                 value = value.reshape(shape)
             return value.to(target)
+
         return compute
 
     if name in derived:
@@ -342,23 +367,54 @@ def plan_initializer(name: str, dtype: str, shape: tuple[int, ...], build: Weigh
     key = module_key(name, build.prefixes)
     if key is not None and key in build.spec.transforms:
         t = build.spec.transforms[key]
-        return Plan(name, dtype, shape, "computed", f"transform: {t.what}", key=key, stored=build.lookup(key),
-                    compute=cast(lambda: t.fn(read)))
+        return Plan(
+            name,
+            dtype,
+            shape,
+            "computed",
+            f"transform: {t.what}",
+            key=key,
+            stored=build.lookup(key),
+            compute=cast(lambda: t.fn(read)),
+        )
     stored = build.lookup(key) if key is not None else None
     if stored is not None:
         if tuple(stored.shape) != tuple(shape):
-            raise ExportError(f"initializer {name}: shape {shape} in the graph, {stored.shape} in {stored.file} ({stored.key})")
+            raise ExportError(
+                f"initializer {name}: shape {shape} in the graph, {stored.shape} in {stored.file} ({stored.key})"
+            )
         if stored.dtype == dtype:
             return Plan(name, dtype, shape, "checkpoint", "stored", key=key, stored=stored)
-        return Plan(name, dtype, shape, "computed", f"cast {stored.dtype} -> {dtype}", key=key, stored=stored,
-                    compute=cast(lambda: build.stored.read(stored.key)))
+        return Plan(
+            name,
+            dtype,
+            shape,
+            "computed",
+            f"cast {stored.dtype} -> {dtype}",
+            key=key,
+            stored=stored,
+            compute=cast(lambda: build.stored.read(stored.key)),
+        )
     if key is not None and key in build.buffers:
         value = build.buffers[key]
-        return Plan(name, dtype, shape, "computed", "buffer computed from the config", key=key,
-                    compute=cast(lambda: value, exact_shape=False))
+        return Plan(
+            name,
+            dtype,
+            shape,
+            "computed",
+            "buffer computed from the config",
+            key=key,
+            compute=cast(lambda: value, exact_shape=False),
+        )
     if constant is not None:
-        return Plan(name, dtype, shape, "computed", "constant of the traced code",
-                    compute=cast(lambda: constant, exact_shape=False))
+        return Plan(
+            name,
+            dtype,
+            shape,
+            "computed",
+            "constant of the traced code",
+            compute=cast(lambda: constant, exact_shape=False),
+        )
     raise ExportError(
         f"initializer {name} of the graph is neither a checkpoint tensor, a buffer nor a declared transform "
         f"(module key {key!r}); this component cannot be exported weightless"
@@ -426,8 +482,10 @@ def range_digest(path: Path, offset: int, length: int) -> str:
 
 
 def link_refusal(src: Path, why: str) -> ExportError:
-    return ExportError(f"cannot hard-link {src} into the export ({why}); give an --out on the checkpoint's filesystem, "
-                       f"or --copy-weights for a self-contained export")
+    return ExportError(
+        f"cannot hard-link {src} into the export ({why}); give an --out on the checkpoint's filesystem, "
+        f"or --copy-weights for a self-contained export"
+    )
 
 
 def check_linkable(files: Iterable[Path], dest: Path) -> None:
@@ -453,7 +511,9 @@ def link_into(src: Path, folder: Path, used: dict[Path, str]) -> str:
     try:
         os.link(src, folder / name)
     except OSError as e:
-        raise link_refusal(src, "the export folder is on another filesystem" if e.errno == errno.EXDEV else e.strerror) from None
+        raise link_refusal(
+            src, "the export folder is on another filesystem" if e.errno == errno.EXDEV else e.strerror
+        ) from None
     used[src] = f"{WEIGHTS_DIR}/{name}"
     return used[src]
 
@@ -476,8 +536,9 @@ def check_room(folder: Path, needed: int) -> None:
         )
 
 
-def write_weights(plans: list[Plan], dest: Path, *, copy_weights: bool,
-                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def write_weights(
+    plans: list[Plan], dest: Path, *, copy_weights: bool, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Write every initializer's bytes that the export holds itself (computed tensors; with
     ``copy_weights`` the checkpoint's too) into ``dest/model.onnx.data``, one at a time. Returns
     the weight map (``weights.json``); checkpoint tensors left in place point at their file by
@@ -494,7 +555,11 @@ def write_weights(plans: list[Plan], dest: Path, *, copy_weights: bool,
                 entry["stored"] = {"file": str(p.stored.file.resolve()), "key": p.stored.key, "dtype": p.stored.dtype}
             if p.source == "checkpoint" and not copy_weights:
                 assert p.stored is not None
-                entry["location"], entry["offset"], entry["length"] = str(p.stored.file.resolve()), p.stored.offset, p.stored.length
+                entry["location"], entry["offset"], entry["length"] = (
+                    str(p.stored.file.resolve()),
+                    p.stored.offset,
+                    p.stored.length,
+                )
             else:
                 writer = writer or DataWriter(dest / DATA_FILE)
                 if p.source == "checkpoint":
@@ -504,8 +569,10 @@ def write_weights(plans: list[Plan], dest: Path, *, copy_weights: bool,
                     assert p.compute is not None
                     value = p.compute()
                     if tuple(value.shape) != p.shape or dtype_name(value.dtype) != p.dtype:
-                        raise ExportError(f"initializer {p.name}: computed {tuple(value.shape)} {value.dtype}, the graph "
-                                          f"has {p.shape} {p.dtype}")
+                        raise ExportError(
+                            f"initializer {p.name}: computed {tuple(value.shape)} {value.dtype}, the graph "
+                            f"has {p.shape} {p.dtype}"
+                        )
                     offset, length, digest = writer.write(tensor_bytes(value))
                     del value
                 entry["location"], entry["offset"], entry["length"], entry["sha256"] = DATA_FILE, offset, length, digest
@@ -535,8 +602,10 @@ def link_checkpoint_files(weight_map: dict[str, Any], dest: Path) -> None:
             if src not in digests:
                 digests[src] = file_sha256(src)
             entry["location"] = link_into(src, dest / WEIGHTS_DIR, links)
-    weight_map["files"] = {rel: {"source": str(src), "size": (dest / rel).stat().st_size, "sha256": digests[src]}
-                           for src, rel in links.items()}
+    weight_map["files"] = {
+        rel: {"source": str(src), "size": (dest / rel).stat().st_size, "sha256": digests[src]}
+        for src, rel in links.items()
+    }
 
 
 def lazy_value(entry: Mapping[str, Any], dest: Path) -> Callable[[], torch.Tensor]:
@@ -559,22 +628,36 @@ def load_weight_map(folder: Path) -> dict[str, Any]:
         if not isinstance(data, dict) or not isinstance(data.get("initializers"), dict):
             raise ValueError("no initializers")
         if data.get("format") != WEIGHT_MAP_FORMAT:
-            raise ValueError(f"format {data.get('format')}, this zoo reads {WEIGHT_MAP_FORMAT}: an older zoo identified "
-                             f"large checkpoint files by a sample of their bytes")
+            raise ValueError(
+                f"format {data.get('format')}, this zoo reads {WEIGHT_MAP_FORMAT}: an older zoo identified "
+                f"large checkpoint files by a sample of their bytes"
+            )
         files = data.get("files", {})
         if not isinstance(files, dict):
             raise ValueError("files is not a map")
         for rel, info in files.items():
             parts = PurePosixPath(rel).parts
-            if len(parts) != 2 or parts[0] != WEIGHTS_DIR or parts[1] in (".", "..") or not isinstance(info, dict) \
-                    or not isinstance(info.get("sha256"), str):
+            if (
+                len(parts) != 2
+                or parts[0] != WEIGHTS_DIR
+                or parts[1] in (".", "..")
+                or not isinstance(info, dict)
+                or not isinstance(info.get("sha256"), str)
+            ):
                 raise ValueError(f"files names {rel!r}, expected {WEIGHTS_DIR}/FILE with its sha256")
         for name, e in data["initializers"].items():
-            ok = isinstance(e, dict) and isinstance(e.get("dtype"), str) and isinstance(e.get("shape"), list) \
-                and all(isinstance(d, int) for d in e["shape"]) and e.get("source") in ("checkpoint", "computed") \
-                and isinstance(e.get("offset"), int) and isinstance(e.get("length"), int) and e["offset"] >= 0 \
-                and (e.get("location") == DATA_FILE or e.get("location") in files) \
+            ok = (
+                isinstance(e, dict)
+                and isinstance(e.get("dtype"), str)
+                and isinstance(e.get("shape"), list)
+                and all(isinstance(d, int) for d in e["shape"])
+                and e.get("source") in ("checkpoint", "computed")
+                and isinstance(e.get("offset"), int)
+                and isinstance(e.get("length"), int)
+                and e["offset"] >= 0
+                and (e.get("location") == DATA_FILE or e.get("location") in files)
                 and (e["source"] == "computed" or isinstance(e.get("stored"), dict))
+            )
             if not ok:
                 raise ValueError(f"its entry for {name!r} is malformed or names a file it does not list")
     except (OSError, ValueError) as e:
@@ -595,8 +678,13 @@ def check_files_unchanged(folder: Path, weight_map: Mapping[str, Any]) -> None:
             )
 
 
-def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[str, Any]], torch.Tensor | None] | None = None,
-                  deep: bool = True) -> dict[str, int]:
+def check_weights(
+    folder: Path,
+    model: Any,
+    *,
+    recompute: Callable[[str, dict[str, Any]], torch.Tensor | None] | None = None,
+    deep: bool = True,
+) -> dict[str, int]:
     """Every initializer of ``model`` (an ONNX proto loaded without its external data) against
     ``weights.json``: name, dtype, shape and byte range; checkpoint tensors against the
     safetensors header of the linked file; written tensors by their sha256 (``deep``), and
@@ -619,7 +707,9 @@ def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[st
         shape = tuple(init.dims)
         if not uses_external_data(init):
             if init.name in entries:
-                raise ArtifactError(f"initializer {init.name} is embedded in the graph, {folder / WEIGHT_MAP} says external")
+                raise ArtifactError(
+                    f"initializer {init.name} is embedded in the graph, {folder / WEIGHT_MAP} says external"
+                )
             counts["embedded"] += 1  # a small constant the exporter kept inside the graph
             continue
         entry = entries.get(init.name)
@@ -628,11 +718,15 @@ def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[st
         info = ExternalDataInfo(init)
         where = (info.location, info.offset or 0, info.length)
         if entry["dtype"] != dtype or tuple(entry["shape"]) != shape:
-            raise ArtifactError(f"initializer {init.name}: {dtype} {shape} in the graph, {entry['dtype']} "
-                                f"{tuple(entry['shape'])} in {WEIGHT_MAP}")
+            raise ArtifactError(
+                f"initializer {init.name}: {dtype} {shape} in the graph, {entry['dtype']} "
+                f"{tuple(entry['shape'])} in {WEIGHT_MAP}"
+            )
         if (entry["location"], entry["offset"], entry["length"]) != where:
-            raise ArtifactError(f"initializer {init.name}: the graph reads {where}, {WEIGHT_MAP} says "
-                                f"{(entry['location'], entry['offset'], entry['length'])}")
+            raise ArtifactError(
+                f"initializer {init.name}: the graph reads {where}, {WEIGHT_MAP} says "
+                f"{(entry['location'], entry['offset'], entry['length'])}"
+            )
         if where[2] != math.prod(shape) * torch_dtype(dtype).itemsize:
             raise ArtifactError(f"initializer {init.name}: {where[2]} bytes for {dtype} {shape}")
         path = folder / info.location
@@ -644,7 +738,11 @@ def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[st
                     raise ArtifactError(str(e)) from None
             key = entry.get("stored", {}).get("key")
             stored = headers[info.location].get(key)
-            if stored is None or (stored.dtype, stored.shape, stored.offset, stored.length) != (dtype, shape, *where[1:]):
+            if stored is None or (stored.dtype, stored.shape, stored.offset, stored.length) != (
+                dtype,
+                shape,
+                *where[1:],
+            ):
                 raise ArtifactError(
                     f"initializer {init.name} does not read tensor {key} of {path} "
                     f"({'absent' if stored is None else (stored.dtype, stored.shape, stored.offset, stored.length)})"
@@ -671,7 +769,9 @@ def check_weights(folder: Path, model: Any, *, recompute: Callable[[str, dict[st
             counts["digest only"] += 1
             continue
         if hashlib.sha256(tensor_bytes(value)).hexdigest() != entry["sha256"]:
-            raise ArtifactError(f"initializer {init.name} is not {entry['how']} of the checkpoint (recomputed bytes differ)")
+            raise ArtifactError(
+                f"initializer {init.name} is not {entry['how']} of the checkpoint (recomputed bytes differ)"
+            )
         counts["recomputed"] += 1
     extra = sorted(set(entries) - names)
     if extra:
@@ -683,9 +783,15 @@ def _onnx_to_torch(data_type: int) -> torch.dtype:
     import onnx
 
     table = {
-        onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float16,
-        onnx.TensorProto.BFLOAT16: torch.bfloat16, onnx.TensorProto.DOUBLE: torch.float64,
-        onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.INT16: torch.int16,
-        onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool,
+        onnx.TensorProto.FLOAT: torch.float32,
+        onnx.TensorProto.FLOAT16: torch.float16,
+        onnx.TensorProto.BFLOAT16: torch.bfloat16,
+        onnx.TensorProto.DOUBLE: torch.float64,
+        onnx.TensorProto.INT64: torch.int64,
+        onnx.TensorProto.INT32: torch.int32,
+        onnx.TensorProto.INT16: torch.int16,
+        onnx.TensorProto.INT8: torch.int8,
+        onnx.TensorProto.UINT8: torch.uint8,
+        onnx.TensorProto.BOOL: torch.bool,
     }
     return table[data_type]

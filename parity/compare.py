@@ -27,10 +27,21 @@ def scale_of(manifest: Manifest) -> str:
     return "tiny" if manifest.preset else "full"
 
 
-def _rows_for(level: str, component: str, label: str, shape: str, candidate: Mapping[str, torch.Tensor],
-              reference: Mapping[str, torch.Tensor], tol: Tolerance, data_range: float | None = None, *,
-              precision: str = "float32", own: Mapping[str, torch.Tensor] | None = None,
-              problems: list[str] | None = None, roundings: Mapping[str, Rounding] | None = None) -> list[Row]:
+def _rows_for(
+    level: str,
+    component: str,
+    label: str,
+    shape: str,
+    candidate: Mapping[str, torch.Tensor],
+    reference: Mapping[str, torch.Tensor],
+    tol: Tolerance,
+    data_range: float | None = None,
+    *,
+    precision: str = "float32",
+    own: Mapping[str, torch.Tensor] | None = None,
+    problems: list[str] | None = None,
+    roundings: Mapping[str, Rounding] | None = None,
+) -> list[Row]:
     """One row per reference output. For a reduced ``precision``, ``own`` is PyTorch itself in
     that dtype (its error is shown, and a bound holds within twice it) and ``problems`` are the
     graph's dtype-structure failures. An output in ``roundings`` (one the family rounds on purpose)
@@ -43,45 +54,85 @@ def _rows_for(level: str, component: str, label: str, shape: str, candidate: Map
             rows.append(Row(level, component, label, shape, name, None, tol, [failure], precision))
             continue
         if roundings and name in roundings:
-            rows.append(_rounding_row(level, component, label, shape, name, cand, ref, roundings[name], tol,
-                                      precision, problems))
+            rows.append(
+                _rounding_row(
+                    level, component, label, shape, name, cand, ref, roundings[name], tol, precision, problems
+                )
+            )
             continue
         m = compare(cand, ref, rtol=tol.rtol, data_range=data_range)
         m_own = _own_error(own, name, ref, tol, data_range)
-        rows.append(Row(level, component, label, shape, name, m, tol,
-                        tol.failures(m, m_own, precision) + list(problems or ()), precision, m_own,
-                        tol.held_by_torch(m, m_own, precision)))
+        rows.append(
+            Row(
+                level,
+                component,
+                label,
+                shape,
+                name,
+                m,
+                tol,
+                tol.failures(m, m_own, precision) + list(problems or ()),
+                precision,
+                m_own,
+                tol.held_by_torch(m, m_own, precision),
+            )
+        )
     return rows
 
 
-def _rounding_row(level: str, component: str, label: str, shape: str, name: str, candidate: torch.Tensor,
-                  reference: torch.Tensor, rounding: Rounding, row: Tolerance, precision: str,
-                  problems: list[str] | None) -> Row:
+def _rounding_row(
+    level: str,
+    component: str,
+    label: str,
+    shape: str,
+    name: str,
+    candidate: torch.Tensor,
+    reference: torch.Tensor,
+    rounding: Rounding,
+    row: Tolerance,
+    precision: str,
+    problems: list[str] | None,
+) -> Row:
     """A tensor the family rounds on purpose, compared there: the component's ``row`` plus one ulp
     of the rounded dtype elementwise, the elements that flipped counted (in the row's value and a note)."""
     tol = rounding_tolerance(row, rounding.dtype)
     m = compare(candidate, reference, rtol=tol.rtol, rounded_to=rounding.dtype)
     row = Row(level, component, label, shape, name, m, tol, tol.failures(m) + list(problems or ()), precision)
     if m.flipped:
-        row.notes.append(f"rounded to {rounding.dtype} on purpose ({rounding.why or 'declared by the family'}): "
-                         f"{m.flipped} of {m.elements} elements one ulp apart, a difference below the rounding "
-                         f"crossing its boundary" + (" (the candidate continues from the reference's value)"
-                                                     if level == "trajectory" else ""))
+        row.notes.append(
+            f"rounded to {rounding.dtype} on purpose ({rounding.why or 'declared by the family'}): "
+            f"{m.flipped} of {m.elements} elements one ulp apart, a difference below the rounding "
+            f"crossing its boundary"
+            + (" (the candidate continues from the reference's value)" if level == "trajectory" else "")
+        )
     return row
 
 
-def _own_error(own: Mapping[str, torch.Tensor] | None, name: str, ref: torch.Tensor, tol: Tolerance,
-               data_range: float | None) -> Metrics | None:
+def _own_error(
+    own: Mapping[str, torch.Tensor] | None, name: str, ref: torch.Tensor, tol: Tolerance, data_range: float | None
+) -> Metrics | None:
     """PyTorch-in-dtype's metrics against the fp32 reference (None without it or on a shape mismatch)."""
     if own is None or name not in own or own[name].shape != ref.shape:
         return None
     return compare(own[name].to(ref.dtype), ref, rtol=tol.rtol, data_range=data_range)
 
 
-def _not_run_rows(level: str, component: str, label: str, shape: str, reference: Mapping[str, torch.Tensor],
-                  tol: Tolerance, data_range: float | None, *, precision: str, reason: str,
-                  own: Mapping[str, torch.Tensor] | None, own_problem: str | None, structure: str,
-                  problems: list[str]) -> list[Row]:
+def _not_run_rows(
+    level: str,
+    component: str,
+    label: str,
+    shape: str,
+    reference: Mapping[str, torch.Tensor],
+    tol: Tolerance,
+    data_range: float | None,
+    *,
+    precision: str,
+    reason: str,
+    own: Mapping[str, torch.Tensor] | None,
+    own_problem: str | None,
+    structure: str,
+    problems: list[str],
+) -> list[Row]:
     """Rows for a candidate that could not run here: ``not run`` with ``reason``, and what is
     checked instead (PyTorch in ``precision`` with the policy against the same row, and the
     graph's dtype structure). A failure of those checks still fails the row."""
@@ -92,15 +143,30 @@ def _not_run_rows(level: str, component: str, label: str, shape: str, reference:
         if m_own is not None:
             metric = Row(level, component, label, shape, name, m_own, tol).headline()
             broken = tol.failures(m_own)
-            instead.append(f"PyTorch in {precision} with the precision policy vs the fp32 reference, against the "
-                           f"{precision} row ({tol}): {metric[0]} {metric[1]:.7g}, "
-                           + ("out of tolerance" if broken else "within"))
+            instead.append(
+                f"PyTorch in {precision} with the precision policy vs the fp32 reference, against the "
+                f"{precision} row ({tol}): {metric[0]} {metric[1]:.7g}, " + ("out of tolerance" if broken else "within")
+            )
             failures += [f"PyTorch in {precision} with the precision policy (checked instead): {f}" for f in broken]
         else:
             instead.append(f"PyTorch in {precision} could not be compared: {own_problem or 'no output ' + name}")
         instead.append(structure + ("" if not problems else " (" + "; ".join(problems) + ")"))
-        rows.append(Row(level, component, label, shape, name, None, tol, failures, precision, m_own,
-                        not_run=reason, checked_instead=instead))
+        rows.append(
+            Row(
+                level,
+                component,
+                label,
+                shape,
+                name,
+                None,
+                tol,
+                failures,
+                precision,
+                m_own,
+                not_run=reason,
+                checked_instead=instead,
+            )
+        )
     return rows
 
 
@@ -117,8 +183,13 @@ def _activate(candidate: Backend, precision: str) -> str | None:
     return None
 
 
-def component_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
-                     components: tuple[str, ...] | None = None, seed: int = 0) -> list[Row]:
+def component_parity(
+    export_dir: str | Path,
+    backend: str = "onnxruntime",
+    device: str = "cpu",
+    components: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> list[Row]:
     """Each component's backend against the reference module at every profile point.
 
     A reduced-precision component (its record's ``precision`` float16 / bfloat16) is held to
@@ -163,12 +234,36 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
                             own_problem = f"{type(e).__name__}: {str(e).splitlines()[0]}"
                     where = describe(point, record.dims)
                     if refused:
-                        rows += _not_run_rows("component", name, label, where, expected, tol, data_range,
-                                              precision=precision, reason=refused, own=own, own_problem=own_problem,
-                                              structure=structure, problems=problems)
+                        rows += _not_run_rows(
+                            "component",
+                            name,
+                            label,
+                            where,
+                            expected,
+                            tol,
+                            data_range,
+                            precision=precision,
+                            reason=refused,
+                            own=own,
+                            own_problem=own_problem,
+                            structure=structure,
+                            problems=problems,
+                        )
                     else:
-                        rows += _rows_for("component", name, label, where, candidate(feeds), expected, tol, data_range,
-                                          precision=precision, own=own, problems=problems, roundings=roundings)
+                        rows += _rows_for(
+                            "component",
+                            name,
+                            label,
+                            where,
+                            candidate(feeds),
+                            expected,
+                            tol,
+                            data_range,
+                            precision=precision,
+                            own=own,
+                            problems=problems,
+                            roundings=roundings,
+                        )
             finally:
                 candidate.deactivate()
     return rows
@@ -177,8 +272,11 @@ def component_parity(export_dir: str | Path, backend: str = "onnxruntime", devic
 def _lowest_precision(manifest: Manifest, components: set[str] | list[str]) -> str:
     """The coarsest dtype among ``components`` (their loops and trajectories are held to its rows)."""
     family = get_family(manifest.family)
-    found = {precision_of(family.component(c).precision, manifest.component(c).precision)
-             for c in components if c in manifest.components}
+    found = {
+        precision_of(family.component(c).precision, manifest.component(c).precision)
+        for c in components
+        if c in manifest.components
+    }
     return next((p for p in ("bfloat16", "float16") if p in found), "float32")
 
 
@@ -208,15 +306,32 @@ def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: st
             tol = tolerance(record.kind, precision, scale_of(manifest))
             data_range = 2.0 if record.kind == "vae_decoder" else None
             shape = "x".join(map(str, check.reference.shape))
-            rows += _rows_for("loop", check.component, check.label, shape, {check.output: check.candidate},
-                              {check.output: check.reference}, tol, data_range, precision=precision)
+            rows += _rows_for(
+                "loop",
+                check.component,
+                check.label,
+                shape,
+                {check.output: check.candidate},
+                {check.output: check.reference},
+                tol,
+                data_range,
+                precision=precision,
+            )
     except ArtifactError as e:
         reason = _refused(e, manifest, list(manifest.components))
         if reason is None:
             raise
         precision = _lowest_precision(manifest, list(manifest.components))
-        rows.append(_sampler_not_run("loop", "loops", "-", f"{reason} [{backend} on {device}]",
-                                     tolerance("end_to_end", precision, scale_of(manifest)), precision))
+        rows.append(
+            _sampler_not_run(
+                "loop",
+                "loops",
+                "-",
+                f"{reason} [{backend} on {device}]",
+                tolerance("end_to_end", precision, scale_of(manifest)),
+                precision,
+            )
+        )
     finally:
         runners.close()
     return rows
@@ -225,20 +340,44 @@ def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: st
 def _partial_not_run(level: str, component: str, missing: list[str]) -> Row:
     """The host-loop or end-to-end checks of a partial export (``zoo export --component``): one
     ``not run`` row naming what the export lacks."""
-    return Row(level, component, "-", "-", "-", None, Tolerance(), not_run=(
-        f"the export lacks {', '.join(missing)} (a partial export, zoo export --component): re-export with them "
-        f"to run these checks"), checked_instead=["the exported components on their own (component rows above)"])
+    return Row(
+        level,
+        component,
+        "-",
+        "-",
+        "-",
+        None,
+        Tolerance(),
+        not_run=(
+            f"the export lacks {', '.join(missing)} (a partial export, zoo export --component): re-export with them "
+            f"to run these checks"
+        ),
+        checked_instead=["the exported components on their own (component rows above)"],
+    )
 
 
 def _sampler_not_run(level: str, component: str, label: str, reason: str, tol: Tolerance, precision: str) -> Row:
     """A host-loop or sampler run that could not happen here: one ``not run`` row."""
-    return Row(level, component, label, "-", "-", None, tol, precision=precision, not_run=reason,
-               checked_instead=["each reduced-precision component on its own: PyTorch in its dtype with its precision "
-                                "policy against the fp32 reference, and its graph's dtypes (component rows above)"])
+    return Row(
+        level,
+        component,
+        label,
+        "-",
+        "-",
+        None,
+        tol,
+        precision=precision,
+        not_run=reason,
+        checked_instead=[
+            "each reduced-precision component on its own: PyTorch in its dtype with its precision "
+            "policy against the fp32 reference, and its graph's dtypes (component rows above)"
+        ],
+    )
 
 
-def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
-                      seed: int = 0) -> list[Row]:
+def end_to_end_parity(
+    export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", seed: int = 0
+) -> list[Row]:
     """The sampler against the family's pipeline on the reference modules, for each of the
     family's parity requests: the denoiser's latents at every step, then the decoded frames."""
     manifest = load_manifest(export_dir)
@@ -274,13 +413,23 @@ def end_to_end_parity(export_dir: str | Path, backend: str = "onnxruntime", devi
                 reason = _refused(e, manifest, needed)
                 if reason is None:
                     raise
-                rows.append(_sampler_not_run("end_to_end", "sampler", label, f"{reason} [{backend} on {device}]",
-                                             tolerance("end_to_end", precision, scale), precision))
+                rows.append(
+                    _sampler_not_run(
+                        "end_to_end",
+                        "sampler",
+                        label,
+                        f"{reason} [{backend} on {device}]",
+                        tolerance("end_to_end", precision, scale),
+                        precision,
+                    )
+                )
                 continue
             for name, point in candidate_rounded.items():  # held to the component's own row, plus one ulp
                 own = _lowest_precision(manifest, [name])
                 rows += point.rows(label, rounded[name], tolerance(manifest.component(name).kind, own, scale), own)
-            rows += _request_rows(label, component, feed, candidate_steps, reference_steps, got, expected, scale, precision)
+            rows += _request_rows(
+                label, component, feed, candidate_steps, reference_steps, got, expected, scale, precision
+            )
     return rows
 
 
@@ -290,14 +439,16 @@ class RoundingPoint:
     value of the same call, so that the rows after the rounding compare the loop and not a
     one-ulp flip that a 1e-7 difference before the rounding can cause."""
 
-    def __init__(self, runner: object, component: str, roundings: Mapping[str, Rounding],
-                 reference: RoundingPoint | None = None) -> None:
+    def __init__(
+        self, runner: object, component: str, roundings: Mapping[str, Rounding], reference: RoundingPoint | None = None
+    ) -> None:
         self.runner, self.component, self.roundings, self.reference = runner, component, dict(roundings), reference
         self.calls: list[dict[str, torch.Tensor]] = []
 
     @classmethod
-    def install(cls, sampler: Sampler, roundings: list[Rounding],
-                reference: Mapping[str, RoundingPoint] | None = None) -> dict[str, RoundingPoint]:
+    def install(
+        cls, sampler: Sampler, roundings: list[Rounding], reference: Mapping[str, RoundingPoint] | None = None
+    ) -> dict[str, RoundingPoint]:
         """Wrap ``sampler``'s runner of every rounding component; with ``reference`` (the same
         points of the reference run), the candidate continues from the reference's values."""
         points = {}
@@ -327,18 +478,53 @@ class RoundingPoint:
         held to the component's ``row`` plus one ulp of the rounded dtype."""
         rows: list[Row] = []
         if len(self.calls) != len(reference.calls):
-            rows.append(Row("trajectory", self.component, f"{label} calls", "-", ", ".join(self.roundings), None,
-                            row, [f"{len(self.calls)} calls vs {len(reference.calls)} in the reference run"], precision))
+            rows.append(
+                Row(
+                    "trajectory",
+                    self.component,
+                    f"{label} calls",
+                    "-",
+                    ", ".join(self.roundings),
+                    None,
+                    row,
+                    [f"{len(self.calls)} calls vs {len(reference.calls)} in the reference run"],
+                    precision,
+                )
+            )
         for i, (mine, theirs) in enumerate(zip(self.calls, reference.calls)):
             for name, rounding in self.roundings.items():
                 c, r = mine[name], theirs[name]
                 where = f"{label} call {i}"
                 if c.shape != r.shape:
-                    rows.append(Row("trajectory", self.component, where, "x".join(map(str, r.shape)), name, None,
-                                    row, [f"shape {tuple(c.shape)} vs reference {tuple(r.shape)}"], precision))
+                    rows.append(
+                        Row(
+                            "trajectory",
+                            self.component,
+                            where,
+                            "x".join(map(str, r.shape)),
+                            name,
+                            None,
+                            row,
+                            [f"shape {tuple(c.shape)} vs reference {tuple(r.shape)}"],
+                            precision,
+                        )
+                    )
                     continue
-                rows.append(_rounding_row("trajectory", self.component, where, "x".join(map(str, r.shape)), name, c, r,
-                                          rounding, row, precision, None))
+                rows.append(
+                    _rounding_row(
+                        "trajectory",
+                        self.component,
+                        where,
+                        "x".join(map(str, r.shape)),
+                        name,
+                        c,
+                        r,
+                        rounding,
+                        row,
+                        precision,
+                        None,
+                    )
+                )
         return rows
 
 
@@ -361,32 +547,70 @@ def _library_run(manifest: Manifest, family, request, component: str, feed: str,
     return expected, steps
 
 
-def _request_rows(label: str, component: str, feed: str, candidate_steps: list[torch.Tensor],
-                  reference_steps: list[torch.Tensor], got: np.ndarray, expected: np.ndarray, scale: str,
-                  precision: str = "float32") -> list[Row]:
+def _request_rows(
+    label: str,
+    component: str,
+    feed: str,
+    candidate_steps: list[torch.Tensor],
+    reference_steps: list[torch.Tensor],
+    got: np.ndarray,
+    expected: np.ndarray,
+    scale: str,
+    precision: str = "float32",
+) -> list[Row]:
     """Trajectory and frame rows, held to the rows of the coarsest dtype among the sampler's components."""
     rows: list[Row] = []
     tol = tolerance("trajectory", precision, scale)
     if len(candidate_steps) != len(reference_steps):
-        rows.append(Row("trajectory", component, f"{label} steps", "-", feed, None, tol,
-                        [f"{len(candidate_steps)} denoiser calls vs {len(reference_steps)} in the pipeline"], precision))
+        rows.append(
+            Row(
+                "trajectory",
+                component,
+                f"{label} steps",
+                "-",
+                feed,
+                None,
+                tol,
+                [f"{len(candidate_steps)} denoiser calls vs {len(reference_steps)} in the pipeline"],
+                precision,
+            )
+        )
     for i, (c, r) in enumerate(zip(candidate_steps, reference_steps)):
-        rows += _rows_for("trajectory", component, f"{label} step {i}", "x".join(map(str, r.shape)), {feed: c}, {feed: r},
-                          tol, precision=precision)
+        rows += _rows_for(
+            "trajectory",
+            component,
+            f"{label} step {i}",
+            "x".join(map(str, r.shape)),
+            {feed: c},
+            {feed: r},
+            tol,
+            precision=precision,
+        )
     tol = tolerance("end_to_end", precision, scale)
     shape = "x".join(map(str, expected.shape))
     # frames compared in [-1, 1], as the pipeline's decoder produced them
-    rows += _rows_for("end_to_end", "sampler", label, shape,
-                      {"frames": torch.from_numpy(got).double() * 2 - 1},
-                      {"frames": torch.from_numpy(expected).double() * 2 - 1}, tol, data_range=2.0, precision=precision)
+    rows += _rows_for(
+        "end_to_end",
+        "sampler",
+        label,
+        shape,
+        {"frames": torch.from_numpy(got).double() * 2 - 1},
+        {"frames": torch.from_numpy(expected).double() * 2 - 1},
+        tol,
+        data_range=2.0,
+        precision=precision,
+    )
     return rows
 
 
-def run_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu",
-               end_to_end: bool = True) -> list[Row]:
+def run_parity(
+    export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", end_to_end: bool = True
+) -> list[Row]:
     """All levels: components at every profile point, then trajectory and end to end."""
     if backend == "torch":
-        raise ZooError("parity compares a backend against the torch reference: choose --backend onnxruntime or tensorrt")
+        raise ZooError(
+            "parity compares a backend against the torch reference: choose --backend onnxruntime or tensorrt"
+        )
     parse_device(device, backend)  # a backend that cannot run here says so before any reference loads
     rows = weights_parity(export_dir)
     rows += component_parity(export_dir, backend, device)
@@ -394,16 +618,35 @@ def run_parity(export_dir: str | Path, backend: str = "onnxruntime", device: str
     if end_to_end:
         rows += end_to_end_parity(export_dir, backend, device)
     elif get_family(load_manifest(export_dir).family).has_sampler:
-        rows.append(Row("end_to_end", "sampler", "-", "-", "-", None, Tolerance(),
-                        not_run="skipped by --no-end-to-end", checked_instead=["the components on their own (rows above)"]))
+        rows.append(
+            Row(
+                "end_to_end",
+                "sampler",
+                "-",
+                "-",
+                "-",
+                None,
+                Tolerance(),
+                not_run="skipped by --no-end-to-end",
+                checked_instead=["the components on their own (rows above)"],
+            )
+        )
     return rows
 
 
 def weights_only_row() -> Row:
     """``zoo parity --weights-only``: the numeric checks did not run (one ``not run`` row)."""
-    return Row("component", "all", "-", "-", "-", None, Tolerance(),
-               not_run="skipped by --weights-only: only the initializer check ran (no weights were loaded)",
-               checked_instead=["every initializer's bytes and transformations (weights rows above)"])
+    return Row(
+        "component",
+        "all",
+        "-",
+        "-",
+        "-",
+        None,
+        Tolerance(),
+        not_run="skipped by --weights-only: only the initializer check ran (no weights were loaded)",
+        checked_instead=["every initializer's bytes and transformations (weights rows above)"],
+    )
 
 
 def weights_parity(export_dir: str | Path) -> list[Row]:
@@ -424,6 +667,16 @@ def weights_parity(export_dir: str | Path) -> list[Row]:
         counts = verify_weights(manifest.root, record, ref, family.component(record.name))
         total = sum(counts.values())
         said = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        rows.append(Row("weights", record.name, "-", "-", f"{total} initializers: {said}", None, Tolerance(),
-                        precision=record.precision))
+        rows.append(
+            Row(
+                "weights",
+                record.name,
+                "-",
+                "-",
+                f"{total} initializers: {said}",
+                None,
+                Tolerance(),
+                precision=record.precision,
+            )
+        )
     return rows

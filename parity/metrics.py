@@ -59,11 +59,17 @@ def ulp(magnitude: torch.Tensor, dtype: str) -> torch.Tensor:
     target = ROUNDED_DTYPES[dtype]
     low = magnitude.detach().to("cpu", torch.float32).abs().to(target)
     up = torch.nextafter(low, torch.full_like(low, math.inf))
-    return (up.to(torch.float64) - low.to(torch.float64))
+    return up.to(torch.float64) - low.to(torch.float64)
 
 
-def compare(candidate: torch.Tensor, reference: torch.Tensor, *, rtol: float = 0.0, data_range: float | None = None,
-            rounded_to: str | None = None) -> Metrics:
+def compare(
+    candidate: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    rtol: float = 0.0,
+    data_range: float | None = None,
+    rounded_to: str | None = None,
+) -> Metrics:
     """Metrics of ``candidate`` against ``reference`` (same shape), computed in float64; with
     ``rounded_to`` (a dtype both were rounded to), also their distance in ulps of that dtype."""
     if candidate.shape != reference.shape:
@@ -89,9 +95,14 @@ def compare(candidate: torch.Tensor, reference: torch.Tensor, *, rtol: float = 0
     if rounded_to is not None:
         distance, unrounded = ulp_distance(candidate, reference, rounded_to)
         beyond = (diff - ulp(torch.maximum(c.abs(), r.abs()), rounded_to)).clamp(min=0)
-        ulps = {"max_ulps": int(distance.max()), "flipped": int((distance > 0).sum()), "elements": distance.numel(),
-                "unrounded": unrounded, "max_abs_beyond_ulp": float(beyond.max()),
-                "atol_beyond_ulp": max(0.0, float((beyond - rtol * r.abs()).max()))}
+        ulps = {
+            "max_ulps": int(distance.max()),
+            "flipped": int((distance > 0).sum()),
+            "elements": distance.numel(),
+            "unrounded": unrounded,
+            "max_abs_beyond_ulp": float(beyond.max()),
+            "atol_beyond_ulp": max(0.0, float((beyond - rtol * r.abs()).max())),
+        }
     return Metrics(
         max_abs=float(diff.max()),
         mean_abs=float(diff.mean()),

@@ -31,7 +31,9 @@ def profile_points(dims: Mapping[str, Dim]) -> list[tuple[str, dict[str, int]]]:
             p[name] = getattr(dims[name], which)
         label = "all-" + corner[0] if len(set(corner)) == 1 else "corner"
         points.append((label, p))
-    points.append(("interior", {n: _interior(d) if n in dynamic else d.opt for n, d in dims.items() if not d.is_derived}))
+    points.append(
+        ("interior", {n: _interior(d) if n in dynamic else d.opt for n, d in dims.items() if not d.is_derived})
+    )
     heights = [n for n in dynamic if n.endswith("height")]
     for h in heights:
         w = h[: -len("height")] + "width"

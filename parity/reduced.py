@@ -33,7 +33,9 @@ class TorchInDtype:
         self.dtype = dtype
         self.device = torch.device(device)
         self.outputs = [s.name for s in component.output_specs(ref)]
-        self.module = apply_precision(component.wrapper(ref).eval(), component.precision, dtype, component=component.name)
+        self.module = apply_precision(
+            component.wrapper(ref).eval(), component.precision, dtype, component=component.name
+        )
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with contextlib.ExitStack() as stack, torch.no_grad():
@@ -72,12 +74,16 @@ def runtime_refusal(error: BaseException, precision: str) -> str | None:
         text = str(e)
         if isinstance(e, NoKernel) and "Could not find an implementation" in text:
             op = re.search(r"implementation for (\S+) node", text)
-            return (f"onnxruntime here has no {precision} kernel for {op.group(1) if op else 'an op'} of this graph "
-                    f"(NOT_IMPLEMENTED)")
+            return (
+                f"onnxruntime here has no {precision} kernel for {op.group(1) if op else 'an op'} of this graph "
+                f"(NOT_IMPLEMENTED)"
+            )
         if isinstance(e, InvalidGraph) and f"tensor({precision})" in text:
             op = re.search(r"of operator \((\w+)\)", text)
-            return (f"onnxruntime rejects the graph: {op.group(1) if op else 'an op'} in {precision} is not in that "
-                    f"op's schema at the graph's opset (INVALID_GRAPH)")
+            return (
+                f"onnxruntime rejects the graph: {op.group(1) if op else 'an op'} in {precision} is not in that "
+                f"op's schema at the graph's opset (INVALID_GRAPH)"
+            )
         e = e.__cause__ or e.__context__
     return None
 

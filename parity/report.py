@@ -101,8 +101,20 @@ def _value(metric: str, value: float, metrics: Metrics | None = None) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = ("level", "component", "point", "shape", "output", "dtype", "max abs", "metric", "value", "torch",
-              "tolerance", "status")
+    header = (
+        "level",
+        "component",
+        "point",
+        "shape",
+        "output",
+        "dtype",
+        "max abs",
+        "metric",
+        "value",
+        "torch",
+        "tolerance",
+        "status",
+    )
     lines = [header]
     for r in rows:
         metric, value = r.headline()
@@ -111,14 +123,30 @@ def format_table(rows: list[Row]) -> str:
             metric = r.headline(r.torch_metrics)[0]
         max_abs = f"{r.metrics.max_abs:.3g}" if r.metrics else "-"
         status = {PASS: "ok", FAIL: "FAIL", NOT_RUN: "NOT RUN"}[r.status]
-        lines.append((r.level, r.component, r.point, r.shape, r.output, r.precision, max_abs, metric,
-                      _value(metric, value, r.metrics), _value(metric, own), str(r.tolerance), status))
+        lines.append(
+            (
+                r.level,
+                r.component,
+                r.point,
+                r.shape,
+                r.output,
+                r.precision,
+                max_abs,
+                metric,
+                _value(metric, value, r.metrics),
+                _value(metric, own),
+                str(r.tolerance),
+                status,
+            )
+        )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     text = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     if any(r.torch_metrics for r in rows):
-        text.append("torch: the same metric for PyTorch itself in that dtype (the export wrapper with its precision "
-                    "policy) against the fp32 reference; a bound also holds within twice its error")
+        text.append(
+            "torch: the same metric for PyTorch itself in that dtype (the export wrapper with its precision "
+            "policy) against the fp32 reference; a bound also holds within twice its error"
+        )
     failed = [r for r in rows if r.status == FAIL]
     not_run = [r for r in rows if r.status == NOT_RUN]
     for r in rows:
@@ -143,11 +171,18 @@ def _instead(group: list[Row]) -> str:
     """What was checked instead for rows that did not run (the worst of the stand-in's numbers)."""
     if len(group) == 1 or not all(r.torch_metrics for r in group):
         return "; ".join(dict.fromkeys(c for r in group for c in r.checked_instead)) or "nothing"
-    metric, worst = max((r.headline(r.torch_metrics) for r in group), key=lambda mv: mv[1] if mv[0] != "PSNR dB" else -mv[1])
+    metric, worst = max(
+        (r.headline(r.torch_metrics) for r in group), key=lambda mv: mv[1] if mv[0] != "PSNR dB" else -mv[1]
+    )
     first = group[0]
     rest = [c for c in dict.fromkeys(c for r in group for c in r.checked_instead[1:])]
-    return "; ".join([f"PyTorch in {first.precision} with the precision policy vs the fp32 reference, within the "
-                      f"{first.precision} row ({first.tolerance}) at each point (worst {metric} {worst:.3g})", *rest])
+    return "; ".join(
+        [
+            f"PyTorch in {first.precision} with the precision policy vs the fp32 reference, within the "
+            f"{first.precision} row ({first.tolerance}) at each point (worst {metric} {worst:.3g})",
+            *rest,
+        ]
+    )
 
 
 # ``zoo parity``'s exit status: every check ran and passed; one failed (or bad input: every

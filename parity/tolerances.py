@@ -40,8 +40,10 @@ class Tolerance:
                 continue
             if torch_error is not None and key in _ERROR:
                 own = _ERROR[key](torch_error)
-                text += (f"; PyTorch in {precision or 'that dtype'} has {_ERROR_NAME[key]} {own:.3g}, "
-                         f"twice that would be {TWICE * own:.3g}")
+                text += (
+                    f"; PyTorch in {precision or 'that dtype'} has {_ERROR_NAME[key]} {own:.3g}, "
+                    f"twice that would be {TWICE * own:.3g}"
+                )
             out.append(text)
         return out
 
@@ -54,7 +56,8 @@ class Tolerance:
         return [
             f"{_ERROR_NAME[key]} {_ERROR[key](m):.3g} breaks the fixed bound but is within twice PyTorch in "
             f"{precision or 'that dtype'} ({_ERROR[key](torch_error):.3g})"
-            for key, _ in self._broken(m) if key in held
+            for key, _ in self._broken(m)
+            if key in held
         ]
 
     def _broken(self, m: Metrics) -> list[tuple[str, str]]:
@@ -65,20 +68,41 @@ class Tolerance:
             if m.unrounded is None or m.atol_beyond_ulp is None or m.max_abs_beyond_ulp is None:
                 return [("rounded", f"not measured in {self.rounded_to} ulps")]
             if m.unrounded:
-                out.append(("rounded", f"{m.unrounded} values are not {self.rounded_to} values: the tensor is not "
-                                       f"rounded to {self.rounded_to} where the family says it is"))
+                out.append(
+                    (
+                        "rounded",
+                        f"{m.unrounded} values are not {self.rounded_to} values: the tensor is not "
+                        f"rounded to {self.rounded_to} where the family says it is",
+                    )
+                )
             atol_needed, max_abs = m.atol_beyond_ulp, m.max_abs_beyond_ulp
             beyond = f" beyond one {self.rounded_to} ulp"
         if self.atol is not None and atol_needed > self.atol:
-            out.append(("atol", f"needs atol {atol_needed:.3g} at rtol {self.rtol:g}{beyond} (allowed atol {self.atol:g})"))
+            out.append(
+                ("atol", f"needs atol {atol_needed:.3g} at rtol {self.rtol:g}{beyond} (allowed atol {self.atol:g})")
+            )
         if self.max_abs is not None and max_abs > self.max_abs:
-            out.append(("max_abs", f"max abs {max_abs:.3g}{beyond} > {self.max_abs:g} (would pass with max_abs {max_abs:.3g})"))
+            out.append(
+                ("max_abs", f"max abs {max_abs:.3g}{beyond} > {self.max_abs:g} (would pass with max_abs {max_abs:.3g})")
+            )
         if self.min_cosine is not None and not m.cosine >= self.min_cosine:
-            out.append(("min_cosine", f"cosine {m.cosine:.7f} < {self.min_cosine:g} (would pass with min_cosine {m.cosine:.7f})"))
+            out.append(
+                (
+                    "min_cosine",
+                    f"cosine {m.cosine:.7f} < {self.min_cosine:g} (would pass with min_cosine {m.cosine:.7f})",
+                )
+            )
         if self.max_rel_l2 is not None and not m.rel_l2 <= self.max_rel_l2:
-            out.append(("max_rel_l2", f"rel-L2 {m.rel_l2:.3g} > {self.max_rel_l2:g} (would pass with max_rel_l2 {m.rel_l2:.3g})"))
+            out.append(
+                (
+                    "max_rel_l2",
+                    f"rel-L2 {m.rel_l2:.3g} > {self.max_rel_l2:g} (would pass with max_rel_l2 {m.rel_l2:.3g})",
+                )
+            )
         if self.min_psnr is not None and not m.psnr >= self.min_psnr:
-            out.append(("min_psnr", f"PSNR {m.psnr:.2f} dB < {self.min_psnr:g} dB (would pass with min_psnr {m.psnr:.2f})"))
+            out.append(
+                ("min_psnr", f"PSNR {m.psnr:.2f} dB < {self.min_psnr:g} dB (would pass with min_psnr {m.psnr:.2f})")
+            )
         return out
 
     def _held(self, m: Metrics, torch_error: Metrics | None) -> set[str]:
@@ -86,7 +110,9 @@ class Tolerance:
         when PyTorch's own output has NaN / Inf)."""
         if torch_error is None or torch_error.nan or torch_error.inf:
             return set()
-        return {key for key, _ in self._broken(m) if key in _ERROR and _ERROR[key](m) <= TWICE * _ERROR[key](torch_error)}
+        return {
+            key for key, _ in self._broken(m) if key in _ERROR and _ERROR[key](m) <= TWICE * _ERROR[key](torch_error)
+        }
 
     def __str__(self) -> str:
         parts = []
@@ -115,8 +141,13 @@ _ERROR = {
     "max_rel_l2": lambda m: m.rel_l2,
     "min_psnr": lambda m: 10.0 ** (-m.psnr / 20.0),
 }
-_ERROR_NAME = {"atol": "atol needed", "max_abs": "max abs", "min_cosine": "1 - cosine", "max_rel_l2": "rel-L2",
-               "min_psnr": "RMS error / range"}
+_ERROR_NAME = {
+    "atol": "atol needed",
+    "max_abs": "max abs",
+    "min_cosine": "1 - cosine",
+    "max_rel_l2": "rel-L2",
+    "min_psnr": "RMS error / range",
+}
 
 _ENCODER = {
     ("float32", "tiny"): Tolerance(atol=1e-4, rtol=1e-3),

@@ -19,8 +19,8 @@ import torch
 from exporters.manifest import ComponentRecord, Manifest
 from runtimes.feeds import check_finite, check_outputs, check_profile, validate_feeds
 from zoo.contract import DTYPES, Reference
-from zoo.infra.checkpoint import changed_files, content_hash
 from zoo.errors import ArtifactError, BackendUnavailableError, InputError, OutputError, UnknownFamilyError
+from zoo.infra.checkpoint import changed_files, content_hash
 from zoo.registry import get_family
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,10 @@ class Backend(ABC):
         """Set the state inputs (by input name) the next call uses when its feeds leave them out."""
         unknown = sorted(set(tensors) - set(self.record.state.values()))
         if unknown:
-            raise InputError(f"component {self.record.name!r}: {', '.join(unknown)} are not state inputs; "
-                             f"its state inputs are {', '.join(self.record.state.values()) or 'none'}")
+            raise InputError(
+                f"component {self.record.name!r}: {', '.join(unknown)} are not state inputs; "
+                f"its state inputs are {', '.join(self.record.state.values()) or 'none'}"
+            )
         self.state.update({k: v.to(self.device) for k, v in tensors.items()})
 
     def reset_state(self) -> None:
@@ -209,8 +211,10 @@ class OnnxRuntimeBackend(Backend):
 
         available = ort.get_available_providers()
         if device.type == "cuda" and "CUDAExecutionProvider" not in available:
-            return (f"onnxruntime on device cuda needs onnxruntime-gpu (CUDAExecutionProvider); "
-                    f"this onnxruntime has {', '.join(available)}")
+            return (
+                f"onnxruntime on device cuda needs onnxruntime-gpu (CUDAExecutionProvider); "
+                f"this onnxruntime has {', '.join(available)}"
+            )
         return super().unavailable(device)
 
     def _load(self) -> None:
@@ -304,7 +308,9 @@ class TensorRTBackend(Backend):
             self.streaming_budget = self._set_streaming_budget()
             context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             if context is None:
-                raise ArtifactError(f"TensorRT could not create an execution context for {self.entry.plan} (see its log above)")
+                raise ArtifactError(
+                    f"TensorRT could not create an execution context for {self.entry.plan} (see its log above)"
+                )
             self.context = context
             self.stream = torch.cuda.Stream(self.device)
 
@@ -314,18 +320,27 @@ class TensorRTBackend(Backend):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = {n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
         if inputs != set(self.input_names) or set(names) - inputs != {t.name for t in self.record.outputs}:
-            raise ArtifactError(f"the engine {self.entry.plan} has tensors {', '.join(names)}, not the component's "
-                                f"{', '.join([*self.input_names, *(t.name for t in self.record.outputs)])}; rebuild it")
+            raise ArtifactError(
+                f"the engine {self.entry.plan} has tensors {', '.join(names)}, not the component's "
+                f"{', '.join([*self.input_names, *(t.name for t in self.record.outputs)])}; rebuild it"
+            )
         host = [n for n in names if engine.is_shape_inference_io(n)]
         if host:
-            raise ArtifactError(f"the engine {self.entry.plan} has shape tensor(s) {', '.join(host)} that TensorRT reads on "
-                                f"the host; the tensorrt backend binds device tensors only: export the component with "
-                                f"{host[0]!r} as a data input (its values in a device tensor), then rebuild")
+            raise ArtifactError(
+                f"the engine {self.entry.plan} has shape tensor(s) {', '.join(host)} that TensorRT reads on "
+                f"the host; the tensorrt backend binds device tensors only: export the component with "
+                f"{host[0]!r} as a data input (its values in a device tensor), then rebuild"
+            )
         self.dtypes = {n: _TRT_TORCH.get(str(engine.get_tensor_dtype(n)).split(".")[-1]) for n in names}
-        wrong = [f"{t.name} is {self.dtypes[t.name]}, expected {t.dtype}" for t in (*self.record.inputs, *self.record.outputs)
-                 if self.dtypes[t.name] != DTYPES[t.dtype]]
+        wrong = [
+            f"{t.name} is {self.dtypes[t.name]}, expected {t.dtype}"
+            for t in (*self.record.inputs, *self.record.outputs)
+            if self.dtypes[t.name] != DTYPES[t.dtype]
+        ]
         if wrong:
-            raise ArtifactError(f"the engine {self.entry.plan} does not have the component's dtypes ({'; '.join(wrong)}); rebuild it")
+            raise ArtifactError(
+                f"the engine {self.entry.plan} does not have the component's dtypes ({'; '.join(wrong)}); rebuild it"
+            )
 
     def _set_streaming_budget(self) -> int | None:
         """Set a weight-streaming engine's budget (``auto``: resolved with the pipeline's other
@@ -343,8 +358,13 @@ class TensorRTBackend(Backend):
         self.engine.weight_streaming_budget_v2 = want
         got = int(self.engine.weight_streaming_budget_v2)
         (log.warning if got != want else log.info)(
-            "component %s: weight-streaming budget %s: %d of %d streamable bytes on the device%s", self.record.name,
-            budget, got, streamable, "" if got == want else f" (asked for {want})")
+            "component %s: weight-streaming budget %s: %d of %d streamable bytes on the device%s",
+            self.record.name,
+            budget,
+            got,
+            streamable,
+            "" if got == want else f" (asked for {want})",
+        )
         return got
 
     @property
@@ -370,16 +390,20 @@ class TensorRTBackend(Backend):
         for name, value in feeds.items():
             t = self._aligned(value.to(self.device))
             if not context.set_input_shape(name, tuple(t.shape)):
-                raise InputError(f"component {self.record.name!r} input {name!r}: TensorRT refused the shape {tuple(t.shape)} "
-                                 f"for the engine {self.entry.plan} (see its log above)")
+                raise InputError(
+                    f"component {self.record.name!r} input {name!r}: TensorRT refused the shape {tuple(t.shape)} "
+                    f"for the engine {self.entry.plan} (see its log above)"
+                )
             bound[name] = t
         outputs = {}
         for spec in self.record.outputs:
             shape = tuple(context.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
-                raise ArtifactError(f"component {self.record.name!r} output {spec.name!r}: its shape {shape} depends on the "
-                                    f"data (still unknown once every input shape is set); the tensorrt backend allocates "
-                                    f"outputs from the input shapes and does not run such engines")
+                raise ArtifactError(
+                    f"component {self.record.name!r} output {spec.name!r}: its shape {shape} depends on the "
+                    f"data (still unknown once every input shape is set); the tensorrt backend allocates "
+                    f"outputs from the input shapes and does not run such engines"
+                )
             outputs[spec.name] = self._empty(shape, self.dtypes[spec.name])
         size = int(context.update_device_memory_size_for_shapes())
         scratch = self._empty((max(size, 1),), torch.uint8)  # activations for these shapes, from torch's allocator
@@ -403,7 +427,7 @@ class TensorRTBackend(Backend):
         nbytes = t.numel() * t.element_size()
         raw = torch.empty(nbytes + self.ALIGNMENT, dtype=torch.uint8, device=self.device)
         offset = -raw.data_ptr() % self.ALIGNMENT
-        return raw[offset:offset + nbytes].view(dtype).view(shape)
+        return raw[offset : offset + nbytes].view(dtype).view(shape)
 
     def _aligned(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` if contiguous at an aligned address, else a copy that is (made on the caller's stream)."""
@@ -440,20 +464,34 @@ class StreamingBudgets:
         facts = {}
         for b in self.backends:
             try:
-                entry = b.entry if getattr(b, "entry", None) is not None else engines.find_engine(b.manifest, b.record, target)
+                entry = (
+                    b.entry
+                    if getattr(b, "entry", None) is not None
+                    else engines.find_engine(b.manifest, b.record, target)
+                )
             except ArtifactError:
                 continue  # no engine: that component fails when it loads, and holds no memory before
             built, streams = entry.sidecar["build"], entry.sidecar["flags"].get("weight_streaming")
-            facts[b.record.name] = {"streamable": built.get("streamable_weights_bytes"),
-                                    "device_memory": built.get("device_memory_bytes"),
-                                    "weights": entry.sidecar["plan"]["size"],
-                                    "budget": (entry.sidecar.get("weight_streaming_budget") or "auto") if streams else None}
+            facts[b.record.name] = {
+                "streamable": built.get("streamable_weights_bytes"),
+                "device_memory": built.get("device_memory_bytes"),
+                "weights": entry.sidecar["plan"]["size"],
+                "budget": (entry.sidecar.get("weight_streaming_budget") or "auto") if streams else None,
+            }
         free, _ = torch.cuda.mem_get_info(device)
         return engines.auto_budgets(facts, free)
 
 
-_TRT_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64,
-              "INT32": torch.int32, "BOOL": torch.bool, "INT8": torch.int8, "UINT8": torch.uint8}
+_TRT_TORCH = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT64": torch.int64,
+    "INT32": torch.int32,
+    "BOOL": torch.bool,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+}
 
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, OnnxRuntimeBackend, TensorRTBackend)}

@@ -46,8 +46,14 @@ def _median_ms(backend: Backend, feeds: dict[str, torch.Tensor], warmup: int, it
     return statistics.median(times)
 
 
-def bench(export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", warmup: int = 2,
-          iterations: int = 10, components: tuple[str, ...] | None = None) -> list[BenchRow]:
+def bench(
+    export_dir: str | Path,
+    backend: str = "onnxruntime",
+    device: str = "cpu",
+    warmup: int = 2,
+    iterations: int = 10,
+    components: tuple[str, ...] | None = None,
+) -> list[BenchRow]:
     """Median latency of torch eager and ``backend`` per component, measured in one run, alternating
     component by component so both see the same machine state."""
     from tqdm.auto import tqdm
@@ -59,12 +65,19 @@ def bench(export_dir: str | Path, backend: str = "onnxruntime", device: str = "c
     rows = []
     for name in tqdm(components or tuple(manifest.components), desc="bench", unit="component"):
         record = manifest.component(name)
-        with TorchBackend(manifest, name, device) as reference, backend_for(backend, manifest, name, device) as candidate:
+        with (
+            TorchBackend(manifest, name, device) as reference,
+            backend_for(backend, manifest, name, device) as candidate,
+        ):
             # the opt point of what the backend runs (an engine may be built for a narrower profile)
             point = {k: d.opt for k, d in candidate.profile_dims.items()}
             feeds = family.component(name).sample_inputs(ref, point)
             torch_ms = _median_ms(reference, feeds, warmup, iterations)
             backend_ms = _median_ms(candidate, feeds, warmup, iterations)
         shape = " ".join(f"{k}={v}" for k, v in point.items() if record.dims[k].min != record.dims[k].max)
-        rows.append(BenchRow(name, shape, backend, torch_ms, backend_ms, torch_ms / backend_ms, iterations, torch.get_num_threads()))
+        rows.append(
+            BenchRow(
+                name, shape, backend, torch_ms, backend_ms, torch_ms / backend_ms, iterations, torch.get_num_threads()
+            )
+        )
     return rows

@@ -45,7 +45,9 @@ def first_nonfinite(tensors: Mapping[str, torch.Tensor]) -> str | None:
     return next(name for name, t in floats if any(_nonfinite(t)))
 
 
-def check_finite(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
+def check_finite(
+    record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
+) -> None:
     """Inputs and outputs finite, checked together with one host sync (:class:`InputError` naming
     the input, else :class:`OutputError` naming the output, with their NaN and Inf counts)."""
     named = {**{("in", k): v for k, v in feeds.items()}, **{("out", k): v for k, v in outputs.items()}}
@@ -57,11 +59,15 @@ def check_finite(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], out
     nan, inf = _nonfinite(t)
     if kind == "in":
         raise InputError(f"component {record.name!r} input {name!r}: contains {nan} NaN and {inf} Inf values")
-    raise OutputError(f"component {record.name!r} output {name!r}: {nan} NaN and {inf} Inf values "
-                      f"(shape {tuple(t.shape)}); nothing written")
+    raise OutputError(
+        f"component {record.name!r} output {name!r}: {nan} NaN and {inf} Inf values "
+        f"(shape {tuple(t.shape)}); nothing written"
+    )
 
 
-def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any], *, finite: bool = True) -> dict[str, torch.Tensor]:
+def validate_feeds(
+    record: ComponentRecord, feeds: Mapping[str, Any], *, finite: bool = True
+) -> dict[str, torch.Tensor]:
     """The feeds as tensors, checked against ``record``; raises :class:`InputError`. ``finite``:
     also refuse NaN / Inf values here (else the caller checks them with :func:`check_finite`)."""
     expected = [t.name for t in record.inputs]
@@ -84,7 +90,9 @@ def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any], *, finite:
             got = str(t.dtype).replace("torch.", "")
             raise InputError(f"{where}: dtype {got}, expected {spec.dtype}")
         if t.dim() != len(spec.shape):
-            raise InputError(f"{where}: rank {t.dim()} (shape {tuple(t.shape)}), expected rank {len(spec.shape)} {_fmt(spec)}")
+            raise InputError(
+                f"{where}: rank {t.dim()} (shape {tuple(t.shape)}), expected rank {len(spec.shape)} {_fmt(spec)}"
+            )
         for axis, (size, want) in enumerate(zip(t.shape, spec.shape)):
             if isinstance(want, int):
                 if size != want:
@@ -101,7 +109,9 @@ def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any], *, finite:
                     raise InputError(f"{where}: dim {axis} ({want}) is {size}, expected {dim.formula()}")
             if name in seen and seen[name][0] != value:
                 so = f", so {name} = {value}" if dim.is_derived else ""
-                raise InputError(f"{where}: dim {axis} ({want}) is {size}{so}, but {seen[name][1]} has {name} = {seen[name][0]}")
+                raise InputError(
+                    f"{where}: dim {axis} ({want}) is {size}{so}, but {seen[name][1]} has {name} = {seen[name][0]}"
+                )
             seen.setdefault(name, (value, f"input {spec.name!r}"))
         out[spec.name] = t
     if finite:
@@ -109,7 +119,9 @@ def validate_feeds(record: ComponentRecord, feeds: Mapping[str, Any], *, finite:
     return out
 
 
-def check_profile(record: ComponentRecord, dims: Mapping[str, Any], feeds: Mapping[str, torch.Tensor], what: str) -> None:
+def check_profile(
+    record: ComponentRecord, dims: Mapping[str, Any], feeds: Mapping[str, torch.Tensor], what: str
+) -> None:
     """Feeds already valid for the export must also lie inside ``dims`` (a narrower profile, such
     as an engine's built with ``zoo build --dim``); :class:`InputError` naming ``what`` otherwise."""
     for spec in record.inputs:
@@ -117,8 +129,10 @@ def check_profile(record: ComponentRecord, dims: Mapping[str, Any], feeds: Mappi
             if isinstance(want, str) and want in dims and record.dims[want] != dims[want]:
                 problem = dims[want].problem(size)
                 if problem:
-                    raise InputError(f"component {record.name!r} input {spec.name!r}: dim {axis} ({want}) is {size}, "
-                                     f"{problem} ({what}; build one covering it with `zoo build --dim`)")
+                    raise InputError(
+                        f"component {record.name!r} input {spec.name!r}: dim {axis} ({want}) is {size}, "
+                        f"{problem} ({what}; build one covering it with `zoo build --dim`)"
+                    )
 
 
 def _point(record: ComponentRecord, feeds: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -140,7 +154,9 @@ def _point(record: ComponentRecord, feeds: Mapping[str, torch.Tensor]) -> dict[s
     return point
 
 
-def check_outputs(record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]) -> None:
+def check_outputs(
+    record: ComponentRecord, feeds: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
+) -> None:
     """Outputs must be all there, of the contract's rank and every dim (derived ones included)
     (:class:`OutputError`); whether they are finite is :func:`check_finite`'s to say."""
     point = _point(record, feeds)

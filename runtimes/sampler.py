@@ -36,7 +36,9 @@ class BackendModule(torch.nn.Module):
     """Stands where the pipeline expects a library module: same ``config``, ``device``,
     ``dtype`` and call signature, its methods running exported components."""
 
-    def __init__(self, slot: PipelineSlot, config: Mapping[str, Any], runners: Mapping[str, Callable], device: torch.device) -> None:
+    def __init__(
+        self, slot: PipelineSlot, config: Mapping[str, Any], runners: Mapping[str, Callable], device: torch.device
+    ) -> None:
         from diffusers.configuration_utils import FrozenDict
 
         super().__init__()
@@ -72,7 +74,9 @@ def _load_host_module(path: Path, info: Mapping[str, str]) -> Any:
     if not path.exists():
         raise ArtifactError(f"{path} is missing from the export; re-export")
     if info.get("library") not in HOST_LIBRARIES:
-        raise ArtifactError(f"{path}: host module library {info.get('library')!r} is not one of {', '.join(HOST_LIBRARIES)}")
+        raise ArtifactError(
+            f"{path}: host module library {info.get('library')!r} is not one of {', '.join(HOST_LIBRARIES)}"
+        )
     cls = getattr(importlib.import_module(info["library"]), info["class"], None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise ArtifactError(f"{path}: {info['library']} has no loadable class {info['class']!r}")
@@ -80,16 +84,23 @@ def _load_host_module(path: Path, info: Mapping[str, str]) -> Any:
 
 
 def request_context(manifest: Manifest) -> RequestContext:
-    return RequestContext(envelope=manifest.envelope, axes=manifest.axes, configs=manifest.configs,
-                          components=tuple(manifest.components), pipeline=manifest.pipeline)
+    return RequestContext(
+        envelope=manifest.envelope,
+        axes=manifest.axes,
+        configs=manifest.configs,
+        components=tuple(manifest.components),
+        pipeline=manifest.pipeline,
+    )
 
 
 def sampler_family(manifest: Manifest) -> Any:
     """The export's family, if it has a sampler; :class:`ZooError` saying what to use instead if not."""
     family = get_family(manifest.family)
     if not family.has_sampler or not manifest.pipeline:
-        raise ZooError(f"family {family.name!r} has no sampler: its components are checked with "
-                       f"`zoo parity` and timed with `zoo bench`")
+        raise ZooError(
+            f"family {family.name!r} has no sampler: its components are checked with "
+            f"`zoo parity` and timed with `zoo bench`"
+        )
     return family
 
 
@@ -166,13 +177,17 @@ def _steps_problem(scheduler: Any, steps: int) -> str | None:
     problem = None
     trained = scheduler.config.get("num_train_timesteps")
     if isinstance(trained, int) and steps > trained:
-        problem = (f"{type(scheduler).__name__} of this export has {trained} training timesteps "
-                   f"(num_train_timesteps), so it takes at most {trained} steps")
+        problem = (
+            f"{type(scheduler).__name__} of this export has {trained} training timesteps "
+            f"(num_train_timesteps), so it takes at most {trained} steps"
+        )
     elif simulated := _schedule_problem(scheduler, steps):
         most = _most_steps(scheduler, steps)
         most = f"; it takes at most {most} steps here" if most else ""
-        problem = (f"{type(scheduler).__name__} cannot take that many steps on this export's "
-                   f"scheduler config ({simulated}){most}")
+        problem = (
+            f"{type(scheduler).__name__} cannot take that many steps on this export's "
+            f"scheduler config ({simulated}){most}"
+        )
     with _STEP_PROBLEMS_LOCK:
         _STEP_PROBLEMS[key] = problem
         while len(_STEP_PROBLEMS) > _STEP_PROBLEMS_KEPT:
@@ -236,13 +251,15 @@ def scheduler_class(name: str) -> type:
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
-        raise InputError(f"--scheduler {name!r} is not a diffusers scheduler class; for example "
-                         f"{', '.join(known[:8])}, ...")
+        raise InputError(
+            f"--scheduler {name!r} is not a diffusers scheduler class; for example {', '.join(known[:8])}, ..."
+        )
     return cls
 
 
-def configure_pipeline(pipeline: Any, request: Request, *, progress: bool = True,
-                       on_step: Callable[[dict[str, int]], None] | None = None) -> Any:
+def configure_pipeline(
+    pipeline: Any, request: Request, *, progress: bool = True, on_step: Callable[[dict[str, int]], None] | None = None
+) -> Any:
     """The request's set-up on a pipeline: the scheduler class swapped on the checkpoint's own
     scheduler config, then the set-up calls (``enable_free_init`` ...), then the progress bar.
     ``on_step`` is told of every step of every progress bar the pipeline opens (a FreeInit pass
@@ -326,20 +343,30 @@ class Sampler:
         self.device = parse_device(device, backend)
         self.backends = Runners(backend, self.manifest, device)
         self.runners: dict[str, Callable] = dict(self.backends)
-        self.host = {name: _load_host_module(self.manifest.root / name, info)
-                     for name, info in self.manifest.host_modules.items()}
+        self.host = {
+            name: _load_host_module(self.manifest.root / name, info)
+            for name, info in self.manifest.host_modules.items()
+        }
 
-    def pipeline(self, request: Request, *, progress: bool = True,
-                 on_step: Callable[[dict[str, int]], None] | None = None) -> Any:
+    def pipeline(
+        self, request: Request, *, progress: bool = True, on_step: Callable[[dict[str, int]], None] | None = None
+    ) -> Any:
         """The family's pipeline for ``request`` on backend modules, configured."""
         modules: dict[str, Any] = dict(self.host)
         for slot in self.family.pipeline_slots:  # every slot's components are there (checked in __init__)
             modules[slot.attribute] = BackendModule(slot, self.manifest.configs[slot.module], self.runners, self.device)
-        return configure_pipeline(self.family.build_pipeline(request, modules), request, progress=progress,
-                                  on_step=on_step)
+        return configure_pipeline(
+            self.family.build_pipeline(request, modules), request, progress=progress, on_step=on_step
+        )
 
-    def __call__(self, request: Request, seed: int = 0, *, progress: bool = True,
-                 on_step: Callable[[dict[str, int]], None] | None = None) -> np.ndarray:
+    def __call__(
+        self,
+        request: Request,
+        seed: int = 0,
+        *,
+        progress: bool = True,
+        on_step: Callable[[dict[str, int]], None] | None = None,
+    ) -> np.ndarray:
         """Generate: the float array of ``output_type="np"`` ((N,H,W,3) images or (B,F,H,W,3) videos);
         ``on_step`` hears of each denoising step (see :func:`configure_pipeline`)."""
         check_request(self.manifest, request)

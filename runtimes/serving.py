@@ -79,8 +79,14 @@ class Payload:
                 files[option] = {"name": name, "folder": {rel: index(b) for rel, b in sorted(data.items())}}
             else:
                 files[option] = {"name": name, "file": index(data)}
-        doc = {"protocol": PROTOCOL, "options": self.options, "seed": self.seed, "out_name": self.out_name,
-               "files": files, "return_array": self.return_array}
+        doc = {
+            "protocol": PROTOCOL,
+            "options": self.options,
+            "seed": self.seed,
+            "out_name": self.out_name,
+            "files": files,
+            "return_array": self.return_array,
+        }
         media = np.empty((1, max(1, len(blobs))), dtype=object)  # object arrays keep trailing NUL bytes
         media[0, :] = blobs or [b""]
         return {REQUEST: np.array([[json.dumps(doc).encode()]], dtype=object), MEDIA: media}
@@ -96,14 +102,22 @@ class Payload:
             files: dict[str, tuple[str, bytes | dict[str, bytes]]] = {}
             for option, entry in dict(doc.get("files") or {}).items():
                 if "folder" in entry:
-                    files[str(option)] = (str(entry["name"]), {str(r): blobs[int(i)] for r, i in dict(entry["folder"]).items()})
+                    files[str(option)] = (
+                        str(entry["name"]),
+                        {str(r): blobs[int(i)] for r, i in dict(entry["folder"]).items()},
+                    )
                 else:
                     files[str(option)] = (str(entry["name"]), blobs[int(entry["file"])])
             options = doc.get("options") or {}
             if not isinstance(options, dict):
                 raise ValueError("options must be an object")
-            return cls(options, doc.get("seed", 0), str(doc.get("out_name") or "out.png"), files,
-                       bool(doc.get("return_array", False)))
+            return cls(
+                options,
+                doc.get("seed", 0),
+                str(doc.get("out_name") or "out.png"),
+                files,
+                bool(doc.get("return_array", False)),
+            )
         except (ValueError, TypeError, IndexError, KeyError, AttributeError, UnicodeDecodeError) as e:
             raise RequestError(f"error: not a zoo request ({type(e).__name__}: {e})") from None
 
@@ -189,8 +203,10 @@ def _frame_names(names: list[str]) -> dict[str, str]:
     from zoo.infra.media import natural_key
 
     ranked = sorted(names, key=lambda n: natural_key(Path(n)))
-    return {n: ("." if n.startswith(".") else "") + _server_name(f"{i:06d}{PurePosixPath(n).suffix}", f"{i:06d}")
-            for i, n in enumerate(ranked)}
+    return {
+        n: ("." if n.startswith(".") else "") + _server_name(f"{i:06d}{PurePosixPath(n).suffix}", f"{i:06d}")
+        for i, n in enumerate(ranked)
+    }
 
 
 def _safe_name(name: str, fallback: str) -> str:
@@ -217,8 +233,9 @@ class Service:
     temporary paths replaced by the client's names. ``load`` loads every component's backend now
     (a server is not ready with a graph that cannot load), else each when first used."""
 
-    def __init__(self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", *,
-                 load: bool = False) -> None:
+    def __init__(
+        self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", *, load: bool = False
+    ) -> None:
         from exporters.manifest import load_manifest
         from runtimes.sampler import Sampler, sampler_family
 
@@ -237,8 +254,9 @@ class Service:
     def close(self) -> None:
         self.sampler.close()
 
-    def _receive(self, work: Path, option: str, name: str, data: bytes | dict[str, bytes],
-                 names: dict[str, str]) -> Path:
+    def _receive(
+        self, work: Path, option: str, name: str, data: bytes | dict[str, bytes], names: dict[str, str]
+    ) -> Path:
         """A media file or folder written under ``work``; ``names`` maps the server's paths (and
         renamed frame names) back to the client's."""
         path = work / "in" / option / _server_name(_safe_name(name, option), option)
@@ -250,20 +268,27 @@ class Service:
         flag = f"--{option.replace('_', '-')}"
         targets: dict[tuple[str, ...], tuple[str, bytes]] = {}
         for rel, blob in data.items():  # a folder (of frames)
-            parts = tuple(_safe_name(p, "_") for p in PurePosixPath(str(rel).replace("\\", "/")).parts
-                          if p not in ("/", ".", ".."))
-            clash = not parts or parts in targets or any(t[:len(parts)] == parts or parts[:len(t)] == t for t in targets)
+            parts = tuple(
+                _safe_name(p, "_")
+                for p in PurePosixPath(str(rel).replace("\\", "/")).parts
+                if p not in ("/", ".", "..")
+            )
+            clash = (
+                not parts or parts in targets or any(t[: len(parts)] == parts or parts[: len(t)] == t for t in targets)
+            )
             if clash:
-                raise RequestError(f"error: {flag} {name}: the folder's file names {rel!r} is empty, repeated or "
-                                   f"both a file and a folder")
+                raise RequestError(
+                    f"error: {flag} {name}: the folder's file names {rel!r} is empty, repeated or "
+                    f"both a file and a folder"
+                )
             targets[parts] = (str(rel), blob)
         renamed: dict[tuple[str, ...], str] = {}  # each folder level's names, numbered where needed
         for parent in {t[:-1] for t in targets} | {t[:i] for t in targets for i in range(len(t))}:
-            children = sorted({t[len(parent)] for t in targets if len(t) > len(parent) and t[:len(parent)] == parent})
+            children = sorted({t[len(parent)] for t in targets if len(t) > len(parent) and t[: len(parent)] == parent})
             for child, server in _frame_names(children).items():
                 renamed[(*parent, child)] = server
         for parts, (rel, blob) in targets.items():
-            target = path.joinpath(*[renamed[parts[:i + 1]] for i in range(len(parts))])
+            target = path.joinpath(*[renamed[parts[: i + 1]] for i in range(len(parts))])
             if target.name != parts[-1]:
                 names[str(target)] = f"{name.rstrip('/')}/{rel}"
                 names[target.name] = parts[-1]
@@ -286,11 +311,15 @@ class Service:
             for option, (name, data) in payload.files.items():
                 if option not in media:
                     takes = ", ".join("--" + m.replace("_", "-") for m in sorted(media)) or "none"
-                    raise RequestError(f"error: a file was sent for --{option.replace('_', '-')}, which takes no file "
-                                       f"(this model's file options: {takes})")
+                    raise RequestError(
+                        f"error: a file was sent for --{option.replace('_', '-')}, which takes no file "
+                        f"(this model's file options: {takes})"
+                    )
                 values[option] = str(self._receive(work, option, name, data, names))
             for option in media & set(values) - set(payload.files):
-                raise RequestError(f"error: --{option.replace('_', '-')}: send the file's bytes, not a path on the server")
+                raise RequestError(
+                    f"error: --{option.replace('_', '-')}: send the file's bytes, not a path on the server"
+                )
             options = parse_options(self.family.run_options, {**values, "seed": payload.seed})
             seed = options.pop("seed")
             request = prepare_request(self.manifest, options)  # media read and shapes checked here
@@ -301,12 +330,16 @@ class Service:
             check_output_path(request.output_format, out)
             if on_event is not None:
                 on_event({"type": "accepted"})
-            array = self.sampler(request, seed, progress=False,
-                                 on_step=None if on_event is None else lambda e: on_event({"type": "step", **e}))
+            array = self.sampler(
+                request,
+                seed,
+                progress=False,
+                on_step=None if on_event is None else lambda e: on_event({"type": "step", **e}),
+            )
             written = write_output(array, out, fps=request.fps)
             files = []
             for path in written:
-                for p in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []):
+                for p in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
                     if p.is_file():
                         rel = p.relative_to(out.parent).parts
                         files.append(("/".join((out_name if rel[0] == out.name else rel[0], *rel[1:])), p.read_bytes()))
@@ -319,7 +352,7 @@ class Service:
                 line = line.replace(path, names[path])
             for server, client in names.items():  # frame names that had to be renamed
                 if "/" not in server:
-                    line = re.sub(rf"(?<![\w/.-]){re.escape(server)}(?![\w.-])", lambda m: client, line)
+                    line = re.sub(rf"(?<![\w/.-]){re.escape(server)}(?![\w.-])", lambda m, client=client: client, line)
             line = line.replace(str(work), "")
             for root in {str(self.manifest.root.resolve()), str(self.manifest.root)}:
                 line = line.replace(root, "<export>")
@@ -335,5 +368,7 @@ def safe_relative(name: str) -> PurePosixPath:
     """A file name the server sent back, checked to stay inside the output's folder (client side)."""
     p = PurePosixPath(name)
     if not name or p.is_absolute() or ".." in p.parts or "\\" in name:
-        raise InputError(f"the server sent a file named {name!r}, which is not a path inside the output folder; refused")
+        raise InputError(
+            f"the server sent a file named {name!r}, which is not a path inside the output folder; refused"
+        )
     return p

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import queue
 import re
@@ -27,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import logging
 
 from exporters.artifacts import pid_running, remove_dead_scratch, scratch_dir, staged_dir
 from runtimes.serving import ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, Result
@@ -107,31 +106,33 @@ def config_pbtxt(name: str, family: str, options: ServeOptions) -> str:
     if options.queue_timeout > 0:
         policy += ["timeout_action: REJECT", f"default_timeout_microseconds: {int(options.queue_timeout * 1e6)}"]
     params = {"family": family, "backend": options.backend, "device": options.device, "export": EXPORT}
-    return "\n".join([
-        f'name: "{name}"',
-        'backend: "python"',
-        "max_batch_size: 1",
-        "input [",
-        f'  {{ name: "{REQUEST}" data_type: TYPE_STRING dims: [ 1 ] }},',
-        f'  {{ name: "{MEDIA}" data_type: TYPE_STRING dims: [ -1 ] optional: true }}',
-        "]",
-        "output [",
-        f'  {{ name: "{EVENT}" data_type: TYPE_STRING dims: [ 1 ] }},',
-        f'  {{ name: "{FILES}" data_type: TYPE_STRING dims: [ -1 ] }},',
-        f'  {{ name: "{NAMES}" data_type: TYPE_STRING dims: [ -1 ] }},',
-        f'  {{ name: "{ARRAY}" data_type: TYPE_FP32 dims: [ -1 ] }}',
-        "]",
-        "model_transaction_policy { decoupled: true }",
-        "dynamic_batching {",
-        "  max_queue_delay_microseconds: 0",
-        "  default_queue_policy { " + " ".join(policy) + " }",
-        "}",
-        f"instance_group [ {{ count: {options.instances} kind: KIND_CPU }} ]",
-        "parameters [",
-        ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()),
-        "]",
-        "",
-    ])
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            'backend: "python"',
+            "max_batch_size: 1",
+            "input [",
+            f'  {{ name: "{REQUEST}" data_type: TYPE_STRING dims: [ 1 ] }},',
+            f'  {{ name: "{MEDIA}" data_type: TYPE_STRING dims: [ -1 ] optional: true }}',
+            "]",
+            "output [",
+            f'  {{ name: "{EVENT}" data_type: TYPE_STRING dims: [ 1 ] }},',
+            f'  {{ name: "{FILES}" data_type: TYPE_STRING dims: [ -1 ] }},',
+            f'  {{ name: "{NAMES}" data_type: TYPE_STRING dims: [ -1 ] }},',
+            f'  {{ name: "{ARRAY}" data_type: TYPE_FP32 dims: [ -1 ] }}',
+            "]",
+            "model_transaction_policy { decoupled: true }",
+            "dynamic_batching {",
+            "  max_queue_delay_microseconds: 0",
+            "  default_queue_policy { " + " ".join(policy) + " }",
+            "}",
+            f"instance_group [ {{ count: {options.instances} kind: KIND_CPU }} ]",
+            "parameters [",
+            ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()),
+            "]",
+            "",
+        ]
+    )
 
 
 def _link_tree(src: Path, dst: Path) -> int:
@@ -151,8 +152,14 @@ def _link_tree(src: Path, dst: Path) -> int:
     return copied
 
 
-def write_repository(export_dir: Path, repo: Path, options: ServeOptions = ServeOptions(), name: str | None = None,
-                     *, link_export: bool = False) -> Path:
+def write_repository(
+    export_dir: Path,
+    repo: Path,
+    options: ServeOptions = ServeOptions(),
+    name: str | None = None,
+    *,
+    link_export: bool = False,
+) -> Path:
     """Model ``name`` (the family's name by default) in the Triton repository ``repo``, serving the
     export's sampler; other models of the repository stay. The export is hard-linked into the
     model (a repository to move; files on another filesystem are copied, and said so), or with
@@ -168,7 +175,9 @@ def write_repository(export_dir: Path, repo: Path, options: ServeOptions = Serve
         raise ZooError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
     name = name or family.name
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-        raise ZooError(f"--name {name!r}: a model name is letters, digits, '_', '.' and '-' (a folder of the repository)")
+        raise ZooError(
+            f"--name {name!r}: a model name is letters, digits, '_', '.' and '-' (a folder of the repository)"
+        )
     with staged_dir(Path(repo) / name) as stage:
         version = stage / "1"
         version.mkdir(parents=True)
@@ -179,8 +188,12 @@ def write_repository(export_dir: Path, repo: Path, options: ServeOptions = Serve
         else:
             copied = _link_tree(Path(export_dir), version / EXPORT)
             if copied:
-                log.warning("%s is on another filesystem than %s: %.1f MB were copied, not hard-linked",
-                            export_dir, repo, copied / 1e6)
+                log.warning(
+                    "%s is on another filesystem than %s: %.1f MB were copied, not hard-linked",
+                    export_dir,
+                    repo,
+                    copied / 1e6,
+                )
     return repo / name
 
 
@@ -207,8 +220,10 @@ def find_tritonserver() -> Path:
     for home in candidates:
         if (home / "bin" / "tritonserver").is_file() and (home / "backends" / "python").is_dir():
             return home
-    raise BackendUnavailableError("serving needs NVIDIA's tritonserver with its Python backend: "
-                                  "pip install -e '.[serve]' (nvidia-pytriton ships one), or set TRITON_SERVER_HOME")
+    raise BackendUnavailableError(
+        "serving needs NVIDIA's tritonserver with its Python backend: "
+        "pip install -e '.[serve]' (nvidia-pytriton ships one), or set TRITON_SERVER_HOME"
+    )
 
 
 def _backend_dir(home: Path, into: Path) -> Path:
@@ -305,15 +320,19 @@ def http_ready(port: int, host: str = LOOPBACK) -> bool:
 
 def model_failures(port: int, host: str = LOOPBACK) -> dict[str, str]:
     """The repository's models that failed to load, with Triton's reason (the exception's line)."""
-    request = urllib.request.Request(f"http://{_url_host(client_host(host))}:{port}/v2/repository/index", data=b"{}",
-                                     method="POST")
+    request = urllib.request.Request(
+        f"http://{_url_host(client_host(host))}:{port}/v2/repository/index", data=b"{}", method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=2) as r:
             index = json.loads(r.read())
     except (OSError, ValueError):
         return {}
-    return {m.get("name", "?"): _reason(str(m["reason"])) for m in index
-            if m.get("state") == "UNAVAILABLE" and m.get("reason")}
+    return {
+        m.get("name", "?"): _reason(str(m["reason"]))
+        for m in index
+        if m.get("state") == "UNAVAILABLE" and m.get("reason")
+    }
 
 
 def _reason(reason: str) -> str:
@@ -328,8 +347,9 @@ class Server:
     this one; its Python stubs are in its process group. Triton's log goes to ``log`` (appended),
     else to ``triton.log`` in the server's scratch folder (:attr:`log_path`)."""
 
-    def __init__(self, repo: Path, ports: Ports = Ports(), drain_timeout: int = 30, log: Path | None = None,
-                 host: str = LOOPBACK) -> None:
+    def __init__(
+        self, repo: Path, ports: Ports = Ports(), drain_timeout: int = 30, log: Path | None = None, host: str = LOOPBACK
+    ) -> None:
         self.repo, self.ports, self.drain_timeout, self.log, self.host = Path(repo), ports, drain_timeout, log, host
         self.process: subprocess.Popen | None = None
         self._scratch: Path | None = None
@@ -345,12 +365,22 @@ class Server:
 
     def command(self, backends: Path, home: Path) -> list[str]:
         # Triton's own exit timeout is a backstop: the drain timeout is enforced by cancelling (cancel_left)
-        return [str(home / "bin" / "tritonserver"), f"--model-repository={self.repo.resolve()}",
-                f"--backend-directory={backends}", f"--http-address={self.host}", f"--grpc-address={self.host}",
-                f"--metrics-address={self.host}", f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
-                f"--metrics-port={self.ports.metrics}", "--allow-metrics=true", "--allow-gpu-metrics=false",
-                f"--exit-timeout-secs={self.drain_timeout + GRACE}", "--disable-auto-complete-config",
-                "--log-verbose=0"]
+        return [
+            str(home / "bin" / "tritonserver"),
+            f"--model-repository={self.repo.resolve()}",
+            f"--backend-directory={backends}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={self.drain_timeout + GRACE}",
+            "--disable-auto-complete-config",
+            "--log-verbose=0",
+        ]
 
     def start(self) -> Server:
         """Start ``tritonserver`` (in its scratch folder: nothing is imported from the current one)."""
@@ -361,9 +391,16 @@ class Server:
             backends = _backend_dir(home, self._scratch / "backends")
             env = server_env(self._scratch)
             with open(self.log_path, "ab") as out:
-                self.process = subprocess.Popen(self.command(backends, home), env=env, cwd=self._scratch,
-                                                preexec_fn=_die_with_parent, start_new_session=True,
-                                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                self.process = subprocess.Popen(
+                    self.command(backends, home),
+                    env=env,
+                    cwd=self._scratch,
+                    preexec_fn=_die_with_parent,
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
         except BaseException:
             shutil.rmtree(self._scratch, ignore_errors=True)
             raise
@@ -381,13 +418,19 @@ class Server:
         while time.monotonic() - start < timeout:
             if self.process is not None and self.process.poll() is not None:
                 failed = self._log_failures()
-                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready"
-                                  + (f": {failed}" if failed else "") + see, 500)
+                raise ServerError(
+                    f"tritonserver exited with code {self.process.returncode} before it was ready"
+                    + (f": {failed}" if failed else "")
+                    + see,
+                    500,
+                )
             if self.ready():
                 return time.monotonic() - start
             failed = model_failures(self.ports.http, self.host)
             if failed:
-                raise ServerError("; ".join(f"model {m!r} cannot load: {r}" for m, r in sorted(failed.items())) + see, 500)
+                raise ServerError(
+                    "; ".join(f"model {m!r} cannot load: {r}" for m, r in sorted(failed.items())) + see, 500
+                )
             time.sleep(0.1)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s" + see, 503)
 
@@ -479,7 +522,9 @@ class Server:
         self.stop()
 
 
-def serve_forever(server: Server, on_ready: Callable[[float], None], say: Callable[[str], None] = lambda line: None) -> int:
+def serve_forever(
+    server: Server, on_ready: Callable[[float], None], say: Callable[[str], None] = lambda line: None
+) -> int:
     """Run ``server`` until it exits or this process gets SIGTERM / SIGINT. A first signal is
     passed on as SIGTERM: no new requests, the ones held finish; at ``drain_timeout`` what is left
     is cancelled (its clients get a 503 ``shutting down`` line) and the server exits by itself; a
@@ -539,8 +584,13 @@ def serve_forever(server: Server, on_ready: Callable[[float], None], say: Callab
 # The client
 # --------------------------------------------------------------------------------------
 
-_STATUS = {"StatusCode.INVALID_ARGUMENT": 400, "StatusCode.UNAVAILABLE": 503, "StatusCode.NOT_FOUND": 404,
-           "StatusCode.CANCELLED": 499, "StatusCode.DEADLINE_EXCEEDED": 504}
+_STATUS = {
+    "StatusCode.INVALID_ARGUMENT": 400,
+    "StatusCode.UNAVAILABLE": 503,
+    "StatusCode.NOT_FOUND": 404,
+    "StatusCode.CANCELLED": 499,
+    "StatusCode.DEADLINE_EXCEEDED": 504,
+}
 
 
 def _server_error(e: Any) -> ServerError:
@@ -567,7 +617,7 @@ def _server_error(e: Any) -> ServerError:
 def grpc_url(url: str) -> str:
     for prefix in ("grpc://", "http://"):
         if url.startswith(prefix):
-            url = url[len(prefix):]
+            url = url[len(prefix) :]
     return url.rstrip("/")
 
 
@@ -582,8 +632,11 @@ def model_family(url: str, model: str | None) -> tuple[str, str]:
             index = client.get_model_repository_index(as_json=True).get("models", [])
             ready = [m["name"] for m in index if m.get("state") == "READY"]
             if len(ready) != 1:
-                raise ServerError(f"the server at {url} has {len(ready)} ready models ({', '.join(ready) or 'none'}): "
-                                  f"name one with --model", 400)
+                raise ServerError(
+                    f"the server at {url} has {len(ready)} ready models ({', '.join(ready) or 'none'}): "
+                    f"name one with --model",
+                    400,
+                )
             model = ready[0]
         config = client.get_model_config(model, as_json=True)["config"]
     except InferenceServerException as e:
@@ -596,8 +649,13 @@ def model_family(url: str, model: str | None) -> tuple[str, str]:
     return model, family
 
 
-def stream_request(url: str, model: str, payload: Payload, on_event: Callable[[dict[str, Any]], None] | None = None,
-                   timeout: float = 3600) -> Result:
+def stream_request(
+    url: str,
+    model: str,
+    payload: Payload,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float = 3600,
+) -> Result:
     """Send ``payload`` over gRPC streaming; ``on_event`` hears the step events; the result's files.
     A refusal is a :class:`ServerError` with the server's one line and the HTTP status."""
     import tritonclient.grpc as grpcclient
@@ -632,11 +690,15 @@ def stream_request(url: str, model: str, payload: Payload, on_event: Callable[[d
                     blobs = [bytes(b) for b in result.as_numpy(FILES).reshape(-1)]
                     array = result.as_numpy(ARRAY)
                     shape = doc.get("shape")
-                    return Result(list(zip(names, blobs)),
-                                  None if array is None or shape is None else array.reshape(shape))
+                    return Result(
+                        list(zip(names, blobs)), None if array is None or shape is None else array.reshape(shape)
+                    )
                 if on_event is not None:
                     on_event(doc)
-            if response.parameters.get("triton_final_response") and response.parameters["triton_final_response"].bool_param:
+            if (
+                response.parameters.get("triton_final_response")
+                and response.parameters["triton_final_response"].bool_param
+            ):
                 finished = True
                 raise ServerError("the server ended the request without a result", 500)
     except InferenceServerException as e:

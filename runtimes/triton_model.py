@@ -42,7 +42,9 @@ class _Stopping(Exception):
     pass
 
 
-SHUTTING_DOWN = "error: server: shutting down: the server's drain timeout ended before this request finished; send it again"
+SHUTTING_DOWN = (
+    "error: server: shutting down: the server's drain timeout ended before this request finished; send it again"
+)
 
 
 def _watch_parent(parent: int, service: Service) -> None:  # pragma: no cover - runs in the stub
@@ -72,8 +74,9 @@ class TritonPythonModel:
         export = (Path(args["model_repository"]) / args["model_version"] / params.get("export", "export")).resolve()
         self.stop_file = os.environ.get("ZOO_SERVE_STOP")
         self.service = Service(export, params.get("backend", "onnxruntime"), params.get("device", "cpu"), load=True)
-        threading.Thread(target=_watch_parent, args=(os.getppid(), self.service), daemon=True,
-                         name="zoo-parent-watch").start()
+        threading.Thread(
+            target=_watch_parent, args=(os.getppid(), self.service), daemon=True, name="zoo-parent-watch"
+        ).start()
 
     def _stopping(self) -> bool:
         return bool(self.stop_file) and os.path.exists(self.stop_file)
@@ -102,20 +105,30 @@ class TritonPythonModel:
             if self._stopping():
                 raise _Stopping
             media = pb.get_input_tensor_by_name(request, MEDIA)
-            payload = Payload.decode(pb.get_input_tensor_by_name(request, REQUEST).as_numpy(),
-                                     None if media is None else media.as_numpy())
+            payload = Payload.decode(
+                pb.get_input_tensor_by_name(request, REQUEST).as_numpy(), None if media is None else media.as_numpy()
+            )
             result = self.service.run(payload, on_event)
-            tensors = [self._event({"type": "result", "names": [n for n, _ in result.files],
-                                    "shape": None if result.array is None else list(result.array.shape)}),
-                       pb.Tensor(NAMES, _strings([n.encode("utf-8") for n, _ in result.files])),
-                       pb.Tensor(FILES, _strings([b for _, b in result.files]))]
+            tensors = [
+                self._event(
+                    {
+                        "type": "result",
+                        "names": [n for n, _ in result.files],
+                        "shape": None if result.array is None else list(result.array.shape),
+                    }
+                ),
+                pb.Tensor(NAMES, _strings([n.encode("utf-8") for n, _ in result.files])),
+                pb.Tensor(FILES, _strings([b for _, b in result.files])),
+            ]
             if result.array is not None:
                 tensors.append(pb.Tensor(ARRAY, result.array.astype(np.float32).reshape(1, -1)))
             sender.send(pb.InferenceResponse(output_tensors=tensors), flags=final)
         except _Cancelled:
             sender.send(flags=final)
         except _Stopping:
-            sender.send(pb.InferenceResponse(error=pb.TritonError(SHUTTING_DOWN, pb.TritonError.UNAVAILABLE)), flags=final)
+            sender.send(
+                pb.InferenceResponse(error=pb.TritonError(SHUTTING_DOWN, pb.TritonError.UNAVAILABLE)), flags=final
+            )
         except RequestError as e:
             sender.send(pb.InferenceResponse(error=pb.TritonError(e.line, pb.TritonError.INVALID_ARG)), flags=final)
         except ServiceError as e:  # the server's fault: a missing engine, an absent backend, a bad output
@@ -123,9 +136,15 @@ class TritonPythonModel:
             sender.send(pb.InferenceResponse(error=pb.TritonError(e.line, pb.TritonError.INTERNAL)), flags=final)
         except Exception as e:  # a bug: one line to the client, the traceback to the server's log
             pb.Logger.log_error(traceback.format_exc())
-            sender.send(pb.InferenceResponse(error=pb.TritonError(
-                f"error: internal error ({type(e).__name__}); the traceback is in the server's log", pb.TritonError.INTERNAL)),
-                flags=final)
+            sender.send(
+                pb.InferenceResponse(
+                    error=pb.TritonError(
+                        f"error: internal error ({type(e).__name__}); the traceback is in the server's log",
+                        pb.TritonError.INTERNAL,
+                    )
+                ),
+                flags=final,
+            )
 
     def finalize(self) -> None:
         self.service.close()

@@ -103,7 +103,9 @@ def _encode_gif(video: np.ndarray, path: Path, fps: int) -> None:
     export_to_gif([Image.fromarray(frame) for frame in video], str(path), fps=fps)
 
 
-def _write_files(videos: np.ndarray, out: Path, fps: int, encode: Callable[[np.ndarray, Path, int], None]) -> list[Path]:
+def _write_files(
+    videos: np.ndarray, out: Path, fps: int, encode: Callable[[np.ndarray, Path, int], None]
+) -> list[Path]:
     """Encode every video to a temporary sibling (same suffix, so the encoder picks the format),
     then ``os.replace`` them all into place; on any failure no temporary file remains."""
     paths = [out] if len(videos) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(videos))]
@@ -141,8 +143,10 @@ def _write_frame_folder(videos: np.ndarray, out: Path) -> list[Path]:
     if out.is_dir() and not _is_frames_folder(out):
         raise OutputError(f"{out} is a folder holding other files; refusing to replace it with video frames")
     if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is an existing file, not a folder: refusing to replace it with a folder of frames "
-                          f"(give a video suffix such as .mp4, or another path)")
+        raise OutputError(
+            f"{out} is an existing file, not a folder: refusing to replace it with a folder of frames "
+            f"(give a video suffix such as .mp4, or another path)"
+        )
     with staged_dir(out) as stage:
         for i, video in enumerate(videos):
             folder = stage if len(videos) == 1 else stage / f"video-{i}"
@@ -176,7 +180,9 @@ def write_video(frames: np.ndarray, out: Path, *, fps: int = 8) -> list[Path]:
     if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or fps < 1:
         raise InputError(f"fps must be a positive integer, got {fps!r}")
     if frames.ndim != 5 or frames.shape[-1] != 3 or 0 in frames.shape:
-        raise OutputError(f"expected video frames of shape (B, F, H, W, 3), got {frames.shape}; nothing written to {out}")
+        raise OutputError(
+            f"expected video frames of shape (B, F, H, W, 3), got {frames.shape}; nothing written to {out}"
+        )
     if not np.issubdtype(frames.dtype, np.floating):
         raise OutputError(f"expected float video frames in [0, 1], got {frames.dtype}; nothing written to {out}")
     if not np.isfinite(frames).all():
@@ -222,15 +228,19 @@ def check_writable(out: Path) -> None:
     while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        what = ("a file" if folder.is_file() else "a broken symbolic link" if not folder.exists() else "not a folder")
+        what = "a file" if folder.is_file() else "a broken symbolic link" if not folder.exists() else "not a folder"
         raise InputError(f"--out {out}: {folder} is {what}, not a folder, so nothing can be written under it")
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        cause = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                 errno.EROFS: "a read-only file system", errno.ENOSPC: "no space left on the device",
-                 errno.EDQUOT: "disk quota exceeded"}.get(e.errno, e.strerror or str(e))
+        cause = {
+            errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied",
+            errno.EROFS: "a read-only file system",
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "disk quota exceeded",
+        }.get(e.errno, e.strerror or str(e))
         raise InputError(f"--out {out}: cannot write in {folder}: {cause}") from None
 
 
@@ -246,5 +256,7 @@ def write_output(array: np.ndarray, out: Path, *, fps: int = 8) -> list[Path]:
             f"expected images (N, H, W, 3) or video (B, F, H, W, 3), got shape {array.shape}; nothing written to {out}"
         )
     if out.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputError(f"{out}: cannot write images to {out.suffix or '(no suffix)'!r}; accepted: {' '.join(IMAGE_SUFFIXES)}")
+        raise InputError(
+            f"{out}: cannot write images to {out.suffix or '(no suffix)'!r}; accepted: {' '.join(IMAGE_SUFFIXES)}"
+        )
     return write_images(array, out)

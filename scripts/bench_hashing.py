@@ -59,7 +59,11 @@ def write_checkpoint(folder: Path, total: int) -> list[Path]:
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         for t in range(count):
             key = f"blocks.{done + t}.weight"
-            header[key] = {"dtype": "BF16", "shape": [8192, 8192], "data_offsets": [t * TENSOR_BYTES, (t + 1) * TENSOR_BYTES]}
+            header[key] = {
+                "dtype": "BF16",
+                "shape": [8192, 8192],
+                "data_offsets": [t * TENSOR_BYTES, (t + 1) * TENSOR_BYTES],
+            }
             weight_map[key] = name
         text = json.dumps(header).encode()
         text += b" " * (-len(text) % 8)
@@ -75,7 +79,8 @@ def write_checkpoint(folder: Path, total: int) -> list[Path]:
         done += count
         log.info("wrote %s (%.2f GiB)", name, path.stat().st_size / (1 << 30))
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     (folder / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", "num_layers": 40}))
     return files
 
@@ -103,8 +108,12 @@ def evict(files: list[Path]) -> str:
 def resident(files: list[Path]) -> int | None:
     """Bytes of ``files`` in the page cache (``fincore``), None where it cannot be read."""
     try:
-        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, files)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, files)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return sum(int(x) for x in out.split())
     except (OSError, subprocess.CalledProcessError, ValueError):
         return None
@@ -112,14 +121,17 @@ def resident(files: list[Path]) -> int | None:
 
 def child(what: str, path: Path, cache: Path) -> dict[str, Any]:
     """Time ``content_hash`` (or ``file_sha256``) of ``path`` in a new process with hash cache ``cache``."""
-    code = ("import json, sys, time; sys.path.insert(0, sys.argv[1]); from zoo.infra.checkpoint import content_hash; "
-            "from zoo.infra.hashing import file_sha256; from pathlib import Path; f = {'folder': content_hash, "
-            "'file': file_sha256}[sys.argv[2]]; t = time.perf_counter(); d = f(Path(sys.argv[3])); "
-            "s = time.perf_counter() - t; t = time.perf_counter(); f(Path(sys.argv[3])); "
-            "print(json.dumps({'seconds': s, 'again_in_process_seconds': time.perf_counter() - t, 'digest': d}))")
+    code = (
+        "import json, sys, time; sys.path.insert(0, sys.argv[1]); from zoo.infra.checkpoint import content_hash; "
+        "from zoo.infra.hashing import file_sha256; from pathlib import Path; f = {'folder': content_hash, "
+        "'file': file_sha256}[sys.argv[2]]; t = time.perf_counter(); d = f(Path(sys.argv[3])); "
+        "s = time.perf_counter() - t; t = time.perf_counter(); f(Path(sys.argv[3])); "
+        "print(json.dumps({'seconds': s, 'again_in_process_seconds': time.perf_counter() - t, 'digest': d}))"
+    )
     env = {**os.environ, "ZOO_CACHE_DIR": str(cache)}
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT), what, str(path)], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), what, str(path)], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -143,11 +155,17 @@ def main() -> None:
     existing = next(p for p in (args.work, *args.work.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     if free < total + (8 << 30):
-        raise SystemExit(f"error: {args.work} has {free / (1 << 30):.1f} GiB free; {total / (1 << 30) + 8:.1f} GiB needed "
-                         f"(the checkpoint and 8 GiB to spare): use --total-gib or another --work")
+        raise SystemExit(
+            f"error: {args.work} has {free / (1 << 30):.1f} GiB free; {total / (1 << 30) + 8:.1f} GiB needed "
+            f"(the checkpoint and 8 GiB to spare): use --total-gib or another --work"
+        )
     folder = args.work / "transformer"
     caches = Path(tempfile.mkdtemp(prefix="zoo-bench-hash-cache-"))
-    results: dict[str, Any] = {"total_bytes": total, "load_average_before": os.getloadavg(), "cpu_count": os.cpu_count()}
+    results: dict[str, Any] = {
+        "total_bytes": total,
+        "load_average_before": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+    }
     try:
         t = time.perf_counter()
         files = write_checkpoint(folder, total)
@@ -167,8 +185,11 @@ def main() -> None:
             while f.read(BLOCK):
                 pass
         results["read_shard_seconds"] = time.perf_counter() - t
-        results["warm_shard"] = {"bytes": shard.stat().st_size, "resident": resident([shard]),
-                                 **child("file", shard, caches / "b")}
+        results["warm_shard"] = {
+            "bytes": shard.stat().st_size,
+            "resident": resident([shard]),
+            **child("file", shard, caches / "b"),
+        }
         results["cpu_sha256_gb_per_s"] = cpu_rate()
         results["load_average_after"] = os.getloadavg()
     finally:
@@ -176,20 +197,45 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
     gb = total / 1e9
-    log.info("checkpoint: %d shards, %.1f GiB (%s GB); written at %.2f GB/s", len(results["shards"]), total / (1 << 30),
-             f"{gb:.1f}", gb / results["write_seconds"])
-    log.info("page cache before the cold check: %s of %.1f GiB resident (%s)",
-             "unknown" if results["resident_before_cold"] is None else f"{results['resident_before_cold'] / (1 << 30):.2f} GiB",
-             total / (1 << 30), results["eviction"])
-    log.info("cold check (empty hash cache, files read from disk): %.1f s, %.2f GB/s", results["cold"]["seconds"],
-             gb / results["cold"]["seconds"])
-    log.info("cached check, new process: %.4f s; again in the same process: %.5f s",
-             results["cached_new_process"]["seconds"], results["cold"]["again_in_process_seconds"])
+    log.info(
+        "checkpoint: %d shards, %.1f GiB (%s GB); written at %.2f GB/s",
+        len(results["shards"]),
+        total / (1 << 30),
+        f"{gb:.1f}",
+        gb / results["write_seconds"],
+    )
+    log.info(
+        "page cache before the cold check: %s of %.1f GiB resident (%s)",
+        "unknown"
+        if results["resident_before_cold"] is None
+        else f"{results['resident_before_cold'] / (1 << 30):.2f} GiB",
+        total / (1 << 30),
+        results["eviction"],
+    )
+    log.info(
+        "cold check (empty hash cache, files read from disk): %.1f s, %.2f GB/s",
+        results["cold"]["seconds"],
+        gb / results["cold"]["seconds"],
+    )
+    log.info(
+        "cached check, new process: %.4f s; again in the same process: %.5f s",
+        results["cached_new_process"]["seconds"],
+        results["cold"]["again_in_process_seconds"],
+    )
     w = results["warm_shard"]
-    log.info("warm page cache, one %.2f GiB shard, empty hash cache: %.1f s, %.2f GB/s (CPU sha256 alone: %.2f GB/s)",
-             w["bytes"] / (1 << 30), w["seconds"], w["bytes"] / 1e9 / w["seconds"], results["cpu_sha256_gb_per_s"])
-    log.info("load average before/after: %s / %s on %s CPUs", results["load_average_before"],
-             results["load_average_after"], results["cpu_count"])
+    log.info(
+        "warm page cache, one %.2f GiB shard, empty hash cache: %.1f s, %.2f GB/s (CPU sha256 alone: %.2f GB/s)",
+        w["bytes"] / (1 << 30),
+        w["seconds"],
+        w["bytes"] / 1e9 / w["seconds"],
+        results["cpu_sha256_gb_per_s"],
+    )
+    log.info(
+        "load average before/after: %s / %s on %s CPUs",
+        results["load_average_before"],
+        results["load_average_after"],
+        results["cpu_count"],
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

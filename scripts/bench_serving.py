@@ -20,9 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from test_serving import start_server  # noqa: E402
+
 from runtimes.serving import Payload, Service  # noqa: E402
 from runtimes.triton import stream_request  # noqa: E402
-from test_serving import start_server  # noqa: E402
 
 
 def main() -> None:
@@ -60,13 +61,15 @@ def main() -> None:
                 served.append(time.perf_counter() - start)
             start = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda s: stream_request(server.url, model, payload(s)), range(24)))
+                list(pool.map(lambda s, url=server.url, model=model: stream_request(url, model, payload(s)), range(24)))
             concurrent = time.perf_counter() - start
         finally:
             server.stop()
         report[f"instances_{instances}"] = {
-            "ready_s": ready, "served_ms": 1000 * statistics.median(served),
-            "overhead_ms": 1000 * (statistics.median(served) - statistics.median(local)), "clients_8x3_s": concurrent,
+            "ready_s": ready,
+            "served_ms": 1000 * statistics.median(served),
+            "overhead_ms": 1000 * (statistics.median(served) - statistics.median(local)),
+            "clients_8x3_s": concurrent,
         }
     print(json.dumps(report, indent=2))
     if args.json:

@@ -39,8 +39,14 @@ def vae_memory(export: str, frame_counts: tuple[int, ...] = (17, 81)) -> list[di
             z = torch.randn(1, z_dim, (frames - 1) // 4 + 1, h, w)
             start = time.perf_counter()
             video = wan_vae.decode(runners, z)
-            rows.append({"pixel_frames": frames, "shape": list(video.shape), "seconds": time.perf_counter() - start,
-                         "peak_rss_mb": peak_rss_mb()})
+            rows.append(
+                {
+                    "pixel_frames": frames,
+                    "shape": list(video.shape),
+                    "seconds": time.perf_counter() - start,
+                    "peak_rss_mb": peak_rss_mb(),
+                }
+            )
             del video
         runners.close()
     return rows

@@ -72,32 +72,129 @@ def _motion_unet_config() -> dict[str, Any]:
 
 
 TARGETS = [
-    Target("wan-animate-14b", "wan-animate", None, "transformer", "transformer", "diffusers", "WanAnimateTransformer3DModel",
-           {"added_kv_proj_dim": 5120}, torch.bfloat16,
-           ["--height", "32:32:48", "--width", "32:32:48", "--segment-frames", "5:5:9"], "num_layers",
-           half_depth=True, parity_depth=2, parity_config={"inject_face_latents_blocks": 2},  # a face adapter too
-           parity_precisions=("fp32", "bf16")),
-    Target("umt5-xxl", "wan-animate", None, "text_encoder", "text_encoder", "transformers", "UMT5EncoderModel",
-           {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "vocab_size": 256384,
-            "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32, "tie_word_embeddings": False},
-           torch.bfloat16, ["--height", "32:32:48", "--width", "32:32:48", "--segment-frames", "5:5:9"], "num_layers",
-           half_depth=True, parity_depth=2),
-    Target("t5-xxl", "pixart", "sigma", "text_encoder", "text_encoder", "transformers", "T5EncoderModel",
-           {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "vocab_size": 32128,
-            "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32}, torch.float32,
-           ["--height", "64:64:128", "--width", "64:64:128", "--text-length", "8:16:32"], "num_layers", parity_depth=2),
-    Target("clip-vit-h", "wan-animate", None, "image_encoder", "image_encoder", "transformers", "CLIPVisionModelWithProjection",
-           {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
-            "patch_size": 14, "image_size": 224, "projection_dim": 1024, "hidden_act": "gelu"}, torch.float32,
-           ["--height", "32:32:48", "--width", "32:32:48", "--segment-frames", "5:5:9"], "num_hidden_layers"),
-    Target("animatediff-motion-unet", "animatediff", None, "unet", "unet", "diffusers", "UNetMotionModel",
-           {}, torch.float32, ["--height", "64:64:128", "--width", "64:64:128", "--frames", "2:4:8"], "layers_per_block",
-           extra={"config_factory": _motion_unet_config}),
-    Target("pixart-sigma-xl", "pixart", "sigma", "transformer", "transformer", "diffusers", "PixArtTransformer2DModel",
-           {"num_layers": 28, "sample_size": 128, "caption_channels": 4096, "use_additional_conditions": False,
-            "interpolation_scale": 2, "out_channels": 8, "cross_attention_dim": 1152}, torch.float32,
-           ["--height", "64:64:128", "--width", "64:64:128", "--text-length", "8:16:32"], "num_layers",
-           parity_precisions=("fp32", "fp16")),
+    Target(
+        "wan-animate-14b",
+        "wan-animate",
+        None,
+        "transformer",
+        "transformer",
+        "diffusers",
+        "WanAnimateTransformer3DModel",
+        {"added_kv_proj_dim": 5120},
+        torch.bfloat16,
+        ["--height", "32:32:48", "--width", "32:32:48", "--segment-frames", "5:5:9"],
+        "num_layers",
+        half_depth=True,
+        parity_depth=2,
+        parity_config={"inject_face_latents_blocks": 2},  # a face adapter too
+        parity_precisions=("fp32", "bf16"),
+    ),
+    Target(
+        "umt5-xxl",
+        "wan-animate",
+        None,
+        "text_encoder",
+        "text_encoder",
+        "transformers",
+        "UMT5EncoderModel",
+        {
+            "d_model": 4096,
+            "d_ff": 10240,
+            "d_kv": 64,
+            "num_heads": 64,
+            "num_layers": 24,
+            "vocab_size": 256384,
+            "feed_forward_proj": "gated-gelu",
+            "relative_attention_num_buckets": 32,
+            "tie_word_embeddings": False,
+        },
+        torch.bfloat16,
+        ["--height", "32:32:48", "--width", "32:32:48", "--segment-frames", "5:5:9"],
+        "num_layers",
+        half_depth=True,
+        parity_depth=2,
+    ),
+    Target(
+        "t5-xxl",
+        "pixart",
+        "sigma",
+        "text_encoder",
+        "text_encoder",
+        "transformers",
+        "T5EncoderModel",
+        {
+            "d_model": 4096,
+            "d_ff": 10240,
+            "d_kv": 64,
+            "num_heads": 64,
+            "num_layers": 24,
+            "vocab_size": 32128,
+            "feed_forward_proj": "gated-gelu",
+            "relative_attention_num_buckets": 32,
+        },
+        torch.float32,
+        ["--height", "64:64:128", "--width", "64:64:128", "--text-length", "8:16:32"],
+        "num_layers",
+        parity_depth=2,
+    ),
+    Target(
+        "clip-vit-h",
+        "wan-animate",
+        None,
+        "image_encoder",
+        "image_encoder",
+        "transformers",
+        "CLIPVisionModelWithProjection",
+        {
+            "hidden_size": 1280,
+            "intermediate_size": 5120,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 16,
+            "patch_size": 14,
+            "image_size": 224,
+            "projection_dim": 1024,
+            "hidden_act": "gelu",
+        },
+        torch.float32,
+        ["--height", "32:32:48", "--width", "32:32:48", "--segment-frames", "5:5:9"],
+        "num_hidden_layers",
+    ),
+    Target(
+        "animatediff-motion-unet",
+        "animatediff",
+        None,
+        "unet",
+        "unet",
+        "diffusers",
+        "UNetMotionModel",
+        {},
+        torch.float32,
+        ["--height", "64:64:128", "--width", "64:64:128", "--frames", "2:4:8"],
+        "layers_per_block",
+        extra={"config_factory": _motion_unet_config},
+    ),
+    Target(
+        "pixart-sigma-xl",
+        "pixart",
+        "sigma",
+        "transformer",
+        "transformer",
+        "diffusers",
+        "PixArtTransformer2DModel",
+        {
+            "num_layers": 28,
+            "sample_size": 128,
+            "caption_channels": 4096,
+            "use_additional_conditions": False,
+            "interpolation_scale": 2,
+            "out_channels": 8,
+            "cross_attention_dim": 1152,
+        },
+        torch.float32,
+        ["--height", "64:64:128", "--width", "64:64:128", "--text-length", "8:16:32"],
+        "num_layers",
+        parity_precisions=("fp32", "fp16"),
+    ),
 ]
 
 
@@ -162,7 +259,11 @@ def write_random(target: Target, config: Any, folder: Path, seed: int = 0) -> tu
         for key, t in shard:
             n = t.numel() * target.dtype.itemsize
             dtype = target.dtype if t.is_floating_point() else t.dtype
-            header[key] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+            header[key] = {
+                "dtype": SAFETENSORS_NAMES[dtype],
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + n],
+            }
             offset += n
             weight_map[key] = name
             params += t.numel()
@@ -170,22 +271,24 @@ def write_random(target: Target, config: Any, folder: Path, seed: int = 0) -> tu
         raw += b" " * (-len(raw) % 8)
         with open(folder / name, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
-            for key, t in shard:
+            for _key, t in shard:
                 left = t.numel() * target.dtype.itemsize
                 start = int(torch.randint(0, len(block) // 2, (1,), generator=gen)) & ~7
                 while left:
-                    piece = block[start:start + left]
+                    piece = block[start : start + left]
                     f.write(piece)
                     left -= len(piece)
                     start = 0
         total += (folder / name).stat().st_size
     (folder / f"{stem}.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     return params, total
 
 
-def family_folder(target: Target, work: Path, depth: int | None, shards_from: Path | None = None,
-                  extra: dict[str, Any] | None = None) -> tuple[Path, int, int]:
+def family_folder(
+    target: Target, work: Path, depth: int | None, shards_from: Path | None = None, extra: dict[str, Any] | None = None
+) -> tuple[Path, int, int]:
     """A tiny random family folder whose ``target.subfolder`` is the full-size module (random
     shards, or hard links to ``shards_from``'s shards for another depth of the same weights)."""
     folder = work / f"{target.name}-{depth or 'full'}"
@@ -215,13 +318,20 @@ def timed(cmd: list[str], log: Path) -> dict[str, Any]:
     with open(log, "w") as f:
         proc = subprocess.run(["/usr/bin/time", "-f", "ZOO_TIME %e %M", *cmd], stdout=f, stderr=subprocess.STDOUT)
     line = [x for x in log.read_text().splitlines() if x.startswith("ZOO_TIME")][-1].split()
-    return {"rc": proc.returncode, "wall_s": round(float(line[1]), 1), "peak_rss_gib": round(int(line[2]) / 2**20, 3),
-            "elapsed_s": round(time.time() - t, 1), "log": str(log)}
+    return {
+        "rc": proc.returncode,
+        "wall_s": round(float(line[1]), 1),
+        "peak_rss_gib": round(int(line[2]) / 2**20, 3),
+        "elapsed_s": round(time.time() - t, 1),
+        "log": str(log),
+    }
 
 
 def export_size(out: Path, component: str) -> dict[str, int]:
     folder = out / component
-    own = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and WEIGHTS_DIR not in p.relative_to(folder).parts)
+    own = sum(
+        p.stat().st_size for p in folder.rglob("*") if p.is_file() and WEIGHTS_DIR not in p.relative_to(folder).parts
+    )
     linked = sum(p.stat().st_size for p in (folder / WEIGHTS_DIR).glob("*")) if (folder / WEIGHTS_DIR).is_dir() else 0
     data = (folder / DATA_FILE).stat().st_size if (folder / DATA_FILE).is_file() else 0
     return {"own_bytes": own, "computed_data_bytes": data, "linked_bytes": linked}
@@ -232,33 +342,52 @@ def zoo_cmd(*args: str) -> list[str]:
 
 
 def run_target(target: Target, work: Path, parity: bool, export: bool = True) -> dict[str, Any]:
-    result: dict[str, Any] = {"target": target.name, "family": target.family, "component": target.component,
-                              "dtype": dtype_name(target.dtype)}
+    result: dict[str, Any] = {
+        "target": target.name,
+        "family": target.family,
+        "component": target.component,
+        "dtype": dtype_name(target.dtype),
+    }
     if not export:
         return result | parity_run(target, work)
     t = time.time()
     full, params, size = family_folder(target, work, None)
     result.update(parameters=params, checkpoint_bytes=size, write_s=round(time.time() - t, 1))
-    print(f"{target.name}: wrote {params / 1e9:.2f}B parameters, {size / 2**30:.1f} GiB in {result['write_s']} s", flush=True)
+    print(
+        f"{target.name}: wrote {params / 1e9:.2f}B parameters, {size / 2**30:.1f} GiB in {result['write_s']} s",
+        flush=True,
+    )
     common = ["--component", target.component, "--weightless", *target.envelope]
     out = work / f"{target.name}-export"
     shutil.rmtree(out, ignore_errors=True)
-    result["export"] = timed(zoo_cmd("export", target.family, "--model", str(full), "--out", str(out), *common),
-                             work / f"{target.name}-export.log") | export_size(out, target.component)
+    result["export"] = timed(
+        zoo_cmd("export", target.family, "--model", str(full), "--out", str(out), *common),
+        work / f"{target.name}-export.log",
+    ) | export_size(out, target.component)
     print(f"  export: {result['export']}", flush=True)
     if result["export"]["rc"] == 0:  # the initializer check at full depth, as zoo parity runs it
-        result["initializer_check"] = timed(zoo_cmd("parity", str(out), "--weights-only"), work / f"{target.name}-check.log")
-        result["initializer_check"]["report"] = [x for x in Path(work / f"{target.name}-check.log").read_text().splitlines()
-                                                 if "initializers" in x or "passed" in x or "error" in x]
+        result["initializer_check"] = timed(
+            zoo_cmd("parity", str(out), "--weights-only"), work / f"{target.name}-check.log"
+        )
+        result["initializer_check"]["report"] = [
+            x
+            for x in Path(work / f"{target.name}-check.log").read_text().splitlines()
+            if "initializers" in x or "passed" in x or "error" in x
+        ]
         print(f"  initializer check: {result['initializer_check']}", flush=True)
     if target.half_depth:
-        depth = getattr(config_of(target, None), target.depth_key, None) if target.library != "diffusers" else \
-            config_of(target, None).get(target.depth_key) or 40
+        depth = (
+            getattr(config_of(target, None), target.depth_key, None)
+            if target.library != "diffusers"
+            else config_of(target, None).get(target.depth_key) or 40
+        )
         half, _, _ = family_folder(target, work, depth // 2, shards_from=full)
         out_half = work / f"{target.name}-half-export"
         shutil.rmtree(out_half, ignore_errors=True)
-        result["export_half_depth"] = timed(zoo_cmd("export", target.family, "--model", str(half), "--out", str(out_half),
-                                                    *common), work / f"{target.name}-half.log") | {"depth": depth // 2}
+        result["export_half_depth"] = timed(
+            zoo_cmd("export", target.family, "--model", str(half), "--out", str(out_half), *common),
+            work / f"{target.name}-half.log",
+        ) | {"depth": depth // 2}
         print(f"  export at depth {depth // 2}: {result['export_half_depth']}", flush=True)
         shutil.rmtree(out_half, ignore_errors=True)
         shutil.rmtree(half, ignore_errors=True)
@@ -279,14 +408,26 @@ def parity_run(target: Target, work: Path) -> dict[str, Any]:
     for precision in target.parity_precisions:
         out = work / f"{target.name}-parity-{precision}"
         shutil.rmtree(out, ignore_errors=True)
-        exp = timed(zoo_cmd("export", target.family, "--model", str(folder), "--out", str(out), *common,
-                            "--precision", precision), work / f"{target.name}-parity-export-{precision}.log")
-        par = timed(zoo_cmd("parity", str(out), "--no-end-to-end"),
-                    work / f"{target.name}-parity-{precision}.log") if exp["rc"] == 0 else exp
+        exp = timed(
+            zoo_cmd(
+                "export", target.family, "--model", str(folder), "--out", str(out), *common, "--precision", precision
+            ),
+            work / f"{target.name}-parity-export-{precision}.log",
+        )
+        par = (
+            timed(zoo_cmd("parity", str(out), "--no-end-to-end"), work / f"{target.name}-parity-{precision}.log")
+            if exp["rc"] == 0
+            else exp
+        )
         lines = Path(par["log"]).read_text().splitlines()
         summary = [x for x in lines if "passed" in x or x.startswith("error")][-2:]
-        results[precision] = {"depth": target.parity_depth or "full", "parameters": params, "export": exp,
-                              "parity": par, "summary": summary}
+        results[precision] = {
+            "depth": target.parity_depth or "full",
+            "parameters": params,
+            "export": exp,
+            "parity": par,
+            "summary": summary,
+        }
         print(f"  parity {precision}: {results[precision]}", flush=True)
         shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(folder, ignore_errors=True)

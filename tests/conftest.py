@@ -111,8 +111,10 @@ def perturb_graph(export: Path, component: str, change, pick=None) -> None:
 
 #: What makes a test slow (seconds to minutes each on 2 cores): building, exporting or sampling a model.
 _SLOW_FIXTURES = {"tiny_export", "tiny_checkpoint", "copied_export"}
-_SLOW_CALLS = re.compile(r'zoo\(\s*"(export|random|parity|run|bench)"|export_family|build_random|random_reference'
-                         r'|write_random_sources|from_pretrained|Pipeline\(')
+_SLOW_CALLS = re.compile(
+    r'zoo\(\s*"(export|random|parity|run|bench)"|export_family|build_random|random_reference'
+    r"|write_random_sources|from_pretrained|Pipeline\("
+)
 
 
 def _is_slow(item) -> bool:
@@ -148,6 +150,8 @@ def pytest_collection_modifyitems(config, items):
         if "cuda" in item.keywords:
             import torch
 
-            cuda_reason = cuda_reason if cuda_reason is not None else ("" if torch.cuda.is_available() else "no CUDA GPU")
+            cuda_reason = (
+                cuda_reason if cuda_reason is not None else ("" if torch.cuda.is_available() else "no CUDA GPU")
+            )
             if cuda_reason:
                 item.add_marker(pytest.mark.skip(reason=f"needs a CUDA GPU: {cuda_reason}"))

@@ -9,16 +9,16 @@ import diffusers
 import numpy as np
 import pytest
 import torch
+from conftest import assert_error, zoo
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import assert_error, zoo
 from exporters.manifest import load_manifest
 from parity.compare import run_parity
 from runtimes.backends import load_reference
-from zoo.infra.checkpoint import content_hash
 from zoo.contract import Range, Source
 from zoo.errors import CheckpointError, EnvelopeError
+from zoo.infra.checkpoint import content_hash
 from zoo.registry import get_family
 
 LORA_SCALE = 0.8
@@ -36,8 +36,18 @@ def parts(tmp_path_factory):
 def lora_export(tmp_path_factory, parts):
     """The documentation's way: SD folder + adapter + a motion LoRA at scale 0.8, exported (not carried)."""
     out = tmp_path_factory.mktemp("animatediff-lora") / "export"
-    result = zoo("export", "animatediff", "--model", parts["model"], "--motion-adapter", parts["motion_adapter"],
-                 "--lora", f"{parts['lora']}:{LORA_SCALE}", "--out", out)
+    result = zoo(
+        "export",
+        "animatediff",
+        "--model",
+        parts["model"],
+        "--motion-adapter",
+        parts["motion_adapter"],
+        "--lora",
+        f"{parts['lora']}:{LORA_SCALE}",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "in all)" in result.output
     return out
@@ -103,14 +113,40 @@ def test_parity_at_every_corner_with_lora_and_free_init(lora_export):
 
 
 def test_run_writes_the_video_diffusers_writes(lora_export, parts, tmp_path):
-    args = ["run", lora_export, "--prompt", "a fox running", "--negative-prompt", "blurry", "--frames", "6",
-            "--height", "32", "--width", "64", "--steps", "3", "--guidance-scale", "6.0", "--seed", "5"]
+    args = [
+        "run",
+        lora_export,
+        "--prompt",
+        "a fox running",
+        "--negative-prompt",
+        "blurry",
+        "--frames",
+        "6",
+        "--height",
+        "32",
+        "--width",
+        "64",
+        "--steps",
+        "3",
+        "--guidance-scale",
+        "6.0",
+        "--seed",
+        "5",
+    ]
     result = zoo(*args, "--out", tmp_path / "fox.npy")
     assert result.exit_code == 0, result.output
     got = np.load(tmp_path / "fox.npy")
-    want = diffusers_pipeline(parts)(prompt="a fox running", negative_prompt="blurry", num_frames=6, height=32, width=64,
-                                     num_inference_steps=3, guidance_scale=6.0, output_type="np",
-                                     generator=torch.Generator("cpu").manual_seed(5)).frames
+    want = diffusers_pipeline(parts)(
+        prompt="a fox running",
+        negative_prompt="blurry",
+        num_frames=6,
+        height=32,
+        width=64,
+        num_inference_steps=3,
+        guidance_scale=6.0,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(5),
+    ).frames
     assert got.shape == want.shape == (1, 6, 32, 64, 3)
     assert np.abs(got - want).max() <= 1e-3
 
@@ -130,23 +166,52 @@ def test_run_writes_the_video_diffusers_writes(lora_export, parts, tmp_path):
 
 def _write_gif(path, frames: int, size: tuple[int, int], seed: int = 0):
     rng = np.random.default_rng(seed)
-    images = [Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert("P") for _ in range(frames)]
+    images = [
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert("P") for _ in range(frames)
+    ]
     images[0].save(path, save_all=True, append_images=images[1:], duration=125, loop=0)
     return path
 
 
 def test_video_to_video_and_free_init_match_diffusers(lora_export, parts, tmp_path):
     clip = _write_gif(tmp_path / "in.gif", 5, (48, 32))
-    result = zoo("run", lora_export, "--prompt", "a fox", "--video", clip, "--strength", "0.6", "--steps", "4",
-                 "--free-init", "2", "--free-init-method", "gaussian", "--seed", "2", "--out", tmp_path / "v2v.npy")
+    result = zoo(
+        "run",
+        lora_export,
+        "--prompt",
+        "a fox",
+        "--video",
+        clip,
+        "--strength",
+        "0.6",
+        "--steps",
+        "4",
+        "--free-init",
+        "2",
+        "--free-init-method",
+        "gaussian",
+        "--seed",
+        "2",
+        "--out",
+        tmp_path / "v2v.npy",
+    )
     assert result.exit_code == 0, result.output
     got = np.load(tmp_path / "v2v.npy")
 
     pipe = diffusers_pipeline(parts, diffusers.AnimateDiffVideoToVideoPipeline)
     pipe.enable_free_init(num_iters=2, use_fast_sampling=False, method="gaussian")
     video = diffusers.utils.load_video(str(clip), convert_method=lambda frames: [f.convert("RGB") for f in frames])
-    want = pipe(video=[video], prompt="a fox", negative_prompt="", strength=0.6, num_inference_steps=4, height=32,
-                width=48, output_type="np", generator=torch.Generator("cpu").manual_seed(2)).frames
+    want = pipe(
+        video=[video],
+        prompt="a fox",
+        negative_prompt="",
+        strength=0.6,
+        num_inference_steps=4,
+        height=32,
+        width=48,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(2),
+    ).frames
     assert got.shape == want.shape == (1, 5, 32, 48, 3)
     assert np.abs(got - want).max() <= 1e-3
 
@@ -155,8 +220,18 @@ def test_tiny_export_from_an_animatediff_folder_runs(tiny_export, tmp_path):
     out = tiny_export("animatediff")
     m = load_manifest(out)
     assert m.sources[0]["path"] == "reference/model" and m.preset == "tiny"
-    result = zoo("run", out, "--prompt", "a cat", "--steps", "2", "--scheduler", "EulerDiscreteScheduler",
-                 "--out", tmp_path / "frames")
+    result = zoo(
+        "run",
+        out,
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--scheduler",
+        "EulerDiscreteScheduler",
+        "--out",
+        tmp_path / "frames",
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "frames").iterdir())[:2] == ["frame-0000.png", "frame-0001.png"]
 
@@ -174,8 +249,14 @@ def test_tiny_export_from_an_animatediff_folder_runs(tiny_export, tmp_path):
         (["--video", "{tmp}/missing.mp4"], "--video {tmp}/missing.mp4: does not exist"),
         (["--video", "{tmp}/text.mp4"], "--video {tmp}/text.mp4: not a video"),
         (["--video", "{tmp}/empty"], "--video {tmp}/empty: empty video"),
-        (["--video", "{tmp}/big.gif", "--height", "32", "--width", "32"], "frames are 48x48 (WxH), expected 32x32; they were not resized"),
-        (["--video", "{tmp}/big.gif", "--frames", "4"], "--frames 4: video-to-video takes the frame count from --video"),
+        (
+            ["--video", "{tmp}/big.gif", "--height", "32", "--width", "32"],
+            "frames are 48x48 (WxH), expected 32x32; they were not resized",
+        ),
+        (
+            ["--video", "{tmp}/big.gif", "--frames", "4"],
+            "--frames 4: video-to-video takes the frame count from --video",
+        ),
         (["--video", "{tmp}/long.gif"], "--video {tmp}/long.gif frames 20 is outside the exported profile"),
         (["--video", "{tmp}/odd.gif"], "--video {tmp}/odd.gif height 40: height must be a multiple of 16 pixels"),
         (["--strength", "0.5"], "--strength applies to video-to-video: give --video"),
@@ -192,44 +273,101 @@ def test_run_bad_input(tiny_export, tmp_path, options, message):
     _write_gif(tmp_path / "long.gif", 20, (48, 48))
     _write_gif(tmp_path / "odd.gif", 6, (48, 40))
     out = tmp_path / "out.mp4"
-    result = zoo("run", tiny_export("animatediff"), "--prompt", "x", "--steps", "3", "--out", out,
-                 *[o.format(tmp=tmp_path) for o in options])
+    result = zoo(
+        "run",
+        tiny_export("animatediff"),
+        "--prompt",
+        "x",
+        "--steps",
+        "3",
+        "--out",
+        out,
+        *[o.format(tmp=tmp_path) for o in options],
+    )
     assert_error(result, message.format(tmp=tmp_path))
     assert not out.exists()
 
 
 @pytest.mark.parametrize("strength", ["0", "1.5", "nan"])
 def test_strength_outside_the_unit_interval_is_a_usage_error(tiny_export, tmp_path, strength):
-    result = zoo("run", tiny_export("animatediff"), "--prompt", "x", "--video", tmp_path, "--strength", strength,
-                 "--out", tmp_path / "o.mp4")
+    result = zoo(
+        "run",
+        tiny_export("animatediff"),
+        "--prompt",
+        "x",
+        "--video",
+        tmp_path,
+        "--strength",
+        strength,
+        "--out",
+        tmp_path / "o.mp4",
+    )
     assert result.exit_code == 2 and "Invalid value for '--strength'" in result.output, result.output
 
 
 def test_resize_video_resizes(tiny_export, tmp_path):
     clip = _write_gif(tmp_path / "big.gif", 4, (48, 48))
-    result = zoo("run", tiny_export("animatediff"), "--prompt", "x", "--steps", "2", "--video", clip, "--height", "32",
-                 "--width", "32", "--resize-video", "--out", tmp_path / "o.npy")
+    result = zoo(
+        "run",
+        tiny_export("animatediff"),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--video",
+        clip,
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--resize-video",
+        "--out",
+        tmp_path / "o.npy",
+    )
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "o.npy").shape == (1, 4, 32, 32, 3)
 
 
 def test_export_bad_sources(parts, tmp_path):
     out = tmp_path / "out"
-    assert_error(zoo("export", "animatediff", "--model", parts["model"], "--out", out),
-                 "is a Stable Diffusion folder: AnimateDiff also needs --motion-adapter")
-    assert_error(zoo("export", "animatediff", "--model", parts["model"], "--motion-adapter", parts["model"] / "vae",
-                     "--out", out), "holds a AutoencoderKL checkpoint; expected a diffusers-format folder of MotionAdapter")
-    assert_error(zoo("export", "animatediff", "--tiny", "--frames", "8:16:64", "--out", out),
-                 "--frames 8:16:64: frames can be at most 32 frames")
-    assert_error(zoo("export", "animatediff", "--tiny", "--height", "32:64:65536", "--out", out),
-                 "height can be at most 2048 pixels")
+    assert_error(
+        zoo("export", "animatediff", "--model", parts["model"], "--out", out),
+        "is a Stable Diffusion folder: AnimateDiff also needs --motion-adapter",
+    )
+    assert_error(
+        zoo(
+            "export", "animatediff", "--model", parts["model"], "--motion-adapter", parts["model"] / "vae", "--out", out
+        ),
+        "holds a AutoencoderKL checkpoint; expected a diffusers-format folder of MotionAdapter",
+    )
+    assert_error(
+        zoo("export", "animatediff", "--tiny", "--frames", "8:16:64", "--out", out),
+        "--frames 8:16:64: frames can be at most 32 frames",
+    )
+    assert_error(
+        zoo("export", "animatediff", "--tiny", "--height", "32:64:65536", "--out", out),
+        "height can be at most 2048 pixels",
+    )
     # a LoRA whose keys name nothing in this model, and one of another base model (other shapes)
-    save_file({"lora_unet_foo.lora_down.weight": torch.zeros(2, 4), "lora_unet_foo.lora_up.weight": torch.zeros(4, 2)},
-              str(tmp_path / "nothing.safetensors"))
+    save_file(
+        {"lora_unet_foo.lora_down.weight": torch.zeros(2, 4), "lora_unet_foo.lora_up.weight": torch.zeros(4, 2)},
+        str(tmp_path / "nothing.safetensors"),
+    )
     key = "unet.down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q"
-    save_file({f"{key}.lora_A.weight": torch.zeros(2, 320), f"{key}.lora_B.weight": torch.zeros(320, 2)},
-              str(tmp_path / "other.safetensors"))
-    common = ["export", "animatediff", "--model", parts["model"], "--motion-adapter", parts["motion_adapter"], "--out", out]
+    save_file(
+        {f"{key}.lora_A.weight": torch.zeros(2, 320), f"{key}.lora_B.weight": torch.zeros(320, 2)},
+        str(tmp_path / "other.safetensors"),
+    )
+    common = [
+        "export",
+        "animatediff",
+        "--model",
+        parts["model"],
+        "--motion-adapter",
+        parts["motion_adapter"],
+        "--out",
+        out,
+    ]
     result = zoo(*common, "--lora", tmp_path / "nothing.safetensors")
     assert_error(result, "nothing.safetensors")
     assert "does not match this model" in result.output
@@ -240,10 +378,16 @@ def test_export_bad_sources(parts, tmp_path):
 
 
 def test_adapter_for_another_base_model(parts, tmp_path):
-    adapter = diffusers.MotionAdapter(block_out_channels=(8, 16, 32), motion_layers_per_block=1,
-                                      motion_norm_num_groups=4, motion_num_attention_heads=2)
+    adapter = diffusers.MotionAdapter(
+        block_out_channels=(8, 16, 32),
+        motion_layers_per_block=1,
+        motion_norm_num_groups=4,
+        motion_num_attention_heads=2,
+    )
     adapter.save_pretrained(tmp_path / "adapter")
-    ref = get_family("animatediff").load((Source("model", parts["model"]), Source("motion_adapter", tmp_path / "adapter")))
+    ref = get_family("animatediff").load(
+        (Source("model", parts["model"]), Source("motion_adapter", tmp_path / "adapter"))
+    )
     with pytest.raises(CheckpointError, match=r"has block channels \(8, 16, 32\), the UNet of .* has \(16, 32\)"):
         ref.module("unet")
 
@@ -275,6 +419,8 @@ def test_zoo_random_writes_the_documented_layout(tmp_path):
     assert (tmp_path / "ckpt" / "motion-lora.safetensors").is_file()
     assert f"zoo export animatediff --model {tmp_path / 'ckpt' / 'stable-diffusion'} --motion-adapter" in result.output
     assert_error(zoo("random", "animatediff", "--out", tmp_path / "ckpt"), "exists and is not empty")
-    assert_error(zoo("random", "animatediff", "--preset", "huge", "--out", tmp_path / "other"),
-                 "animatediff has no preset 'huge'")
+    assert_error(
+        zoo("random", "animatediff", "--preset", "huge", "--out", tmp_path / "other"),
+        "animatediff has no preset 'huge'",
+    )
     assert not (tmp_path / "other").exists()

@@ -21,7 +21,9 @@ def transformer(tiny_export):
     manifest = load_manifest(out)
     backend = OnnxRuntimeBackend(manifest, "transformer")
     ref = get_family("pixart").load(manifest.source_paths()[0].path)
-    feeds = get_family("pixart").component("transformer").sample_inputs(ref, manifest.component("transformer").point("opt"))
+    feeds = (
+        get_family("pixart").component("transformer").sample_inputs(ref, manifest.component("transformer").point("opt"))
+    )
     return backend, feeds
 
 
@@ -56,13 +58,33 @@ def _edit(feeds, **changes):
         (lambda f: _edit(f, extra=torch.zeros(1)), r"unexpected input\(s\) extra"),
         (lambda f: _edit(f, timestep=f["timestep"].long()), r"input 'timestep': dtype int64, expected float32"),
         (lambda f: _edit(f, hidden_states=f["hidden_states"][0]), r"input 'hidden_states': rank 3 .*expected rank 4"),
-        (lambda f: _edit(f, hidden_states=torch.zeros(2, 4, 14, 8)), r"input 'hidden_states': dim 2 \(latent_height\) is 14, must be in \[4, 12\] \(exported profile\)"),
-        (lambda f: _edit(f, hidden_states=torch.zeros(2, 4, 7, 8)), r"dim 2 \(latent_height\) is 7, must be a multiple of 2"),
-        (lambda f: _edit(f, hidden_states=torch.zeros(2, 3, 8, 8)), r"input 'hidden_states': dim 1 \(in_channels\) is 3, expected 4"),
+        (
+            lambda f: _edit(f, hidden_states=torch.zeros(2, 4, 14, 8)),
+            r"input 'hidden_states': dim 2 \(latent_height\) is 14, must be in \[4, 12\] \(exported profile\)",
+        ),
+        (
+            lambda f: _edit(f, hidden_states=torch.zeros(2, 4, 7, 8)),
+            r"dim 2 \(latent_height\) is 7, must be a multiple of 2",
+        ),
+        (
+            lambda f: _edit(f, hidden_states=torch.zeros(2, 3, 8, 8)),
+            r"input 'hidden_states': dim 1 \(in_channels\) is 3, expected 4",
+        ),
         (lambda f: {k: v[:0] for k, v in f.items()}, r"dim 0 \(cfg_batch\) is 0, must be in \[1, 4\]"),
-        (lambda f: _edit(f, timestep=torch.zeros(3)), r"input 'timestep': dim 0 \(cfg_batch\) is 3, but input 'hidden_states' has cfg_batch = 2"),
-        (lambda f: _edit(f, encoder_hidden_states=torch.zeros(2, 400, 32)), r"dim 1 \(text_length\) is 400, must be in \[16, 300\]"),
-        (lambda f: _edit(f, hidden_states=f["hidden_states"].clone().index_fill_(0, torch.tensor([0]), float("nan"))), r"input 'hidden_states': contains 256 NaN and 0 Inf values"),
+        (
+            lambda f: _edit(f, timestep=torch.zeros(3)),
+            r"input 'timestep': dim 0 \(cfg_batch\) is 3, but input 'hidden_states' has cfg_batch = 2",
+        ),
+        (
+            lambda f: _edit(f, encoder_hidden_states=torch.zeros(2, 400, 32)),
+            r"dim 1 \(text_length\) is 400, must be in \[16, 300\]",
+        ),
+        (
+            lambda f: _edit(
+                f, hidden_states=f["hidden_states"].clone().index_fill_(0, torch.tensor([0]), float("nan"))
+            ),
+            r"input 'hidden_states': contains 256 NaN and 0 Inf values",
+        ),
         (lambda f: _edit(f, hidden_states="x"), r"expected a torch.Tensor or numpy array, got str"),
     ],
 )
@@ -144,11 +166,15 @@ def test_missing_and_truncated_external_data(tmp_path, monkeypatch):
         export_family(fam, ref, fam.envelope(ref), tmp_path / "out", carry_reference=True, progress=False)
     manifest = load_manifest(tmp_path / "out")
     backend = load_backend("onnxruntime", manifest, "transformer")  # whole: loads and runs
-    feeds = fam.component("transformer").sample_inputs(fam.load(manifest.source_paths()[0].path), manifest.component("transformer").point())
+    feeds = fam.component("transformer").sample_inputs(
+        fam.load(manifest.source_paths()[0].path), manifest.component("transformer").point()
+    )
     assert backend(feeds)["sample"].shape == feeds["hidden_states"].shape
     data = tmp_path / "out" / "transformer" / "model.onnx.data"
     data.write_bytes(data.read_bytes()[:-64])
-    with pytest.raises(ArtifactError, match=r"external data .*model.onnx.data is \d+ bytes, the manifest says \d+: truncated"):
+    with pytest.raises(
+        ArtifactError, match=r"external data .*model.onnx.data is \d+ bytes, the manifest says \d+: truncated"
+    ):
         load_backend("onnxruntime", manifest, "transformer")
     data.unlink()
     with pytest.raises(ArtifactError, match=r"external data .*model.onnx.data of .*model.onnx is missing"):
@@ -172,12 +198,16 @@ def test_onnxruntime_cuda_without_gpu_provider(tiny_export):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed: this checks its absence (needs a CPU-only onnxruntime)")
     with pytest.raises(BackendUnavailableError, match="onnxruntime on device cuda needs onnxruntime-gpu"):
-        load_backend("onnxruntime", load_manifest(tiny_export("transformer-temporal", "default")), "transformer", "cuda")
+        load_backend(
+            "onnxruntime", load_manifest(tiny_export("transformer-temporal", "default")), "transformer", "cuda"
+        )
 
 
 def test_torch_backend_needs_its_reference(copied_export):
     shutil.rmtree(copied_export / "reference")
-    with pytest.raises(ArtifactError, match="the torch reference needs the model source .*reference/model, recorded in"):
+    with pytest.raises(
+        ArtifactError, match="the torch reference needs the model source .*reference/model, recorded in"
+    ):
         load_backend("torch", load_manifest(copied_export), "transformer")
 
 
@@ -212,13 +242,23 @@ def _fake_manifest(tmp_path):
     t = Dim("t", 2, 3, 9)
     dims = {"t": t, "pixel": Dim.derived("pixel", t, scale=4, offset=-3), "c": Dim.static("c", 2)}
     record = ComponentRecord(
-        name="chunk", kind="vae_decoder", module="vae", file="chunk/model.onnx", size=0, sha256="", external_data={},
+        name="chunk",
+        kind="vae_decoder",
+        module="vae",
+        file="chunk/model.onnx",
+        size=0,
+        sha256="",
+        external_data={},
         inputs=(TensorRecord("x", "float32", ("t", "c")), TensorRecord("cache", "float32", ("c",))),
         outputs=(TensorRecord("y", "float32", ("pixel", "c")), TensorRecord("cache_out", "float32", ("c",))),
-        dims=dims, precision="float32", opset=18, state={"cache_out": "cache"},
+        dims=dims,
+        precision="float32",
+        opset=18,
+        state={"cache_out": "cache"},
     )
-    return Manifest("fake", "default", [{"role": "model", "path": "m", "hash": ""}], {}, {}, {}, {"chunk": record},
-                    root=tmp_path)
+    return Manifest(
+        "fake", "default", [{"role": "model", "path": "m", "hash": ""}], {}, {}, {}, {"chunk": record}, root=tmp_path
+    )
 
 
 class _Chunk(Backend):  # Backend: a "runtime" that upsamples frames and counts calls

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from zoo.infra.checkpoint import content_hash
 from zoo.errors import CheckpointError
+from zoo.infra.checkpoint import content_hash
 from zoo.registry import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(CheckpointError, match=r"checkpoint folder .*nope does not exist; expected a diffusers-format folder of"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint folder .*nope does not exist; expected a diffusers-format folder of"
+    ):
         get_family("pixart").load(tmp_path / "nope")
 
 
@@ -43,7 +45,9 @@ def test_folder_of_another_model(tiny_checkpoint):
     pixart = tiny_checkpoint("pixart")
     with pytest.raises(CheckpointError, match=r"has no config.json; expected .*TransformerTemporalModel"):
         get_family("transformer-temporal").load(pixart)
-    with pytest.raises(CheckpointError, match=r"holds a PixArtTransformer2DModel checkpoint; expected .*TransformerTemporalModel"):
+    with pytest.raises(
+        CheckpointError, match=r"holds a PixArtTransformer2DModel checkpoint; expected .*TransformerTemporalModel"
+    ):
         get_family("transformer-temporal").load(pixart / "transformer")
 
 
@@ -53,7 +57,9 @@ def test_other_pipeline_class(tmp_path, tiny_checkpoint):
     index = json.loads((folder / "model_index.json").read_text())
     index["_class_name"] = "StableDiffusionPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match=r"holds a StableDiffusionPipeline checkpoint; expected .*PixArtSigmaPipeline"):
+    with pytest.raises(
+        CheckpointError, match=r"holds a StableDiffusionPipeline checkpoint; expected .*PixArtSigmaPipeline"
+    ):
         get_family("pixart").load(folder)
 
 
@@ -96,8 +102,14 @@ def test_content_hash_is_stable_and_sensitive(tmp_path, tiny_checkpoint):
 def test_temporal_with_cross_attention_is_refused(tmp_path):
     from diffusers import TransformerTemporalModel
 
-    TransformerTemporalModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4,
-                             cross_attention_dim=24, double_self_attention=False).save_pretrained(tmp_path)
+    TransformerTemporalModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=16,
+        norm_num_groups=4,
+        cross_attention_dim=24,
+        double_self_attention=False,
+    ).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="cross-attends to encoder_hidden_states"):
         get_family("transformer-temporal").load(tmp_path)
 
@@ -177,8 +189,8 @@ def test_export_reads_each_source_file_once(tmp_path, cache):
     """The export records each source's content hash and per-file hashes from one read of each file
     (files under 1 MiB are not remembered by zoo.infra.hashing, so a second hash would read them again)."""
     from exporters.onnx import _record_sources
-    from zoo.infra.checkpoint import file_hashes
     from zoo.contract import Source
+    from zoo.infra.checkpoint import file_hashes
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -187,7 +199,9 @@ def test_export_reads_each_source_file_once(tmp_path, cache):
     records = _record_sources((Source("model", folder), Source("lora", lora, 0.5)), None)
     assert sorted(cache) == sorted([*files, lora])
     assert [(r["hash"], r["files"]) for r in records] == [
-        (_content_hash_as_recorded(folder), file_hashes(folder)), (_content_hash_as_recorded(lora), file_hashes(lora))]
+        (_content_hash_as_recorded(folder), file_hashes(folder)),
+        (_content_hash_as_recorded(lora), file_hashes(lora)),
+    ]
 
 
 def test_large_file_is_read_once_then_found_by_identity(tmp_path, cache, monkeypatch):
@@ -203,8 +217,10 @@ def test_large_file_is_read_once_then_found_by_identity(tmp_path, cache, monkeyp
     saved = json.loads(hashing.cache_file().read_text())["entries"]
     assert [e["sha256"] for e in saved.values()] == [digest]
     # and another process finds it without reading the file (reading would fail: it cannot open it)
-    code = ("import sys; from zoo.infra import hashing; hashing._read_digest = None; "
-            f"print(hashing.file_sha256({str(f)!r}))")
+    code = (
+        "import sys; from zoo.infra import hashing; hashing._read_digest = None; "
+        f"print(hashing.file_sha256({str(f)!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == digest
 
@@ -247,8 +263,9 @@ def test_remembered_digest_is_dropped_when_the_file_changes(tmp_path, cache, mon
     assert hashing.file_sha256(f) == third and len(cache) == 4  # and that version is remembered
 
 
-@pytest.mark.parametrize("content", [b"{corrupt", b"\xff\xfe\x00", b"[]", b'{"format": 1, "entries": []}',
-                                     b'{"format": 99, "entries": {}}'])
+@pytest.mark.parametrize(
+    "content", [b"{corrupt", b"\xff\xfe\x00", b"[]", b'{"format": 1, "entries": []}', b'{"format": 99, "entries": {}}']
+)
 def test_corrupt_cache_file_is_ignored_and_rewritten(tmp_path, cache, monkeypatch, content):
     from zoo.infra import hashing
 
@@ -278,8 +295,8 @@ def test_malformed_cache_entry_is_ignored(tmp_path, cache, monkeypatch, entry):
 
 
 def test_a_file_that_keeps_changing_while_hashed_is_refused(tmp_path, monkeypatch):
-    from zoo.infra import hashing
     from zoo.errors import ArtifactError
+    from zoo.infra import hashing
 
     monkeypatch.setenv(hashing.CACHE_ENV, str(tmp_path / "cache"))
     f = _write(tmp_path / "w.bin", 2 << 20)
@@ -303,8 +320,8 @@ def test_a_file_that_keeps_changing_while_hashed_is_refused(tmp_path, monkeypatc
 
 
 def test_what_is_not_a_regular_file_is_refused_without_reading(tmp_path):
-    from zoo.infra.hashing import file_sha256
     from zoo.errors import ArtifactError
+    from zoo.infra.hashing import file_sha256
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -364,10 +381,20 @@ def _middle_tensor_checkpoint(path: Path) -> tuple[int, int]:
     from exporters.weights import read_header
 
     mib = 1 << 18  # float32 elements per MiB
-    save_file({"a.weight": torch.full((4 * mib,), 0.5), "b.weight": torch.full((64 * mib,), 0.25),
-               "c.weight": torch.full((4 * mib,), 0.125)}, str(path))
+    save_file(
+        {
+            "a.weight": torch.full((4 * mib,), 0.5),
+            "b.weight": torch.full((64 * mib,), 0.25),
+            "c.weight": torch.full((4 * mib,), 0.125),
+        },
+        str(path),
+    )
     t = read_header(path)["b.weight"]
-    assert path.stat().st_size > 70 << 20 and t.offset >= 4 << 20 and path.stat().st_size - (t.offset + t.length) >= 4 << 20
+    assert (
+        path.stat().st_size > 70 << 20
+        and t.offset >= 4 << 20
+        and path.stat().st_size - (t.offset + t.length) >= 4 << 20
+    )
     return t.offset, t.length
 
 
@@ -391,8 +418,9 @@ def _ends(path: Path) -> tuple[bytes, bytes]:
 
 
 @pytest.mark.parametrize("remembered", [False, True], ids=["fresh", "remembered"])
-def test_middle_tensor_of_a_large_file_gives_a_new_engine_key_and_a_changed_source(copied_export, cache, monkeypatch,
-                                                                                  remembered):
+def test_middle_tensor_of_a_large_file_gives_a_new_engine_key_and_a_changed_source(
+    copied_export, cache, monkeypatch, remembered
+):
     """The case the sampled hash missed, on the real paths: the engine key of a component whose
     external data is a hard link to the checkpoint file (as a weightless export makes), and the
     torch reference's check of its source folder; with the digests just computed, and with them
@@ -400,8 +428,8 @@ def test_middle_tensor_of_a_large_file_gives_a_new_engine_key_and_a_changed_sour
     from exporters import tensorrt as engines
     from exporters.manifest import load_manifest
     from runtimes import backends
-    from zoo.infra.checkpoint import content_hash, file_hashes
     from zoo.errors import ArtifactError
+    from zoo.infra.checkpoint import content_hash, file_hashes
 
     if remembered:
         _settled(monkeypatch)
@@ -430,5 +458,7 @@ def test_middle_tensor_of_a_large_file_gives_a_new_engine_key_and_a_changed_sour
     _fine_tune_middle(big, offset, length)
     assert key() != before
     monkeypatch.setattr(backends, "_REFERENCES", {})
-    with pytest.raises(ArtifactError, match=rf"the model source .* changed since the export \({BIG} changed\).*re-export"):
+    with pytest.raises(
+        ArtifactError, match=rf"the model source .* changed since the export \({BIG} changed\).*re-export"
+    ):
         backends.load_reference(load_manifest(copied_export))

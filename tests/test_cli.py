@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_error, perturb_graph, zoo
 from PIL import Image
 
-from conftest import assert_error, zoo, perturb_graph
 from exporters.manifest import load_manifest
 from zoo.cli import main
 from zoo.registry import get_family
@@ -31,8 +31,23 @@ def test_families_lists_both():
 
 def test_export_temporal_with_envelope(tmp_path):
     out = tmp_path / "tt"
-    result = zoo("export", "transformer-temporal", "--tiny", "--variant", "single-group", "--out", out,
-                 "--frames", "4:8:24", "--height", "4:6:8", "--width", "8", "--batch", "1:2:3")
+    result = zoo(
+        "export",
+        "transformer-temporal",
+        "--tiny",
+        "--variant",
+        "single-group",
+        "--out",
+        out,
+        "--frames",
+        "4:8:24",
+        "--height",
+        "4:6:8",
+        "--width",
+        "8",
+        "--batch",
+        "1:2:3",
+    )
     assert result.exit_code == 0, result.output
     m = load_manifest(out)
     assert m.variant == "single-group"
@@ -49,14 +64,42 @@ def test_export_temporal_with_envelope(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["export", "nope", "--tiny", "--out", "{out}"], "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate"),
-        (["export", "pixart", "--model", "{tmp}/missing", "--out", "{out}"], "does not exist; expected a diffusers-format folder"),
+        (
+            ["export", "nope", "--tiny", "--out", "{out}"],
+            "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate",
+        ),
+        (
+            ["export", "pixart", "--model", "{tmp}/missing", "--out", "{out}"],
+            "does not exist; expected a diffusers-format folder",
+        ),
         (["export", "pixart", "--model", "{tmp}", "--out", "{out}"], "is empty; expected a diffusers-format folder"),
-        (["export", "pixart", "--tiny", "--height", "32:72:96", "--out", "{out}"], "--height 32:72:96: height must be a multiple of 16 pixels, got 72"),
-        (["export", "pixart", "--tiny", "--height", "96:64:32", "--out", "{out}"], "--height 96:64:32: expected MIN <= OPT <= MAX"),
-        (["export", "transformer-temporal", "--tiny", "--variant", "sinusoidal", "--frames", "8:16:64", "--out", "{out}"], "frames can be at most 32 frames"),
+        (
+            ["export", "pixart", "--tiny", "--height", "32:72:96", "--out", "{out}"],
+            "--height 32:72:96: height must be a multiple of 16 pixels, got 72",
+        ),
+        (
+            ["export", "pixart", "--tiny", "--height", "96:64:32", "--out", "{out}"],
+            "--height 96:64:32: expected MIN <= OPT <= MAX",
+        ),
+        (
+            [
+                "export",
+                "transformer-temporal",
+                "--tiny",
+                "--variant",
+                "sinusoidal",
+                "--frames",
+                "8:16:64",
+                "--out",
+                "{out}",
+            ],
+            "frames can be at most 32 frames",
+        ),
         (["export", "pixart", "--out", "{out}"], "give exactly one of --model PATH"),
-        (["export", "pixart", "--tiny", "--variant", "beta", "--out", "{out}"], "family 'pixart' has no variant 'beta'"),
+        (
+            ["export", "pixart", "--tiny", "--variant", "beta", "--out", "{out}"],
+            "family 'pixart' has no variant 'beta'",
+        ),
         (["export", "pixart", "--tiny", "--component", "unet", "--out", "{out}"], "has no component 'unet'"),
     ],
 )
@@ -79,11 +122,23 @@ def assert_usage(result, message: str):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["run", "{export}", "--prompt", "x", "--steps", "0", "--out", "{out}"], "Invalid value for '--steps': 0 is not in the range x>=1"),
-        (["run", "{export}", "--prompt", "x", "--seed", "-5", "--out", "{out}"], "Invalid value for '--seed': -5 is not in the range"),
+        (
+            ["run", "{export}", "--prompt", "x", "--steps", "0", "--out", "{out}"],
+            "Invalid value for '--steps': 0 is not in the range x>=1",
+        ),
+        (
+            ["run", "{export}", "--prompt", "x", "--seed", "-5", "--out", "{out}"],
+            "Invalid value for '--seed': -5 is not in the range",
+        ),
         (["run", "{export}", "--out", "{out}"], "Missing option '--prompt'"),
-        (["run", "{export}", "--prompt", "x", "--guidance-scale", "nan", "--out", "{out}"], "'nan' is not a finite number"),
-        (["run", "{export}", "--prompt", "x", "--guidance-scale", "inf", "--out", "{out}"], "'inf' is not a finite number"),
+        (
+            ["run", "{export}", "--prompt", "x", "--guidance-scale", "nan", "--out", "{out}"],
+            "'nan' is not a finite number",
+        ),
+        (
+            ["run", "{export}", "--prompt", "x", "--guidance-scale", "inf", "--out", "{out}"],
+            "'inf' is not a finite number",
+        ),
         (["run", "{export}", "--prompt", "x", "--bogus", "1", "--out", "{out}"], "No such option '--bogus'"),
         (["export", "pixart", "--tiny", "--frames", "8", "--out", "{out}"], "No such option '--frames'"),
         (["frobnicate"], "No such command 'frobnicate'"),
@@ -96,8 +151,9 @@ def test_usage_errors_are_clicks_own(tiny_export, tmp_path, args, message):
     assert not out.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", [[], ["families"], ["export"], ["export", "pixart"], ["run"], ["run", "{export}"],
-                                     ["parity"], ["bench"]])
+@pytest.mark.parametrize(
+    "command", [[], ["families"], ["export"], ["export", "pixart"], ["run"], ["run", "{export}"], ["parity"], ["bench"]]
+)
 def test_help_exits_zero(tiny_export, command):
     result = zoo(*[a.format(export=tiny_export("pixart", "sigma")) for a in command], "--help")
     assert result.exit_code == 0, result.output
@@ -111,8 +167,12 @@ def test_help_exits_zero(tiny_export, command):
 def test_export_folder_of_another_model(tmp_path, tiny_checkpoint):
     result = zoo("export", "pixart", "--model", tiny_checkpoint("transformer-temporal"), "--out", tmp_path / "out")
     assert_error(result, "has no model_index.json; expected a diffusers-format folder of")
-    result = zoo("export", "transformer-temporal", "--model", tiny_checkpoint("pixart") / "vae", "--out", tmp_path / "out")
-    assert_error(result, "holds a AutoencoderKL checkpoint; expected a diffusers-format folder of TransformerTemporalModel")
+    result = zoo(
+        "export", "transformer-temporal", "--model", tiny_checkpoint("pixart") / "vae", "--out", tmp_path / "out"
+    )
+    assert_error(
+        result, "holds a AutoencoderKL checkpoint; expected a diffusers-format folder of TransformerTemporalModel"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -126,16 +186,40 @@ def test_export_from_local_checkpoint_records_source(tmp_path, tiny_checkpoint):
 
 def test_run_writes_the_diffusers_image(tiny_export, tmp_path):
     out = tiny_export("pixart", "sigma")
-    args = ["run", out, "--prompt", "a fox at night", "--negative-prompt", "blurry", "--steps", "3",
-            "--guidance-scale", "4.0", "--height", "32", "--width", "64", "--seed", "11"]
+    args = [
+        "run",
+        out,
+        "--prompt",
+        "a fox at night",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "3",
+        "--guidance-scale",
+        "4.0",
+        "--height",
+        "32",
+        "--width",
+        "64",
+        "--seed",
+        "11",
+    ]
     result = zoo(*args, "--out", tmp_path / "fox.npy")
     assert result.exit_code == 0, result.output
     got = np.load(tmp_path / "fox.npy")
 
     pipe = diffusers.PixArtSigmaPipeline.from_pretrained(load_manifest(out).source_paths()[0].path)
-    want = pipe(prompt="a fox at night", negative_prompt="blurry", num_inference_steps=3, guidance_scale=4.0,
-                height=32, width=64, use_resolution_binning=False, generator=torch.Generator("cpu").manual_seed(11),
-                output_type="np").images
+    want = pipe(
+        prompt="a fox at night",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        guidance_scale=4.0,
+        height=32,
+        width=64,
+        use_resolution_binning=False,
+        generator=torch.Generator("cpu").manual_seed(11),
+        output_type="np",
+    ).images
     assert got.shape == want.shape == (1, 32, 64, 3)
     assert np.abs(got - want).max() <= 1e-3
 
@@ -147,7 +231,18 @@ def test_run_writes_the_diffusers_image(tiny_export, tmp_path):
 
 
 def test_run_batch_writes_one_png_per_image(tiny_export, tmp_path):
-    result = zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", "--batch", "2", "--out", tmp_path / "b.png")
+    result = zoo(
+        "run",
+        tiny_export("pixart", "sigma"),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--out",
+        tmp_path / "b.png",
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b-0.png", "b-1.png"]
 
@@ -169,16 +264,26 @@ def test_run_bad_request(tiny_export, tmp_path, extra, message):
 
         if tensorrt_unavailable() is None:
             pytest.skip("TensorRT and a GPU are present: this checks their absence")
-    result = zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", *extra, "--out", tmp_path / "x.png")
+    result = zoo(
+        "run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", *extra, "--out", tmp_path / "x.png"
+    )
     assert_error(result, message)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_run_bad_paths(tiny_export, tmp_path):
-    assert_error(zoo("run", tmp_path / "nope", "--prompt", "x", "--out", tmp_path / "x.png"), "does not exist; create it with `zoo export`")
-    assert_error(zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--out", tmp_path / "x.jpg"), "expected a .png or .npy file")
-    assert_error(zoo("run", tiny_export("transformer-temporal", "default"), "--prompt", "x", "--out", tmp_path / "x.png"),
-                 "family 'transformer-temporal' has no sampler")
+    assert_error(
+        zoo("run", tmp_path / "nope", "--prompt", "x", "--out", tmp_path / "x.png"),
+        "does not exist; create it with `zoo export`",
+    )
+    assert_error(
+        zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--out", tmp_path / "x.jpg"),
+        "expected a .png or .npy file",
+    )
+    assert_error(
+        zoo("run", tiny_export("transformer-temporal", "default"), "--prompt", "x", "--out", tmp_path / "x.png"),
+        "family 'transformer-temporal' has no sampler",
+    )
 
 
 def test_run_truncated_model(tiny_export, tmp_path):
@@ -203,7 +308,16 @@ def test_parity_failure_exits_non_zero(tiny_export, tmp_path):
 
 
 def test_bench_reports_both_runtimes(tiny_export, tmp_path):
-    result = zoo("bench", tiny_export("transformer-temporal", "default"), "--iterations", "2", "--warmup", "0", "--json", tmp_path / "b.json")
+    result = zoo(
+        "bench",
+        tiny_export("transformer-temporal", "default"),
+        "--iterations",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        tmp_path / "b.json",
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["component"] for r in rows] == ["transformer"]
@@ -212,10 +326,17 @@ def test_bench_reports_both_runtimes(tiny_export, tmp_path):
 
 
 def test_console_error_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "zoo.cli", "export", "nope", "--tiny", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.cli", "export", "nope", "--tiny", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate"
+    assert (
+        proc.stderr.strip()
+        == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate"
+    )
 
 
 def test_missing_external_data_is_a_clear_error(tmp_path, monkeypatch):
@@ -249,16 +370,49 @@ def test_custom_pixart_checkpoint_end_to_end(tmp_path):
     torch.manual_seed(1)
     build_t5_tokenizer(ckpt / "tokenizer", model_max_length=64)
     tokenizer = AutoTokenizer.from_pretrained(ckpt / "tokenizer")
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1,
-                                           num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"))
-    transformer = PixArtTransformer2DModel(num_attention_heads=3, attention_head_dim=8, in_channels=4, out_channels=8,
-                                           num_layers=3, cross_attention_dim=24, caption_channels=16, sample_size=128,
-                                           patch_size=1, norm_type="ada_norm_single", norm_elementwise_affine=False,
-                                           norm_eps=1e-6, num_embeds_ada_norm=1000, use_additional_conditions=False)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 16), down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4, norm_num_groups=4)
-    PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                        scheduler=DPMSolverMultistepScheduler()).save_pretrained(ckpt)
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=16,
+            d_kv=4,
+            d_ff=32,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+        )
+    )
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=3,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=3,
+        cross_attention_dim=24,
+        caption_channels=16,
+        sample_size=128,
+        patch_size=1,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        num_embeds_ada_norm=1000,
+        use_additional_conditions=False,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+    )
+    PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    ).save_pretrained(ckpt)
 
     out = tmp_path / "out"
     result = zoo("export", "pixart", "--model", ckpt, "--out", out, "--height", "32:64:80", "--width", "48:64:64")
@@ -266,21 +420,35 @@ def test_custom_pixart_checkpoint_end_to_end(tmp_path):
     m = load_manifest(out)
     assert m.variant == "alpha-512" and m.pipeline == "PixArtAlphaPipeline"
     assert m.envelope["text_length"].max == 64 and m.axes["height"].multiple_of == 8
-    assert m.components["transformer"].dims["latent_height"].to_json() == {"min": 8, "opt": 16, "max": 20, "multiple_of": 1}
+    assert m.components["transformer"].dims["latent_height"].to_json() == {
+        "min": 8,
+        "opt": 16,
+        "max": 20,
+        "multiple_of": 1,
+    }
     result = zoo("parity", out)
     assert result.exit_code == 0, result.output
-    result = zoo("run", out, "--prompt", "a cat", "--steps", "2", "--height", "72", "--width", "56", "--out", tmp_path / "c.npy")
+    result = zoo(
+        "run", out, "--prompt", "a cat", "--steps", "2", "--height", "72", "--width", "56", "--out", tmp_path / "c.npy"
+    )
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "c.npy").shape == (1, 72, 56, 3)
-    assert_error(zoo("run", out, "--prompt", "a cat", "--height", "68", "--out", tmp_path / "d.npy"),
-                 "--height 68: height must be a multiple of 8 pixels")
+    assert_error(
+        zoo("run", out, "--prompt", "a cat", "--height", "68", "--out", tmp_path / "d.npy"),
+        "--height 68: height must be a multiple of 8 pixels",
+    )
 
 
 def test_batch_envelope_without_single_image(tmp_path):
     """--batch 2:2:2: the text encoder still sees one prompt at a time, as in the pipeline."""
     out = tmp_path / "b2"
     assert zoo("export", "pixart", "--tiny", "--batch", "2:2:2", "--out", out).exit_code == 0
-    assert load_manifest(out).components["text_encoder"].dims["batch"].to_json() == {"min": 1, "opt": 1, "max": 2, "multiple_of": 1}
+    assert load_manifest(out).components["text_encoder"].dims["batch"].to_json() == {
+        "min": 1,
+        "opt": 1,
+        "max": 2,
+        "multiple_of": 1,
+    }
     result = zoo("run", out, "--prompt", "a fox", "--steps", "2", "--out", tmp_path / "b.npy")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "b.npy").shape == (2, 64, 64, 3)
@@ -291,8 +459,10 @@ def test_partial_export(tmp_path):
     out = tmp_path / "part"
     assert zoo("export", "pixart", "--tiny", "--component", "transformer", "--out", out).exit_code == 0
     assert set(load_manifest(out).components) == {"transformer"}
-    assert_error(zoo("run", out, "--prompt", "x", "--out", tmp_path / "x.png"),
-                 "lacks component(s) text_encoder, vae_decoder that the sampler runs")
+    assert_error(
+        zoo("run", out, "--prompt", "x", "--out", tmp_path / "x.png"),
+        "lacks component(s) text_encoder, vae_decoder that the sampler runs",
+    )
     result = zoo("parity", out)  # the sampler of a partial export did not run: not a pass (exit 3)
     assert result.exit_code == 3, result.output
     assert "NOT RUN end_to_end sampler: the export lacks text_encoder, vae_decoder (a partial export" in result.output
@@ -314,39 +484,65 @@ def test_export_over_a_foreign_manifest_is_refused(tmp_path):
     ],
 )
 def test_run_more_bad_requests(tiny_export, tmp_path, extra, message):
-    result = zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", *extra, "--out", tmp_path / "x.png")
+    result = zoo(
+        "run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", *extra, "--out", tmp_path / "x.png"
+    )
     assert_error(result, message)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_run_out_is_a_folder(tiny_export, tmp_path):
     (tmp_path / "a.png").mkdir()
-    assert_error(zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--out", tmp_path / "a.png"),
-                 "expected a file path in a folder")
+    assert_error(
+        zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--out", tmp_path / "a.png"),
+        "expected a file path in a folder",
+    )
 
 
 def test_pipeline_rejection_is_one_line(tiny_export, tmp_path):
     # PixArtAlphaPipeline indexes scheduler.step(...)[1] at one step, which DPM-Solver lacks
-    result = zoo("run", tiny_export("pixart", "alpha-512"), "--prompt", "x", "--steps", "1", "--out", tmp_path / "x.png")
+    result = zoo(
+        "run", tiny_export("pixart", "alpha-512"), "--prompt", "x", "--steps", "1", "--out", tmp_path / "x.png"
+    )
     assert_error(result, "PixArtAlphaPipeline rejected the request (IndexError")
 
 
 def test_parity_json_to_stdout(tiny_export):
     result = CliRunner().invoke(main, ["parity", str(tiny_export("transformer-temporal", "default")), "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["failed"] == 0 and report["family"] == "transformer-temporal"
 
 
 @pytest.mark.parametrize(
     "family, args, message",
     [
-        ("animatediff", ["--prompt", "x", "--free-init", "0"], "Invalid value for '--free-init': 0 is not in the range x>=1"),
-        ("animatediff", ["--prompt", "x", "--free-init", "2", "--free-init-method", "box"], "Invalid value for '--free-init-method'"),
+        (
+            "animatediff",
+            ["--prompt", "x", "--free-init", "0"],
+            "Invalid value for '--free-init': 0 is not in the range x>=1",
+        ),
+        (
+            "animatediff",
+            ["--prompt", "x", "--free-init", "2", "--free-init-method", "box"],
+            "Invalid value for '--free-init-method'",
+        ),
         ("animatediff", ["--prompt", "x", "--fps", "0"], "Invalid value for '--fps': 0 is not in the range x>=1"),
-        ("wan-animate", ["--image", "x", "--pose-video", "x", "--face-video", "x", "--mode", "dance"], "Invalid value for '--mode'"),
-        ("wan-animate", ["--image", "x", "--pose-video", "x", "--face-video", "x", "--prev-frames", "3"], "Invalid value for '--prev-frames'"),
-        ("unianimate-dit", ["--image", "x", "--pose-video", "x", "--ref-pose", "x", "--context-frames", "0"], "Invalid value for '--context-frames'"),
+        (
+            "wan-animate",
+            ["--image", "x", "--pose-video", "x", "--face-video", "x", "--mode", "dance"],
+            "Invalid value for '--mode'",
+        ),
+        (
+            "wan-animate",
+            ["--image", "x", "--pose-video", "x", "--face-video", "x", "--prev-frames", "3"],
+            "Invalid value for '--prev-frames'",
+        ),
+        (
+            "unianimate-dit",
+            ["--image", "x", "--pose-video", "x", "--ref-pose", "x", "--context-frames", "0"],
+            "Invalid value for '--context-frames'",
+        ),
         ("unianimate-dit", ["--pose-video", "x", "--ref-pose", "x"], "Missing option '--image'"),
     ],
 )
@@ -358,8 +554,10 @@ def test_family_run_options_are_checked_by_click(tiny_export, tmp_path, family, 
 
 
 def test_bench_unknown_component(tiny_export):
-    assert_error(zoo("bench", tiny_export("transformer-temporal"), "--component", "unet"),
-                 "has no component 'unet'; it has transformer")
+    assert_error(
+        zoo("bench", tiny_export("transformer-temporal"), "--component", "unet"),
+        "has no component 'unet'; it has transformer",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -372,12 +570,16 @@ HEAVY = ("torch", "diffusers", "transformers", "onnx", "onnxruntime")
 @pytest.mark.parametrize("command", [[], ["export"], ["run"], ["random"], ["parity"], ["bench"], ["build"]])
 def test_help_imports_no_heavy_library(command):
     """`zoo --help` and a command's help start in a fraction of a second: no torch, no diffusers."""
-    code = ("import sys\nfrom zoo.cli import main\ntry:\n    main(sys.argv[1:], prog_name='zoo')\nexcept SystemExit as e:\n"
-            "    assert e.code == 0, e.code\nprint('imported:', *sorted(m for m in %r if m in sys.modules))" % (HEAVY,))
+    code = (
+        "import sys\nfrom zoo.cli import main\ntry:\n    main(sys.argv[1:], prog_name='zoo')\nexcept SystemExit as e:\n"
+        f"    assert e.code == 0, e.code\nprint('imported:', *sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code, *command, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Usage:" in done.stdout
-    assert done.stdout.splitlines()[-1] == "imported:", f"`zoo {' '.join(command)} --help`: {done.stdout.splitlines()[-1]}"
+    assert done.stdout.splitlines()[-1] == "imported:", (
+        f"`zoo {' '.join(command)} --help`: {done.stdout.splitlines()[-1]}"
+    )
 
 
 def test_every_family_option_help_shows_its_range_or_none():
@@ -415,7 +617,16 @@ def test_run_out_under_a_file_is_refused_before_sampling(tiny_export, tmp_path, 
 
     monkeypatch.setattr(sampler.Sampler, "__init__", no_sampling)
     (tmp_path / "ro").write_text("a file where a folder should be")
-    result = zoo("run", tiny_export("pixart", "sigma"), "--prompt", "x", "--steps", "1", "--out", tmp_path / "ro" / "sub" / "x.png")
+    result = zoo(
+        "run",
+        tiny_export("pixart", "sigma"),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        tmp_path / "ro" / "sub" / "x.png",
+    )
     assert_error(result, f"--out {tmp_path / 'ro' / 'sub' / 'x.png'}: {tmp_path / 'ro'} is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]
 
@@ -473,15 +684,21 @@ def test_steps_beyond_the_scheduler_are_refused_before_sampling(tiny_export, tmp
     monkeypatch.setattr(sampler.Sampler, "__init__", no_sampling)
     export = tiny_export("pixart", "sigma")
     out = tmp_path / "x.png"
-    assert_error(zoo("run", export, "--prompt", "x", "--steps", "1000", "--out", out),
-                 "--steps 1000: DPMSolverMultistepScheduler cannot take that many steps on this export's scheduler "
-                 "config (its schedule degenerates (it repeats timesteps): step 500 of 1000 gives NaN); it takes at most "
-                 "999 steps here")
-    assert_error(zoo("run", export, "--prompt", "x", "--steps", "1001", "--out", out),
-                 "--steps 1001: DPMSolverMultistepScheduler of this export has 1000 training timesteps "
-                 "(num_train_timesteps), so it takes at most 1000 steps")
-    assert_error(zoo("run", export, "--prompt", "x", "--steps", "1001", "--scheduler", "DDIMScheduler", "--out", out),
-                 "--steps 1001: DDIMScheduler of this export has 1000 training timesteps")
+    assert_error(
+        zoo("run", export, "--prompt", "x", "--steps", "1000", "--out", out),
+        "--steps 1000: DPMSolverMultistepScheduler cannot take that many steps on this export's scheduler "
+        "config (its schedule degenerates (it repeats timesteps): step 500 of 1000 gives NaN); it takes at most "
+        "999 steps here",
+    )
+    assert_error(
+        zoo("run", export, "--prompt", "x", "--steps", "1001", "--out", out),
+        "--steps 1001: DPMSolverMultistepScheduler of this export has 1000 training timesteps "
+        "(num_train_timesteps), so it takes at most 1000 steps",
+    )
+    assert_error(
+        zoo("run", export, "--prompt", "x", "--steps", "1001", "--scheduler", "DDIMScheduler", "--out", out),
+        "--steps 1001: DDIMScheduler of this export has 1000 training timesteps",
+    )
     assert list(tmp_path.iterdir()) == []
     # what the scheduler can take is taken: DPM-Solver at 999, DDIM at all 1000 timesteps
     manifest = load_manifest(export)
@@ -498,7 +715,9 @@ def test_steps_check_simulates_each_scheduler_config_and_step_count_once(tiny_ex
     monkeypatch.setattr(sampler, "_STEP_PROBLEMS", {})
     simulated = []
     real = sampler._schedule_problem
-    monkeypatch.setattr(sampler, "_schedule_problem", lambda s, n: simulated.append((type(s).__name__, n)) or real(s, n))
+    monkeypatch.setattr(
+        sampler, "_schedule_problem", lambda s, n: simulated.append((type(s).__name__, n)) or real(s, n)
+    )
     manifest = load_manifest(tiny_export("pixart", "sigma"))
     for _ in range(3):
         sampler.prepare_request(manifest, {"prompt": "x", "steps": 3})
@@ -571,14 +790,42 @@ def _diffusers_pixart_sigma_test_config(dest):
     torch.manual_seed(0)
     build_t5_tokenizer(dest / "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(dest / "tokenizer")
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
-                                           num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0))
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+        )
+    )
     transformer = diffusers.PixArtTransformer2DModel(
-        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
-        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
-    pipe = diffusers.PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=diffusers.AutoencoderKL(),
-                                         transformer=transformer, scheduler=diffusers.DDIMScheduler())
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    pipe = diffusers.PixArtSigmaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=diffusers.AutoencoderKL(),
+        transformer=transformer,
+        scheduler=diffusers.DDIMScheduler(),
+    )
     pipe.save_pretrained(dest)
     return pipe
 
@@ -595,21 +842,46 @@ def test_pixart_size_ceiling_is_a_guard_that_says_so(tmp_path, monkeypatch):
     ref = fam.load(tmp_path / "ckpt")
     monkeypatch.delenv(GUARD_OVERRIDE, raising=False)
     assert fam.envelope(ref, {"height": Range(48, 48, 48), "width": Range(48, 48, 48)})["height"] == Range(48, 48, 48)
-    with pytest.raises(EnvelopeError, match=r"--height 48:48:1024: height can be at most 512 pixels \(a guard, not a "
-                                            r"limit of PixArt: .* set ZOO_NO_SIZE_GUARD=1 to export beyond it\)"):
+    with pytest.raises(
+        EnvelopeError,
+        match=r"--height 48:48:1024: height can be at most 512 pixels \(a guard, not a "
+        r"limit of PixArt: .* set ZOO_NO_SIZE_GUARD=1 to export beyond it\)",
+    ):
         fam.envelope(ref, {"height": Range(48, 48, 1024)})
     monkeypatch.setenv(GUARD_OVERRIDE, "1")
     assert fam.envelope(ref, {"height": Range(48, 48, 1024)})["height"].max == 1024
     monkeypatch.delenv(GUARD_OVERRIDE)
 
     out = tmp_path / "export"
-    result = zoo("export", "pixart", "--model", tmp_path / "ckpt", "--out", out, "--height", "48", "--width", "48",
-                 "--batch", "1", "--text-length", "16")
+    result = zoo(
+        "export",
+        "pixart",
+        "--model",
+        tmp_path / "ckpt",
+        "--out",
+        out,
+        "--height",
+        "48",
+        "--width",
+        "48",
+        "--batch",
+        "1",
+        "--text-length",
+        "16",
+    )
     assert result.exit_code == 0, result.output
     result = zoo("run", out, "--prompt", "a fox", "--steps", "2", "--seed", "3", "--out", tmp_path / "fox.npy")
     assert result.exit_code == 0, result.output
-    want = pipe(prompt="a fox", num_inference_steps=2, height=48, width=48, max_sequence_length=16,
-                use_resolution_binning=False, generator=torch.Generator("cpu").manual_seed(3), output_type="np").images
+    want = pipe(
+        prompt="a fox",
+        num_inference_steps=2,
+        height=48,
+        width=48,
+        max_sequence_length=16,
+        use_resolution_binning=False,
+        generator=torch.Generator("cpu").manual_seed(3),
+        output_type="np",
+    ).images
     got = np.load(tmp_path / "fox.npy")
     assert got.shape == want.shape == (1, 48, 48, 3) and np.abs(got - want).max() <= 1e-3
 
@@ -652,8 +924,17 @@ def test_random_writes_media_the_tiny_export_takes(tiny_export, tmp_path):
     assert face[0].size == (size, size) and len(face) == 17
     common = {"image": media / "ref.png", "pose_video": media / "pose.mp4", "face_video": media / "face.mp4"}
     prepare_request(manifest, common)
-    prepare_request(manifest, {**common, "mode": "replace", "background_video": media / "bg.mp4",
-                               "mask_video": media / "mask.mp4", "prev_frames": "5", "segment_frames": 13})
+    prepare_request(
+        manifest,
+        {
+            **common,
+            "mode": "replace",
+            "background_video": media / "bg.mp4",
+            "mask_video": media / "mask.mp4",
+            "prev_frames": "5",
+            "segment_frames": 13,
+        },
+    )
 
 
 def load_video_frames(path):

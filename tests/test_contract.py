@@ -38,7 +38,10 @@ def test_axis_check_names_axis_and_constraint(r, message):
 
 
 def test_unknown_family_lists_known_ones():
-    with pytest.raises(UnknownFamilyError, match=r"unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate"):
+    with pytest.raises(
+        UnknownFamilyError,
+        match=r"unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate",
+    ):
         get_family("nope")
     assert family_names() == ["animatediff", "pixart", "transformer-temporal", "unianimate-dit", "wan-animate"]
 
@@ -51,7 +54,9 @@ def test_every_family_has_tiny_preset_and_variants():
 
 
 def test_unknown_component_names_the_components():
-    with pytest.raises(UnknownFamilyError, match="has no component 'unet'; its components are text_encoder, transformer, vae_decoder"):
+    with pytest.raises(
+        UnknownFamilyError, match="has no component 'unet'; its components are text_encoder, transformer, vae_decoder"
+    ):
         get_family("pixart").component("unet")
 
 
@@ -109,8 +114,16 @@ def _family_class(**attributes):
     """A Family subclass with ``attributes`` (declared as a family module would)."""
     from zoo.contract import Component, Family
 
-    component = Component("vae_decoder_step", "vae_decoder", "vae", inputs=lambda ref: (), outputs=lambda ref: (),
-                          dims=lambda env, ref: {}, wrapper=lambda ref: None, reference=lambda ref, feeds: {})
+    component = Component(
+        "vae_decoder_step",
+        "vae_decoder",
+        "vae",
+        inputs=lambda ref: (),
+        outputs=lambda ref: (),
+        dims=lambda env, ref: {},
+        wrapper=lambda ref: None,
+        reference=lambda ref, feeds: {},
+    )
     return type("Probe", (Family,), {"name": "probe", "components": (component,), **attributes})
 
 
@@ -125,11 +138,17 @@ def test_a_host_loop_is_declared_whole():
     with pytest.raises(TypeError, match="HostLoop.checks: expected a function"):
         HostLoop(("vae_decoder_step",), None)
     for half in ({"loop_components": ("vae_decoder_step",)}, {"loop_checks": checks}):
-        with pytest.raises(TypeError, match=f"Probe declares {next(iter(half))}: declare a host loop whole, as "
-                                            r"host_loop = HostLoop\(components=..., checks=...\)"):
+        with pytest.raises(
+            TypeError,
+            match=f"Probe declares {next(iter(half))}: declare a host loop whole, as "
+            r"host_loop = HostLoop\(components=..., checks=...\)",
+        ):
             _family_class(**half)
-    with pytest.raises(TypeError, match="Probe: host loop component 'vae_decoder_first' is not one of its components "
-                                        r"\(vae_decoder_step\)"):
+    with pytest.raises(
+        TypeError,
+        match="Probe: host loop component 'vae_decoder_first' is not one of its components "
+        r"\(vae_decoder_step\)",
+    ):
         _family_class(host_loop=HostLoop(("vae_decoder_first", "vae_decoder_step"), checks))
     assert _family_class(host_loop=HostLoop(("vae_decoder_step",), checks)).host_loop.checks is checks
 
@@ -150,14 +169,17 @@ def test_families_with_chunk_graphs_declare_the_wan_vae_loop():
 def test_rounding_declarations_name_real_outputs(tiny_checkpoint):
     from zoo.contract import Rounding
 
-    with pytest.raises(TypeError, match="Rounding of pose_encoder.pose_features: dtype must be bfloat16 or float16, "
-                                        "got 'float32'"):
+    with pytest.raises(
+        TypeError, match="Rounding of pose_encoder.pose_features: dtype must be bfloat16 or float16, got 'float32'"
+    ):
         Rounding("pose_encoder", "pose_features", "float32")
     with pytest.raises(TypeError, match="Probe: rounding component 'pose_encoder' is not one of its components"):
         _family_class(roundings=(Rounding("pose_encoder", "pose_features", "bfloat16"),))
     fam = get_family("unianimate-dit")
     assert {(r.component, r.output, r.dtype) for r in fam.roundings} == {
-        ("pose_encoder", "pose_features", "bfloat16"), ("ref_pose_encoder", "ref_pose_features", "bfloat16")}
+        ("pose_encoder", "pose_features", "bfloat16"),
+        ("ref_pose_encoder", "ref_pose_features", "bfloat16"),
+    }
     for name in family_names():
         fam = get_family(name)
         if not fam.roundings:
@@ -199,11 +221,19 @@ def _required(name: str, context, tmp_path) -> list[dict]:
     if name == "wan-animate":
         size = context.configs["transformer"]["motion_encoder_size"]
         frames = env["segment_frames"].opt
-        return [{"image": _image(tmp_path / "image", h, w), "pose_video": _frames(tmp_path / "pose", frames, h, w),
-                 "face_video": _frames(tmp_path / "face", frames, size, size)}]
+        return [
+            {
+                "image": _image(tmp_path / "image", h, w),
+                "pose_video": _frames(tmp_path / "pose", frames, h, w),
+                "face_video": _frames(tmp_path / "face", frames, size, size),
+            }
+        ]
     if name == "unianimate-dit":
-        base = {"image": _image(tmp_path / "image", h, w), "ref_pose": _image(tmp_path / "ref", h, w),
-                "pose_video": _frames(tmp_path / "pose", env["frames"].opt, h, w)}
+        base = {
+            "image": _image(tmp_path / "image", h, w),
+            "ref_pose": _image(tmp_path / "ref", h, w),
+            "pose_video": _frames(tmp_path / "pose", env["frames"].opt, h, w),
+        }
         return [base, {**base, "long_video": True, "pose_video": _frames(tmp_path / "long", 4 * 21 - 3, h, w)}]
     raise AssertionError(f"family {name} has a sampler: say here which options a request of it needs")
 
@@ -217,9 +247,13 @@ def test_request_defaults_are_the_option_defaults(name, tiny_checkpoint, tmp_pat
 
     fam = get_family(name)
     ref = fam.load(tiny_checkpoint(name))
-    context = RequestContext(envelope=fam.envelope(ref), axes={a.name: a for a in fam.axes(ref)},
-                             configs={s.module: _json_config(ref.config(s.module)) for s in fam.pipeline_slots},
-                             components=tuple(c.name for c in fam.components), pipeline=ref.pipeline)
+    context = RequestContext(
+        envelope=fam.envelope(ref),
+        axes={a.name: a for a in fam.axes(ref)},
+        configs={s.module: _json_config(ref.config(s.module)) for s in fam.pipeline_slots},
+        components=tuple(c.name for c in fam.components),
+        pipeline=ref.pipeline,
+    )
     declared = {o.name: False if o.type == "flag" else o.default for o in fam.run_options}  # what click passes
     assert any(o.default is not None for o in fam.run_options if not o.required)
     for given in _required(name, context, tmp_path):

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper
 import exporters.onnx as onnx_export
 from exporters.manifest import load_manifest
 from exporters.onnx import check_graph, export_family, random_reference
-from zoo.infra.checkpoint import content_hash
 from zoo.contract import Range
 from zoo.errors import ArtifactError, EnvelopeError, ExportError
+from zoo.infra.checkpoint import content_hash
 from zoo.registry import get_family
 
 
@@ -28,7 +28,12 @@ def test_manifest_records_family_source_versions_and_dims(tiny_export):
     assert set(m.components) == {"text_encoder", "transformer", "vae_decoder"}
     t = m.components["transformer"]
     assert [i.name for i in t.inputs] == [
-        "hidden_states", "encoder_hidden_states", "encoder_attention_mask", "timestep", "resolution", "aspect_ratio"
+        "hidden_states",
+        "encoder_hidden_states",
+        "encoder_attention_mask",
+        "timestep",
+        "resolution",
+        "aspect_ratio",
     ]
     assert t.dims["cfg_batch"].to_json() == {"min": 1, "opt": 2, "max": 4, "multiple_of": 1}
     assert t.dims["latent_height"].to_json() == {"min": 4, "opt": 8, "max": 12, "multiple_of": 2}
@@ -37,15 +42,25 @@ def test_manifest_records_family_source_versions_and_dims(tiny_export):
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["format_version"] == 3 and raw["envelope"]["height"]["unit"] == "pixels"
     decoder = m.components["vae_decoder"]
-    assert decoder.dims["height"].to_json() == {"min": 32, "opt": 64, "max": 96, "multiple_of": 1,
-                                                "of": "latent_height", "scale": 8, "offset": 0}
+    assert decoder.dims["height"].to_json() == {
+        "min": 32,
+        "opt": 64,
+        "max": 96,
+        "multiple_of": 1,
+        "of": "latent_height",
+        "scale": 8,
+        "offset": 0,
+    }
     assert raw["components"]["vae_decoder"]["outputs"][0]["shape"] == ["batch", 3, "height", "width"]
 
 
 def test_sigma_has_no_size_condition_inputs(tiny_export):
     m = load_manifest(tiny_export("pixart", "sigma"))
     assert [i.name for i in m.components["transformer"].inputs] == [
-        "hidden_states", "encoder_hidden_states", "encoder_attention_mask", "timestep"
+        "hidden_states",
+        "encoder_hidden_states",
+        "encoder_attention_mask",
+        "timestep",
     ]
     assert m.envelope["text_length"].opt == 300
 
@@ -89,7 +104,9 @@ def test_check_graph_accepts_supported_graph(tmp_path):
 
 def test_check_graph_rejects_operators_tensorrt_lacks(tmp_path):
     _write_model(tmp_path / "bad.onnx", op_type="Bernoulli")
-    with pytest.raises(ExportError, match="component 'c': operators the TensorRT ONNX parser does not import: Bernoulli"):
+    with pytest.raises(
+        ExportError, match="component 'c': operators the TensorRT ONNX parser does not import: Bernoulli"
+    ):
         check_graph(tmp_path / "bad.onnx", "c")
 
 
@@ -154,7 +171,9 @@ def test_external_data_export(tmp_path, monkeypatch):
         m = export_family(fam, ref, fam.envelope(ref), tmp_path / "out", progress=False)
     record = m.components["transformer"]
     assert list(record.external_data) == ["transformer/model.onnx.data"]
-    assert (tmp_path / "out" / "transformer" / "model.onnx.data").stat().st_size == record.external_data["transformer/model.onnx.data"]
+    assert (tmp_path / "out" / "transformer" / "model.onnx.data").stat().st_size == record.external_data[
+        "transformer/model.onnx.data"
+    ]
 
 
 def test_export_refuses_to_replace_a_folder_that_is_not_an_export(tmp_path):
@@ -162,8 +181,9 @@ def test_export_refuses_to_replace_a_folder_that_is_not_an_export(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("precious")
     fam = get_family("transformer-temporal")
-    with random_reference(fam, variant="default", preset="tiny") as ref, pytest.raises(
-        ExportError, match="exists and is not a zoo export folder: choose a new or empty folder"
+    with (
+        random_reference(fam, variant="default", preset="tiny") as ref,
+        pytest.raises(ExportError, match="exists and is not a zoo export folder: choose a new or empty folder"),
     ):
         export_family(fam, ref, fam.envelope(ref), out, progress=False)
     assert (out / "notes.txt").read_text() == "precious"

@@ -24,12 +24,22 @@ def tiny_unet(channels: tuple[int, int] = (8, 16)):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=channels, layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, norm_num_groups=4,
-        sample_size=8, attention_head_dim=4,
+        block_out_channels=channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        sample_size=8,
+        attention_head_dim=4,
     )
-    adapter = MotionAdapter(block_out_channels=channels, motion_layers_per_block=1, motion_norm_num_groups=4,
-                            motion_num_attention_heads=2, motion_max_seq_length=32)
+    adapter = MotionAdapter(
+        block_out_channels=channels,
+        motion_layers_per_block=1,
+        motion_norm_num_groups=4,
+        motion_num_attention_heads=2,
+        motion_max_seq_length=32,
+    )
     return unet, adapter, UNetMotionModel
 
 
@@ -40,14 +50,30 @@ def base_pipe():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     unet, adapter, _ = tiny_unet()
-    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4, layers_per_block=1,
-                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",))
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet, motion_adapter=adapter,
-                               scheduler=DDIMScheduler())
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        norm_num_groups=4,
+        latent_channels=4,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=8,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    pipe = AnimateDiffPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet, motion_adapter=adapter, scheduler=DDIMScheduler()
+    )
     assert type(pipe.unet).__name__ == "UNetMotionModel"
     return pipe
 
@@ -159,10 +185,13 @@ def test_text_encoder_keys_are_fused_into_the_text_encoder(base_pipe, pipe, moti
     assert_no_peft(pipe)
 
 
-@pytest.mark.parametrize("down, up", [
-    (".lora.down.weight", ".lora.up.weight"),  # older diffusers format
-    ("<proc>_lora.down.weight", "<proc>_lora.up.weight"),  # AnimateDiff motion LoRAs as converted by diffusers
-])
+@pytest.mark.parametrize(
+    "down, up",
+    [
+        (".lora.down.weight", ".lora.up.weight"),  # older diffusers format
+        ("<proc>_lora.down.weight", "<proc>_lora.up.weight"),  # AnimateDiff motion LoRAs as converted by diffusers
+    ],
+)
 def test_older_key_formats_fuse_like_the_peft_format(base_pipe, pipe, motion_loras, tmp_path, down, up):
     renamed = {}
     for key, value in load_file(motion_loras[0]).items():
@@ -220,9 +249,12 @@ def test_full_weights_are_not_a_lora(pipe, tmp_path):
 def test_lora_of_a_bigger_motion_module_names_key_and_shapes(pipe, tmp_path):
     unet, adapter, motion_cls = tiny_unet((16, 32))
     big = build_random_motion_lora(motion_cls.from_unet2d(unet, adapter), tmp_path / "big.safetensors")
-    with pytest.raises(CheckpointError, match=r"big\.safetensors is for another base model: its key "
-                       r"'unet\.down_blocks\.0\.motion_modules\.0\..*to_q\.lora_A\.weight' has shape \[2, 16\] "
-                       r"but this model's unet\.down_blocks\.0\..*to_q has weight shape \[8, 8\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"big\.safetensors is for another base model: its key "
+        r"'unet\.down_blocks\.0\.motion_modules\.0\..*to_q\.lora_A\.weight' has shape \[2, 16\] "
+        r"but this model's unet\.down_blocks\.0\..*to_q has weight shape \[8, 8\]",
+    ):
         fuse_loras(pipe, [LoraSpec(big)])
     assert_no_peft(pipe)
 
@@ -231,9 +263,12 @@ def test_text_encoder_of_another_size_is_refused(pipe, tmp_path):
     key = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
     state = {f"{key}.lora_A.weight": torch.ones(4, 768), f"{key}.lora_B.weight": torch.ones(768, 4)}
     save_file(state, tmp_path / "te.safetensors")
-    with pytest.raises(CheckpointError, match=r"key 'text_encoder\.text_model\..*q_proj\.lora_A\.weight' has shape "
-                       r"\[4, 768\] but this model's text_encoder\.encoder\.layers\.0\.self_attn\.q_proj has weight "
-                       r"shape \[16, 16\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"key 'text_encoder\.text_model\..*q_proj\.lora_A\.weight' has shape "
+        r"\[4, 768\] but this model's text_encoder\.encoder\.layers\.0\.self_attn\.q_proj has weight "
+        r"shape \[16, 16\]",
+    ):
         fuse_loras(pipe, [LoraSpec(tmp_path / "te.safetensors")])
 
 
@@ -266,16 +301,23 @@ def test_lora_file_picks_the_file_of_a_folder(tmp_path):
     assert lora_file(LoraSpec(tmp_path)) == tmp_path / "pytorch_lora_weights.safetensors"
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("missing.safetensors", None, "does not exist"),
-    ("empty-folder", "DIR", "is empty"),
-    ("lora.ckpt", b"\x80\x04pickle", r"is not a \.safetensors file"),
-    ("zero.safetensors", b"", "is empty"),
-    ("lfs.safetensors", b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 123\n", "git-LFS pointer"),
-    ("garbage.safetensors", b"not a safetensors file at all", "not a readable safetensors file"),
-    ("truncated.safetensors", "TRUNC", "not a readable safetensors file"),
-    ("no-tensors.safetensors", "EMPTY", "holds no tensors"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.safetensors", None, "does not exist"),
+        ("empty-folder", "DIR", "is empty"),
+        ("lora.ckpt", b"\x80\x04pickle", r"is not a \.safetensors file"),
+        ("zero.safetensors", b"", "is empty"),
+        (
+            "lfs.safetensors",
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 123\n",
+            "git-LFS pointer",
+        ),
+        ("garbage.safetensors", b"not a safetensors file at all", "not a readable safetensors file"),
+        ("truncated.safetensors", "TRUNC", "not a readable safetensors file"),
+        ("no-tensors.safetensors", "EMPTY", "holds no tensors"),
+    ],
+)
 def test_lora_file_refusals(tmp_path, name, content, message):
     path = tmp_path / name
     if content == "DIR":
@@ -303,26 +345,32 @@ def test_folder_without_safetensors(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, path, scale", [
-    ("a.safetensors", "a.safetensors", 1.0),
-    ("a.safetensors:0.8", "a.safetensors", 0.8),
-    ("/x:y/a.safetensors:1", "/x:y/a.safetensors", 1.0),
-    ("/x:y/a.safetensors", "/x:y/a.safetensors", 1.0),
-    ("loras/zoom:-0.5", "loras/zoom", -0.5),
-    ("C:\\loras\\zoom.safetensors", "C:\\loras\\zoom.safetensors", 1.0),
-])
+@pytest.mark.parametrize(
+    "text, path, scale",
+    [
+        ("a.safetensors", "a.safetensors", 1.0),
+        ("a.safetensors:0.8", "a.safetensors", 0.8),
+        ("/x:y/a.safetensors:1", "/x:y/a.safetensors", 1.0),
+        ("/x:y/a.safetensors", "/x:y/a.safetensors", 1.0),
+        ("loras/zoom:-0.5", "loras/zoom", -0.5),
+        ("C:\\loras\\zoom.safetensors", "C:\\loras\\zoom.safetensors", 1.0),
+    ],
+)
 def test_parse_lora(text, path, scale):
     assert parse_lora(text) == LoraSpec(Path(path), scale)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a:nan", "finite"),
-    ("a:inf", "finite"),
-    ("a:-1e999", "finite"),
-    ("a.safetensors:", "no scale"),
-    (":0.5", "no path"),
-    ("", "no path"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a:nan", "finite"),
+        ("a:inf", "finite"),
+        ("a:-1e999", "finite"),
+        ("a.safetensors:", "no scale"),
+        (":0.5", "no path"),
+        ("", "no path"),
+    ],
+)
 def test_parse_lora_refusals(text, message):
     with pytest.raises(InputError, match=message) as err:
         parse_lora(text)

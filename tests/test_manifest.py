@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import zoo
 
 from exporters.artifacts import clean_stale
-from conftest import zoo
 from exporters.manifest import load_manifest
 from exporters.onnx import export_family
 from runtimes.backends import load_reference
@@ -43,6 +43,7 @@ def _set(path: list, value):
             target = target[key]
         target[path[-1]] = value
         return d
+
     return change
 
 
@@ -52,16 +53,34 @@ def _set(path: list, value):
         (lambda d: [], r"manifest is list, expected an object"),
         (lambda d: None, r"manifest is NoneType, expected an object"),
         (_set(["components"], 5), r"manifest.components is int 5, expected dict"),
-        (_set(["components", "transformer", "dims", "frames", "max"], 2.5), r"components.transformer.dims.frames is malformed"),
-        (_set(["components", "transformer", "dims", "frames", "min"], "4"), r"components.transformer.dims.frames is malformed"),
-        (_set(["components", "transformer", "inputs", 0, "shape", 2], "nope"), r"names dim 'nope', which the component does not declare"),
-        (_set(["components", "transformer", "inputs", 0, "dtype"], "float128"), r"dtype is 'float128', expected one of"),
-        (_set(["components", "transformer", "size"], True), r"components.transformer.size is True, expected an integer"),
+        (
+            _set(["components", "transformer", "dims", "frames", "max"], 2.5),
+            r"components.transformer.dims.frames is malformed",
+        ),
+        (
+            _set(["components", "transformer", "dims", "frames", "min"], "4"),
+            r"components.transformer.dims.frames is malformed",
+        ),
+        (
+            _set(["components", "transformer", "inputs", 0, "shape", 2], "nope"),
+            r"names dim 'nope', which the component does not declare",
+        ),
+        (
+            _set(["components", "transformer", "inputs", 0, "dtype"], "float128"),
+            r"dtype is 'float128', expected one of",
+        ),
+        (
+            _set(["components", "transformer", "size"], True),
+            r"components.transformer.size is True, expected an integer",
+        ),
         (_set(["envelope", "frames", "opt"], None), r"envelope.frames.opt is None, expected an integer"),
         (_set(["sources"], []), r"sources is empty"),
         (_set(["format_version"], 1), r"has format version 1 .*, this zoo reads 3: re-export"),
-        (_set(["format_version"], 2), r"has format version 2 \(its sources' hashes read only a sample of large files\), "
-                                      r"this zoo reads 3: re-export"),
+        (
+            _set(["format_version"], 2),
+            r"has format version 2 \(its sources' hashes read only a sample of large files\), "
+            r"this zoo reads 3: re-export",
+        ),
     ],
 )
 def test_manifest_of_the_wrong_shape_is_an_artifact_error(export_copy, change, message):
@@ -139,7 +158,9 @@ def test_staging_folders_of_a_killed_export_are_cleaned(tmp_path):
 def test_static_dims_export_and_run(tmp_path):
     """`--height 64` (one value) is a static dim: exported as a fixed size, not a failure at the VAE."""
     out = tmp_path / "static"
-    result = zoo("export", "pixart", "--tiny", "--height", "64", "--width", "32", "--component", "vae_decoder", "--out", out)
+    result = zoo(
+        "export", "pixart", "--tiny", "--height", "64", "--width", "32", "--component", "vae_decoder", "--out", out
+    )
     assert result.exit_code == 0, result.output
     record = load_manifest(out).component("vae_decoder")
     assert record.dims["height"].min == record.dims["height"].max == 64
@@ -179,7 +200,9 @@ def test_export_prints_the_whole_size(tmp_path, monkeypatch):
 
 def test_sources_of_another_family_are_refused(tiny_checkpoint):
     with pytest.raises(Exception, match="family 'pixart' takes no motion_adapter source"):
-        get_family("pixart").load((Source("model", tiny_checkpoint("pixart")), Source("motion_adapter", tiny_checkpoint("pixart"))))
+        get_family("pixart").load(
+            (Source("model", tiny_checkpoint("pixart")), Source("motion_adapter", tiny_checkpoint("pixart")))
+        )
 
 
 def test_derived_dims_profiles_follow_the_source():
@@ -190,5 +213,7 @@ def test_derived_dims_profiles_follow_the_source():
     assert (pixel.min, pixel.opt, pixel.max) == (5, 17, 33)
     assert pixel.source_value(21) == 6 and pixel.source_value(20) is None
     assert resolve_point({"latent_frames": latent, "pixel_frames": pixel}, {"latent_frames": 3}) == {
-        "latent_frames": 3, "pixel_frames": 9}
+        "latent_frames": 3,
+        "pixel_frames": 9,
+    }
     assert pixel.formula() == "4 x latent_frames - 3"

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import perturb_graph, zoo
+
 from parity.compare import component_parity, run_parity
 from parity.metrics import compare
 from parity.report import format_table, report_json
@@ -39,7 +39,9 @@ def test_tolerance_failure_names_the_passing_bound():
     tol = Tolerance(min_psnr=50.0)
     (failure,) = tol.failures(compare(torch.tensor([0.1, 0.0]), torch.tensor([0.0, 0.0]), data_range=2.0))
     assert "< 50 dB (would pass with min_psnr" in failure
-    assert Tolerance(max_abs=1e-3).failures(compare(torch.tensor([float("inf")]), torch.tensor([0.0]))) == ["0 NaN / 1 Inf in the candidate"]
+    assert Tolerance(max_abs=1e-3).failures(compare(torch.tensor([float("inf")]), torch.tensor([0.0]))) == [
+        "0 NaN / 1 Inf in the candidate"
+    ]
 
 
 def test_table_matches_parity_md():
@@ -52,7 +54,15 @@ def test_table_matches_parity_md():
     assert set(TABLE) >= {"text_encoder", "image_encoder", "denoiser", "vae_encoder", "vae_decoder", "end_to_end"}
 
 
-@pytest.mark.parametrize("family, variant", [("pixart", "sigma"), ("pixart", "alpha-1024"), ("transformer-temporal", "single-group"), ("transformer-temporal", "sinusoidal")])
+@pytest.mark.parametrize(
+    "family, variant",
+    [
+        ("pixart", "sigma"),
+        ("pixart", "alpha-1024"),
+        ("transformer-temporal", "single-group"),
+        ("transformer-temporal", "sinusoidal"),
+    ],
+)
 def test_exports_pass_parity_at_every_point(tiny_export, family, variant):
     rows = run_parity(tiny_export(family, variant))
     failed = [r for r in rows if not r.ok]
@@ -109,7 +119,9 @@ def test_rounding_bound_on_values_straddling_a_boundary():
     assert trajectory.failures(compare(above, below)) == ["max abs 0.00391 > 0.001 (would pass with max_abs 0.00391)"]
 
     tol = rounding_tolerance(row, "bfloat16")
-    assert str(tol) == "atol 0.0001 rtol 0.001 + 1 bfloat16 ulp" and tolerance("image_encoder") == row  # the row is kept
+    assert (
+        str(tol) == "atol 0.0001 rtol 0.001 + 1 bfloat16 ulp" and tolerance("image_encoder") == row
+    )  # the row is kept
     m = compare(above, below, rtol=tol.rtol, rounded_to="bfloat16")
     assert (m.max_ulps, m.flipped, m.elements, m.unrounded, m.max_abs_beyond_ulp) == (1, 64, 64, 0, 0.0)
     assert tol.failures(m) == [] and m.max_abs == 2.0**-8
@@ -131,7 +143,9 @@ def test_rounding_bound_on_values_straddling_a_boundary():
     unrounded = above.clone()
     unrounded[5] += 1e-4  # the graph does not round there
     (failure,) = tol.failures(compare(unrounded, below, rtol=tol.rtol, rounded_to="bfloat16"))
-    assert failure == "1 values are not bfloat16 values: the tensor is not rounded to bfloat16 where the family says it is"
+    assert (
+        failure == "1 values are not bfloat16 values: the tensor is not rounded to bfloat16 where the family says it is"
+    )
     negative = compare(-above, -below, rounded_to="bfloat16")  # the sign-magnitude order
     assert (negative.max_ulps, negative.flipped) == (1, 64)
     zeros = compare(torch.tensor([0.0, -0.0]), torch.tensor([-0.0, 0.0]), rounded_to="bfloat16")
@@ -147,13 +161,23 @@ def test_rounding_rows_count_the_flips_and_leave_other_outputs_alone():
     above[:6] = below[:6]  # 2 of 8 flipped
     tol = tolerance("image_encoder")
     rounding = Rounding("pose_encoder", "pose_features", "bfloat16", why="the original's .to(torch.bfloat16)")
-    rows = _rows_for("component", "pose_encoder", "opt", "static", {"pose_features": above, "other": above},
-                     {"pose_features": below, "other": below}, tol, roundings={"pose_features": rounding})
+    rows = _rows_for(
+        "component",
+        "pose_encoder",
+        "opt",
+        "static",
+        {"pose_features": above, "other": above},
+        {"pose_features": below, "other": below},
+        tol,
+        roundings={"pose_features": rounding},
+    )
     by_output = {r.output: r for r in rows}
     rounded, other = by_output["pose_features"], by_output["other"]
     assert rounded.ok and (rounded.metrics.flipped, rounded.metrics.elements) == (2, 8)
-    assert rounded.notes == ["rounded to bfloat16 on purpose (the original's .to(torch.bfloat16)): 2 of 8 elements one "
-                             "ulp apart, a difference below the rounding crossing its boundary"]
+    assert rounded.notes == [
+        "rounded to bfloat16 on purpose (the original's .to(torch.bfloat16)): 2 of 8 elements one "
+        "ulp apart, a difference below the rounding crossing its boundary"
+    ]
     assert not other.ok and other.tolerance == tol  # an output not declared keeps its row
     text = format_table(rows)
     assert "bfloat16 ulps  1 (2/8 flipped)" in text and "atol 0.0001 rtol 0.001 + 1 bfloat16 ulp" in text
@@ -174,11 +198,13 @@ def test_verdict_and_exit_status_tell_a_full_pass_from_a_partial_one():
     failed = Row("component", "transformer", "opt", "static", "sample", None, tol, failures=["max abs 1 > 0.001"])
     assert (exit_status([ran]), summary([ran])) == (EXIT_PASSED, "1 passed, 0 failed") == (0, "1 passed, 0 failed")
     assert exit_status([ran, skipped]) == EXIT_NOT_RUN == 3
-    assert summary([ran, skipped]) == ("passed what ran; 1 check not run (1 passed, 0 failed; the NOT RUN lines say "
-                                       "why; not a full pass)")
+    assert summary([ran, skipped]) == (
+        "passed what ran; 1 check not run (1 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
+    )
     assert summary([ran, skipped, skipped]).startswith("passed what ran; 2 checks not run (1 passed, 0 failed;")
-    assert summary([skipped]) == ("nothing ran: 1 check not run (0 passed, 0 failed; the NOT RUN lines say why; "
-                                  "not a full pass)")  # not "passed what ran" when none did
+    assert summary([skipped]) == (
+        "nothing ran: 1 check not run (0 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
+    )  # not "passed what ran" when none did
     assert summary([skipped, skipped]).startswith("nothing ran: 2 checks not run (0 passed, 0 failed;")
     assert exit_status([skipped]) == EXIT_NOT_RUN
     assert exit_status([ran, skipped, failed]) == EXIT_FAILED == 2
@@ -186,12 +212,15 @@ def test_verdict_and_exit_status_tell_a_full_pass_from_a_partial_one():
     report = report_json([ran, skipped])
     assert (report["complete"], report["exit_status"], report["verdict"]) == (False, 3, summary([ran, skipped]))
     assert format_table([ran, skipped]).splitlines()[-2] == (
-        "NOT RUN loop loops: the export lacks vae_decoder_step; checked instead: nothing")
+        "NOT RUN loop loops: the export lacks vae_decoder_step; checked instead: nothing"
+    )
     help_text = zoo("parity", "--help").output  # the convention is documented where the command is
-    for line in ('0  every check ran and passed       "N passed, 0 failed"',
-                 '2  a check failed (or bad input)    "parity failed: K of N ..."',
-                 '3  nothing failed, some did not run "passed what ran; K checks not run (...)"',
-                 '("nothing ran: K checks not run (...)" when none ran)'):
+    for line in (
+        '0  every check ran and passed       "N passed, 0 failed"',
+        '2  a check failed (or bad input)    "parity failed: K of N ..."',
+        '3  nothing failed, some did not run "passed what ran; K checks not run (...)"',
+        '("nothing ran: K checks not run (...)" when none ran)',
+    ):
         assert line in help_text
 
 
@@ -203,11 +232,19 @@ def test_partial_export_ends_passed_what_ran_never_a_pass(tmp_path):
     result = zoo("parity", out)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 3, result.output
-    assert lines[-1] == "passed what ran; 2 checks not run (11 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
-    lacks = ("the export lacks vae_decoder_first, vae_decoder_step, vae_encoder_first, vae_encoder_step (a partial "
-             "export, zoo export --component): re-export with them to run these checks")
+    assert (
+        lines[-1]
+        == "passed what ran; 2 checks not run (11 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
+    )
+    lacks = (
+        "the export lacks vae_decoder_first, vae_decoder_step, vae_encoder_first, vae_encoder_step (a partial "
+        "export, zoo export --component): re-export with them to run these checks"
+    )
     assert f"NOT RUN loop loops: {lacks}; checked instead: the exported components on their own" in result.output
-    assert "NOT RUN end_to_end sampler: the export lacks image_encoder, pose_encoder, text_encoder, transformer," in result.output
+    assert (
+        "NOT RUN end_to_end sampler: the export lacks image_encoder, pose_encoder, text_encoder, transformer,"
+        in result.output
+    )
     report = json.loads((out / "parity.json").read_text())
     assert (report["passed"], report["failed"], report["not_run"], report["exit_status"]) == (11, 0, 2, 3)
     assert [r["level"] for r in report["rows"] if r["status"] == "not run"] == ["loop", "end_to_end"]
@@ -239,8 +276,12 @@ def test_unianimate_straddled_rounding_point_passes_counting_the_flips(tmp_path,
     result = zoo("export", "unianimate-dit", "--model", model.path, "--checkpoint", checkpoint.path, "--out", out)
     assert result.exit_code == 0, result.output
     above = torch.nextafter(boundary, torch.ones(channels)).numpy()
-    perturb_graph(out, "ref_pose_encoder", lambda values: above, pick=lambda v: v.shape == (channels,) and
-                  np.array_equal(v, boundary.numpy()))
+    perturb_graph(
+        out,
+        "ref_pose_encoder",
+        lambda values: above,
+        pick=lambda v: v.shape == (channels,) and np.array_equal(v, boundary.numpy()),
+    )
 
     # the rounded component at every corner, then the sampler and the host loops (the other components'
     # corners are what every UniAnimate export's parity checks already: not repeated here)
@@ -255,12 +296,16 @@ def test_unianimate_straddled_rounding_point_passes_counting_the_flips(tmp_path,
     assert calls[0].notes == [  # 192 = 1 x 8 x 32/8 x 48/8 at the tiny opt size
         "rounded to bfloat16 on purpose (randomref_embedding_pose(...).to(torch.bfloat16)): 192 of 192 elements one "
         "ulp apart, a difference below the rounding crossing its boundary (the candidate continues from the "
-        "reference's value)"]
+        "reference's value)"
+    ]
     trajectory = [r for r in rows if r.level == "trajectory" and r.output == "hidden_states"]
     assert trajectory and all(r.tolerance == tolerance("trajectory") and r.metrics.max_abs < 1e-4 for r in trajectory)
     loops = [r for r in rows if r.level == "loop"]
-    assert [r.point for r in loops] == [f"{op} {n} {what}" for n, m in ((1, 1), (5, 2), (9, 3), (15, 4))
-                                        for op, n, what in (("encode", n, "frames"), ("decode", m, "latent frames"))]
+    assert [r.point for r in loops] == [
+        f"{op} {n} {what}"
+        for n, m in ((1, 1), (5, 2), (9, 3), (15, 4))
+        for op, n, what in (("encode", n, "frames"), ("decode", m, "latent frames"))
+    ]
 
     # without the declaration the same export fails every trajectory row, from step 0 on by exactly one bf16 ulp
     monkeypatch.setattr(type(family), "roundings", ())
@@ -281,4 +326,5 @@ def test_weights_only_is_not_a_full_pass(tmp_path):
     assert result.exit_code == 3, result.output
     assert "NOT RUN component all: skipped by --weights-only: only the initializer check ran" in result.output
     assert result.output.strip().splitlines()[-1] == (
-        "passed what ran; 1 check not run (1 passed, 0 failed; the NOT RUN lines say why; not a full pass)")
+        "passed what ran; 1 check not run (1 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
+    )

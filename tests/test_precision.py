@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import zoo
+
 from exporters.onnx import OPSET, dynamic_shapes, example_point
 from exporters.precision import (
     HEAVY_OPS,
@@ -60,25 +60,28 @@ def test_precision_names():
     assert precision_of(Precision()) == "float32"
 
 
-@pytest.mark.parametrize("pattern, path, expected", [
-    ("norm", "model.transformer_blocks.0.norm1", True),
-    ("norm", "unet.conv_norm_out", True),
-    ("norm", "transformer.norm_out", True),
-    ("norm", "blocks.0.attn1.norm_q", True),
-    ("norm", "encoder.final_layer_norm", True),
-    ("norm", "model.normalize", False),
-    ("norm", "model.denorm", False),
-    ("norm", "model.norm2d", False),
-    ("layer_norm", "encoder.layers.1.layer_norm2", True),
-    ("layer_norm", "encoder.norm", False),
-    ("DenseReluDense.wo", "encoder.block.3.layer.1.DenseReluDense.wo", True),
-    ("DenseReluDense.wo", "encoder.block.3.layer.1.DenseReluDense.wi", False),
-    ("scale_shift_table", "transformer.blocks.0.scale_shift_table", True),
-    ("q_t", "q_t", True),
-    ("q_t", "seq_tokens", False),
-    ("rope", "transformer.rope", True),
-    ("rope", "transformer.europe", False),
-])
+@pytest.mark.parametrize(
+    "pattern, path, expected",
+    [
+        ("norm", "model.transformer_blocks.0.norm1", True),
+        ("norm", "unet.conv_norm_out", True),
+        ("norm", "transformer.norm_out", True),
+        ("norm", "blocks.0.attn1.norm_q", True),
+        ("norm", "encoder.final_layer_norm", True),
+        ("norm", "model.normalize", False),
+        ("norm", "model.denorm", False),
+        ("norm", "model.norm2d", False),
+        ("layer_norm", "encoder.layers.1.layer_norm2", True),
+        ("layer_norm", "encoder.norm", False),
+        ("DenseReluDense.wo", "encoder.block.3.layer.1.DenseReluDense.wo", True),
+        ("DenseReluDense.wo", "encoder.block.3.layer.1.DenseReluDense.wi", False),
+        ("scale_shift_table", "transformer.blocks.0.scale_shift_table", True),
+        ("q_t", "q_t", True),
+        ("q_t", "seq_tokens", False),
+        ("rope", "transformer.rope", True),
+        ("rope", "transformer.europe", False),
+    ],
+)
 def test_pattern_semantics(pattern, path, expected):
     assert pattern_matches(pattern, path) is expected
 
@@ -90,10 +93,16 @@ def test_every_declared_policy_matches_what_its_note_says(tiny_checkpoint):
     plan = plan_precision(fam.component("transformer").wrapper(ref), fam.component("transformer").precision, "bfloat16")
     assert plan.matches["adaln_single"] == ("model.adaln_single",)
     assert plan.matches["pos_embed"] == ("model.pos_embed", "pos_embed_omega")  # the wrapper's sin-cos frequencies
-    assert all(type(fam.component("transformer").wrapper(ref).get_submodule(n)).__name__ == "LayerNorm"
-               for n in plan.matches["norm"])
-    plan = plan_precision(fam.component("text_encoder").wrapper(ref), fam.component("text_encoder").precision, "float16")
-    assert plan.matches["DenseReluDense.wo"] and all(n.endswith("DenseReluDense.wo") for n in plan.matches["DenseReluDense.wo"])
+    assert all(
+        type(fam.component("transformer").wrapper(ref).get_submodule(n)).__name__ == "LayerNorm"
+        for n in plan.matches["norm"]
+    )
+    plan = plan_precision(
+        fam.component("text_encoder").wrapper(ref), fam.component("text_encoder").precision, "float16"
+    )
+    assert plan.matches["DenseReluDense.wo"] and all(
+        n.endswith("DenseReluDense.wo") for n in plan.matches["DenseReluDense.wo"]
+    )
 
 
 def test_unknown_pattern_raises_naming_pattern_and_component(tiny_checkpoint):
@@ -118,12 +127,23 @@ def test_float32_and_whole_fp32_policies_return_the_wrapper(tiny_checkpoint):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family, component, islands, reduced_layer", [
-    ("pixart", "transformer", ("model.adaln_single", "model.pos_embed", "model.transformer_blocks.0.norm1"),
-     "model.transformer_blocks.0.attn1.to_q"),
-    ("animatediff", "unet", ("unet.time_embedding", "unet.down_blocks.0.resnets.0.norm1", "unet.conv_norm_out"),
-     "unet.down_blocks.0.resnets.0.conv1"),
-])
+@pytest.mark.parametrize(
+    "family, component, islands, reduced_layer",
+    [
+        (
+            "pixart",
+            "transformer",
+            ("model.adaln_single", "model.pos_embed", "model.transformer_blocks.0.norm1"),
+            "model.transformer_blocks.0.attn1.to_q",
+        ),
+        (
+            "animatediff",
+            "unet",
+            ("unet.time_embedding", "unet.down_blocks.0.resnets.0.norm1", "unet.conv_norm_out"),
+            "unet.down_blocks.0.resnets.0.conv1",
+        ),
+    ],
+)
 def test_bf16_module_has_reduced_layers_and_fp32_islands(tiny_checkpoint, family, component, islands, reduced_layer):
     ref, comp, feeds = _tiny(tiny_checkpoint, family, component)
     wrapper = comp.wrapper(ref).eval()
@@ -165,7 +185,8 @@ def test_timestep_stays_fp32_on_entry(tiny_checkpoint):
     model = apply_precision(comp.wrapper(ref).eval(), comp.precision, "bfloat16")
     seen = {}
     model.get_submodule("model.adaln_single").register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.update(t=args[0]), with_kwargs=True)
+        lambda mod, args, kwargs: seen.update(t=args[0]), with_kwargs=True
+    )
     feeds["timestep"] = torch.full_like(feeds["timestep"], 999.0)
     with torch.no_grad():
         model(**feeds)
@@ -211,7 +232,10 @@ def test_twice_torch_rule_accepts_within_2x_and_rejects_beyond():
 
     far = compare(_with_error(r, n, 0.09), r)  # 1 - cos 4e-3 > 2 x 1.25e-3: fails; rel-L2 0.09 <= 0.1 holds
     (failure,) = tol.failures(far, own, "bfloat16")
-    assert failure.startswith("cosine") and "PyTorch in bfloat16 has 1 - cosine 0.00125, twice that would be 0.0025" in failure
+    assert (
+        failure.startswith("cosine")
+        and "PyTorch in bfloat16 has 1 - cosine 0.00125, twice that would be 0.0025" in failure
+    )
 
     psnr = Tolerance(min_psnr=35.0)  # twice the RMS error = 6.02 dB lower
     own = compare(_with_error(r, n, 0.02), r, data_range=2.0)
@@ -233,21 +257,44 @@ def test_rows_show_both_errors_and_a_failing_stand_in_fails_a_row_that_did_not_r
     n -= (n * r).sum() / (r * r).sum() * r
     tol = tolerance("denoiser", "bfloat16")
     own = {"sample": _with_error(r, n, 0.05)}
-    (row,) = _rows_for("component", "transformer", "opt", "-", {"sample": _with_error(r, n, 0.065)}, {"sample": r}, tol,
-                       precision="bfloat16", own=own)
+    (row,) = _rows_for(
+        "component",
+        "transformer",
+        "opt",
+        "-",
+        {"sample": _with_error(r, n, 0.065)},
+        {"sample": r},
+        tol,
+        precision="bfloat16",
+        own=own,
+    )
     assert row.status == PASS and len(row.notes) == 2 and row.torch_metrics.rel_l2 == pytest.approx(0.05, rel=1e-3)
     assert "within twice PyTorch in bfloat16" in format_table([row])
     assert report_json([row])["rows"][0]["torch_metrics"]["rel_l2"] == pytest.approx(0.05, rel=1e-3)
 
     def not_run(own_rel: float):
-        (row,) = _not_run_rows("component", "transformer", "opt", "-", {"sample": r}, tol, None, precision="bfloat16",
-                               reason="no kernel", own={"sample": _with_error(r, n, own_rel)}, own_problem=None,
-                               structure="graph dtypes: ...", problems=[])
+        (row,) = _not_run_rows(
+            "component",
+            "transformer",
+            "opt",
+            "-",
+            {"sample": r},
+            tol,
+            None,
+            precision="bfloat16",
+            reason="no kernel",
+            own={"sample": _with_error(r, n, own_rel)},
+            own_problem=None,
+            structure="graph dtypes: ...",
+            problems=[],
+        )
         return row
 
     assert not_run(0.05).status == NOT_RUN and not not_run(0.05).ok
     bad = not_run(0.2)  # PyTorch itself in bf16 breaks the row: the policy fails, whatever the runtime
-    assert bad.status == "fail" and bad.failures[0].startswith("PyTorch in bfloat16 with the precision policy (checked instead)")
+    assert bad.status == "fail" and bad.failures[0].startswith(
+        "PyTorch in bfloat16 with the precision policy (checked instead)"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -263,9 +310,17 @@ def _trace(ref, component, dims, dtype: str, path: Path) -> None:
     with contextlib.ExitStack() as stack, torch.no_grad():
         for patch in component.export_patches:
             stack.enter_context(patch())
-        program = torch.onnx.export(wrapper, (), kwargs=feeds, dynamic_shapes=dynamic_shapes(specs, dims),
-                                    input_names=[s.name for s in specs], output_names=[s.name for s in outputs],
-                                    opset_version=OPSET, dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            wrapper,
+            (),
+            kwargs=feeds,
+            dynamic_shapes=dynamic_shapes(specs, dims),
+            input_names=[s.name for s in specs],
+            output_names=[s.name for s in outputs],
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
     program.save(str(path))
 
 
@@ -312,17 +367,24 @@ def test_bf16_graph_onnxruntime_cannot_run_is_not_run_never_pass(copied_export, 
     r = rows[0]
     assert "no bfloat16 kernel" in r.not_run and "NOT_IMPLEMENTED" in r.not_run and r.metrics is None
     assert r.checked_instead[0].startswith("PyTorch in bfloat16 with the precision policy vs the fp32 reference")
-    assert r.checked_instead[0].endswith("within") and r.checked_instead[1].startswith("graph dtypes: MatMul/Gemm/Conv:")
+    assert r.checked_instead[0].endswith("within") and r.checked_instead[1].startswith(
+        "graph dtypes: MatMul/Gemm/Conv:"
+    )
     assert r.torch_metrics is not None and r.torch_metrics.cosine > 0.998
     report = report_json(rows)
     assert report["passed"] == 0 and report["not_run"] == len(rows) and report["complete"] is False
     text = format_table(rows)
-    verdict = f"nothing ran: {len(rows)} checks not run (0 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
+    verdict = (
+        f"nothing ran: {len(rows)} checks not run (0 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
+    )
     assert "NOT RUN" in text and text.splitlines()[-1] == verdict
 
     result = zoo("parity", copied_export, "--no-end-to-end")  # exit 3: nothing failed, not everything ran
     assert result.exit_code == 3 and result.output.strip().splitlines()[-1] == verdict, result.output
-    assert "NOT RUN component transformer sample at" in result.output and "onnxruntime here has no bfloat16 kernel" in result.output
+    assert (
+        "NOT RUN component transformer sample at" in result.output
+        and "onnxruntime here has no bfloat16 kernel" in result.output
+    )
     assert "error:" not in result.output
     written = json.loads((copied_export / "parity.json").read_text())
     assert written["not_run"] == len(rows) and written["passed"] == 0
@@ -345,8 +407,15 @@ def test_bf16_conv_is_an_invalid_model_for_onnxruntime(tmp_path):
     model = apply_precision(Block().eval(), Precision(keep_fp32=("norm",)), "bfloat16")
     path = tmp_path / "block.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.randn(1, 4, 8, 8),), input_names=["x"], output_names=["y"],
-                          opset_version=OPSET, dynamo=True, verbose=False).save(str(path))
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 4, 8, 8),),
+            input_names=["x"],
+            output_names=["y"],
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        ).save(str(path))
     dtypes = graph_dtypes(path)
     assert dtypes.count("Conv", "bfloat16") == 1 and dtypes.count("InstanceNormalization", "float32") == 1
 

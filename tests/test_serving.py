@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_error, zoo
+
 from runtimes.serving import Payload, RequestError, Service, ServiceError, parse_options, safe_relative
 from runtimes.triton import ServerError, http_ready, stream_request
 from zoo.errors import InputError
@@ -59,8 +59,8 @@ def _run_line(*args) -> str:
 
 
 def test_options_are_parsed_as_zoo_run_parses_them(tiny_export, tmp_path):
-    from runtimes.sampler import sampler_family
     from exporters.manifest import load_manifest
+    from runtimes.sampler import sampler_family
 
     export = tiny_export("pixart", "sigma")
     options = sampler_family(load_manifest(export)).run_options
@@ -93,7 +93,9 @@ def test_what_the_server_cannot_do_is_its_fault_and_names_no_server_path(tiny_ex
             service.run(Payload({"prompt": "x", "steps": 1}, out_name="x.png"))
     finally:
         service.close()
-    assert e.value.line.startswith("error: server: ") and "<export>" in e.value.line and str(tmp_path) not in e.value.line
+    assert (
+        e.value.line.startswith("error: server: ") and "<export>" in e.value.line and str(tmp_path) not in e.value.line
+    )
 
 
 def test_folder_names_that_cannot_be_rebuilt_are_refused(tiny_export):
@@ -108,18 +110,28 @@ def test_folder_names_that_cannot_be_rebuilt_are_refused(tiny_export):
 
 def test_service_writes_what_zoo_run_writes_and_refuses_as_it_does(tiny_export, tmp_path):
     export = tiny_export("animatediff")
-    assert zoo("run", export, "--prompt", "a fox", "--steps", "2", "--seed", "3", "--out", tmp_path / "run.gif").exit_code == 0
+    assert (
+        zoo("run", export, "--prompt", "a fox", "--steps", "2", "--seed", "3", "--out", tmp_path / "run.gif").exit_code
+        == 0
+    )
     events = []
     service = Service(export)
     try:
-        result = service.run(Payload({"prompt": "a fox", "steps": 2}, seed=3, out_name="somewhere/my run é.gif"), events.append)
+        result = service.run(
+            Payload({"prompt": "a fox", "steps": 2}, seed=3, out_name="somewhere/my run é.gif"), events.append
+        )
         assert result.files == [("my run é.gif", (tmp_path / "run.gif").read_bytes())]  # the name as the client gave it
         assert events[0] == {"type": "accepted"} and [e["step"] for e in events[1:]] == [1, 2]
         not_a_video = tmp_path / "clip.mp4"
         not_a_video.write_bytes(os.urandom(3000))
         with pytest.raises(RequestError) as e:
-            service.run(Payload({"prompt": "x", "steps": 2}, out_name="o.gif",
-                                files={"video": (str(not_a_video), not_a_video.read_bytes())}))
+            service.run(
+                Payload(
+                    {"prompt": "x", "steps": 2},
+                    out_name="o.gif",
+                    files={"video": (str(not_a_video), not_a_video.read_bytes())},
+                )
+            )
         assert e.value.line == _run_line(export, "--prompt", "x", "--video", not_a_video, "--out", tmp_path / "o.gif")
         with pytest.raises(RequestError, match="send the file's bytes, not a path on the server"):
             service.run(Payload({"prompt": "x", "video": "/etc/passwd"}, out_name="o.gif"))
@@ -138,15 +150,45 @@ def test_media_as_folders_of_frames_give_what_zoo_run_gives(tiny_export, tmp_pat
         for i in range(9):
             Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / name / f"{i:03d}.png")
     export = tiny_export("wan-animate")
-    args = ["--image", tmp_path / "ref.png", "--pose-video", tmp_path / "pose", "--face-video", tmp_path / "face",
-            "--steps", "2", "--segment-frames", "9", "--prev-frames", "1", "--height", "32", "--width", "48", "--seed", "2"]
+    args = [
+        "--image",
+        tmp_path / "ref.png",
+        "--pose-video",
+        tmp_path / "pose",
+        "--face-video",
+        tmp_path / "face",
+        "--steps",
+        "2",
+        "--segment-frames",
+        "9",
+        "--prev-frames",
+        "1",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--seed",
+        "2",
+    ]
     assert zoo("run", export, *args, "--out", tmp_path / "run.npy").exit_code == 0
-    files = {o: (str(p), Payload.read_media(p)) for o, p in
-             (("image", tmp_path / "ref.png"), ("pose_video", tmp_path / "pose"), ("face_video", tmp_path / "face"))}
+    files = {
+        o: (str(p), Payload.read_media(p))
+        for o, p in (
+            ("image", tmp_path / "ref.png"),
+            ("pose_video", tmp_path / "pose"),
+            ("face_video", tmp_path / "face"),
+        )
+    }
     service = Service(export)
     try:
-        result = service.run(Payload({"steps": 2, "segment_frames": 9, "prev_frames": "1", "height": 32, "width": 48},
-                                     seed=2, out_name="run.npy", files=files))
+        result = service.run(
+            Payload(
+                {"steps": 2, "segment_frames": 9, "prev_frames": "1", "height": 32, "width": 48},
+                seed=2,
+                out_name="run.npy",
+                files=files,
+            )
+        )
         assert result.files == [("run.npy", (tmp_path / "run.npy").read_bytes())]
         files["face_video"] = (str(tmp_path / "face"), {"../../evil.png": b"x", "0.png": b"not a png"})
         with pytest.raises(RequestError) as e:
@@ -171,8 +213,9 @@ def test_returned_file_names_stay_in_the_output_folder():
 
 def _dead_pid() -> int:
     """The pid of a process that ran and was reaped."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(done.stdout)
 
 
@@ -282,8 +325,15 @@ def test_the_stubs_module_search_path_leaves_out_the_current_folder_of_an_empty_
     # the stub's preamble with that list, in an interpreter that adds no folder of its own (-I), run in the decoy's folder
     preamble = MODEL_PY.format(export="export", python_env=PYTHON_ENV).split("from runtimes.triton_model")[0]
     probe = "import importlib.util, runtimes; print(runtimes.__file__); print(importlib.util.find_spec('torch').origin)"
-    done = subprocess.run([sys.executable, "-I", "-c", preamble + probe], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, PYTHON_ENV: json.dumps(env)}, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", preamble + probe],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, PYTHON_ENV: json.dumps(env)},
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     runtimes_file, torch_file = done.stdout.split()
     assert Path(runtimes_file) == REPO / "runtimes" / "__init__.py" and not torch_file.startswith(str(cwd))
@@ -291,13 +341,31 @@ def test_the_stubs_module_search_path_leaves_out_the_current_folder_of_an_empty_
 
 def test_triton_repository_holds_one_folder_per_model(tiny_export, tmp_path):
     repo = tmp_path / "repo"
-    assert zoo("triton", tiny_export("pixart", "sigma"), "--out", repo, "--instances", "3", "--max-queue", "4",
-               "--queue-timeout", "2.5").exit_code == 0
+    assert (
+        zoo(
+            "triton",
+            tiny_export("pixart", "sigma"),
+            "--out",
+            repo,
+            "--instances",
+            "3",
+            "--max-queue",
+            "4",
+            "--queue-timeout",
+            "2.5",
+        ).exit_code
+        == 0
+    )
     assert zoo("triton", tiny_export("animatediff"), "--out", repo).exit_code == 0
     assert sorted(p.name for p in repo.iterdir()) == ["animatediff", "pixart"]
     config = (repo / "pixart" / "config.pbtxt").read_text()
-    for line in ("decoupled: true", "count: 3 kind: KIND_CPU", "max_queue_size: 4", "default_timeout_microseconds: 2500000",
-                 'key: "family" value: { string_value: "pixart" }'):
+    for line in (
+        "decoupled: true",
+        "count: 3 kind: KIND_CPU",
+        "max_queue_size: 4",
+        "default_timeout_microseconds: 2500000",
+        'key: "family" value: { string_value: "pixart" }',
+    ):
         assert line in config
     graph = repo / "pixart" / "1" / "export" / "transformer" / "model.onnx"
     assert graph.stat().st_nlink >= 2  # hard-linked, not copied
@@ -345,25 +413,52 @@ class Served:
         return self.process.wait(timeout)
 
 
-def start_server(path: Path, *extra: str, ports: list[int] | None = None, timeout: float = 90,
-                 python: str = sys.executable, cwd: Path = REPO, tmpdir: Path | None = None, log: bool = True,
-                 env: dict[str, str] | None = None) -> Served:
+def start_server(
+    path: Path,
+    *extra: str,
+    ports: list[int] | None = None,
+    timeout: float = 90,
+    python: str = sys.executable,
+    cwd: Path = REPO,
+    tmpdir: Path | None = None,
+    log: bool = True,
+    env: dict[str, str] | None = None,
+) -> Served:
     """``zoo serve path`` on loopback; ``tmpdir`` its (and its stubs') TMPDIR, ``env`` more of its
     environment; Triton's log in serve-PORT.log beside ``path`` unless not ``log``."""
     http, grpc, metrics = ports or free_ports(3)
     log_file = path.parent / f"serve-{grpc}.log"
     environment = {**os.environ, **({"TMPDIR": str(tmpdir)} if tmpdir else {}), **(env or {})}
-    process = subprocess.Popen([python, "-m", "zoo.cli", "serve", str(path), "--http-port", str(http),
-                                "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-                                *(["--log", str(log_file)] if log else []), *extra],
-                               cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "zoo.cli",
+            "serve",
+            str(path),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            *(["--log", str(log_file)] if log else []),
+            *extra,
+        ],
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     served = Served(process, http, grpc, metrics, log_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = process.stdout.read().decode()
             if ports is None and "is in use" in output:  # another process took a free port meanwhile: new ones
-                return start_server(path, *extra, timeout=timeout, python=python, cwd=cwd, tmpdir=tmpdir, log=log, env=env)
+                return start_server(
+                    path, *extra, timeout=timeout, python=python, cwd=cwd, tmpdir=tmpdir, log=log, env=env
+                )
             raise AssertionError(f"zoo serve exited with {process.returncode}: {output}")
         if served.ready():
             return served
@@ -386,7 +481,17 @@ def served(tiny_export, tmp_path_factory):
 def test_request_writes_the_files_run_writes(served, tiny_export, tmp_path):
     export = tiny_export("pixart", "sigma")
     args = ["--prompt", "a red fox", "--steps", "2", "--seed", "11"]
-    result = zoo("request", served.url, "--model", "pixart", *args, "--out", tmp_path / "req.png", "--array", tmp_path / "req.npy")
+    result = zoo(
+        "request",
+        served.url,
+        "--model",
+        "pixart",
+        *args,
+        "--out",
+        tmp_path / "req.png",
+        "--array",
+        tmp_path / "req.npy",
+    )
     assert result.exit_code == 0, result.output
     assert zoo("run", export, *args, "--out", tmp_path / "run.png").exit_code == 0
     assert zoo("run", export, *args, "--out", tmp_path / "run.npy").exit_code == 0
@@ -403,13 +508,19 @@ def test_eight_clients_three_requests_each_get_their_own_seed(served, tiny_expor
     seeds = list(range(24))
     service = Service(export)
     try:
-        expected = {s: service.run(Payload({"prompt": "a fox", "steps": 2}, seed=s, out_name="x.npy")).files for s in seeds}
+        expected = {
+            s: service.run(Payload({"prompt": "a fox", "steps": 2}, seed=s, out_name="x.npy")).files for s in seeds
+        }
     finally:
         service.close()
 
     def client(first: int) -> dict[int, list]:
-        return {s: stream_request(served.url, "pixart", Payload({"prompt": "a fox", "steps": 2}, seed=s, out_name="x.npy")).files
-                for s in seeds[first::8]}
+        return {
+            s: stream_request(
+                served.url, "pixart", Payload({"prompt": "a fox", "steps": 2}, seed=s, out_name="x.npy")
+            ).files
+            for s in seeds[first::8]
+        }
 
     with ThreadPoolExecutor(8) as pool:
         got = {}
@@ -427,12 +538,25 @@ def test_bad_requests_get_zoo_runs_line_with_400(served, tiny_export, tmp_path):
     not_a_video.write_bytes(os.urandom(3000))
     cases = [
         ("pixart", Payload({"steps": 2}, out_name=str(out)), [pixart, "--steps", "2"]),
-        ("pixart", Payload({"prompt": "x", "height": 4096}, out_name=str(out)), [pixart, "--prompt", "x", "--height", "4096"]),
-        ("pixart", Payload({"prompt": "x", "guidance_scale": float("nan")}, out_name=str(out)),
-         [pixart, "--prompt", "x", "--guidance-scale", "nan"]),
-        ("animatediff", Payload({"prompt": "x"}, out_name=str(tmp_path / "o.gif"),
-                                files={"video": (str(not_a_video), not_a_video.read_bytes())}),
-         [ad, "--prompt", "x", "--video", not_a_video]),
+        (
+            "pixart",
+            Payload({"prompt": "x", "height": 4096}, out_name=str(out)),
+            [pixart, "--prompt", "x", "--height", "4096"],
+        ),
+        (
+            "pixart",
+            Payload({"prompt": "x", "guidance_scale": float("nan")}, out_name=str(out)),
+            [pixart, "--prompt", "x", "--guidance-scale", "nan"],
+        ),
+        (
+            "animatediff",
+            Payload(
+                {"prompt": "x"},
+                out_name=str(tmp_path / "o.gif"),
+                files={"video": (str(not_a_video), not_a_video.read_bytes())},
+            ),
+            [ad, "--prompt", "x", "--video", not_a_video],
+        ),
     ]
     for model, payload, run_args in cases:
         with pytest.raises(ServerError) as e:
@@ -441,18 +565,33 @@ def test_bad_requests_get_zoo_runs_line_with_400(served, tiny_export, tmp_path):
         assert e.value.status == 400 and str(e.value) == want
         assert "Traceback" not in str(e.value) and "zoo-request" not in str(e.value)
     # the same refusal over HTTP (Triton's generate endpoint): status 400 and the same line
-    body = json.dumps({"request": json.dumps({"protocol": 1, "options": {"prompt": "x", "height": 4096},
-                                              "out_name": str(out)})}).encode()
-    http = urllib.request.Request(f"http://localhost:{served.http}/v2/models/pixart/generate", data=body,
-                                  headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {"request": json.dumps({"protocol": 1, "options": {"prompt": "x", "height": 4096}, "out_name": str(out)})}
+    ).encode()
+    http = urllib.request.Request(
+        f"http://localhost:{served.http}/v2/models/pixart/generate",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(http, timeout=60)
     assert e.value.code == 400 and json.loads(e.value.read())["error"] == _run_line(*cases[1][2], "--out", out)
-    result = zoo("request", served.url, "--model", "animatediff", "--prompt", "x", "--video", not_a_video,
-                 "--out", tmp_path / "o.gif")
+    result = zoo(
+        "request",
+        served.url,
+        "--model",
+        "animatediff",
+        "--prompt",
+        "x",
+        "--video",
+        not_a_video,
+        "--out",
+        tmp_path / "o.gif",
+    )
     assert result.exit_code == 2, result.output
     assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
-        _run_line(ad, "--prompt", "x", "--video", not_a_video, "--out", tmp_path / "o.gif")]
+        _run_line(ad, "--prompt", "x", "--video", not_a_video, "--out", tmp_path / "o.gif")
+    ]
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.gif"))
 
 
@@ -483,7 +622,11 @@ def test_health_and_prometheus_metrics(served):
     assert served.ready()
     with urllib.request.urlopen(f"http://localhost:{served.metrics}/metrics", timeout=5) as r:
         text = r.read().decode()
-    counts = [line for line in text.splitlines() if line.startswith('nv_inference_request_success{') and 'model="pixart"' in line]
+    counts = [
+        line
+        for line in text.splitlines()
+        if line.startswith("nv_inference_request_success{") and 'model="pixart"' in line
+    ]
     assert counts and float(counts[0].rsplit(" ", 1)[1]) >= 1
 
 
@@ -670,14 +813,31 @@ def test_a_graph_that_cannot_load_is_never_ready(tiny_export, tmp_path):
     shutil.copytree(tiny_export("pixart", "sigma"), export)
     graph = export / "transformer" / "model.onnx"
     data = bytearray(graph.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # same size, other bytes
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # same size, other bytes
     graph.write_bytes(bytes(data))
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     http, grpc, metrics = free_ports(3)
-    result = subprocess.run([sys.executable, "-m", "zoo.cli", "serve", str(export), "--http-port", str(http),
-                             "--grpc-port", str(grpc), "--metrics-port", str(metrics)], cwd=REPO,
-                            env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zoo.cli",
+            "serve",
+            str(export),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+        ],
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot load" in errors[0] and str(graph) in errors[0], result.stderr
@@ -689,12 +849,18 @@ def test_triton_and_serve_bad_input_write_nothing(tiny_export, tmp_path):
     from exporters.tensorrt import unavailable
 
     pixart = tiny_export("pixart", "sigma")
-    assert_error(zoo("triton", pixart, "--out", tmp_path / "r1", "--name", "../evil"), "--name '../evil': a model name is")
-    assert_error(zoo("triton", tiny_export("transformer-temporal", "default"), "--out", tmp_path / "r2"),
-                 "family 'transformer-temporal' has no sampler")
+    assert_error(
+        zoo("triton", pixart, "--out", tmp_path / "r1", "--name", "../evil"), "--name '../evil': a model name is"
+    )
+    assert_error(
+        zoo("triton", tiny_export("transformer-temporal", "default"), "--out", tmp_path / "r2"),
+        "family 'transformer-temporal' has no sampler",
+    )
     if unavailable() is not None:  # absent TensorRT: refused before anything is written
-        assert_error(zoo("triton", pixart, "--out", tmp_path / "r3", "--backend", "tensorrt"),
-                     "the tensorrt backend is not available here")
+        assert_error(
+            zoo("triton", pixart, "--out", tmp_path / "r3", "--backend", "tensorrt"),
+            "the tensorrt backend is not available here",
+        )
     for args in (["--instances", "0"], ["--max-queue", "-1"], ["--queue-timeout", "nan"]):
         result = zoo("triton", pixart, "--out", tmp_path / "r4", *args)
         assert result.exit_code == 2 and "Invalid value for" in result.output
@@ -707,11 +873,28 @@ def test_request_bad_input_is_one_line(served, tmp_path):
     port = free_ports(1)[0]  # nothing listens there
     assert_error(zoo("request", f"localhost:{port}", "--prompt", "x", "--out", tmp_path / "x.png"), f"localhost:{port}")
     assert_error(zoo("request", served.url, "--model", "nope", "--prompt", "x", "--out", tmp_path / "x.png"), "nope")
-    assert_error(zoo("request", served.url, "--prompt", "x", "--out", tmp_path / "x.png"),
-                 "has 2 ready models (animatediff, pixart): name one with --model")
-    assert_error(zoo("request", served.url, "--model", "animatediff", "--prompt", "x", "--video", tmp_path / "none.mp4",
-                     "--out", tmp_path / "x.gif"), "does not exist")
-    result = zoo("request", served.url, "--model", "pixart", "--prompt", "x", "--out", tmp_path / "x.png", "--array", tmp_path)
+    assert_error(
+        zoo("request", served.url, "--prompt", "x", "--out", tmp_path / "x.png"),
+        "has 2 ready models (animatediff, pixart): name one with --model",
+    )
+    assert_error(
+        zoo(
+            "request",
+            served.url,
+            "--model",
+            "animatediff",
+            "--prompt",
+            "x",
+            "--video",
+            tmp_path / "none.mp4",
+            "--out",
+            tmp_path / "x.gif",
+        ),
+        "does not exist",
+    )
+    result = zoo(
+        "request", served.url, "--model", "pixart", "--prompt", "x", "--out", tmp_path / "x.png", "--array", tmp_path
+    )
     assert result.exit_code == 2 and "Invalid value for '--array'" in result.output
     assert list(tmp_path.iterdir()) == []
 
@@ -754,7 +937,11 @@ def test_serve_listens_on_loopback_only_and_says_so(served):
 def test_serve_bad_host_is_one_line(tiny_export, tmp_path):
     for host in ("203.0.113.7", "no such host."):  # TEST-NET-3: never this machine's
         result = zoo("serve", tiny_export("pixart", "sigma"), "--host", host, "--http-port", free_ports(1)[0])
-        assert result.exit_code == 2 and "Invalid value for '--host'" in result.output and "not an address" in result.output
+        assert (
+            result.exit_code == 2
+            and "Invalid value for '--host'" in result.output
+            and "not an address" in result.output
+        )
 
 
 def test_non_ascii_names_both_ways(served, tiny_export, tmp_path):
@@ -780,15 +967,17 @@ def test_non_ascii_names_both_ways(served, tiny_export, tmp_path):
     result = zoo("request", served.url, "--model", "animatediff", *args, "--video", bad, "--out", tmp_path / "o é.gif")
     assert_error(result, str(bad))
     assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
-        _run_line(ad, *args, "--video", bad, "--out", tmp_path / "o é.gif")]
+        _run_line(ad, *args, "--video", bad, "--out", tmp_path / "o é.gif")
+    ]
 
 
 def test_frame_folders_with_names_the_server_cannot_write(tiny_export, tmp_path, monkeypatch):
     """Under the stub's ASCII file system encoding (simulated), a folder of frames with accented
     names is rebuilt under numbered names in zoo run's (natural) order: the same result as zoo run
     on the original folder; a refusal still names the client's frame."""
-    import runtimes.serving as serving
     from PIL import Image
+
+    import runtimes.serving as serving
 
     rng = np.random.default_rng(4)
     Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "réf.png")
@@ -796,13 +985,35 @@ def test_frame_folders_with_names_the_server_cannot_write(tiny_export, tmp_path,
     for name, size in (("pose", (32, 48)), ("face", (16, 16))):
         folders[name].mkdir()
         for i in range(9):  # natural order: bild 5 before bild 10, which sorts first as text
-            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folders[name] / f"bild ü {i * 5}.png")
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+                folders[name] / f"bild ü {i * 5}.png"
+            )
     export = tiny_export("wan-animate")
-    args = ["--image", tmp_path / "réf.png", "--pose-video", folders["pose"], "--face-video", folders["face"],
-            "--steps", "2", "--segment-frames", "9", "--prev-frames", "1", "--height", "32", "--width", "48", "--seed", "2"]
+    args = [
+        "--image",
+        tmp_path / "réf.png",
+        "--pose-video",
+        folders["pose"],
+        "--face-video",
+        folders["face"],
+        "--steps",
+        "2",
+        "--segment-frames",
+        "9",
+        "--prev-frames",
+        "1",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--seed",
+        "2",
+    ]
     assert zoo("run", export, *args, "--out", tmp_path / "run.npy").exit_code == 0
-    files = {o: (str(p), Payload.read_media(p)) for o, p in
-             (("image", tmp_path / "réf.png"), ("pose_video", folders["pose"]), ("face_video", folders["face"]))}
+    files = {
+        o: (str(p), Payload.read_media(p))
+        for o, p in (("image", tmp_path / "réf.png"), ("pose_video", folders["pose"]), ("face_video", folders["face"]))
+    }
     monkeypatch.setattr(serving, "_writable", lambda name: name.isascii())
     service = Service(export)
     try:
@@ -814,7 +1025,9 @@ def test_frame_folders_with_names_the_server_cannot_write(tiny_export, tmp_path,
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "small.png")
         odd["bild ü 50.png"] = (tmp_path / "small.png").read_bytes()
         with pytest.raises(RequestError) as e:
-            service.run(Payload(options, out_name="o.npy", files={**files, "pose_video": (files["pose_video"][0], odd)}))
+            service.run(
+                Payload(options, out_name="o.npy", files={**files, "pose_video": (files["pose_video"][0], odd)})
+            )
     finally:
         service.close()
     assert "bild ü 50.png" in e.value.line and str(folders["pose"]) in e.value.line, e.value.line
@@ -828,9 +1041,21 @@ def test_a_fifo_is_refused_before_it_is_read(served, tiny_export, tmp_path):
     results = {}
 
     def attempt():
-        results["request"] = zoo("request", served.url, "--model", "animatediff", "--prompt", "x", "--video", fifo,
-                                 "--out", tmp_path / "o.gif")
-        results["run"] = zoo("run", tiny_export("animatediff"), "--prompt", "x", "--video", fifo, "--out", tmp_path / "o.gif")
+        results["request"] = zoo(
+            "request",
+            served.url,
+            "--model",
+            "animatediff",
+            "--prompt",
+            "x",
+            "--video",
+            fifo,
+            "--out",
+            tmp_path / "o.gif",
+        )
+        results["run"] = zoo(
+            "run", tiny_export("animatediff"), "--prompt", "x", "--video", fifo, "--out", tmp_path / "o.gif"
+        )
 
     thread = threading.Thread(target=attempt, daemon=True)
     thread.start()
@@ -857,20 +1082,36 @@ def test_serve_from_a_wheel_installed_outside_the_checkout(tiny_export, tmp_path
     for package in ("zoo", "exporters", "runtimes", "parity"):
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist", src],
-                   check=True, timeout=300)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist", src],
+        check=True,
+        timeout=300,
+    )
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=60)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
-    (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co., not zoo (editable hook unused)
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    (site / "borrowed.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n"
+    )  # torch & co., not zoo (editable hook unused)
     wheel = next((tmp_path / "dist").glob("zoo-*.whl"))
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel], check=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = subprocess.run([python, "-c", "import zoo, runtimes.triton_model as m; print(zoo.__file__, m.__file__)"],
-                           cwd=elsewhere, check=True, capture_output=True, text=True).stdout.split()
+    where = subprocess.run(
+        [python, "-c", "import zoo, runtimes.triton_model as m; print(zoo.__file__, m.__file__)"],
+        cwd=elsewhere,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert all(Path(w).is_relative_to(site) for w in where), where
     unrelated = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(str(REPO)))
     env = {"PATH": unrelated, "VIRTUAL_ENV": "", "PYTHONPATH": ""}  # no virtual environment active

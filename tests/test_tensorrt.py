@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_error, perturb_graph, zoo
+
 from exporters import tensorrt as engines
 from exporters.manifest import load_manifest
 from exporters.profiles import input_shapes
@@ -75,8 +75,11 @@ def test_dry_run_prints_a_trtexec_line_per_component_bounded_by_the_manifest(tin
         assert "--noTF32" in cmd and "--stronglyTyped" in cmd and "--memPoolSize=workspace:1536M" in cmd
         flags = dict(c.split("=", 1) for c in cmd[1:] if "=" in c)
         for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
-            want = {k: v for k, v in input_shapes(record, which).items()
-                    if input_shapes(record, "min")[k] != input_shapes(record, "max")[k]}
+            want = {
+                k: v
+                for k, v in input_shapes(record, which).items()
+                if input_shapes(record, "min")[k] != input_shapes(record, "max")[k]
+            }
             got = dict(item.split(":") for item in flags[flag].split(",")) if flag in flags else {}
             assert {k: tuple(int(d) for d in v.split("x")) for k, v in got.items()} == want
 
@@ -85,17 +88,29 @@ def test_dim_narrows_a_source_dim_and_its_derived_dims_follow(tiny_export):
     export = tiny_export("animatediff")
     decoder = load_manifest(export).component("vae_decoder")
     latent = decoder.dims["latent_height"]
-    result = zoo("build", export, "--component", "vae_decoder", "--dim", f"latent_height={latent.min}:{latent.min}:{latent.opt}",
-                 "--dry-run")
+    result = zoo(
+        "build",
+        export,
+        "--component",
+        "vae_decoder",
+        "--dim",
+        f"latent_height={latent.min}:{latent.min}:{latent.opt}",
+        "--dry-run",
+    )
     assert result.exit_code == 0, result.output
     cmd = shlex.split(result.output.splitlines()[-1])
     flags = dict(c.split("=", 1) for c in cmd[1:] if "=" in c)
     name = decoder.inputs[0].name
     heights = [int(flags[f].split(":")[1].split("x")[2]) for f in ("--minShapes", "--optShapes", "--maxShapes")]
     assert heights == [latent.min, latent.min, latent.opt]  # the latent input's own dim
-    spec = engines.build_specs(load_manifest(export), ("vae_decoder",), dims={"latent_height": Range(latent.min, latent.min, latent.opt)})[0]
+    spec = engines.build_specs(
+        load_manifest(export), ("vae_decoder",), dims={"latent_height": Range(latent.min, latent.min, latent.opt)}
+    )[0]
     pixels = spec.dims["height"]  # derived: 8 x latent_height
-    assert (pixels.min, pixels.max) == (decoder.dims["height"].value_from(latent.min), decoder.dims["height"].value_from(latent.opt))
+    assert (pixels.min, pixels.max) == (
+        decoder.dims["height"].value_from(latent.min),
+        decoder.dims["height"].value_from(latent.opt),
+    )
     assert name in flags["--minShapes"]
 
 
@@ -107,33 +122,50 @@ def test_a_profile_narrowed_to_one_point_still_bounds_the_graphs_dynamic_inputs(
     decoder = load_manifest(export).component("vae_decoder")
     point = {d: dim.max for d, dim in decoder.dims.items() if dim.is_dynamic and not dim.is_derived}
     assert len(point) == 3
-    result = zoo("build", export, "--component", "vae_decoder", *[a for d, v in point.items() for a in ("--dim", f"{d}={v}")],
-                 "--dry-run")
+    result = zoo(
+        "build",
+        export,
+        "--component",
+        "vae_decoder",
+        *[a for d, v in point.items() for a in ("--dim", f"{d}={v}")],
+        "--dry-run",
+    )
     assert result.exit_code == 0, result.output
     assert "static shapes" not in result.output
     assert all(f"{d} {v}:{v}:{v}" in result.output for d, v in point.items()), result.output
     flags = dict(c.split("=", 1) for c in shlex.split(result.output.splitlines()[-1])[1:] if "=" in c)
-    spec = engines.build_specs(load_manifest(export), ("vae_decoder",), dims={d: Range(v, v, v) for d, v in point.items()})[0]
+    spec = engines.build_specs(
+        load_manifest(export), ("vae_decoder",), dims={d: Range(v, v, v) for d, v in point.items()}
+    )[0]
     want = {n: "x".join(map(str, s)) for n, s in input_shapes(decoder, "max", spec.dims).items()}
     for flag in ("--minShapes", "--optShapes", "--maxShapes"):
         assert dict(item.split(":") for item in flags[flag].split(",")) == want
     # a transformer engine built for one frames value: its sidecar's trtexec line bounds the input too
     full = spec_of(copied_export)
     frames = full.dims["frames"]
-    entry, _ = engines.get_or_build(replace(full, dims={**full.dims, "frames": replace(frames, min=frames.opt, max=frames.opt)}),
-                                    HERE, fake_builder())
+    entry, _ = engines.get_or_build(
+        replace(full, dims={**full.dims, "frames": replace(frames, min=frames.opt, max=frames.opt)}),
+        HERE,
+        fake_builder(),
+    )
     assert "--minShapes=" in entry.sidecar["trtexec"] and "--maxShapes=" in entry.sidecar["trtexec"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--weight-streaming", "100000000000000000000000G"], "is more device memory than any GPU has"),
-    (["--timing-cache", "{tmp}/nowhere/cache.bin"], "does not exist; create it"),
-    (["--device", "cuda:abc"], "--device 'cuda:abc': TensorRT engines are built on a CUDA device; expected cuda or cuda:N"),
-    (["--device", "cpu"], "expected cuda or cuda:N"),
-    (["--component", "transformer", "--component", "transformer"], "--component transformer is given 2 times"),
-    ("truncate", "is 10 bytes, the manifest says"),
-    ("corrupt", "does not match the sha256 in the manifest"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--weight-streaming", "100000000000000000000000G"], "is more device memory than any GPU has"),
+        (["--timing-cache", "{tmp}/nowhere/cache.bin"], "does not exist; create it"),
+        (
+            ["--device", "cuda:abc"],
+            "--device 'cuda:abc': TensorRT engines are built on a CUDA device; expected cuda or cuda:N",
+        ),
+        (["--device", "cpu"], "expected cuda or cuda:N"),
+        (["--component", "transformer", "--component", "transformer"], "--component transformer is given 2 times"),
+        ("truncate", "is 10 bytes, the manifest says"),
+        ("corrupt", "does not match the sha256 in the manifest"),
+    ],
+)
 def test_a_dry_run_checks_what_a_build_checks(copied_export, tmp_path, args, message):
     """Each is one `error:` line and exit 2 with or without --dry-run, and nothing is written."""
     graph = copied_export / "transformer" / "model.onnx"
@@ -153,29 +185,41 @@ def test_a_dry_run_checks_what_a_build_checks(copied_export, tmp_path, args, mes
     assert list(tmp_path.iterdir()) == [copied_export]
 
 
-@pytest.mark.parametrize("dim, message", [
-    ("latent_height=2:6:8", "outside the exported profile: latent_height must be in [4, 8]"),
-    ("height=32:48:64", "height is derived (height = 8 x latent_height): give --dim latent_height=... instead"),
-    ("latent_height=8:6:4", "expected MIN <= OPT <= MAX"),
-    ("bogus=1", "no component being built has a dim 'bogus'"),
-    ("latent_height", "expected NAME=MIN:OPT:MAX or NAME=N"),
-])
+@pytest.mark.parametrize(
+    "dim, message",
+    [
+        ("latent_height=2:6:8", "outside the exported profile: latent_height must be in [4, 8]"),
+        ("height=32:48:64", "height is derived (height = 8 x latent_height): give --dim latent_height=... instead"),
+        ("latent_height=8:6:4", "expected MIN <= OPT <= MAX"),
+        ("bogus=1", "no component being built has a dim 'bogus'"),
+        ("latent_height", "expected NAME=MIN:OPT:MAX or NAME=N"),
+    ],
+)
 def test_dim_outside_the_envelope_is_refused(tiny_export, dim, message):
-    assert_error(zoo("build", tiny_export("animatediff"), "--component", "vae_decoder", "--dim", dim, "--dry-run"), message)
+    assert_error(
+        zoo("build", tiny_export("animatediff"), "--component", "vae_decoder", "--dim", dim, "--dry-run"), message
+    )
 
 
 def test_component_or_precision_the_export_lacks_is_refused(tiny_export):
     export = tiny_export("animatediff")
     assert_error(zoo("build", export, "--component", "controlnet", "--dry-run"), "has no component 'controlnet'")
     assert_error(zoo("build", export, "--precision", "fp16", "--dry-run"), "no component of")
-    assert_error(zoo("build", export, "--component", "unet", "--precision", "bf16", "--dry-run"),
-                 "--precision bf16: the export has no bfloat16 graph of unet is float32")
+    assert_error(
+        zoo("build", export, "--component", "unet", "--precision", "bf16", "--dry-run"),
+        "--precision bf16: the export has no bfloat16 graph of unet is float32",
+    )
 
 
 def test_bad_build_options_are_usage_errors(tiny_export, tmp_path):
     export = tiny_export("transformer-temporal", "default")
-    for args in (["--weight-streaming", "lots"], ["--weight-streaming", "120%"], ["--workspace", "0"], ["--workspace", "nan"],
-                 ["--timing-cache", tmp_path]):
+    for args in (
+        ["--weight-streaming", "lots"],
+        ["--weight-streaming", "120%"],
+        ["--workspace", "0"],
+        ["--workspace", "nan"],
+        ["--timing-cache", tmp_path],
+    ):
         result = zoo("build", export, *args, "--dry-run")
         assert result.exit_code == 2 and "Invalid value for" in result.output
     assert_error(zoo("build", export, "--refit-from", tmp_path / "nowhere", "--dry-run"), "does not exist")
@@ -211,11 +255,19 @@ def test_weight_streaming_budget():
 
 def test_key_is_the_same_in_another_process(copied_export):
     key = spec_of(copied_export).key(HERE)
-    code = ("import sys; sys.path.insert(0, 'tests'); from test_tensorrt import spec_of, HERE; from pathlib import Path; "
-            f"print(spec_of(Path({str(copied_export)!r})).key(HERE))")
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from test_tensorrt import spec_of, HERE; from pathlib import Path; "
+        f"print(spec_of(Path({str(copied_export)!r})).key(HERE))"
+    )
     for seed in ("1", "12345"):
-        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONHASHSEED": seed})
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
         assert out.stdout.strip() == key
 
 
@@ -274,17 +326,23 @@ def test_builds_once_then_uses_the_cache(copied_export):
     assert sorted(p.name for p in (copied_export / "engines").iterdir()) == [f".{entry.key}.lock", entry.key]
 
 
-@pytest.mark.parametrize("damage, what", [
-    (lambda e: e.plan.write_bytes(b""), "is empty"),
-    (lambda e: e.plan.write_bytes(e.plan.read_bytes()[:7]), "is truncated"),
-    (lambda e: e.plan.write_bytes(e.plan.read_bytes()[::-1]), "does not match the sha256"),
-    (lambda e: e.plan.unlink(), "engine.plan is missing"),
-    (lambda e: (e.folder / "engine.json").unlink(), "engine.json is missing"),
-    (lambda e: (e.folder / "engine.json").write_text("{not json"), "is not readable JSON"),
-    (lambda e: (e.folder / "engine.json").write_text(
-        (e.folder / "engine.json").read_text().replace('"precision": "float32"', '"precision": "float16"')),
-     "do not hash to its key"),
-])
+@pytest.mark.parametrize(
+    "damage, what",
+    [
+        (lambda e: e.plan.write_bytes(b""), "is empty"),
+        (lambda e: e.plan.write_bytes(e.plan.read_bytes()[:7]), "is truncated"),
+        (lambda e: e.plan.write_bytes(e.plan.read_bytes()[::-1]), "does not match the sha256"),
+        (lambda e: e.plan.unlink(), "engine.plan is missing"),
+        (lambda e: (e.folder / "engine.json").unlink(), "engine.json is missing"),
+        (lambda e: (e.folder / "engine.json").write_text("{not json"), "is not readable JSON"),
+        (
+            lambda e: (e.folder / "engine.json").write_text(
+                (e.folder / "engine.json").read_text().replace('"precision": "float32"', '"precision": "float16"')
+            ),
+            "do not hash to its key",
+        ),
+    ],
+)
 def test_a_damaged_entry_is_rebuilt_never_used(copied_export, caplog, damage, what):
     calls: list = []
     spec = spec_of(copied_export)
@@ -323,12 +381,20 @@ def _build_in_child(export: str, log: str) -> None:
 def test_a_dry_run_needs_no_posix_only_module(copied_export):
     """Windows has no fcntl (a TensorRT platform): the command line and the engine cache import
     without it, and a dry run works; the build lock picks its mechanism when it is taken."""
-    code = ("import sys; sys.modules['fcntl'] = None\n"
-            "from click.testing import CliRunner\nfrom zoo.cli import main\n"
-            f"r = CliRunner().invoke(main, ['build', {str(copied_export)!r}, '--dry-run'], catch_exceptions=False)\n"
-            "print(r.output); sys.exit(r.exit_code)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "from click.testing import CliRunner\nfrom zoo.cli import main\n"
+        f"r = CliRunner().invoke(main, ['build', {str(copied_export)!r}, '--dry-run'], catch_exceptions=False)\n"
+        "print(r.output); sys.exit(r.exit_code)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0 and "trtexec --onnx=" in out.stdout, out.stdout + out.stderr
 
 
@@ -349,10 +415,12 @@ def test_two_builders_of_one_key_build_once(copied_export, tmp_path):
 
 def test_the_streaming_budget_is_recorded_without_a_rebuild(copied_export):
     calls: list = []
-    first, _ = engines.get_or_build(spec_of(copied_export, weight_streaming=True, weight_streaming_budget="auto"), HERE,
-                                    fake_builder(calls))
-    second, built = engines.get_or_build(spec_of(copied_export, weight_streaming=True, weight_streaming_budget="40%"), HERE,
-                                         fake_builder(calls))
+    first, _ = engines.get_or_build(
+        spec_of(copied_export, weight_streaming=True, weight_streaming_budget="auto"), HERE, fake_builder(calls)
+    )
+    second, built = engines.get_or_build(
+        spec_of(copied_export, weight_streaming=True, weight_streaming_budget="40%"), HERE, fake_builder(calls)
+    )
     assert not built and calls == ["transformer"] and second.folder == first.folder
     assert json.loads((first.folder / "engine.json").read_text())["weight_streaming_budget"] == "40%"
     assert "--weightStreaming --weightStreamingBudget=-1" in first.sidecar["trtexec"]
@@ -374,8 +442,11 @@ def test_find_engine_prefers_the_widest_profile_and_refuses_other_targets(copied
     engines.get_or_build(narrow, HERE, fake_builder())
     wide, _ = engines.get_or_build(full, HERE, fake_builder())
     assert engines.find_engine(manifest, record, HERE).folder == wide.folder
-    with pytest.raises(engines.EngineTargetError, match=r"was built for TensorRT 10\.8\.0\.43 on compute capability 9\.0 "
-                                                        r"\(NVIDIA H200\); this machine has TensorRT 10\.3\.0 on compute capability 8\.7"):
+    with pytest.raises(
+        engines.EngineTargetError,
+        match=r"was built for TensorRT 10\.8\.0\.43 on compute capability 9\.0 "
+        r"\(NVIDIA H200\); this machine has TensorRT 10\.3\.0 on compute capability 8\.7",
+    ):
         engines.find_engine(manifest, record, engines.Target("10.3.0", "8.7", "Orin"))
 
 
@@ -393,15 +464,23 @@ def tensorrt_here(monkeypatch):
     monkeypatch.setattr(engines, "current_target", lambda device="cuda": HERE)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (None, "no TensorRT engine for component 'text_encoder'"),
-    ("other target", "was built for TensorRT 10.3.0 on compute capability 8.7 (Orin); this machine has TensorRT 10.8.0.43"),
-    ("truncate", "is truncated"),
-    ("corrupt", "does not match the sha256 in its sidecar: corrupted: rebuild it with `zoo build"),
-    ("no sidecar", "engine.json is missing"),
-    ("not json", "is not readable JSON"),
-])
-def test_the_backend_refuses_a_bad_engine_folder_before_deserializing(tiny_export, tmp_path, tensorrt_here, damage, message):
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (None, "no TensorRT engine for component 'text_encoder'"),
+        (
+            "other target",
+            "was built for TensorRT 10.3.0 on compute capability 8.7 (Orin); this machine has TensorRT 10.8.0.43",
+        ),
+        ("truncate", "is truncated"),
+        ("corrupt", "does not match the sha256 in its sidecar: corrupted: rebuild it with `zoo build"),
+        ("no sidecar", "engine.json is missing"),
+        ("not json", "is not readable JSON"),
+    ],
+)
+def test_the_backend_refuses_a_bad_engine_folder_before_deserializing(
+    tiny_export, tmp_path, tensorrt_here, damage, message
+):
     """What `zoo run / parity / bench --backend tensorrt` meet first (an ArtifactError: one
     `error:` line, exit 2). The sampler and parity put their tensors on the GPU before the first
     engine loads, which a CPU-only torch cannot, so the refusal is checked at the backend here."""
@@ -423,12 +502,16 @@ def test_the_backend_refuses_a_bad_engine_folder_before_deserializing(tiny_expor
         load_backend("tensorrt", load_manifest(export), "text_encoder", "cuda")
 
 
-def test_refit_from_engines_of_another_gpu_is_one_error(copied_export, other_weights, tmp_path, tensorrt_here, monkeypatch):
+def test_refit_from_engines_of_another_gpu_is_one_error(
+    copied_export, other_weights, tmp_path, tensorrt_here, monkeypatch
+):
     other = _copy(other_weights, tmp_path / "other")
     engines.get_or_build(spec_of(other, refittable=True), engines.Target("10.3.0", "8.7", "Orin"), fake_builder())
     monkeypatch.setattr(engines, "unavailable", lambda device="cuda": None)
-    assert_error(zoo("build", copied_export, "--refit-from", other),
-                 "was built for TensorRT 10.3.0 on compute capability 8.7 (Orin)")
+    assert_error(
+        zoo("build", copied_export, "--refit-from", other),
+        "was built for TensorRT 10.3.0 on compute capability 8.7 (Orin)",
+    )
     assert not (copied_export / "engines").exists() or not any((copied_export / "engines").glob("*/engine.plan"))
 
 
@@ -463,10 +546,14 @@ def other_weights(tmp_path_factory):
 
 
 def test_refit_from_an_export_of_another_model_is_refused(copied_export, tiny_export, other_weights, tmp_path):
-    assert_error(zoo("build", copied_export, "--refit-from", tiny_export("pixart", "sigma"), "--dry-run"),
-                 "it is a pixart export")
-    assert_error(zoo("build", copied_export, "--refit-from", tiny_export("transformer-temporal", "single-group"), "--dry-run"),
-                 "component 'transformer' is another graph there")
+    assert_error(
+        zoo("build", copied_export, "--refit-from", tiny_export("pixart", "sigma"), "--dry-run"),
+        "it is a pixart export",
+    )
+    assert_error(
+        zoo("build", copied_export, "--refit-from", tiny_export("transformer-temporal", "single-group"), "--dry-run"),
+        "component 'transformer' is another graph there",
+    )
     result = zoo("build", copied_export, "--refit-from", other_weights, "--dry-run")
     assert result.exit_code == 0, result.output
     result = zoo("build", copied_export, "--refit-from", other_weights, "--refittable")
@@ -538,8 +625,11 @@ def test_tensorrt_engine_computes_the_reference_and_a_wrong_engine_fails(tmp_pat
     export = _copy(tiny_export("transformer-temporal", "default"), tmp_path / "tt")
     assert zoo("build", export).exit_code == 0
     manifest = load_manifest(export)
-    feeds = get_family(manifest.family).component("transformer").sample_inputs(load_reference(manifest),
-                                                                               manifest.component("transformer").point())
+    feeds = (
+        get_family(manifest.family)
+        .component("transformer")
+        .sample_inputs(load_reference(manifest), manifest.component("transformer").point())
+    )
     with TorchBackend(manifest, "transformer", "cuda") as ref:
         want = ref(feeds)
     got = load_backend("tensorrt", manifest, "transformer", "cuda")(feeds)
@@ -609,7 +699,7 @@ class FakeContext:
 
         self.engine.log.append(("execute", stream))
         self.engine.calls += 1
-        for name, dtype in self.engine.outputs.items():
+        for name in self.engine.outputs:
             n = math.prod(self.shapes[self.engine.like[name]])
             array = (ctypes.c_float * n).from_address(self.addresses[name])  # float32 outputs in this test
             array[:] = [float(self.engine.calls)] * n
@@ -617,8 +707,14 @@ class FakeContext:
 
 
 class FakeEngine:
-    _NAMES = {"float32": "DataType.FLOAT", "float16": "DataType.HALF", "bfloat16": "DataType.BF16",
-              "int64": "DataType.INT64", "int32": "DataType.INT32", "bool": "DataType.BOOL"}
+    _NAMES = {
+        "float32": "DataType.FLOAT",
+        "float16": "DataType.HALF",
+        "bfloat16": "DataType.BF16",
+        "int64": "DataType.INT64",
+        "int32": "DataType.INT32",
+        "bool": "DataType.BOOL",
+    }
 
     def __init__(self, record, log: list) -> None:
         self.record, self.log, self.calls = record, log, 0
@@ -675,8 +771,10 @@ def fake_tensorrt(copied_export, monkeypatch):
     from runtimes.backends import TensorRTBackend
 
     log: list = []
-    fake_trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
-                                     ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="USER_MANAGED"))
+    fake_trt = types.SimpleNamespace(
+        TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
+        ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="USER_MANAGED"),
+    )
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     monkeypatch.setattr(engines, "current_target", lambda device="cuda": HERE)
     default = FakeStream(log, 0)  # the legacy default stream's handle is 0
@@ -709,7 +807,9 @@ def _feeds(record, which="opt", **dims):
 
     from zoo.contract import DTYPES
 
-    shapes = input_shapes(record, which, {**record.dims, **{k: replace(record.dims[k], min=v, opt=v, max=v) for k, v in dims.items()}})
+    shapes = input_shapes(
+        record, which, {**record.dims, **{k: replace(record.dims[k], min=v, opt=v, max=v) for k, v in dims.items()}}
+    )
     return {t.name: torch.zeros(shapes[t.name], dtype=DTYPES[t.dtype]) for t in record.inputs}
 
 
@@ -755,12 +855,15 @@ def test_the_backend_keeps_state_outputs_on_the_device_between_calls(fake_tensor
     assert float(second[output.name].flatten()[0]) == 2.0
 
 
-@pytest.mark.parametrize("refuse, error, message", [
-    ("address", ArtifactError, "TensorRT refused the address of"),
-    ("shape", "InputError", "TensorRT refused the shape"),
-    ("execute", "OutputError", "TensorRT's execute_async_v3 failed"),
-    ("data-dependent", ArtifactError, "depends on the data (still unknown once every input shape is set)"),
-])
+@pytest.mark.parametrize(
+    "refuse, error, message",
+    [
+        ("address", ArtifactError, "TensorRT refused the address of"),
+        ("shape", "InputError", "TensorRT refused the shape"),
+        ("execute", "OutputError", "TensorRT's execute_async_v3 failed"),
+        ("data-dependent", ArtifactError, "depends on the data (still unknown once every input shape is set)"),
+    ],
+)
 def test_every_tensorrt_refusal_is_an_error_naming_the_tensor(fake_tensorrt, refuse, error, message):
     from zoo import errors
 
@@ -790,16 +893,17 @@ def test_host_shape_tensors_are_refused_at_load_naming_the_tensor(fake_tensorrt)
     from runtimes.backends import TensorRTBackend  # noqa: F401
 
     backend, _, _ = fake_tensorrt(lambda engine: engine.host_shape_tensors.add(engine.record.inputs[-1].name))
-    with pytest.raises(ArtifactError, match=f"shape tensor\\(s\\) {backend.record.inputs[-1].name} that TensorRT reads on the host"):
+    with pytest.raises(
+        ArtifactError, match=f"shape tensor\\(s\\) {backend.record.inputs[-1].name} that TensorRT reads on the host"
+    ):
         backend.activate()
 
 
 def test_finiteness_is_one_fused_check_per_call_and_still_names_the_tensor(fake_tensorrt, monkeypatch):
     import torch
 
-    from zoo.errors import InputError
-
     from runtimes.backends import Backend, TensorRTBackend
+    from zoo.errors import InputError
 
     assert TensorRTBackend.check_finite_after_run and not Backend.check_finite_after_run
     assert "__call__" not in vars(TensorRTBackend)  # Backend.__call__, reading the class attribute
@@ -824,12 +928,16 @@ def test_the_streaming_budget_is_read_back_and_auto_budgets_are_shared(fake_tens
     backend.activate()
     assert backend.streaming_budget == 5000 // 256 * 256  # what TensorRT took, not what was asked
     mib = 1 << 20
-    budgets = engines.auto_budgets({
-        "transformer": {"streamable": 600 * mib, "device_memory": 100 * mib, "budget": "auto"},
-        "text_encoder": {"streamable": 200 * mib, "device_memory": 50 * mib, "budget": "auto"},
-        "vae": {"device_memory": 200 * mib, "weights": 150 * mib, "budget": None},
-        "fixed": {"streamable": 100 * mib, "device_memory": 0, "budget": "50%"},
-    }, free=1000 * mib, margin=0.0)
+    budgets = engines.auto_budgets(
+        {
+            "transformer": {"streamable": 600 * mib, "device_memory": 100 * mib, "budget": "auto"},
+            "text_encoder": {"streamable": 200 * mib, "device_memory": 50 * mib, "budget": "auto"},
+            "vae": {"device_memory": 200 * mib, "weights": 150 * mib, "budget": None},
+            "fixed": {"streamable": 100 * mib, "device_memory": 0, "budget": "50%"},
+        },
+        free=1000 * mib,
+        margin=0.0,
+    )
     left = 1000 - 100 - 50 - 200 - 150 - 50  # MiB for the two auto engines, shared 3:1
     assert budgets == {"transformer": left * mib * 600 // 800, "text_encoder": left * mib * 200 // 800}
     assert engines.auto_budgets({"a": {"streamable": mib, "budget": "auto"}}, free=1 << 40) == {"a": mib}  # at most all
@@ -841,8 +949,14 @@ def test_the_streaming_budget_is_read_back_and_auto_budgets_are_shared(fake_tens
 
 
 def test_documented_opset_ranges_per_tensorrt_version():
-    assert [engines.parser_opsets(v) for v in ("10.1.0", "10.3.0.26", "10.13.3", "10.14.1", "11.1.0", "11.5.0")] == \
-        [(9, 20), (9, 20), (9, 20), (9, 24), (9, 24), (9, 25)]
+    assert [engines.parser_opsets(v) for v in ("10.1.0", "10.3.0.26", "10.13.3", "10.14.1", "11.1.0", "11.5.0")] == [
+        (9, 20),
+        (9, 20),
+        (9, 20),
+        (9, 24),
+        (9, 24),
+        (9, 25),
+    ]
     assert [engines.minimum_tensorrt(o) for o in (18, 20, 22, 24, 25)] == ["10.1", "10.1", "10.14", "10.14", "11.5"]
     with pytest.raises(engines.EngineTargetError, match="TensorRT 10.0.1 is older than this zoo supports"):
         engines.parser_opsets("10.0.1")
@@ -850,13 +964,20 @@ def test_documented_opset_ranges_per_tensorrt_version():
         engines.minimum_tensorrt(26)
 
 
-@pytest.mark.parametrize("axes_from, opset, message", [
-    ("initializer", 18, None),
-    ("constant node", 18, None),
-    ("graph input", 18, "needs these inputs as initializers, and the graph computes them: Unsqueeze 'u': axes from 'axes'"),
-    ("computed", 18, "Unsqueeze 'u': axes from 'axes'"),
-    ("initializer", 26, "ONNX opset 26: no TensorRT release documents it"),
-])
+@pytest.mark.parametrize(
+    "axes_from, opset, message",
+    [
+        ("initializer", 18, None),
+        ("constant node", 18, None),
+        (
+            "graph input",
+            18,
+            "needs these inputs as initializers, and the graph computes them: Unsqueeze 'u': axes from 'axes'",
+        ),
+        ("computed", 18, "Unsqueeze 'u': axes from 'axes'"),
+        ("initializer", 26, "ONNX opset 26: no TensorRT release documents it"),
+    ],
+)
 def test_the_export_lint_checks_the_parsers_opsets_and_initializer_only_inputs(tmp_path, axes_from, opset, message):
     import numpy as np
     import onnx
@@ -868,14 +989,21 @@ def test_the_export_lint_checks_the_parsers_opsets_and_initializer_only_inputs(t
     if axes_from == "initializer":
         inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"))
     elif axes_from == "constant node":
-        nodes.append(helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array([0], dtype=np.int64))))
+        nodes.append(
+            helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array([0], dtype=np.int64)))
+        )
     elif axes_from == "graph input":
         inputs.append(helper.make_tensor_value_info("axes", TensorProto.INT64, [1]))
     else:  # computed from the data: Shape -> Slice
         inits += [numpy_helper.from_array(np.array([v], dtype=np.int64), n) for n, v in (("s0", 0), ("s1", 1))]
-        nodes += [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Slice", ["shape", "s0", "s1"], ["axes"])]
+        nodes += [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Slice", ["shape", "s0", "s1"], ["axes"]),
+        ]
     nodes.append(helper.make_node("Unsqueeze", ["x", "axes"], ["y"], name="u"))
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3])], inits)
+    graph = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3])], inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10
     path = tmp_path / "model.onnx"
@@ -899,8 +1027,11 @@ def test_build_refuses_a_graph_whose_opset_the_target_tensorrt_does_not_document
     manifest = json.loads((copied_export / "manifest.json").read_text())
     manifest["components"]["transformer"].update(opset=22, precision="bfloat16")  # as a bf16 export records it
     (copied_export / "manifest.json").write_text(json.dumps(manifest))
-    assert_error(zoo("build", copied_export), "component 'transformer' is an ONNX opset-22 graph (bfloat16); TensorRT "
-                 "10.3.0.26 documents opsets 9-20, so it needs TensorRT 10.14 or newer: or re-export with")
+    assert_error(
+        zoo("build", copied_export),
+        "component 'transformer' is an ONNX opset-22 graph (bfloat16); TensorRT "
+        "10.3.0.26 documents opsets 9-20, so it needs TensorRT 10.14 or newer: or re-export with",
+    )
     assert calls == [] and not (copied_export / "engines").exists()
     manifest["components"]["transformer"].update(opset=18, precision="float32")
     (copied_export / "manifest.json").write_text(json.dumps(manifest))

@@ -9,15 +9,15 @@ import re
 import diffusers
 import pytest
 import torch
+from conftest import assert_error, zoo
 from safetensors.torch import save_file
 
-from conftest import assert_error, zoo
 from exporters.manifest import load_manifest
 from parity.compare import component_parity
 from zoo.contract import Source
 from zoo.errors import CheckpointError
-from zoo.registry import get_family
 from zoo.families.unianimate_dit.family import LORA_TARGETS, RANDOM_CHECKPOINT, read_checkpoint
+from zoo.registry import get_family
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,11 @@ def test_merged_transformer_equals_diffusers_wan_lora_loader(parts):
     merged = dict(ours.module("transformer").named_parameters())
 
     state = read_checkpoint(checkpoint)
-    converted = {k.replace("pipe.dit.", "diffusion_model.").replace(".default", ""): v
-                 for k, v in state.items() if k.startswith("pipe.dit.")}
+    converted = {
+        k.replace("pipe.dit.", "diffusion_model.").replace(".default", ""): v
+        for k, v in state.items()
+        if k.startswith("pipe.dit.")
+    }
     pipe = diffusers.WanImageToVideoPipeline.from_pretrained(model)
     base = {k: v.clone() for k, v in pipe.transformer.named_parameters()}
     pipe.load_lora_weights(converted, adapter_name="unianimate")
@@ -93,16 +96,36 @@ def _write(state, path):
     "edit, message",
     [
         (lambda s: s.pop("dwpose_embedding.12.weight"), "lacks the pose-encoder key 'dwpose_embedding.12.weight'"),
-        (lambda s: s.pop("randomref_embedding_pose.0.bias"), "lacks the pose-encoder key 'randomref_embedding_pose.0.bias'"),
-        (lambda s: s.__setitem__("pipe.dit.blocks.0.self_attn.q.lora_A.default.weight", torch.zeros(3, 24)),
-         "pipe.dit.blocks.0.self_attn.q.lora_{A,B}.default.weight: lora_A (3, 24) and lora_B (24, 2) have different ranks"),
-        (lambda s: s.update({"pipe.dit.blocks.7.ffn.0.lora_A.default.weight": torch.zeros(2, 24),
-                             "pipe.dit.blocks.7.ffn.0.lora_B.default.weight": torch.zeros(32, 2)}),
-         "names block 7, which this transformer (with 2 blocks) lacks: a checkpoint for another base model"),
-        (lambda s: s.update({"pipe.dit.blocks.0.cross_attn.k.lora_A.default.weight": torch.zeros(2, 40),
-                             "pipe.dit.blocks.0.cross_attn.k.lora_B.default.weight": torch.zeros(24, 2)}),
-         "is a 24x40 update, the weight blocks.0.attn2.to_k.weight is (24, 24): a checkpoint for another base model"),
-        (lambda s: s.__setitem__("model.diffusion_model.x", torch.zeros(1)), "key 'model.diffusion_model.x' is neither"),
+        (
+            lambda s: s.pop("randomref_embedding_pose.0.bias"),
+            "lacks the pose-encoder key 'randomref_embedding_pose.0.bias'",
+        ),
+        (
+            lambda s: s.__setitem__("pipe.dit.blocks.0.self_attn.q.lora_A.default.weight", torch.zeros(3, 24)),
+            "pipe.dit.blocks.0.self_attn.q.lora_{A,B}.default.weight: lora_A (3, 24) and lora_B (24, 2) have different ranks",
+        ),
+        (
+            lambda s: s.update(
+                {
+                    "pipe.dit.blocks.7.ffn.0.lora_A.default.weight": torch.zeros(2, 24),
+                    "pipe.dit.blocks.7.ffn.0.lora_B.default.weight": torch.zeros(32, 2),
+                }
+            ),
+            "names block 7, which this transformer (with 2 blocks) lacks: a checkpoint for another base model",
+        ),
+        (
+            lambda s: s.update(
+                {
+                    "pipe.dit.blocks.0.cross_attn.k.lora_A.default.weight": torch.zeros(2, 40),
+                    "pipe.dit.blocks.0.cross_attn.k.lora_B.default.weight": torch.zeros(24, 2),
+                }
+            ),
+            "is a 24x40 update, the weight blocks.0.attn2.to_k.weight is (24, 24): a checkpoint for another base model",
+        ),
+        (
+            lambda s: s.__setitem__("model.diffusion_model.x", torch.zeros(1)),
+            "key 'model.diffusion_model.x' is neither",
+        ),
         (lambda s: s.pop("pipe.dit.blocks.1.ffn.2.lora_B.default.weight"), "has lora_A without its pair"),
     ],
 )
@@ -120,10 +143,14 @@ def test_unreadable_checkpoint_and_missing_checkpoint(parts, tmp_path):
     model, _ = parts
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     out = tmp_path / "out"
-    assert_error(zoo("export", "unianimate-dit", "--model", model, "--checkpoint", tmp_path / "junk.ckpt", "--out", out),
-                 "is not a readable state dict")
-    assert_error(zoo("export", "unianimate-dit", "--model", model, "--out", out),
-                 "unianimate-dit needs --checkpoint UNIANIMATE_CKPT beside --model WAN_I2V_FOLDER")
+    assert_error(
+        zoo("export", "unianimate-dit", "--model", model, "--checkpoint", tmp_path / "junk.ckpt", "--out", out),
+        "is not a readable state dict",
+    )
+    assert_error(
+        zoo("export", "unianimate-dit", "--model", model, "--out", out),
+        "unianimate-dit needs --checkpoint UNIANIMATE_CKPT beside --model WAN_I2V_FOLDER",
+    )
     assert not out.exists()
 
 
@@ -146,22 +173,55 @@ def media(tmp_path_factory):
     def folder(name, n, size=(48, 32)):
         (root / name).mkdir()
         for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / name / f"{i:04d}.jpg")
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+                root / name / f"{i:04d}.jpg"
+            )
         return root / name
 
     Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / "ref.png")
     Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / "pose.png")
-    return {"root": root, "image": root / "ref.png", "ref_pose": root / "pose.png", "poses9": folder("poses9", 9),
-            "poses13": folder("poses13", 13), "poses8": folder("poses8", 8), "big": folder("big", 9, (64, 48))}
+    return {
+        "root": root,
+        "image": root / "ref.png",
+        "ref_pose": root / "pose.png",
+        "poses9": folder("poses9", 9),
+        "poses13": folder("poses13", 13),
+        "poses8": folder("poses8", 8),
+        "big": folder("big", 9, (64, 48)),
+    }
 
 
 def _args(export, media, poses, *extra):
-    return ["run", export, "--image", media["image"], "--ref-pose", media["ref_pose"], "--pose-video", poses,
-            "--steps", "3", "--height", "32", "--width", "48", "--seed", "5", *extra]
+    return [
+        "run",
+        export,
+        "--image",
+        media["image"],
+        "--ref-pose",
+        media["ref_pose"],
+        "--pose-video",
+        poses,
+        "--steps",
+        "3",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--seed",
+        "5",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("extra", [[], ["--long-video", "--context-frames", "3", "--context-overlap", "2"],
-                                   ["--teacache", "1000000", "--steps", "6"], ["--guidance-scale", "1.0", "--untiled"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--long-video", "--context-frames", "3", "--context-overlap", "2"],
+        ["--teacache", "1000000", "--steps", "6"],
+        ["--guidance-scale", "1.0", "--untiled"],
+    ],
+)
 def test_run_equals_the_same_loop_on_torch(tiny_export, media, tmp_path, extra):
     export = tiny_export("unianimate-dit")
     poses = media["poses13"] if "--long-video" in extra else media["poses9"]
@@ -176,8 +236,15 @@ def test_run_equals_the_same_loop_on_torch(tiny_export, media, tmp_path, extra):
 def test_teacache_skips_whole_calls(tiny_export, media):
     export = tiny_export("unianimate-dit")
     manifest = load_manifest(export)
-    base = {"image": media["image"], "ref_pose": media["ref_pose"], "pose_video": media["poses9"], "steps": 6,
-            "guidance_scale": 1.5, "height": 32, "width": 48}
+    base = {
+        "image": media["image"],
+        "ref_pose": media["ref_pose"],
+        "pose_video": media["poses9"],
+        "steps": 6,
+        "guidance_scale": 1.5,
+        "height": 32,
+        "width": 48,
+    }
     counts = {}
     for name, options in (("off", base), ("on", {**base, "teacache": 1e6})):
         with Sampler(export) as sampler:
@@ -193,8 +260,16 @@ def test_teacache_skips_whole_calls(tiny_export, media):
 
 
 def test_long_video_is_reproducible_from_the_seed(tiny_export, media, tmp_path):
-    args = _args(tiny_export("unianimate-dit"), media, media["poses13"], "--long-video", "--context-frames", "3",
-                 "--context-overlap", "2")
+    args = _args(
+        tiny_export("unianimate-dit"),
+        media,
+        media["poses13"],
+        "--long-video",
+        "--context-frames",
+        "3",
+        "--context-overlap",
+        "2",
+    )
     for name in ("a", "b"):
         assert zoo(*args, "--out", tmp_path / f"{name}.npy").exit_code == 0
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
@@ -205,10 +280,26 @@ def test_long_video_is_reproducible_from_the_seed(tiny_export, media, tmp_path):
     "extra, poses, message",
     [
         ([], "poses8", "--pose-video has 8 frames: a short video needs 4k+1 pose frames"),
-        (["--long-video", "--context-frames", "5"], "poses13", "--long-video needs at least 5 latent frames (17 pose frames)"),
-        (["--long-video", "--context-frames", "3", "--context-overlap", "1"], "poses13", "--context-overlap 1: expected at least 2"),
-        (["--long-video", "--context-frames", "3", "--context-overlap", "3"], "poses13", "--context-overlap 3: expected at least 2 and fewer than --context-frames 3"),
-        ([], "big", "frames are 64x48 (WxH), expected 48x32; they were not resized: pass --resize-pose to resize them (bilinear)"),
+        (
+            ["--long-video", "--context-frames", "5"],
+            "poses13",
+            "--long-video needs at least 5 latent frames (17 pose frames)",
+        ),
+        (
+            ["--long-video", "--context-frames", "3", "--context-overlap", "1"],
+            "poses13",
+            "--context-overlap 1: expected at least 2",
+        ),
+        (
+            ["--long-video", "--context-frames", "3", "--context-overlap", "3"],
+            "poses13",
+            "--context-overlap 3: expected at least 2 and fewer than --context-frames 3",
+        ),
+        (
+            [],
+            "big",
+            "frames are 64x48 (WxH), expected 48x32; they were not resized: pass --resize-pose to resize them (bilinear)",
+        ),
         (["--ref-pose", "{root}/poses9"], "poses9", "--ref-pose {root}/poses9: is a folder, not an image file"),
         (["--height", "80", "--resize-pose"], "poses9", "--height 80 is outside the exported profile"),
     ],
@@ -223,12 +314,16 @@ def test_run_bad_input(tiny_export, media, tmp_path, extra, poses, message):
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "abc"])
 def test_teacache_threshold_must_be_positive(tiny_export, media, tmp_path, value):
-    result = zoo(*_args(tiny_export("unianimate-dit"), media, media["poses9"]), "--teacache", value, "--out", tmp_path / "o.npy")
+    result = zoo(
+        *_args(tiny_export("unianimate-dit"), media, media["poses9"]), "--teacache", value, "--out", tmp_path / "o.npy"
+    )
     assert result.exit_code == 2 and "Invalid value for '--teacache'" in result.output, result.output
 
 
 def test_resize_pose_resizes(tiny_export, media, tmp_path):
-    result = zoo(*_args(tiny_export("unianimate-dit"), media, media["big"]), "--resize-pose", "--out", tmp_path / "o.npy")
+    result = zoo(
+        *_args(tiny_export("unianimate-dit"), media, media["big"]), "--resize-pose", "--out", tmp_path / "o.npy"
+    )
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "o.npy").shape == (1, 9, 32, 48, 3)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_error, zoo
+
 from exporters.weights import WEIGHT_MAP, WEIGHTS_DIR, StoredWeights, checkpoint_files, read_header
 from zoo.errors import ArtifactError, CheckpointError
 
@@ -67,7 +67,7 @@ def test_initializers_are_the_checkpoint_byte_ranges(weightless, sharded):
         assert os.stat(weightless / "transformer" / rel).st_ino == os.stat(info["source"]).st_ino
     stored = StoredWeights([sharded / "transformer"])
     entries = weight_map["initializers"]
-    for name, entry in entries.items():
+    for entry in entries.values():
         if entry["how"] == "stored":
             t = stored.tensors[entry["key"]]
             assert (entry["offset"], entry["length"], tuple(entry["shape"])) == (t.offset, t.length, t.shape)
@@ -147,9 +147,13 @@ def test_copy_weights_is_self_contained(tmp_path, tiny_checkpoint, weightless):
     shutil.copytree(tiny_checkpoint(FAMILY), ckpt)
     fam = get_family(FAMILY)
     ref = fam.load(tiny_checkpoint(FAMILY))
-    feeds = fam.component("face_encoder").sample_inputs(ref, load_manifest(weightless).component("face_encoder").point("opt"))
+    feeds = fam.component("face_encoder").sample_inputs(
+        ref, load_manifest(weightless).component("face_encoder").point("opt")
+    )
     out = tmp_path / "copied"
-    result = zoo("export", FAMILY, "--model", ckpt, "--weightless", "--copy-weights", "--component", "face_encoder", "--out", out)
+    result = zoo(
+        "export", FAMILY, "--model", ckpt, "--weightless", "--copy-weights", "--component", "face_encoder", "--out", out
+    )
     assert result.exit_code == 0, result.output
     assert not (out / "face_encoder" / "weights").exists()
     entries = json.loads((out / "face_encoder" / WEIGHT_MAP).read_text())["initializers"]
@@ -157,7 +161,9 @@ def test_copy_weights_is_self_contained(tmp_path, tiny_checkpoint, weightless):
     shutil.rmtree(ckpt)
     moved = tmp_path / "moved"
     shutil.move(out, moved)
-    np.testing.assert_allclose(_ort(moved, "face_encoder", feeds)[0], _ort(weightless, "face_encoder", feeds)[0], atol=1e-6)
+    np.testing.assert_allclose(
+        _ort(moved, "face_encoder", feeds)[0], _ort(weightless, "face_encoder", feeds)[0], atol=1e-6
+    )
 
 
 def test_checkpoint_stored_in_bf16_exports_zero_copy_in_bf16(tmp_path, tiny_checkpoint):
@@ -165,7 +171,6 @@ def test_checkpoint_stored_in_bf16_exports_zero_copy_in_bf16(tmp_path, tiny_chec
     weight is linked as stored; the fp32 islands of the policy (norms, modulation) read their
     bf16 bytes through a Cast in the graph, as loading the checkpoint into fp32 modules does."""
     import onnx
-
     from diffusers import WanAnimateTransformer3DModel
 
     from exporters.precision import graph_dtypes
@@ -251,7 +256,10 @@ def test_checkpoint_changed_after_export(tmp_path, tiny_checkpoint):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint(FAMILY), ckpt)
     out = tmp_path / "export"
-    assert zoo("export", FAMILY, "--model", ckpt, "--weightless", "--component", "face_encoder", "--out", out).exit_code == 0
+    assert (
+        zoo("export", FAMILY, "--model", ckpt, "--weightless", "--component", "face_encoder", "--out", out).exit_code
+        == 0
+    )
     shard = checkpoint_files(ckpt / "transformer")[0]
     header = read_header(shard)
     t = max(header.values(), key=lambda t: t.length)
@@ -275,8 +283,21 @@ def test_lora_fused_by_diffusers_has_no_weightless_build(tmp_path):
     assert result.exit_code == 0, result.output
     src = tmp_path / "src"
     lora = next(src.glob("*.safetensors"))
-    result = zoo("export", "animatediff", "--model", src / "stable-diffusion", "--motion-adapter", src / "motion-adapter",
-                 "--lora", lora, "--weightless", "--component", "unet", "--out", tmp_path / "out")
+    result = zoo(
+        "export",
+        "animatediff",
+        "--model",
+        src / "stable-diffusion",
+        "--motion-adapter",
+        src / "motion-adapter",
+        "--lora",
+        lora,
+        "--weightless",
+        "--component",
+        "unet",
+        "--out",
+        tmp_path / "out",
+    )
     assert_error(result, "component 'unet': its module 'unet' has no weightless build")
     assert not (tmp_path / "out").exists()
 
@@ -334,8 +355,13 @@ def test_corrupt_safetensors_offsets_are_refused(tmp_path):
     path = write({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 8)  # begin > end
     with pytest.raises(CheckpointError, match="corrupt header entry"):
         read_header(path)
-    path = write({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                  "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8)
+    path = write(
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+        },
+        b"\0" * 8,
+    )
     with pytest.raises(CheckpointError, match="tensors 'a' and 'b' overlap"):
         read_header(path)
 
@@ -372,7 +398,9 @@ def test_checkpoint_without_safetensors_still_exports_by_default(tmp_path, tiny_
     module.save_pretrained(ckpt / "transformer", safe_serialization=False)
     result = zoo("export", FAMILY, "--model", ckpt, "--component", "face_encoder", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert "weight_map" not in json.loads((tmp_path / "out" / "manifest.json").read_text())["components"]["face_encoder"]
+    assert (
+        "weight_map" not in json.loads((tmp_path / "out" / "manifest.json").read_text())["components"]["face_encoder"]
+    )
     _export_fails(ckpt, tmp_path / "out2", "has no safetensors weights; a weightless export reads safetensors")
 
 
@@ -402,8 +430,11 @@ def test_linked_files_are_recorded_by_the_sha256_of_all_their_bytes(weightless, 
     for old in ({**weight_map, "format": 1}, {k: v for k, v in weight_map.items() if k != "format"}):
         (copy / "transformer" / WEIGHT_MAP).unlink()
         (copy / "transformer" / WEIGHT_MAP).write_text(json.dumps(old))
-        with pytest.raises(ArtifactError, match=r"weights.json is missing or not a weight map \(format .*, this zoo reads 2: "
-                                                r"an older zoo identified large checkpoint files by a sample .*re-export"):
+        with pytest.raises(
+            ArtifactError,
+            match=r"weights.json is missing or not a weight map \(format .*, this zoo reads 2: "
+            r"an older zoo identified large checkpoint files by a sample .*re-export",
+        ):
             load_weight_map(copy / "transformer")
 
 
@@ -422,7 +453,9 @@ def test_linking_records_the_digest_taken_before_the_link(tmp_path, monkeypatch)
     monkeypatch.setattr(hashing, "SETTLE_NS", 0)
     reads = []
     real = hashing._read_digest
-    monkeypatch.setattr(hashing, "_read_digest", lambda p, size, progress: reads.append(p) or real(p, size, progress=progress))
+    monkeypatch.setattr(
+        hashing, "_read_digest", lambda p, size, progress: reads.append(p) or real(p, size, progress=progress)
+    )
     shard = tmp_path / "ckpt" / "model.safetensors"
     shard.parent.mkdir()
     shard.write_bytes(os.urandom(3 << 20))
@@ -431,6 +464,8 @@ def test_linking_records_the_digest_taken_before_the_link(tmp_path, monkeypatch)
     weight_map = {"initializers": {"w": {"location": str(shard), "offset": 0, "length": 8}}, "files": {}}
     link_checkpoint_files(weight_map, tmp_path / "export")
     assert weight_map["initializers"]["w"]["location"] == f"{WEIGHTS_DIR}/model.safetensors"
-    assert weight_map["files"] == {f"{WEIGHTS_DIR}/model.safetensors": {"source": str(shard), "size": 3 << 20, "sha256": digest}}
+    assert weight_map["files"] == {
+        f"{WEIGHTS_DIR}/model.safetensors": {"source": str(shard), "size": 3 << 20, "sha256": digest}
+    }
     assert digest == hashlib.sha256(shard.read_bytes()).hexdigest() and len(reads) == 1
     assert hashing.file_sha256(tmp_path / "export" / WEIGHTS_DIR / "model.safetensors") == digest and len(reads) == 2

@@ -29,7 +29,7 @@ def test_wrapper_matches_reference_at_corners(tiny_checkpoint, family, variant):
             with torch.no_grad():
                 expected = component.reference(ref, feeds)
                 got = wrapper(**feeds)
-            (name, want), = expected.items() if len(expected) == 1 else pytest.fail("one output expected")
+            ((name, want),) = expected.items() if len(expected) == 1 else pytest.fail("one output expected")
             assert got.shape == want.shape, (component.name, label)
             torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5, msg=f"{component.name} at {label}")
 
@@ -40,6 +40,10 @@ def test_pixart_position_embedding_matches_diffusers(tiny_checkpoint, h, w):
     wrapper = PixArtTransformerExport(ref.module("transformer"))
     pe = ref.module("transformer").pos_embed
     expected = get_2d_sincos_pos_embed(
-        pe.pos_embed.shape[-1], (h, w), base_size=pe.base_size, interpolation_scale=pe.interpolation_scale, output_type="pt"
+        pe.pos_embed.shape[-1],
+        (h, w),
+        base_size=pe.base_size,
+        interpolation_scale=pe.interpolation_scale,
+        output_type="pt",
     ).float()
     torch.testing.assert_close(wrapper.position_embedding(h, w), expected, atol=2e-6, rtol=0)

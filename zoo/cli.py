@@ -19,6 +19,7 @@ import click
 from zoo.errors import ZooError
 from zoo.infra.options import FiniteFloat, click_option
 
+
 class ZooGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -132,7 +133,9 @@ def _quiet_libraries() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log what each step does.")
 def main(verbose: bool) -> None:
     """Model zoo for video and image diffusion models: export to ONNX, prove parity, generate."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     _quiet_libraries()
 
 
@@ -163,10 +166,13 @@ def _export_options(family_name: str, args: list[str] = ()) -> list[click.Parame
     for role in fam.source_roles:
         flag = f"--{role.name.replace('_', '-')}"
         if role.kind == "lora":
-            params.append(click.Option([flag, role.name], multiple=role.multiple, metavar="PATH[:SCALE]", help=role.help))
+            params.append(
+                click.Option([flag, role.name], multiple=role.multiple, metavar="PATH[:SCALE]", help=role.help)
+            )
         else:
-            params.append(click.Option([flag, role.name], multiple=role.multiple, type=click.Path(path_type=Path),
-                                       help=role.help))
+            params.append(
+                click.Option([flag, role.name], multiple=role.multiple, type=click.Path(path_type=Path), help=role.help)
+            )
     return params
 
 
@@ -179,18 +185,38 @@ def _export_options(family_name: str, args: list[str] = ()) -> list[click.Parame
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Export folder to write.")
 @click.option("--component", "components", multiple=True, help="Export only this component (repeatable).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
-              help="Dtype the graphs compute in, with each component's fp32 islands. Default: the checkpoint's own "
-                   "dtype for weightless components, fp32 otherwise.")
-@click.option("--weightless/--load-weights", default=None,
-              help="Trace without loading the weights (meta device); the graphs point into the checkpoint's "
-                   "safetensors files. Default: weightless for components with more than 2 GiB of weights.")
-@click.option("--copy-weights", is_flag=True,
-              help="With weightless export: copy the weights into the export (self-contained, for moving to another "
-                   "machine) instead of hard-linking the checkpoint files.")
-def export(family: str, model: Path | None, tiny: bool, preset: str | None, variant: str | None, out: Path,
-           components: tuple[str, ...], seed: int, precision: str | None, weightless: bool | None, copy_weights: bool,
-           **family_options: Any) -> None:
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    help="Dtype the graphs compute in, with each component's fp32 islands. Default: the checkpoint's own "
+    "dtype for weightless components, fp32 otherwise.",
+)
+@click.option(
+    "--weightless/--load-weights",
+    default=None,
+    help="Trace without loading the weights (meta device); the graphs point into the checkpoint's "
+    "safetensors files. Default: weightless for components with more than 2 GiB of weights.",
+)
+@click.option(
+    "--copy-weights",
+    is_flag=True,
+    help="With weightless export: copy the weights into the export (self-contained, for moving to another "
+    "machine) instead of hard-linking the checkpoint files.",
+)
+def export(
+    family: str,
+    model: Path | None,
+    tiny: bool,
+    preset: str | None,
+    variant: str | None,
+    out: Path,
+    components: tuple[str, ...],
+    seed: int,
+    precision: str | None,
+    weightless: bool | None,
+    copy_weights: bool,
+    **family_options: Any,
+) -> None:
     """Export FAMILY's components to ONNX under --out, with manifest.json.
 
     `zoo export FAMILY --help` lists the family's envelope axes (MIN:OPT:MAX or N) and sources."""
@@ -207,7 +233,9 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
     if (model is None) == (preset is None):
         raise ZooError("give exactly one of --model PATH (a local checkpoint folder) or --tiny / --random PRESET")
     if model is not None and variant is not None:
-        raise ZooError("--variant chooses a random model's variant; with --model the variant is read from the checkpoint")
+        raise ZooError(
+            "--variant chooses a random model's variant; with --model the variant is read from the checkpoint"
+        )
     if variant is not None and variant not in fam.variants:
         raise ZooError(f"family {family!r} has no variant {variant!r}; its variants are {', '.join(fam.variants)}")
     for c in components:
@@ -217,24 +245,37 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
     check_export_target(out)  # before any model is built or loaded
     overrides = {
         axis: Range.parse(family_options.pop(axis), what=f"--{axis.replace('_', '-')}")
-        for axis in fam.axis_help if family_options.get(axis) is not None
+        for axis in fam.axis_help
+        if family_options.get(axis) is not None
     }
     extra = _sources(fam, family_options)
 
     def run(ref) -> None:
         env = fam.envelope(ref, overrides)  # every axis checked before anything is traced
-        click.echo(f"exporting {family} ({ref.variant}) to {out}: " + ", ".join(f"{k} {v}" for k, v in env.items()), err=True)
-        manifest = export_family(fam, ref, env, out, carry_reference=model is None, components=components or None,
-                                 weightless=weightless, copy_weights=copy_weights,
-                                 precision=PRECISIONS[precision] if precision else None)
+        click.echo(
+            f"exporting {family} ({ref.variant}) to {out}: " + ", ".join(f"{k} {v}" for k, v in env.items()), err=True
+        )
+        manifest = export_family(
+            fam,
+            ref,
+            env,
+            out,
+            carry_reference=model is None,
+            components=components or None,
+            weightless=weightless,
+            copy_weights=copy_weights,
+            precision=PRECISIONS[precision] if precision else None,
+        )
         total = linked = 0
         for name, record in manifest.components.items():
             own, link = record.size_on_disk - record.linked_bytes, record.linked_bytes
             total, linked = total + own, linked + link
             extra = f", {record.precision}" + (f", weights linked from the checkpoint: {_size(link)}" if link else "")
             click.echo(f"  {name}: {out / record.file} ({_size(own)}{extra})")
-        click.echo(f"wrote {out / 'manifest.json'} ({_size(total)} in all" +
-                   (f", plus {_size(linked)} hard-linked from the checkpoint)" if linked else ")"))
+        click.echo(
+            f"wrote {out / 'manifest.json'} ({_size(total)} in all"
+            + (f", plus {_size(linked)} hard-linked from the checkpoint)" if linked else ")")
+        )
 
     if model is not None:
         run(fam.load((Source("model", _random_model(model)), *extra)))
@@ -246,29 +287,64 @@ def export(family: str, model: Path | None, tiny: bool, preset: str | None, vari
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--component", "components", multiple=True, help="Build only this component (repeatable).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
-              help="Build the components exported in this precision (the graph carries it: a strongly typed engine "
-                   "computes what parity checked). A named --component in another precision is refused.")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=MIN:OPT:MAX",
-              help="Narrow a dim's profile inside the exported one (repeatable; `--dry-run` shows the dims).")
-@click.option("--workspace", type=FiniteFloat(0, None, low_open=True), metavar="GIB",
-              help="Builder workspace limit in GiB.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    help="Build the components exported in this precision (the graph carries it: a strongly typed engine "
+    "computes what parity checked). A named --component in another precision is refused.",
+)
+@click.option(
+    "--dim",
+    "dims",
+    multiple=True,
+    metavar="NAME=MIN:OPT:MAX",
+    help="Narrow a dim's profile inside the exported one (repeatable; `--dry-run` shows the dims).",
+)
+@click.option(
+    "--workspace", type=FiniteFloat(0, None, low_open=True), metavar="GIB", help="Builder workspace limit in GiB."
+)
 @click.option("--refittable", is_flag=True, help="Build engines whose weights can be replaced (see --refit-from).")
-@click.option("--weight-streaming", is_flag=False, flag_value="auto", type=WeightBudget(), metavar="[BUDGET]",
-              help="Build for weight streaming (models larger than device memory). BUDGET: device memory for "
-                   "weights at run time, auto (default), N% of the streamable weights, or a size such as 8G.")
-@click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
-              help="TensorRT timing cache to read and update (speeds up later builds).")
-@click.option("--refit-from", type=click.Path(path_type=Path),
-              help="Another export of the same model with refittable engines: refit them with this export's weights "
-                   "(another LoRA or scale) instead of building.")
+@click.option(
+    "--weight-streaming",
+    is_flag=False,
+    flag_value="auto",
+    type=WeightBudget(),
+    metavar="[BUDGET]",
+    help="Build for weight streaming (models larger than device memory). BUDGET: device memory for "
+    "weights at run time, auto (default), N% of the streamable weights, or a size such as 8G.",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TensorRT timing cache to read and update (speeds up later builds).",
+)
+@click.option(
+    "--refit-from",
+    type=click.Path(path_type=Path),
+    help="Another export of the same model with refittable engines: refit them with this export's weights "
+    "(another LoRA or scale) instead of building.",
+)
 @click.option("--rebuild", is_flag=True, help="Build even where the cache holds a valid engine.")
 @click.option("--device", default="cuda", show_default=True, help="The GPU to build for: cuda or cuda:N.")
-@click.option("--dry-run", is_flag=True, help="Print each component's profile and trtexec line; build nothing "
-                                                "(needs no TensorRT).")
-def build(export_dir: Path, components: tuple[str, ...], precision: str | None, dims: tuple[str, ...],
-          workspace: float | None, refittable: bool, weight_streaming: str | None, timing_cache: Path | None,
-          refit_from: Path | None, rebuild: bool, device: str, dry_run: bool) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print each component's profile and trtexec line; build nothing (needs no TensorRT).",
+)
+def build(
+    export_dir: Path,
+    components: tuple[str, ...],
+    precision: str | None,
+    dims: tuple[str, ...],
+    workspace: float | None,
+    refittable: bool,
+    weight_streaming: str | None,
+    timing_cache: Path | None,
+    refit_from: Path | None,
+    rebuild: bool,
+    device: str,
+    dry_run: bool,
+) -> None:
     """Build a TensorRT engine per component of EXPORT_DIR, cached under EXPORT_DIR/engines.
 
     One optimization profile per component from the manifest's dims; the cache key covers the
@@ -288,7 +364,8 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
     if timing_cache is not None and not timing_cache.parent.is_dir():
         raise InputError(
             f"--timing-cache {timing_cache}: its folder {timing_cache.parent} does not exist; create it or name "
-            f"a file in an existing folder (the cache is written after the build)")
+            f"a file in an existing folder (the cache is written after the build)"
+        )
     manifest = load_manifest(export_dir)
     options = engines.BuildOptions(workspace, refittable, weight_streaming is not None, weight_streaming, timing_cache)
     specs = engines.build_specs(manifest, components, precision, engines.parse_dims(dims), options)
@@ -299,8 +376,10 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
     other = None
     if refit_from is not None:
         if refittable or weight_streaming is not None or workspace is not None or dims or rebuild:
-            raise click.UsageError("--refit-from keeps the flags and profile of the engine it refits: drop --refittable, "
-                                   "--weight-streaming, --workspace, --dim and --rebuild")
+            raise click.UsageError(
+                "--refit-from keeps the flags and profile of the engine it refits: drop --refittable, "
+                "--weight-streaming, --workspace, --dim and --rebuild"
+            )
         other = load_manifest(refit_from)
         structures = engines.check_refit_source(manifest, other, [s.component for s in specs])
     for spec in specs:
@@ -309,16 +388,23 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
         for spec in specs:
             # the graph's dynamic dims, with the profile this build gives them (one point is still a profile)
             exported = spec.record.dims
-            profile = ", ".join(f"{n} {d.min}:{d.opt}:{d.max}" for n, d in spec.dims.items()
-                                if exported[n].is_dynamic and not d.is_derived)
-            click.echo(f"# {spec.component} ({spec.precision}, opset {spec.record.opset}: TensorRT "
-                       f"{engines.minimum_tensorrt(spec.record.opset)}+): {profile or 'static shapes'}")
+            profile = ", ".join(
+                f"{n} {d.min}:{d.opt}:{d.max}"
+                for n, d in spec.dims.items()
+                if exported[n].is_dynamic and not d.is_derived
+            )
+            click.echo(
+                f"# {spec.component} ({spec.precision}, opset {spec.record.opset}: TensorRT "
+                f"{engines.minimum_tensorrt(spec.record.opset)}+): {profile or 'static shapes'}"
+            )
             click.echo(shlex.join(spec.trtexec(engines.engines_dir(manifest.root) / f"{spec.component}.plan")))
         return
     problem = engines.unavailable(device)
     if problem:
-        raise BackendUnavailableError(f"zoo build needs TensorRT and an NVIDIA GPU: {problem} (`zoo build --dry-run` "
-                                      f"prints the trtexec lines without them)")
+        raise BackendUnavailableError(
+            f"zoo build needs TensorRT and an NVIDIA GPU: {problem} (`zoo build --dry-run` "
+            f"prints the trtexec lines without them)"
+        )
     target = engines.current_target(device)
     for spec in specs:
         engines.check_parser_opset(spec.record, target)  # every graph one this TensorRT documents, before any build
@@ -326,15 +412,21 @@ def build(export_dir: Path, components: tuple[str, ...], precision: str | None, 
     for spec in specs:
         spec = engines.with_content(spec, manifest)
         if other is not None:
-            entry, made = engines.refit_entry(spec, other, target, partial(engines.refit_plan, device=device),
-                                              structures[spec.component])
+            entry, made = engines.refit_entry(
+                spec, other, target, partial(engines.refit_plan, device=device), structures[spec.component]
+            )
             how = f"refitted from {other.root} in {entry.sidecar['build']['seconds']:.1f} s" if made else "cached"
         else:
-            entry, made = engines.get_or_build(spec, target, partial(engines.build_plan, device=device), rebuild=rebuild)
+            entry, made = engines.get_or_build(
+                spec, target, partial(engines.build_plan, device=device), rebuild=rebuild
+            )
             how = f"built in {entry.sidecar['build']['seconds']:.1f} s" if made else "cached"
         memory = entry.sidecar["build"].get("device_memory_bytes")
-        click.echo(f"  {spec.component}: {entry.plan} ({_size(entry.sidecar['plan']['size'])}, {how}"
-                   + (f", {_size(memory)} device memory" if memory else "") + ")")
+        click.echo(
+            f"  {spec.component}: {entry.plan} ({_size(entry.sidecar['plan']['size'])}, {how}"
+            + (f", {_size(memory)} device memory" if memory else "")
+            + ")"
+        )
 
 
 @main.command("random")
@@ -365,8 +457,10 @@ def random_checkpoint(family: str, out: Path, preset: str, seed: int) -> None:
         args += [flag, str(path) + (f":{s.scale:g}" if s.scale is not None else "")]
         click.echo(f"wrote {s.role}: {path}")
     if media:
-        click.echo(f"wrote media for `zoo run` at the default envelope: "
-                   f"{', '.join(str(out / p.relative_to(stage)) for p in media)}")
+        click.echo(
+            f"wrote media for `zoo run` at the default envelope: "
+            f"{', '.join(str(out / p.relative_to(stage)) for p in media)}"
+        )
     click.echo("export it with: zoo export " + shlex.join([family, *args, "--out", "OUT"]))
 
 
@@ -439,12 +533,23 @@ def _run_options(export_dir: str, args: list[str] = ()) -> list[click.Parameter]
 
 @main.command(cls=FamilyCommand, family_options=_run_options)
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
-              help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).")
-@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]))
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**63 - 1),
+    help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).",
+)
+@click.option(
+    "--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"])
+)
 @click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu.")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames) to write.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames) to write.",
+)
 def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **options: Any) -> None:
     """Generate with an export folder through a backend; writes exactly the requested size.
 
@@ -467,15 +572,28 @@ def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **opt
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]))
 @click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu.")
-@click.option("--json", "json_path", is_flag=False, flag_value="-", type=click.Path(path_type=Path),
-              help="Also write the JSON report to FILE, or to stdout with a bare --json (it is always in EXPORT_DIR/parity.json).")
-@click.option("--no-end-to-end", is_flag=True,
-              help="Components (and host loops) only: skip the trajectory and end-to-end runs (a NOT RUN row).")
-@click.option("--weights-only", is_flag=True,
-              help="Only the initializer check of weightless components (no weights are loaded: for checkpoints "
-                   "too large to run here).")
-def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, no_end_to_end: bool,
-           weights_only: bool) -> None:
+@click.option(
+    "--json",
+    "json_path",
+    is_flag=False,
+    flag_value="-",
+    type=click.Path(path_type=Path),
+    help="Also write the JSON report to FILE, or to stdout with a bare --json (it is always in EXPORT_DIR/parity.json).",
+)
+@click.option(
+    "--no-end-to-end",
+    is_flag=True,
+    help="Components (and host loops) only: skip the trajectory and end-to-end runs (a NOT RUN row).",
+)
+@click.option(
+    "--weights-only",
+    is_flag=True,
+    help="Only the initializer check of weightless components (no weights are loaded: for checkpoints "
+    "too large to run here).",
+)
+def parity(
+    export_dir: Path, backend: str, device: str, json_path: Path | None, no_end_to_end: bool, weights_only: bool
+) -> None:
     """Compare every component at every profile corner, then the sampler end to end, against PyTorch.
 
     Weightless components first get the initializer check: every initializer is the checkpoint's
@@ -518,7 +636,9 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
             atomic_write_json(json_path, report)
     failed = [r for r in rows if r.status == FAIL]
     if failed:
-        raise ParityError(f"parity failed: {len(failed)} of {len(rows)} comparisons out of tolerance (see FAIL lines above)")
+        raise ParityError(
+            f"parity failed: {len(failed)} of {len(rows)} comparisons out of tolerance (see FAIL lines above)"
+        )
     if exit_status(rows) == EXIT_NOT_RUN:  # nothing failed, but not everything ran: not a pass
         if str(json_path) == "-":
             click.echo(summary(rows), err=True)  # stdout holds the JSON; the verdict is still the last line
@@ -533,15 +653,23 @@ def parity(export_dir: Path, backend: str, device: str, json_path: Path | None, 
 @click.option("--iterations", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--component", "components", multiple=True, help="Time only this component (repeatable).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results here as JSON.")
-def bench(export_dir: Path, backend: str, device: str, warmup: int, iterations: int, components: tuple[str, ...],
-          json_path: Path | None) -> None:
+def bench(
+    export_dir: Path,
+    backend: str,
+    device: str,
+    warmup: int,
+    iterations: int,
+    components: tuple[str, ...],
+    json_path: Path | None,
+) -> None:
     """Median latency per component at the opt shape: torch eager vs the backend, side by side."""
     from exporters.artifacts import atomic_write_json
     from runtimes.bench import bench as run_bench
 
     device = _device(device, backend)
-    rows = run_bench(export_dir, backend=backend, device=device, warmup=warmup, iterations=iterations,
-                     components=components or None)
+    rows = run_bench(
+        export_dir, backend=backend, device=device, warmup=warmup, iterations=iterations, components=components or None
+    )
     width = max([len(r.shape) for r in rows] + [5])
     click.echo(f"{'component':<14} {'shape':<{width}} {'torch ms':>10} {backend + ' ms':>16} {'speedup':>8}")
     for r in rows:
@@ -556,16 +684,38 @@ def bench(export_dir: Path, backend: str, device: str, warmup: int, iterations: 
 
 
 def _serve_options(f: Any) -> Any:
-    for option in reversed([
-        click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"])),
-        click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu."),
-        click.option("--instances", default=1, show_default=True, type=click.IntRange(min=1),
-                     help="Model instances (processes, each with its own backends) serving requests side by side."),
-        click.option("--max-queue", default=0, show_default=True, type=click.IntRange(min=0),
-                     help="Requests that may wait; more are refused (503). 0: no limit."),
-        click.option("--queue-timeout", default=0.0, show_default=True, type=FiniteFloat(0),
-                     help="Seconds a request may wait in the queue before it is refused (503). 0: no limit."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--backend",
+                default="onnxruntime",
+                show_default=True,
+                type=click.Choice(["onnxruntime", "torch", "tensorrt"]),
+            ),
+            click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu."),
+            click.option(
+                "--instances",
+                default=1,
+                show_default=True,
+                type=click.IntRange(min=1),
+                help="Model instances (processes, each with its own backends) serving requests side by side.",
+            ),
+            click.option(
+                "--max-queue",
+                default=0,
+                show_default=True,
+                type=click.IntRange(min=0),
+                help="Requests that may wait; more are refused (503). 0: no limit.",
+            ),
+            click.option(
+                "--queue-timeout",
+                default=0.0,
+                show_default=True,
+                type=FiniteFloat(0),
+                help="Seconds a request may wait in the queue before it is refused (503). 0: no limit.",
+            ),
+        ]
+    ):
         f = option(f)
     return f
 
@@ -581,12 +731,24 @@ def _serve_settings(backend: str, device: str | None, instances: int, max_queue:
 
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Model repository folder: written, or the model added to it (one folder per model).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Model repository folder: written, or the model added to it (one folder per model).",
+)
 @click.option("--name", help="Model name. Default: the family's.")
 @_serve_options
-def triton(export_dir: Path, out: Path, name: str | None, backend: str, device: str | None, instances: int,
-           max_queue: int, queue_timeout: float) -> None:
+def triton(
+    export_dir: Path,
+    out: Path,
+    name: str | None,
+    backend: str,
+    device: str | None,
+    instances: int,
+    max_queue: int,
+    queue_timeout: float,
+) -> None:
     """Write a Triton model repository that serves EXPORT_DIR's sampler (the deployment artifact).
 
     REPO/<model>/config.pbtxt and a Python-backend model over the export, hard-linked beside it.
@@ -597,8 +759,10 @@ def triton(export_dir: Path, out: Path, name: str | None, backend: str, device: 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not repository_models(out))):
         raise ZooError(f"--out {out} exists and is not a model repository: choose a new or empty folder")
     model = write_repository(export_dir, out, settings, name)
-    click.echo(f"wrote {model} (serve it with `zoo serve {out}`, or `tritonserver --model-repository={out.resolve()}` "
-               f"where zoo is installed)")
+    click.echo(
+        f"wrote {model} (serve it with `zoo serve {out}`, or `tritonserver --model-repository={out.resolve()}` "
+        f"where zoo is installed)"
+    )
 
 
 @main.command()
@@ -607,16 +771,41 @@ def triton(export_dir: Path, out: Path, name: str | None, backend: str, device: 
 @click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--drain-timeout", default=30, show_default=True, type=click.IntRange(min=0),
-              help="On SIGTERM / SIGINT: seconds to let in-flight and queued requests finish; what is left "
-                   "then is cancelled (its clients get a 503 'shutting down' line).")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address the HTTP, gRPC and metrics ports listen on: 127.0.0.1 serves this machine only; "
-                   "0.0.0.0 (every interface) or one of its addresses serves the network, unauthenticated.")
-@click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Append Triton's log here (default: a file in the server's temporary folder, removed at exit).")
-def serve(path: Path, backend: str, device: str | None, instances: int, max_queue: int, queue_timeout: float,
-          http_port: int, grpc_port: int, metrics_port: int, drain_timeout: int, host: str, log_path: Path | None) -> None:
+@click.option(
+    "--drain-timeout",
+    default=30,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="On SIGTERM / SIGINT: seconds to let in-flight and queued requests finish; what is left "
+    "then is cancelled (its clients get a 503 'shutting down' line).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the HTTP, gRPC and metrics ports listen on: 127.0.0.1 serves this machine only; "
+    "0.0.0.0 (every interface) or one of its addresses serves the network, unauthenticated.",
+)
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Append Triton's log here (default: a file in the server's temporary folder, removed at exit).",
+)
+def serve(
+    path: Path,
+    backend: str,
+    device: str | None,
+    instances: int,
+    max_queue: int,
+    queue_timeout: float,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    drain_timeout: int,
+    host: str,
+    log_path: Path | None,
+) -> None:
     """Serve an export folder (or a repository written by `zoo triton`) with Triton Inference Server.
 
     Clients: `zoo request 127.0.0.1:GRPC_PORT ...`; health at http://127.0.0.1:HTTP_PORT/v2/health/ready,
@@ -629,8 +818,15 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
     import time
 
     from exporters.artifacts import scratch_dir
-    from runtimes.triton import (Ports, Server, client_host, find_tritonserver, repository_models, serve_forever,
-                                 write_repository)
+    from runtimes.triton import (
+        Ports,
+        Server,
+        client_host,
+        find_tritonserver,
+        repository_models,
+        serve_forever,
+        write_repository,
+    )
 
     find_tritonserver()
     scratch = None
@@ -639,11 +835,16 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
         settings = _serve_settings(backend, device, instances, max_queue, queue_timeout)
     elif path.is_dir() and repository_models(path):
         ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in ("backend", "device", "instances", "max_queue", "queue_timeout")
-                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        given = [
+            f"--{n.replace('_', '-')}"
+            for n in ("backend", "device", "instances", "max_queue", "queue_timeout")
+            if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
+        ]
         if given:
-            raise click.UsageError(f"{', '.join(given)}: a repository's config.pbtxt already says this; write it again "
-                                   f"with `zoo triton EXPORT --out {path} {given[0]} ...`")
+            raise click.UsageError(
+                f"{', '.join(given)}: a repository's config.pbtxt already says this; write it again "
+                f"with `zoo triton EXPORT --out {path} {given[0]} ...`"
+            )
         repo = path
     else:
         raise ZooError(f"{path} is neither an export folder (manifest.json) nor a model repository (*/config.pbtxt)")
@@ -654,10 +855,11 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         socket.getaddrinfo(host, None, family)
     except (OSError, UnicodeError):
-        raise click.BadParameter(f"{host!r} is not an address of this machine (e.g. 127.0.0.1, 0.0.0.0, ::1)",
-                                 param_hint="'--host'") from None
+        raise click.BadParameter(
+            f"{host!r} is not an address of this machine (e.g. 127.0.0.1, 0.0.0.0, ::1)", param_hint="'--host'"
+        ) from None
     for port in ports:  # bound as the server binds (SO_REUSEADDR: closed connections do not count)
-        for attempt in range(20):  # a server killed a moment ago may still be letting go (2 s at most)
+        for _attempt in range(20):  # a server killed a moment ago may still be letting go (2 s at most)
             with socket.socket(family) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -665,8 +867,9 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
                     break
                 except OSError as e:
                     if e.errno == errno.EADDRNOTAVAIL:
-                        raise click.BadParameter(f"{host!r} is not an address of this machine",
-                                                 param_hint="'--host'") from None
+                        raise click.BadParameter(
+                            f"{host!r} is not an address of this machine", param_hint="'--host'"
+                        ) from None
                     time.sleep(0.1)
         else:
             raise ZooError(f"port {port} is in use: choose another with --http-port / --grpc-port / --metrics-port")
@@ -695,10 +898,13 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
         click.echo(f"  HTTP    http://{at}:{http_port}/v2/health/ready", err=True)
         click.echo(f"  metrics http://{at}:{metrics_port}/metrics", err=True)
         if not loopback:
-            click.echo(f"  listening on {host}: anyone who reaches these ports can run requests (no authentication)",
-                       err=True)
-        click.echo(f"  Triton's log: {server.log_path}" + ("" if log_path else " (removed at exit; keep it with --log FILE)"),
-                   err=True)
+            click.echo(
+                f"  listening on {host}: anyone who reaches these ports can run requests (no authentication)", err=True
+            )
+        click.echo(
+            f"  Triton's log: {server.log_path}" + ("" if log_path else " (removed at exit; keep it with --log FILE)"),
+            err=True,
+        )
         click.echo("Ctrl-C or SIGTERM drains and stops.", err=True)
 
     try:
@@ -709,7 +915,9 @@ def serve(path: Path, backend: str, device: str | None, instances: int, max_queu
 
             shutil.rmtree(scratch, ignore_errors=True)
     if code:
-        raise ZooError(f"tritonserver exited with code {code}" + (f" (see {log_path})" if log_path else " (run with --log FILE)"))
+        raise ZooError(
+            f"tritonserver exited with code {code}" + (f" (see {log_path})" if log_path else " (run with --log FILE)")
+        )
 
 
 def _request_options(url: str, args: list[str] = ()) -> list[click.Parameter]:
@@ -728,12 +936,25 @@ def _request_options(url: str, args: list[str] = ()) -> list[click.Parameter]:
 @main.command("request", cls=FamilyCommand, family_options=_request_options)
 @click.argument("url")
 @click.option("--model", help="The served model. Default: the server's only one.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
-              help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="What `zoo run --out` takes: an image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames).")
-@click.option("--array", "array_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write the float array the pipeline returned (.npy).")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**63 - 1),
+    help="Same meaning as generator=torch.Generator('cpu').manual_seed(S).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="What `zoo run --out` takes: an image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames).",
+)
+@click.option(
+    "--array",
+    "array_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the float array the pipeline returned (.npy).",
+)
 def request_command(url: str, model: str | None, seed: int, out: Path, array_path: Path | None, **options: Any) -> None:
     """Ask a `zoo serve` server (gRPC at URL, e.g. localhost:8001) for what `zoo run` makes; writes the same files.
 

@@ -83,8 +83,7 @@ class Axis:
         bad = [v for v in (r.min, r.opt, r.max) if self.breaks_step(v)]
         if bad:
             raise EnvelopeError(
-                f"{label}: {self.name} must be {self.step_text}{self.unit_suffix}, "
-                f"got {', '.join(map(str, bad))}"
+                f"{label}: {self.name} must be {self.step_text}{self.unit_suffix}, got {', '.join(map(str, bad))}"
             )
 
     def check_value(self, value: int, allowed: Range, option: str) -> None:
@@ -180,8 +179,16 @@ class Dim:
     @classmethod
     def from_json(cls, name: str, d: Mapping[str, Any]) -> Dim:
         of = d.get("of")
-        return cls(name, _int(d["min"]), _int(d["opt"]), _int(d["max"]), _int(d.get("multiple_of", 1)),
-                   None if of is None else str(of), _int(d.get("scale", 1)), _int(d.get("offset", 0)))
+        return cls(
+            name,
+            _int(d["min"]),
+            _int(d["opt"]),
+            _int(d["max"]),
+            _int(d.get("multiple_of", 1)),
+            None if of is None else str(of),
+            _int(d.get("scale", 1)),
+            _int(d.get("offset", 0)),
+        )
 
 
 def _int(value: Any) -> int:

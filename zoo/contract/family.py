@@ -58,6 +58,7 @@ class Family:
     def option_name(self, kwarg: str) -> str:
         """How ``zoo run`` spells a pipeline kwarg."""
         return self.option_names.get(kwarg, "--" + kwarg.replace("_", "-"))
+
     trajectory: ClassVar[tuple[str, str] | None] = None  # (component, latent input name)
     # end-to-end parity's reference: None = the family's pipeline on the library modules; a backend
     # name = the family's own loop on that backend (families no library has a pipeline for)
@@ -71,14 +72,18 @@ class Family:
         super().__init_subclass__(**kwargs)
         halves = sorted({"loop_components", "loop_checks"} & set(vars(cls)))
         if halves:
-            raise TypeError(f"{cls.__name__} declares {', '.join(halves)}: declare a host loop whole, as "
-                            f"host_loop = HostLoop(components=..., checks=...)")
+            raise TypeError(
+                f"{cls.__name__} declares {', '.join(halves)}: declare a host loop whole, as "
+                f"host_loop = HostLoop(components=..., checks=...)"
+            )
         names = {c.name for c in getattr(cls, "components", ())}
         declared = [("host loop", c) for c in (cls.host_loop.components if cls.host_loop else ())]
         declared += [("rounding", r.component) for r in cls.roundings]
         unknown = [f"{what} component {c!r}" for what, c in declared if c not in names]
         if unknown and names:
-            raise TypeError(f"{cls.__name__}: {', '.join(unknown)} is not one of its components ({', '.join(sorted(names))})")
+            raise TypeError(
+                f"{cls.__name__}: {', '.join(unknown)} is not one of its components ({', '.join(sorted(names))})"
+            )
 
     def load(self, sources: Sources | str | Path) -> Reference:
         """Load the reference from local sources (or one model folder) with the library's
@@ -91,8 +96,9 @@ class Family:
         roles = {r.name: r for r in self.source_roles}
         for s in sources[1:]:
             if s.role not in roles:
-                raise UnknownFamilyError(f"family {self.name!r} takes no {s.role} source; it takes "
-                                         f"{', '.join(roles) or 'only --model'}")
+                raise UnknownFamilyError(
+                    f"family {self.name!r} takes no {s.role} source; it takes {', '.join(roles) or 'only --model'}"
+                )
         return self.load_sources(sources)
 
     def load_sources(self, sources: Sources) -> Reference:
@@ -124,7 +130,9 @@ class Family:
         """The variant to build (default: the first), after checking variant and preset exist."""
         variant = variant or self.variants[0]
         if variant not in self.variants:
-            raise UnknownFamilyError(f"{self.name} has no variant {variant!r}; its variants are {', '.join(self.variants)}")
+            raise UnknownFamilyError(
+                f"{self.name} has no variant {variant!r}; its variants are {', '.join(self.variants)}"
+            )
         if preset not in self.random_presets:
             raise UnknownFamilyError(
                 f"{self.name} has no preset {preset!r}; its presets are {', '.join(self.random_presets)}"
@@ -219,8 +227,10 @@ class HostLoop:
         if not self.components or not all(isinstance(c, str) and c for c in self.components):
             raise TypeError(f"HostLoop.components: expected component names, got {self.components!r}")
         if not callable(self.checks):
-            raise TypeError(f"HostLoop.checks: expected a function (ref, runners, envelope, seed) -> [LoopCheck], "
-                            f"got {self.checks!r}")
+            raise TypeError(
+                f"HostLoop.checks: expected a function (ref, runners, envelope, seed) -> [LoopCheck], "
+                f"got {self.checks!r}"
+            )
 
 
 @dataclass

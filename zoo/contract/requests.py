@@ -54,7 +54,10 @@ COMMON_RUN_OPTIONS: tuple[Option, ...] = (
     Option("negative_prompt", "What to steer away from (classifier-free guidance).", default=""),
     Option("steps", "Denoising steps.", type="int", default=20, low=1),
     Option("guidance_scale", "CFG scale (<= 1 disables CFG).", type="float", default=7.5),
-    Option("scheduler", "Swap the scheduler class (a diffusers scheduler, e.g. DDIMScheduler) on the checkpoint's scheduler config."),
+    Option(
+        "scheduler",
+        "Swap the scheduler class (a diffusers scheduler, e.g. DDIMScheduler) on the checkpoint's scheduler config.",
+    ),
 )
 
 

@@ -52,18 +52,24 @@ class Modules(Mapping[str, Any]):
     ``loaders`` give the module, ``config_loaders`` its config without its weights (what shapes
     and manifests need)."""
 
-    def __init__(self, loaders: Mapping[str, Callable[[], Any]],
-                 config_loaders: Mapping[str, Callable[[], Any]] | None = None,
-                 weightless: Mapping[str, Callable[[], WeightlessModule]] | None = None) -> None:
+    def __init__(
+        self,
+        loaders: Mapping[str, Callable[[], Any]],
+        config_loaders: Mapping[str, Callable[[], Any]] | None = None,
+        weightless: Mapping[str, Callable[[], WeightlessModule]] | None = None,
+    ) -> None:
         self._loaders = dict(loaders)
         self._configs = dict(config_loaders or {})
         self._weightless = dict(weightless or {})
         self._loaded: dict[str, Any] = {}
 
     @classmethod
-    def from_found(cls, found: Mapping[str, tuple[Callable[[], Any], Any, Any]],
-                   weightless: Mapping[str, Callable[[], WeightlessModule]] | None = None,
-                   **override: Callable[[], Any]) -> Modules:
+    def from_found(
+        cls,
+        found: Mapping[str, tuple[Callable[[], Any], Any, Any]],
+        weightless: Mapping[str, Callable[[], WeightlessModule]] | None = None,
+        **override: Callable[[], Any],
+    ) -> Modules:
         """From :func:`zoo.infra.checkpoint.pipeline_modules`' (loader, config loader, weightless)
         triples, with some loaders replaced: a module whose loading the family changes loses
         its weightless build unless ``weightless`` declares its own."""

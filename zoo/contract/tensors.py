@@ -184,5 +184,6 @@ class Rounding:
 
     def __post_init__(self) -> None:
         if self.dtype not in ("bfloat16", "float16"):
-            raise TypeError(f"Rounding of {self.component}.{self.output}: dtype must be bfloat16 or float16, "
-                            f"got {self.dtype!r}")
+            raise TypeError(
+                f"Rounding of {self.component}.{self.output}: dtype must be bfloat16 or float16, got {self.dtype!r}"
+            )

@@ -124,8 +124,9 @@ def write_random_marker(path: Path, *, family: str, variant: str, preset: str, s
 Found = tuple[Callable[[], Any], Callable[[], Any] | None, Callable[[], Any] | None]
 
 
-def pipeline_modules(source: Path, index: dict[str, Any], *, dtype: Any = None,
-                     skip: Iterable[str] = ()) -> dict[str, Found]:
+def pipeline_modules(
+    source: Path, index: dict[str, Any], *, dtype: Any = None, skip: Iterable[str] = ()
+) -> dict[str, Found]:
     """Loaders for every module a diffusers ``model_index.json`` names, each with the real
     ``from_pretrained`` of its class on its subfolder, a config loader that builds the module
     on the meta device (its full config, defaults included, without reading any weights), and
@@ -141,13 +142,20 @@ def pipeline_modules(source: Path, index: dict[str, Any], *, dtype: Any = None,
             continue
         library, class_name = entry
         if library not in ("diffusers", "transformers"):
-            raise CheckpointError(f"{source / 'model_index.json'}: module {name} is of library {library!r}; "
-                                  f"expected diffusers or transformers")
+            raise CheckpointError(
+                f"{source / 'model_index.json'}: module {name} is of library {library!r}; "
+                f"expected diffusers or transformers"
+            )
         cls = getattr(importlib.import_module(library), class_name, None)
         if cls is None:
-            raise CheckpointError(f"{source / 'model_index.json'}: {library} has no class {class_name!r} (module {name})")
-        out[name] = (_module_loader(cls, source, name, dtype), _config_loader(cls, source, name),
-                     _weightless_loader(cls, source, name))
+            raise CheckpointError(
+                f"{source / 'model_index.json'}: {library} has no class {class_name!r} (module {name})"
+            )
+        out[name] = (
+            _module_loader(cls, source, name, dtype),
+            _config_loader(cls, source, name),
+            _weightless_loader(cls, source, name),
+        )
     return out
 
 
@@ -210,6 +218,7 @@ def _module_loader(cls: Any, source: Path, name: str, dtype: Any) -> Callable[[]
             if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
                 return cls.from_pretrained(str(source), subfolder=name, dtype=dtype)
             return cls.from_pretrained(str(source / name))  # tokenizers, schedulers, processors
+
     return load
 
 
@@ -225,6 +234,7 @@ def _config_loader(cls: Any, source: Path, name: str) -> Callable[[], Any] | Non
             return stored
         with loading(f"the {name} config", source), torch.device("meta"):
             return cls.from_config(stored).config  # diffusers: every default, from a module built without memory
+
     return config
 
 

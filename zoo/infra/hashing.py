@@ -96,8 +96,11 @@ def file_sha256(path: str | Path, *, progress: bool | None = None) -> str:
             log.warning("%s changed while it was being hashed; reading it again", path)
             continue
         if max(st.st_mtime_ns, st.st_ctime_ns) > started - SETTLE_NS:
-            log.debug("%s changed %.1f s ago: its digest is not remembered", path,
-                      (started - max(st.st_mtime_ns, st.st_ctime_ns)) / 1e9)
+            log.debug(
+                "%s changed %.1f s ago: its digest is not remembered",
+                path,
+                (started - max(st.st_mtime_ns, st.st_ctime_ns)) / 1e9,
+            )
             return digest
         _MEMO[ident] = digest
         _disk_store(ident, digest, path)
@@ -115,8 +118,14 @@ def _read_digest(path: Path, size: int, *, progress: bool | None) -> str:
         from tqdm.auto import tqdm
 
         log.info("hashing %s (%.1f GB), once for this version of the file", path, size / 1e9)
-        bar = tqdm(total=size, desc=f"sha256 {path.name}", unit="B", unit_scale=True, leave=False,
-                   disable=None if progress is None else False)
+        bar = tqdm(
+            total=size,
+            desc=f"sha256 {path.name}",
+            unit="B",
+            unit_scale=True,
+            leave=False,
+            disable=None if progress is None else False,
+        )
     try:
         with open(path, "rb", buffering=0) as f:
             if hasattr(os, "posix_fadvise"):
@@ -157,7 +166,11 @@ def _read_entries(file: Path) -> dict[str, Any]:
         return _DISK[file][1]
     try:
         data = json.loads(file.read_bytes())
-        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != CACHE_FORMAT
+            or not isinstance(data.get("entries"), dict)
+        ):
             raise ValueError("not a zoo hash cache of format 1")
         entries = data["entries"]
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
@@ -188,8 +201,13 @@ def _disk_store(ident: Identity, digest: str, path: Path) -> None:
     entries = dict(_read_entries(file))
     key = f"{ident[0]}:{ident[1]}"
     entries.pop(key, None)
-    entries[key] = {"size": ident[2], "mtime_ns": ident[3], "ctime_ns": ident[4], "sha256": digest,
-                    "path": str(path.resolve())}
+    entries[key] = {
+        "size": ident[2],
+        "mtime_ns": ident[3],
+        "ctime_ns": ident[4],
+        "sha256": digest,
+        "path": str(path.resolve()),
+    }
     for old in list(entries)[: max(0, len(entries) - MAX_ENTRIES)]:
         del entries[old]
     tmp = file.parent / f".{file.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"

@@ -179,8 +179,9 @@ def _components(pipe: Any) -> dict[str, torch.nn.Module]:
     return {n: m for n in names if isinstance(m := getattr(pipe, n, None), torch.nn.Module)}
 
 
-def _module_keys(state_dict: Mapping[str, torch.Tensor], components: Mapping[str, torch.nn.Module]
-                 ) -> dict[str, dict[str, tuple[str, torch.Tensor]]]:
+def _module_keys(
+    state_dict: Mapping[str, torch.Tensor], components: Mapping[str, torch.nn.Module]
+) -> dict[str, dict[str, tuple[str, torch.Tensor]]]:
     """``{component: {peft key: (key in the file, tensor)}}``, keys renamed as diffusers renames them on load.
 
     Keys of no component land under ``""``. The converters only rename keys, so each value carries
@@ -213,8 +214,9 @@ def _module_keys(state_dict: Mapping[str, torch.Tensor], components: Mapping[str
     return out
 
 
-def build_random_motion_lora(unet: torch.nn.Module, dest: Path, *, rank: int = 2, seed: int = 0,
-                             targets: Sequence[str] = ("to_q", "to_v")) -> Path:
+def build_random_motion_lora(
+    unet: torch.nn.Module, dest: Path, *, rank: int = 2, seed: int = 0, targets: Sequence[str] = ("to_q", "to_v")
+) -> Path:
     """Write a random motion LoRA (diffusers format) for the motion modules of ``unet``; returns the file.
 
     Only the ``targets`` linears of ``motion_modules`` are adapted, as in the published motion LoRAs;

@@ -77,7 +77,11 @@ def _to_rgb(frames: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
 
 def _load_frame_folder(folder: Path, option: str) -> list[PIL.Image.Image]:
     files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")),
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")
+        ),
         key=natural_key,
     )
     if not files:

@@ -42,8 +42,11 @@ def click_option(option: Any) -> click.Option:
     bounded = option.low is not None or option.high is not None  # click shows an unbounded IntRange as [x<=None]
     kinds: dict[str, Any] = {
         "text": str,
-        "int": click.IntRange(min=None if option.low is None else int(option.low),
-                              max=None if option.high is None else int(option.high)) if bounded else click.INT,
+        "int": click.IntRange(
+            min=None if option.low is None else int(option.low), max=None if option.high is None else int(option.high)
+        )
+        if bounded
+        else click.INT,
         "float": FiniteFloat(option.low, option.high, option.low_open),
         "path": click.Path(path_type=Path),
         "choice": click.Choice(option.choices),
@@ -51,6 +54,12 @@ def click_option(option: Any) -> click.Option:
     if option.type == "flag":
         return click.Option([option.flag, option.name], is_flag=True, help=option.help)
     extra = {} if option.default is None else {"default": option.default}  # click 8.3+: None is a value
-    return click.Option([option.flag, option.name], type=kinds[option.type], required=option.required,
-                        multiple=option.multiple, help=option.help, show_default=option.default not in (None, "", ()),
-                        **extra)
+    return click.Option(
+        [option.flag, option.name],
+        type=kinds[option.type],
+        required=option.required,
+        multiple=option.multiple,
+        help=option.help,
+        show_default=option.default not in (None, "", ()),
+        **extra,
+    )

@@ -79,7 +79,6 @@ def _decoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dic
     return {"sample": ref.module("vae").decode(feeds["latent"], return_dict=False)[0]}
 
 
-
 def encoder_component(batch: str, dims: Any) -> Component:
     """``vae_encoder``: ``(batch, 3, height, width)`` pixels -> ``(batch, 2C, h, w)`` distribution parameters."""
     return Component(
@@ -87,7 +86,9 @@ def encoder_component(batch: str, dims: Any) -> Component:
         kind="vae_encoder",
         module="vae",
         inputs=specs(TensorSpec("sample", "float32", (batch, 3, "height", "width"), sample="pixels")),
-        outputs=specs(TensorSpec("latent_parameters", "float32", (batch, "latent_parameters", "latent_height", "latent_width"))),
+        outputs=specs(
+            TensorSpec("latent_parameters", "float32", (batch, "latent_parameters", "latent_height", "latent_width"))
+        ),
         dims=dims,
         wrapper=lambda ref: VaeEncoderExport(ref.module("vae")),
         reference=_encoder_reference,

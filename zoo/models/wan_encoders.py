@@ -37,7 +37,9 @@ class CLIPVisionExport(nn.Module):
 
 
 def _text_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"last_hidden_state": ref.module("text_encoder")(feeds["input_ids"], feeds["attention_mask"]).last_hidden_state}
+    return {
+        "last_hidden_state": ref.module("text_encoder")(feeds["input_ids"], feeds["attention_mask"]).last_hidden_state
+    }
 
 
 def _image_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -48,9 +50,11 @@ def _image_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[
 def _text_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     """Prompts are encoded one call each (negative prompts in their own call)."""
     batch = env.get("batch")
-    return {"batch": Dim("batch", 1, 1, batch.max) if batch else Dim.static("batch", 1),
-            "text_length": Dim.static("text_length", TEXT_LENGTH),
-            "text_dim": Dim.static("text_dim", ref.config("text_encoder").d_model)}
+    return {
+        "batch": Dim("batch", 1, 1, batch.max) if batch else Dim.static("batch", 1),
+        "text_length": Dim.static("text_length", TEXT_LENGTH),
+        "text_dim": Dim.static("text_dim", ref.config("text_encoder").d_model),
+    }
 
 
 def image_tokens(ref: Reference) -> int:
@@ -60,24 +64,37 @@ def image_tokens(ref: Reference) -> int:
 
 def _image_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     cfg = ref.config("image_encoder")
-    return {"batch": Dim.static("batch", 1), "image_size": Dim.static("image_size", cfg.image_size),
-            "image_tokens": Dim.static("image_tokens", image_tokens(ref)),
-            "image_dim": Dim.static("image_dim", cfg.hidden_size)}
+    return {
+        "batch": Dim.static("batch", 1),
+        "image_size": Dim.static("image_size", cfg.image_size),
+        "image_tokens": Dim.static("image_tokens", image_tokens(ref)),
+        "image_dim": Dim.static("image_dim", cfg.hidden_size),
+    }
 
 
 TEXT_ENCODER = Component(
-    name="text_encoder", kind="text_encoder", module="text_encoder",
-    inputs=specs(TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids),
-                 TensorSpec("attention_mask", "int64", ("batch", "text_length"), sample="mask")),
+    name="text_encoder",
+    kind="text_encoder",
+    module="text_encoder",
+    inputs=specs(
+        TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids),
+        TensorSpec("attention_mask", "int64", ("batch", "text_length"), sample="mask"),
+    ),
     outputs=specs(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "text_dim"))),
-    dims=_text_dims, wrapper=lambda ref: UMT5Export(ref.module("text_encoder")), reference=_text_reference,
+    dims=_text_dims,
+    wrapper=lambda ref: UMT5Export(ref.module("text_encoder")),
+    reference=_text_reference,
     precision=Precision(keep_fp32=("DenseReluDense.wo", "layer_norm"), note="T5 feed-forward and norms in fp32"),
 )
 
 IMAGE_ENCODER = Component(
-    name="image_encoder", kind="image_encoder", module="image_encoder",
+    name="image_encoder",
+    kind="image_encoder",
+    module="image_encoder",
     inputs=specs(TensorSpec("pixel_values", "float32", ("batch", 3, "image_size", "image_size"))),
     outputs=specs(TensorSpec("image_embeds", "float32", ("batch", "image_tokens", "image_dim"))),
-    dims=_image_dims, wrapper=lambda ref: CLIPVisionExport(ref.module("image_encoder")), reference=_image_reference,
+    dims=_image_dims,
+    wrapper=lambda ref: CLIPVisionExport(ref.module("image_encoder")),
+    reference=_image_reference,
     precision=Precision(keep_fp32=("*",), note="CLIP vision in fp32 (as UniAnimate's original runs it)"),
 )

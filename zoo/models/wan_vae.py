@@ -48,16 +48,24 @@ def check_vae(ref: Reference) -> None:
     """Refuse the AutoencoderKLWan configurations the chunk graphs (or the library) cannot run."""
     cfg = ref.config("vae")
     if cfg.patch_size is not None:
-        raise CheckpointError("this AutoencoderKLWan patchifies its input (patch_size is set, as in Wan2.2 TI2V-5B): "
-                              "its chunk graphs are not supported yet")
+        raise CheckpointError(
+            "this AutoencoderKLWan patchifies its input (patch_size is set, as in Wan2.2 TI2V-5B): "
+            "its chunk graphs are not supported yet"
+        )
     if list(cfg.attn_scales):
-        raise CheckpointError(f"this AutoencoderKLWan has attention at scales {list(cfg.attn_scales)}: diffusers' own "
-                              f"chunked encode fails on it (WanAttentionBlock takes no feature cache)")
-    if cfg.scale_factor_spatial not in (None, spatial_factor(ref)) or cfg.scale_factor_temporal not in (None, temporal_factor(ref)):
+        raise CheckpointError(
+            f"this AutoencoderKLWan has attention at scales {list(cfg.attn_scales)}: diffusers' own "
+            f"chunked encode fails on it (WanAttentionBlock takes no feature cache)"
+        )
+    if cfg.scale_factor_spatial not in (None, spatial_factor(ref)) or cfg.scale_factor_temporal not in (
+        None,
+        temporal_factor(ref),
+    ):
         raise CheckpointError(
             f"this AutoencoderKLWan's scale factors (spatial {cfg.scale_factor_spatial}, temporal "
             f"{cfg.scale_factor_temporal}) disagree with its layers (spatial {spatial_factor(ref)}, temporal "
-            f"{temporal_factor(ref)}): the pipeline would cut frames and sizes wrongly")
+            f"{temporal_factor(ref)}): the pipeline would cut frames and sizes wrongly"
+        )
 
 
 def temporal_factor(ref: Reference) -> int:
@@ -101,7 +109,9 @@ def _probe(config_items: tuple, part: str) -> tuple[CacheSlot, ...]:
 
 def cache_slots(ref: Reference, part: str) -> tuple[CacheSlot, ...]:
     config = ref.config("vae")
-    items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(config).items() if not k.startswith("_")))
+    items = tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(config).items() if not k.startswith("_"))
+    )
     return _probe(items, part)
 
 
@@ -111,8 +121,11 @@ def _scaled(name: str, scale: int) -> str:
 
 def _cache_specs(slots: tuple[CacheSlot, ...], prefix: str) -> tuple[TensorSpec, ...]:
     return tuple(
-        TensorSpec(f"{prefix}{j}", "float32",
-                   ("batch", s.channels, s.frames, _scaled("latent_height", s.scale), _scaled("latent_width", s.scale)))
+        TensorSpec(
+            f"{prefix}{j}",
+            "float32",
+            ("batch", s.channels, s.frames, _scaled("latent_height", s.scale), _scaled("latent_width", s.scale)),
+        )
         for j, s in enumerate(slots)
     )
 
@@ -124,8 +137,13 @@ def vae_dims(batch: Dim, env: Envelope, ref: Reference) -> dict[str, Dim]:
     h = Dim.of_range("latent_height", env["height"].scaled(1, s))
     w = Dim.of_range("latent_width", env["width"].scaled(1, s))
     cfg = ref.config("vae")
-    dims = {batch.name: batch, "latent_height": h, "latent_width": w,
-            "z_dim": Dim.static("z_dim", cfg.z_dim), "latent_parameters": Dim.static("latent_parameters", 2 * cfg.z_dim)}
+    dims = {
+        batch.name: batch,
+        "latent_height": h,
+        "latent_width": w,
+        "z_dim": Dim.static("z_dim", cfg.z_dim),
+        "latent_parameters": Dim.static("latent_parameters", 2 * cfg.z_dim),
+    }
     scales = {slot.scale for part in ("encoder", "decoder") for slot in cache_slots(ref, part)}
     for scale in sorted(scales - {1}):
         for base in (h, w):
@@ -202,24 +220,32 @@ def _reference(part: str, first: bool):
         out, *new = run(ref.module("vae"), slots, feeds["sample"], caches)
         name = "latent_parameters" if part == "encoder" else "frames"
         return {name: out, **{f"cache_out_{j}": c for j, c in enumerate(new)}}
+
     return call
 
 
 def _io(part: str, first: bool):
     def inputs(ref: Reference) -> tuple[TensorSpec, ...]:
         frames = 1 if first else temporal_factor(ref)
-        x = (TensorSpec("sample", "float32", ("batch", 3, frames, "height", "width"), sample="pixels") if part == "encoder"
-             else TensorSpec("sample", "float32", ("batch", "z_dim", 1, "latent_height", "latent_width")))
+        x = (
+            TensorSpec("sample", "float32", ("batch", 3, frames, "height", "width"), sample="pixels")
+            if part == "encoder"
+            else TensorSpec("sample", "float32", ("batch", "z_dim", 1, "latent_height", "latent_width"))
+        )
         return (x,) + (() if first else _cache_specs(cache_slots(ref, part), "cache_"))
 
     def outputs(ref: Reference) -> tuple[TensorSpec, ...]:
         frames = 1 if first else temporal_factor(ref)
-        y = (TensorSpec("latent_parameters", "float32", ("batch", "latent_parameters", 1, "latent_height", "latent_width"))
-             if part == "encoder" else TensorSpec("frames", "float32", ("batch", 3, frames, "height", "width")))
+        y = (
+            TensorSpec(
+                "latent_parameters", "float32", ("batch", "latent_parameters", 1, "latent_height", "latent_width")
+            )
+            if part == "encoder"
+            else TensorSpec("frames", "float32", ("batch", 3, frames, "height", "width"))
+        )
         return (y,) + _cache_specs(cache_slots(ref, part), "cache_out_")
 
     return inputs, outputs
-
 
 
 def chunk_components(dims: Any) -> tuple[Component, ...]:
@@ -228,19 +254,24 @@ def chunk_components(dims: Any) -> tuple[Component, ...]:
     for part in ("encoder", "decoder"):
         for first in (True, False):
             inputs, outputs = _io(part, first)
-            n_state = (lambda ref, part=part: {f"cache_out_{j}": f"cache_{j}" for j in range(len(cache_slots(ref, part)))})
-            out.append(Component(
-                name=f"vae_{part}_{'first' if first else 'step'}",
-                kind=f"vae_{part}",
-                module="vae",
-                inputs=inputs,
-                outputs=outputs,
-                dims=dims,
-                wrapper=functools.partial(_wrapper, part=part, first=first),
-                reference=_reference(part, first),
-                precision=PRECISION,
-                state=(lambda ref: {}) if first else n_state,
-            ))
+
+            def n_state(ref, part=part):
+                return {f"cache_out_{j}": f"cache_{j}" for j in range(len(cache_slots(ref, part)))}
+
+            out.append(
+                Component(
+                    name=f"vae_{part}_{'first' if first else 'step'}",
+                    kind=f"vae_{part}",
+                    module="vae",
+                    inputs=inputs,
+                    outputs=outputs,
+                    dims=dims,
+                    wrapper=functools.partial(_wrapper, part=part, first=first),
+                    reference=_reference(part, first),
+                    precision=PRECISION,
+                    state=(lambda ref: {}) if first else n_state,
+                )
+            )
     return tuple(out)
 
 
@@ -272,13 +303,13 @@ def encode(runners: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
         raise ArtifactError("this export has no VAE encoder graphs; re-export without --component")
     factor = runners["vae_encoder_step"].record.inputs[0].shape[2]
     count = 1 + (x.shape[2] - 1) // factor
-    chunks = [x[:, :, :1]] + [x[:, :, 1 + factor * (i - 1): 1 + factor * i] for i in range(1, count)]
+    chunks = [x[:, :, :1]] + [x[:, :, 1 + factor * (i - 1) : 1 + factor * i] for i in range(1, count)]
     return _loop(runners, "encoder", chunks)
 
 
 def decode(runners: Mapping[str, Any], z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
     """``AutoencoderKLWan._decode``: one latent frame at a time, then clamped to [-1, 1]."""
-    out = _loop(runners, "decoder", [z[:, :, i: i + 1] for i in range(z.shape[2])])
+    out = _loop(runners, "decoder", [z[:, :, i : i + 1] for i in range(z.shape[2])])
     return out.clamp(-1.0, 1.0) if clamp else out
 
 
@@ -301,12 +332,21 @@ def vae_slot() -> PipelineSlot:
         sample = decode(runners, z)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
-    return PipelineSlot("vae", "vae", {"encode": call_encode, "decode": call_decode},
-                        ("vae_encoder_first", "vae_encoder_step", "vae_decoder_first", "vae_decoder_step"))
+    return PipelineSlot(
+        "vae",
+        "vae",
+        {"encode": call_encode, "decode": call_decode},
+        ("vae_encoder_first", "vae_encoder_step", "vae_decoder_first", "vae_decoder_step"),
+    )
 
 
-def loop_checks(ref: Reference, runners: Mapping[str, Any], envelope: Envelope, seed: int = 0,
-                frame_counts: tuple[int, ...] = (1, 5, 9, 15)) -> list[Any]:
+def loop_checks(
+    ref: Reference,
+    runners: Mapping[str, Any],
+    envelope: Envelope,
+    seed: int = 0,
+    frame_counts: tuple[int, ...] = (1, 5, 9, 15),
+) -> list[Any]:
     """The chunk loops against ``AutoencoderKLWan.encode`` / ``decode`` at several pixel frame
     counts (an odd longer one too, whose leftover frames the library drops), at the opt size."""
     from zoo.contract import LoopCheck
@@ -319,12 +359,26 @@ def loop_checks(ref: Reference, runners: Mapping[str, Any], envelope: Envelope, 
     with torch.no_grad():
         for frames in frame_counts:
             x = torch.rand(1, 3, frames, height, width, generator=gen) * 2 - 1
-            checks.append(LoopCheck("vae_encoder_step", f"encode {frames} frames", "latent_parameters",
-                                    encode(runners, x), vae.encode(x).latent_dist.parameters))
+            checks.append(
+                LoopCheck(
+                    "vae_encoder_step",
+                    f"encode {frames} frames",
+                    "latent_parameters",
+                    encode(runners, x),
+                    vae.encode(x).latent_dist.parameters,
+                )
+            )
             latent = 1 + (frames - 1) // temporal_factor(ref)
             z = torch.randn(1, vae.config.z_dim, latent, height // s, width // s, generator=gen)
-            checks.append(LoopCheck("vae_decoder_step", f"decode {latent} latent frames", "frames",
-                                    decode(runners, z), vae.decode(z).sample))
+            checks.append(
+                LoopCheck(
+                    "vae_decoder_step",
+                    f"decode {latent} latent frames",
+                    "frames",
+                    decode(runners, z),
+                    vae.decode(z).sample,
+                )
+            )
     return checks
 
 

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.infra.checkpoint import empty_module, pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     COMMON_RUN_OPTIONS,
     Axis,
@@ -49,6 +48,7 @@ from zoo.contract import (
     token_ids,
 )
 from zoo.errors import CheckpointError, InputError
+from zoo.infra.checkpoint import empty_module, pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.models.sd_vae import decoder_component, encoder_component, latent_dims, vae_dims, vae_scale, vae_slot
 
 T2V = "AnimateDiffPipeline"
@@ -98,7 +98,9 @@ class UNetMotionExport(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
         u = self.unet
         batch, _, frames, height, width = sample.shape  # (B, C, F, h, w)
 
@@ -118,22 +120,42 @@ class UNetMotionExport(nn.Module):
         skips = (x,)
         for block in u.down_blocks:
             if getattr(block, "has_cross_attention", False):
-                x, res = block(hidden_states=x, temb=emb, encoder_hidden_states=context, attention_mask=None,
-                               num_frames=frames, cross_attention_kwargs=None)
+                x, res = block(
+                    hidden_states=x,
+                    temb=emb,
+                    encoder_hidden_states=context,
+                    attention_mask=None,
+                    num_frames=frames,
+                    cross_attention_kwargs=None,
+                )
             else:
                 x, res = block(hidden_states=x, temb=emb, num_frames=frames)
             skips += res
         if u.mid_block is not None:
             if hasattr(u.mid_block, "motion_modules"):
-                x = u.mid_block(x, emb, encoder_hidden_states=context, attention_mask=None, num_frames=frames,
-                                cross_attention_kwargs=None)
+                x = u.mid_block(
+                    x,
+                    emb,
+                    encoder_hidden_states=context,
+                    attention_mask=None,
+                    num_frames=frames,
+                    cross_attention_kwargs=None,
+                )
             else:
                 x = u.mid_block(x, emb, encoder_hidden_states=context, attention_mask=None, cross_attention_kwargs=None)
         for block in u.up_blocks:
-            res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+            res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
             if getattr(block, "has_cross_attention", False):
-                x = block(hidden_states=x, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=context,
-                          upsample_size=None, attention_mask=None, num_frames=frames, cross_attention_kwargs=None)
+                x = block(
+                    hidden_states=x,
+                    temb=emb,
+                    res_hidden_states_tuple=res,
+                    encoder_hidden_states=context,
+                    upsample_size=None,
+                    attention_mask=None,
+                    num_frames=frames,
+                    cross_attention_kwargs=None,
+                )
             else:
                 x = block(hidden_states=x, temb=emb, res_hidden_states_tuple=res, upsample_size=None, num_frames=frames)
 
@@ -156,8 +178,13 @@ def _text_encoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -
 def _unet_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     frames = feeds["sample"].shape[2]
     context = feeds["encoder_hidden_states"].repeat_interleave(repeats=frames, dim=0)  # as the pipeline does
-    out = ref.module("unet")(feeds["sample"], feeds["timestep"], encoder_hidden_states=context,
-                             cross_attention_kwargs=None, added_cond_kwargs=None).sample
+    out = ref.module("unet")(
+        feeds["sample"],
+        feeds["timestep"],
+        encoder_hidden_states=context,
+        cross_attention_kwargs=None,
+        added_cond_kwargs=None,
+    ).sample
     return {"noise_pred": out}
 
 
@@ -211,23 +238,37 @@ def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
 
 def _call_text_encoder(runners, input_ids, attention_mask=None, output_hidden_states=None, **_: Any):
     if attention_mask is not None or output_hidden_states:
-        raise InputError("this export's text encoder returns the last hidden state only: clip_skip and "
-                         "attention masks are not supported")
+        raise InputError(
+            "this export's text encoder returns the last hidden state only: clip_skip and "
+            "attention masks are not supported"
+        )
     return (runners["text_encoder"]({"input_ids": input_ids})["last_hidden_state"],)
 
 
-def _call_unet(runners, sample, timestep, encoder_hidden_states=None, cross_attention_kwargs=None,
-               added_cond_kwargs=None, return_dict=True, **unsupported: Any):
+def _call_unet(
+    runners,
+    sample,
+    timestep,
+    encoder_hidden_states=None,
+    cross_attention_kwargs=None,
+    added_cond_kwargs=None,
+    return_dict=True,
+    **unsupported: Any,
+):
     from diffusers.models.unets.unet_motion_model import UNetMotionOutput
 
     if added_cond_kwargs or cross_attention_kwargs or any(v is not None for v in unsupported.values()):
-        raise InputError("this export's unet takes latents, timestep and prompt embeddings only "
-                         "(no IP-adapter, ControlNet or attention processor arguments)")
+        raise InputError(
+            "this export's unet takes latents, timestep and prompt embeddings only "
+            "(no IP-adapter, ControlNet or attention processor arguments)"
+        )
     batch, frames = sample.shape[0], sample.shape[2]
     # the pipeline repeats each prompt embedding per frame; the graph does that itself
     per_frame = encoder_hidden_states.reshape(batch, frames, *encoder_hidden_states.shape[1:])
     if not torch.equal(per_frame, per_frame[:, :1].expand_as(per_frame)):
-        raise InputError("per-frame prompt embeddings (FreeNoise prompt interpolation) are not supported by this export")
+        raise InputError(
+            "per-frame prompt embeddings (FreeNoise prompt interpolation) are not supported by this export"
+        )
     feeds = {
         "sample": sample,
         "timestep": timestep.float().reshape(-1).expand(batch),
@@ -251,8 +292,13 @@ class AnimateDiff(Family):
     random_presets = ("tiny", "bench")
     source_roles = (
         SourceRole("motion_adapter", "MotionAdapter folder, with --model a Stable Diffusion 1.5 folder."),
-        SourceRole("lora", "LoRA to fuse (a .safetensors file or a folder holding one, diffusers format), with its "
-                           "weight as in set_adapters; repeatable.", kind="lora", multiple=True),
+        SourceRole(
+            "lora",
+            "LoRA to fuse (a .safetensors file or a folder holding one, diffusers format), with its "
+            "weight as in set_adapters; repeatable.",
+            kind="lora",
+            multiple=True,
+        ),
     )
     axis_help = {
         "batch": "MIN:OPT:MAX prompts per call (the UNet sees 2x with CFG).",
@@ -278,12 +324,16 @@ class AnimateDiff(Family):
             kind="denoiser",
             module="unet",
             inputs=specs(
-                TensorSpec("sample", "float32", ("cfg_batch", "latent_channels", "frames", "latent_height", "latent_width")),
+                TensorSpec(
+                    "sample", "float32", ("cfg_batch", "latent_channels", "frames", "latent_height", "latent_width")
+                ),
                 TensorSpec("timestep", "float32", ("cfg_batch",), sample="timestep"),
                 TensorSpec("encoder_hidden_states", "float32", ("cfg_batch", "text_length", "cross_attention_dim")),
             ),
             outputs=specs(
-                TensorSpec("noise_pred", "float32", ("cfg_batch", "out_channels", "frames", "latent_height", "latent_width")),
+                TensorSpec(
+                    "noise_pred", "float32", ("cfg_batch", "out_channels", "frames", "latent_height", "latent_width")
+                ),
             ),
             dims=_unet_dims,
             wrapper=lambda ref: UNetMotionExport(ref.module("unet")),
@@ -303,16 +353,26 @@ class AnimateDiff(Family):
     run_options = COMMON_RUN_OPTIONS[:3] + (
         Option("guidance_scale", "CFG scale (<= 1 disables CFG).", type="float", default=7.5),
         COMMON_RUN_OPTIONS[4],
-        Option("frames", "Frames to generate; default: the export's opt frames (video-to-video: the video's).", type="int"),
+        Option(
+            "frames", "Frames to generate; default: the export's opt frames (video-to-video: the video's).", type="int"
+        ),
         Option("height", "Pixels; default: the export's opt height (video-to-video: the video's).", type="int"),
         Option("width", "Pixels; default: the export's opt width (video-to-video: the video's).", type="int"),
         Option("video", "Video-to-video: the input video (MP4, GIF or a folder of frames).", type="path"),
-        Option("strength", "Video-to-video: how much of the video is re-noised, in (0, 1].", type="float",
-               low=0.0, high=1.0, low_open=True),
+        Option(
+            "strength",
+            "Video-to-video: how much of the video is re-noised, in (0, 1].",
+            type="float",
+            low=0.0,
+            high=1.0,
+            low_open=True,
+        ),
         Option("resize_video", "Video-to-video: resize the video's frames to --height/--width (bicubic).", type="flag"),
         Option("free_init", "FreeInit: re-noising iterations (the pipeline's enable_free_init).", type="int", low=1),
         Option("free_init_method", "FreeInit filter.", type="choice", choices=FREE_INIT_METHODS, default="butterworth"),
-        Option("free_init_fast", "FreeInit with coarse-to-fine sampling (fewer steps in early iterations).", type="flag"),
+        Option(
+            "free_init_fast", "FreeInit with coarse-to-fine sampling (fewer steps in early iterations).", type="flag"
+        ),
         Option("free_u", "FreeU: not supported by exported graphs (the message says why).", type="flag"),
         Option("fps", "Frames per second of an .mp4 / .gif output.", type="int", default=8, low=1),
     )
@@ -330,7 +390,9 @@ class AnimateDiff(Family):
             frames = Range(4, 8, 16)
         else:
             native = ref.config("unet").sample_size * scale
-            height = width = Range(max(multiple, native // 2 // multiple * multiple), native, 3 * native // 2 // multiple * multiple)
+            height = width = Range(
+                max(multiple, native // 2 // multiple * multiple), native, 3 * native // 2 // multiple * multiple
+            )
             frames = Range(8, 16, 32)
         frames = Range(*(min(v, table) for v in (frames.min, frames.opt, frames.max)))
         return (
@@ -350,7 +412,8 @@ class AnimateDiff(Family):
             raise InputError(
                 "--free-u is not supported: FreeU rescales the backbone and skip features inside the UNet's up "
                 "blocks, so it would have to be traced into the unet graph; this export was traced without it "
-                "and the graph parity proved is the one without it")
+                "and the graph parity proved is the one without it"
+            )
         steps = options["steps"]
         kwargs: dict[str, Any] = {
             "prompt": options["prompt"],
@@ -388,40 +451,66 @@ class AnimateDiff(Family):
             if not 0 < strength <= 1:
                 raise InputError(f"--strength {strength}: expected a number in (0, 1]")
             if int(steps * strength) < 1:
-                raise InputError(f"--strength {strength} with --steps {steps} leaves no denoising step "
-                                 f"(int(steps x strength) = 0): raise one of them")
+                raise InputError(
+                    f"--strength {strength} with --steps {steps} leaves no denoising step "
+                    f"(int(steps x strength) = 0): raise one of them"
+                )
             clip = load_video(video, option="--video")
             if options.get("frames") is not None and options["frames"] != len(clip):
-                raise InputError(f"--frames {options['frames']}: video-to-video takes the frame count from --video "
-                                 f"{video} ({len(clip)} frames); drop --frames")
+                raise InputError(
+                    f"--frames {options['frames']}: video-to-video takes the frame count from --video "
+                    f"{video} ({len(clip)} frames); drop --frames"
+                )
             frame_w, frame_h = clip[0].size
             sources = {"num_frames": f"--video {video} frames"}
             if height is None:
                 height, sources["height"] = frame_h, f"--video {video} height"
             if width is None:
                 width, sources["width"] = frame_w, f"--video {video} width"
-            clip = check_frame_size(clip, option="--video", height=height, width=width, path=video,
-                                    resize=bool(options.get("resize_video")), resize_flag="--resize-video")
+            clip = check_frame_size(
+                clip,
+                option="--video",
+                height=height,
+                width=width,
+                path=video,
+                resize=bool(options.get("resize_video")),
+                resize_flag="--resize-video",
+            )
             kwargs.update(video=[clip], height=height, width=width, strength=strength)
             pipeline = V2V
-        return Request(pipeline, kwargs, setup=setup, scheduler=options.get("scheduler"),
-                       output_format="video", fps=options["fps"],
-                       shape_sources=sources if video is not None else {})
+        return Request(
+            pipeline,
+            kwargs,
+            setup=setup,
+            scheduler=options.get("scheduler"),
+            output_format="video",
+            fps=options["fps"],
+            shape_sources=sources if video is not None else {},
+        )
 
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
         import numpy as np
         from PIL import Image
 
-        base = {"prompt": "a red fox running in the snow", "negative_prompt": "blurry", "steps": 3, "guidance_scale": 7.5}
-        requests = [("text-to-video", self.request(base, context)),
-                    ("free-init", self.request({**base, "steps": 2, "free_init": 2}, context))]
+        base = {
+            "prompt": "a red fox running in the snow",
+            "negative_prompt": "blurry",
+            "steps": 3,
+            "guidance_scale": 7.5,
+        }
+        requests = [
+            ("text-to-video", self.request(base, context)),
+            ("free-init", self.request({**base, "steps": 2, "free_init": 2}, context)),
+        ]
         if "vae_encoder" in context.components:  # a synthetic clip at the opt size: a ramp with noise
             env = context.envelope
             rng = np.random.default_rng(0)
             ramp = np.linspace(0, 255, env["width"].opt)[None, :, None]
             shape = (env["height"].opt, env["width"].opt, 3)
-            clip = [Image.fromarray(np.clip(ramp + rng.normal(0, 30, shape) + 8 * i, 0, 255).astype("uint8"))
-                    for i in range(env["frames"].opt)]
+            clip = [
+                Image.fromarray(np.clip(ramp + rng.normal(0, 30, shape) + 8 * i, 0, 255).astype("uint8"))
+                for i in range(env["frames"].opt)
+            ]
             kwargs = {k: v for k, v in requests[0][1].kwargs.items() if k != "num_frames"}
             kwargs.update(video=[clip], strength=0.6, num_inference_steps=4)
             requests.append(("video-to-video", Request(V2V, kwargs, output_format="video")))
@@ -447,22 +536,30 @@ class AnimateDiff(Family):
         source = sources[0].path
         adapter = source_of(sources, "motion_adapter")
         loras = [s for s in sources if s.role == "lora"]
-        index = require_folder(source, family=self.name, index_file="model_index.json", accepted=(T2V, V2V, *SD_PIPELINES))
+        index = require_folder(
+            source, family=self.name, index_file="model_index.json", accepted=(T2V, V2V, *SD_PIPELINES)
+        )
         is_sd = index["_class_name"] in SD_PIPELINES
         if is_sd and adapter is None:
-            raise CheckpointError(f"{source} is a Stable Diffusion folder: AnimateDiff also needs --motion-adapter "
-                                  f"MOTION_ADAPTER_FOLDER (a MotionAdapter saved by diffusers)")
+            raise CheckpointError(
+                f"{source} is a Stable Diffusion folder: AnimateDiff also needs --motion-adapter "
+                f"MOTION_ADAPTER_FOLDER (a MotionAdapter saved by diffusers)"
+            )
         if not is_sd and adapter is not None:
-            raise CheckpointError(f"{source} is an {index['_class_name']} folder whose unet already holds motion "
-                                  f"modules; --motion-adapter is for a Stable Diffusion folder")
+            raise CheckpointError(
+                f"{source} is an {index['_class_name']} folder whose unet already holds motion "
+                f"modules; --motion-adapter is for a Stable Diffusion folder"
+            )
         if adapter is not None:
             require_folder(adapter.path, family=self.name, index_file="config.json", accepted=("MotionAdapter",))
         skip = ("unet", "motion_adapter", "feature_extractor", "image_encoder", "safety_checker")
         found = pipeline_modules(source, index, skip=skip)
         missing = sorted({"text_encoder", "tokenizer", "vae", "scheduler"} - set(found))
         if missing or not (source / "unet").is_dir():
-            raise CheckpointError(f"{source} lacks {', '.join(missing + ['unet'] * (not (source / 'unet').is_dir()))}; "
-                                  f"expected a complete {index['_class_name']} folder")
+            raise CheckpointError(
+                f"{source} lacks {', '.join(missing + ['unet'] * (not (source / 'unet').is_dir()))}; "
+                f"expected a complete {index['_class_name']} folder"
+            )
         loaders = {k: v[0] for k, v in found.items()}
         configs = {k: v[1] for k, v in found.items() if v[1]}
 
@@ -481,7 +578,8 @@ class AnimateDiff(Family):
                 ):
                     raise CheckpointError(
                         f"motion adapter {adapter.path} has block channels {tuple(motion.config.block_out_channels)}, "
-                        f"the UNet of {source} has {tuple(unet2d.config.block_out_channels)}: an adapter for another base model")
+                        f"the UNet of {source} has {tuple(unet2d.config.block_out_channels)}: an adapter for another base model"
+                    )
                 return UNetMotionModel.from_unet2d(unet2d, motion).to(torch.float32)
 
         def unet_weightless() -> WeightlessModule:
@@ -495,9 +593,12 @@ class AnimateDiff(Family):
             def build() -> nn.Module:
                 # all on meta (buffers too: from_unet2d copies them); the adapter stores its own
                 with init_empty_weights(include_buffers=True):
-                    unet2d = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(source), subfolder="unet"))
+                    unet2d = UNet2DConditionModel.from_config(
+                        UNet2DConditionModel.load_config(str(source), subfolder="unet")
+                    )
                     motion = MotionAdapter.from_config(MotionAdapter.load_config(str(adapter.path)))
                     return UNetMotionModel.from_unet2d(unet2d, motion)
+
             return WeightlessModule(build, (source / "unet", adapter.path))
 
         loaders["unet"] = unet
@@ -526,14 +627,19 @@ class AnimateDiff(Family):
         dest = Path(dest)
         parts = _random_parts(preset, seed)
         adapter = parts.pop("motion_adapter")
-        sd = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        sd = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
         sd.save_pretrained(dest / "stable-diffusion")
         write_random_marker(dest / "stable-diffusion", family=self.name, variant="default", preset=preset, seed=seed)
         adapter.save_pretrained(dest / "motion-adapter")
         unet = UNetMotionModel.from_unet2d(parts["unet"], adapter)
         lora = build_random_motion_lora(unet, dest / "motion-lora.safetensors", seed=seed + 1)
-        return (Source("model", dest / "stable-diffusion"), Source("motion_adapter", dest / "motion-adapter"),
-                Source("lora", lora, 1.0))
+        return (
+            Source("model", dest / "stable-diffusion"),
+            Source("motion_adapter", dest / "motion-adapter"),
+            Source("lora", lora, 1.0),
+        )
 
 
 def _with_loras(modules: Modules, loras: list[Source]) -> Modules:
@@ -546,8 +652,14 @@ def _with_loras(modules: Modules, loras: list[Source]) -> Modules:
 
     def load(key: str) -> Any:
         if not fused:
-            pipe = AnimateDiffPipeline(vae=None, text_encoder=modules["text_encoder"], tokenizer=None,
-                                       unet=modules["unet"], motion_adapter=None, scheduler=None)
+            pipe = AnimateDiffPipeline(
+                vae=None,
+                text_encoder=modules["text_encoder"],
+                tokenizer=None,
+                unet=modules["unet"],
+                motion_adapter=None,
+                scheduler=None,
+            )
             fuse_loras(pipe, [LoraSpec(s.path, 1.0 if s.scale is None else s.scale) for s in loras])
             fused.update(unet=pipe.unet, text_encoder=pipe.text_encoder)
         return fused[key]
@@ -573,37 +685,74 @@ def _random_parts(preset: str, seed: int) -> dict[str, Any]:
         build_clip_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
     width = 768 if bench else 32
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
-        num_attention_heads=12 if bench else 4, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=2,
+            num_attention_heads=12 if bench else 4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     channels = (320, 640, 1280, 1280) if bench else (16, 32)
     down = ("CrossAttnDownBlock2D",) * (len(channels) - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(channels) - 1)
     unet = UNet2DConditionModel(
-        block_out_channels=channels, layers_per_block=1, down_block_types=down, up_block_types=up,
-        cross_attention_dim=width, attention_head_dim=8 if bench else 4, norm_num_groups=32 if bench else 8,
-        sample_size=64 if bench else 8, in_channels=4, out_channels=4,
+        block_out_channels=channels,
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=width,
+        attention_head_dim=8 if bench else 4,
+        norm_num_groups=32 if bench else 8,
+        sample_size=64 if bench else 8,
+        in_channels=4,
+        out_channels=4,
     )
-    adapter = MotionAdapter(block_out_channels=channels, motion_layers_per_block=1,
-                            motion_norm_num_groups=32 if bench else 8, motion_num_attention_heads=8 if bench else 2,
-                            motion_max_seq_length=32)
+    adapter = MotionAdapter(
+        block_out_channels=channels,
+        motion_layers_per_block=1,
+        motion_norm_num_groups=32 if bench else 8,
+        motion_num_attention_heads=8 if bench else 2,
+        motion_max_seq_length=32,
+    )
     # a fresh adapter's output projections are zero (motion would be a no-op): give them weights
     with torch.no_grad():
         for p in adapter.parameters():
             if p.dim() > 1 and p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     vae = AutoencoderKL(
-        block_out_channels=(32, 64, 64, 64) if bench else (8, 8, 16, 16), in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=64,
+        block_out_channels=(32, 64, 64, 64) if bench else (8, 8, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=64,
     )
     # the AnimateDiff documentation's scheduler settings
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
-                              timestep_spacing="linspace", steps_offset=1)
-    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet,
-            "motion_adapter": adapter, "scheduler": scheduler}
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="linear",
+        clip_sample=False,
+        timestep_spacing="linspace",
+        steps_offset=1,
+    )
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "motion_adapter": adapter,
+        "scheduler": scheduler,
+    }
 
 
 FAMILY = AnimateDiff()

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.infra.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     COMMON_RUN_OPTIONS,
     Axis,
@@ -43,6 +42,7 @@ from zoo.contract import (
     token_ids,
 )
 from zoo.errors import CheckpointError
+from zoo.infra.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.infra.patches import attention_mask_expand
 from zoo.models.sd_vae import decoder_component, latent_dims, vae_dims, vae_scale, vae_slot
 
@@ -320,12 +320,16 @@ class PixArt(Family):
             kind="denoiser",
             module="transformer",
             inputs=_transformer_inputs,
-            outputs=specs(TensorSpec("sample", "float32", ("cfg_batch", "out_channels", "latent_height", "latent_width"))),
+            outputs=specs(
+                TensorSpec("sample", "float32", ("cfg_batch", "out_channels", "latent_height", "latent_width"))
+            ),
             dims=_transformer_dims,
             wrapper=lambda ref: PixArtTransformerExport(ref.module("transformer")),
             reference=_transformer_reference,
             export_patches=(attention_mask_expand,),
-            precision=Precision(keep_fp32=("adaln_single", "norm", "pos_embed"), note="timestep embedding and norms in fp32"),
+            precision=Precision(
+                keep_fp32=("adaln_single", "norm", "pos_embed"), note="timestep embedding and norms in fp32"
+            ),
         ),
         decoder_component("batch", _vae_dims),
     )
@@ -380,8 +384,10 @@ class PixArt(Family):
         # (no table) and no sequence length is capped. The ceiling guards memory instead: past
         # MAX_PATCHES patches a side, one head's attention scores alone outgrow 16 GiB in fp32.
         ceiling = MAX_PATCHES * cfg.patch_size * scale // patch * patch
-        guard = (f"a guard, not a limit of PixArt: its position embedding is computed for any size, but past "
-                 f"{MAX_PATCHES} x {MAX_PATCHES} patches one head's attention scores alone take over 16 GiB in fp32")
+        guard = (
+            f"a guard, not a limit of PixArt: its position embedding is computed for any size, but past "
+            f"{MAX_PATCHES} x {MAX_PATCHES} patches one head's attention scores alone take over 16 GiB in fp32"
+        )
         return (
             Axis("batch", batch, ceiling=16, help="images per prompt (the transformer sees 2x with CFG)"),
             Axis("height", height, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels", guard=guard),
@@ -412,8 +418,12 @@ class PixArt(Family):
         return Request(context.pipeline, kwargs, scheduler=options.get("scheduler"), output_format="images")
 
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
-        options = {"prompt": "a red fox in the snow, detailed photo", "negative_prompt": "blurry", "steps": 3,
-                   "guidance_scale": 4.5}
+        options = {
+            "prompt": "a red fox in the snow, detailed photo",
+            "negative_prompt": "blurry",
+            "steps": 3,
+            "guidance_scale": 4.5,
+        }
         return [("text-to-image", self.request(options, context))]
 
     def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -422,25 +432,35 @@ class PixArt(Family):
             from diffusers.image_processor import PixArtImageProcessor
             from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as bins
 
-            table = {256: "ASPECT_RATIO_2048_BIN", 128: "ASPECT_RATIO_1024_BIN", 64: "ASPECT_RATIO_512_BIN",
-                     32: "ASPECT_RATIO_256_BIN"}.get(configs["transformer"]["sample_size"])
+            table = {
+                256: "ASPECT_RATIO_2048_BIN",
+                128: "ASPECT_RATIO_1024_BIN",
+                64: "ASPECT_RATIO_512_BIN",
+                32: "ASPECT_RATIO_256_BIN",
+            }.get(configs["transformer"]["sample_size"])
             if table is not None:  # (the pipeline itself rejects other sample sizes)
                 shapes["height"], shapes["width"] = (
-                    int(v) for v in PixArtImageProcessor.classify_height_width_bin(
-                        shapes["height"], shapes["width"], ratios=getattr(bins, table))
+                    int(v)
+                    for v in PixArtImageProcessor.classify_height_width_bin(
+                        shapes["height"], shapes["width"], ratios=getattr(bins, table)
+                    )
                 )
         return shapes
 
     # -- loading ------------------------------------------------------------------------
     def load_sources(self, sources: Sources) -> Reference:
         source = sources[0].path
-        index = require_folder(source, family=self.name, index_file="model_index.json", accepted=sorted(set(PIPELINES.values())))
+        index = require_folder(
+            source, family=self.name, index_file="model_index.json", accepted=sorted(set(PIPELINES.values()))
+        )
         pipeline = index["_class_name"]
         found = pipeline_modules(source, index)
         modules = Modules.from_found(found)
         missing = sorted({"text_encoder", "tokenizer", "transformer", "vae", "scheduler"} - set(modules))
         if missing:
-            raise CheckpointError(f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {pipeline} folder")
+            raise CheckpointError(
+                f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {pipeline} folder"
+            )
         ref = Reference(self.name, "", tuple(sources), modules, pipeline=pipeline)
         if pipeline == "PixArtSigmaPipeline":
             ref.variant = "sigma"
@@ -510,7 +530,11 @@ class PixArt(Family):
             sample_size=64,
         )
         scheduler = DPMSolverMultistepScheduler(
-            beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000, prediction_type="epsilon"
+            beta_start=0.0001,
+            beta_end=0.02,
+            beta_schedule="linear",
+            num_train_timesteps=1000,
+            prediction_type="epsilon",
         )
         pipe = getattr(diffusers, pipeline)(
             tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler

@@ -17,9 +17,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.infra.checkpoint import loading, random_preset, require_folder, write_random_marker
-from zoo.contract import Axis, Component, Dim, Envelope, Family, Modules, Precision, Range, Reference, Sources, TensorSpec, specs
+from zoo.contract import (
+    Axis,
+    Component,
+    Dim,
+    Envelope,
+    Family,
+    Modules,
+    Precision,
+    Range,
+    Reference,
+    Sources,
+    TensorSpec,
+    specs,
+)
 from zoo.errors import CheckpointError
+from zoo.infra.checkpoint import loading, random_preset, require_folder, write_random_marker
 
 
 def _frames_first(video: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -23,8 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.models import wan_vae
-from zoo.infra.checkpoint import is_lfs_pointer, pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
     COMMON_RUN_OPTIONS,
     Axis,
@@ -51,6 +49,8 @@ from zoo.contract import (
     specs,
 )
 from zoo.errors import CheckpointError, InputError
+from zoo.infra.checkpoint import is_lfs_pointer, pipeline_modules, random_preset, require_folder, write_random_marker
+from zoo.models import wan_vae
 from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
 
 PIPELINE = "WanImageToVideoPipeline"
@@ -59,9 +59,16 @@ POSE_PREFIX = "dwpose_embedding."
 REF_POSE_PREFIX = "randomref_embedding_pose."
 # the original's LoRA targets (peft names in DiffSynth's WanModel) -> diffusers' WanTransformer3DModel
 LORA_TARGETS = {
-    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v", "self_attn.o": "attn1.to_out.0",
-    "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k", "cross_attn.v": "attn2.to_v", "cross_attn.o": "attn2.to_out.0",
-    "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+    "self_attn.q": "attn1.to_q",
+    "self_attn.k": "attn1.to_k",
+    "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "cross_attn.q": "attn2.to_q",
+    "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
 }
 LORA_KEY = re.compile(r"^pipe\.dit\.blocks\.(\d+)\.(.+)\.lora_([AB])\.default\.weight$")
 # strides of the pose guider's convolutions, by Sequential index (UNIANIMATE.md section 4.5)
@@ -78,8 +85,10 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """UniAnimate's flat state dict: ``torch.save`` format (loaded with ``weights_only=True``) or safetensors."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"--checkpoint {path} does not exist; expected UniAnimate-DiT's checkpoint "
-                              f"(a .ckpt / .pt state dict or a .safetensors file)")
+        raise CheckpointError(
+            f"--checkpoint {path} does not exist; expected UniAnimate-DiT's checkpoint "
+            f"(a .ckpt / .pt state dict or a .safetensors file)"
+        )
     if path.stat().st_size == 0 or is_lfs_pointer(path):
         raise CheckpointError(f"--checkpoint {path} is empty or a git-LFS pointer, not the weights")
     try:
@@ -90,14 +99,18 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch / safetensors raise many types for a bad file
-        raise CheckpointError(f"--checkpoint {path} is not a readable state dict ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CheckpointError(
+            f"--checkpoint {path} is not a readable state dict ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"--checkpoint {path} is not a flat {{name: tensor}} state dict")
     return state
 
 
-def lora_pairs(state: Mapping[str, torch.Tensor], transformer: nn.Module, path: Path) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+def lora_pairs(
+    state: Mapping[str, torch.Tensor], transformer: nn.Module, path: Path
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """``(diffusers weight name, A, B)`` for every LoRA pair, checked against the transformer:
     names, block indices, ranks and shapes; errors name the key."""
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
@@ -107,8 +120,10 @@ def lora_pairs(state: Mapping[str, torch.Tensor], transformer: nn.Module, path: 
             continue
         m = LORA_KEY.match(key)
         if m is None or m.group(2) not in LORA_TARGETS:
-            raise CheckpointError(f"--checkpoint {path}: key {key!r} is neither a UniAnimate LoRA key "
-                                  f"(pipe.dit.blocks.N.<module>.lora_A/B.default.weight) nor a pose-encoder key")
+            raise CheckpointError(
+                f"--checkpoint {path}: key {key!r} is neither a UniAnimate LoRA key "
+                f"(pipe.dit.blocks.N.<module>.lora_A/B.default.weight) nor a pose-encoder key"
+            )
         pairs.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = value
     if not pairs:
         raise CheckpointError(f"--checkpoint {path} holds no LoRA keys (pipe.dit.blocks.N....lora_A.default.weight)")
@@ -119,15 +134,20 @@ def lora_pairs(state: Mapping[str, torch.Tensor], transformer: nn.Module, path: 
             raise CheckpointError(f"--checkpoint {path}: {key} has lora_{''.join(ab)} without its pair")
         a, b = ab["A"], ab["B"]
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
-            raise CheckpointError(f"--checkpoint {path}: {key}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} "
-                                  f"have different ranks")
+            raise CheckpointError(
+                f"--checkpoint {path}: {key}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} have different ranks"
+            )
         name = f"blocks.{block}.{LORA_TARGETS[module]}.weight"
         if name not in params:
-            raise CheckpointError(f"--checkpoint {path}: {key} names block {block}, which this transformer (with "
-                                  f"{len(transformer.blocks)} blocks) lacks: a checkpoint for another base model")
+            raise CheckpointError(
+                f"--checkpoint {path}: {key} names block {block}, which this transformer (with "
+                f"{len(transformer.blocks)} blocks) lacks: a checkpoint for another base model"
+            )
         if params[name].shape != (b.shape[0], a.shape[1]):
-            raise CheckpointError(f"--checkpoint {path}: {key} is a {b.shape[0]}x{a.shape[1]} update, the weight "
-                                  f"{name} is {tuple(params[name].shape)}: a checkpoint for another base model")
+            raise CheckpointError(
+                f"--checkpoint {path}: {key} is a {b.shape[0]}x{a.shape[1]} update, the weight "
+                f"{name} is {tuple(params[name].shape)}: a checkpoint for another base model"
+            )
         out.append((name, a, b))
     return out
 
@@ -149,10 +169,12 @@ def merge_lora(transformer: nn.Module, pairs: list[tuple[str, torch.Tensor, torc
 def merged_weights(base: WeightlessModule, state: Mapping[str, torch.Tensor], path: Path) -> WeightlessModule:
     """The weightless transformer with each LoRA-merged weight declared as computed, one at a
     time, from its stored tensor (for a weightless export)."""
+
     def merged(name: str, a: torch.Tensor, b: torch.Tensor) -> Transform:
         def fn(read: Any) -> torch.Tensor:
             w = read(name)
             return w + lora_delta(w, a, b)
+
         return Transform(f"{name} + B @ A (UniAnimate LoRA of {path.name})", fn)
 
     def build() -> nn.Module:
@@ -162,7 +184,9 @@ def merged_weights(base: WeightlessModule, state: Mapping[str, torch.Tensor], pa
     return WeightlessModule(build, base.folders, {name: merged(name, a, b) for name, a, b in pairs})
 
 
-def _pose_module(state: Mapping[str, torch.Tensor], prefix: str, strides: Mapping[int, Any], conv: type, path: Path) -> nn.Sequential:
+def _pose_module(
+    state: Mapping[str, torch.Tensor], prefix: str, strides: Mapping[int, Any], conv: type, path: Path
+) -> nn.Sequential:
     """The original's pose guider: convolutions at ``strides``' indices with SiLU between, their
     widths and kernels read from the checkpoint."""
     layers: list[nn.Module] = []
@@ -184,8 +208,10 @@ def _pose_module(state: Mapping[str, torch.Tensor], prefix: str, strides: Mappin
 
 def pose_encoders(state: Mapping[str, torch.Tensor], path: Path) -> tuple[nn.Sequential, nn.Sequential]:
     """``dwpose_embedding`` (Conv3d guider) and ``randomref_embedding_pose`` (Conv2d) from the checkpoint."""
-    return (_pose_module(state, POSE_PREFIX, POSE_STRIDES, nn.Conv3d, path),
-            _pose_module(state, REF_POSE_PREFIX, REF_POSE_STRIDES, nn.Conv2d, path))
+    return (
+        _pose_module(state, POSE_PREFIX, POSE_STRIDES, nn.Conv3d, path),
+        _pose_module(state, REF_POSE_PREFIX, REF_POSE_STRIDES, nn.Conv2d, path),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -252,13 +278,20 @@ class UniAnimateTransformerExport(nn.Module):
         super().__init__()
         self.transformer = transformer
 
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                encoder_hidden_states_image: torch.Tensor, pose_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor,
+        pose_features: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.transformer
         rotary_emb = m.rope(hidden_states)
         x = x_in = _patch_tokens(m, hidden_states, pose_features)
         temb, timestep_proj, context, context_image = m.condition_embedder(
-            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=None)
+            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=None
+        )
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         context = torch.cat([context_image, context], dim=1)
         for block in m.blocks:
@@ -274,8 +307,9 @@ class TransformerSkipExport(nn.Module):
         super().__init__()
         self.transformer = transformer
 
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, pose_features: torch.Tensor,
-                residual: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, pose_features: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
         m = self.transformer
         x = _patch_tokens(m, hidden_states, pose_features) + residual.flatten(2).transpose(1, 2)
         temb, _ = _time_embedding(m, timestep)
@@ -315,6 +349,7 @@ def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) ->
     m = ref.module("transformer")
     pose = feeds["pose_features"]
     seen: dict[str, torch.Tensor] = {}
+
     def keep(name: str, value: torch.Tensor) -> None:
         seen[name] = value
 
@@ -324,8 +359,13 @@ def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) ->
         m.blocks[-1].register_forward_hook(lambda mod, args, out: keep("out", out)),
     ]
     try:
-        out = m(feeds["hidden_states"], feeds["timestep"], feeds["encoder_hidden_states"],
-                encoder_hidden_states_image=feeds["encoder_hidden_states_image"], return_dict=False)[0]
+        out = m(
+            feeds["hidden_states"],
+            feeds["timestep"],
+            feeds["encoder_hidden_states"],
+            encoder_hidden_states_image=feeds["encoder_hidden_states_image"],
+            return_dict=False,
+        )[0]
     finally:
         for h in hooks:
             h.remove()
@@ -345,7 +385,9 @@ def _skip_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dict[s
         cfg = m.config
         context = torch.zeros(batch, TEXT_LENGTH, cfg.text_dim)
         image = torch.zeros(batch, 1, cfg.image_dim)
-        out = m(feeds["hidden_states"], feeds["timestep"], context, encoder_hidden_states_image=image, return_dict=False)[0]
+        out = m(
+            feeds["hidden_states"], feeds["timestep"], context, encoder_hidden_states_image=image, return_dict=False
+        )[0]
     finally:
         handle.remove()
         m.blocks = blocks
@@ -379,10 +421,15 @@ def _grid(env: Envelope, ref: Reference) -> dict[str, Dim]:
     gh = Dim.of_range("grid_height", env["height"].scaled(1, 16))
     gw = Dim.of_range("grid_width", env["width"].scaled(1, 16))
     return {
-        "batch": Dim.static("batch", 1), "latent_frames": latent, "grid_height": gh, "grid_width": gw,
+        "batch": Dim.static("batch", 1),
+        "latent_frames": latent,
+        "grid_height": gh,
+        "grid_width": gw,
         "pose_frames": Dim.derived("pose_frames", latent, scale=4, offset=-3),
-        "latent_height": Dim.derived("latent_height", gh, scale=2), "latent_width": Dim.derived("latent_width", gw, scale=2),
-        "height": Dim.derived("height", gh, scale=16), "width": Dim.derived("width", gw, scale=16),
+        "latent_height": Dim.derived("latent_height", gh, scale=2),
+        "latent_width": Dim.derived("latent_width", gw, scale=2),
+        "height": Dim.derived("height", gh, scale=16),
+        "width": Dim.derived("width", gw, scale=16),
     }
 
 
@@ -402,7 +449,8 @@ def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
         "in_channels": Dim.static("in_channels", cfg.in_channels),
         "out_channels": Dim.static("out_channels", cfg.out_channels),
         "inner_dim": Dim.static("inner_dim", cfg.num_attention_heads * cfg.attention_head_dim),
-        "text_length": Dim.static("text_length", TEXT_LENGTH), "text_dim": Dim.static("text_dim", cfg.text_dim),
+        "text_length": Dim.static("text_length", TEXT_LENGTH),
+        "text_dim": Dim.static("text_dim", cfg.text_dim),
         "image_tokens": Dim.static("image_tokens", image_tokens(ref)),
         "image_dim": Dim.static("image_dim", cfg.image_dim),
     }
@@ -428,21 +476,33 @@ def _call_graph(runners, name: str, feeds: dict[str, torch.Tensor]) -> dict[str,
 
 
 GRAPHS = PipelineSlot(
-    "graphs", "vae",
+    "graphs",
+    "vae",
     {
         "forward": _call_graph,
         "vae_encode": lambda runners, x: wan_vae.encode(runners, x),
         "vae_decode": lambda runners, z: wan_vae.decode(runners, z, clamp=False),
         "image_size": lambda runners: runners["image_encoder"].record.dims["image_size"].min,
     },
-    ("text_encoder", "image_encoder", "pose_encoder", "ref_pose_encoder", "transformer", "vae_encoder_first",
-     "vae_encoder_step", "vae_decoder_first", "vae_decoder_step"),
+    (
+        "text_encoder",
+        "image_encoder",
+        "pose_encoder",
+        "ref_pose_encoder",
+        "transformer",
+        "vae_encoder_first",
+        "vae_encoder_step",
+        "vae_decoder_first",
+        "vae_decoder_step",
+    ),
 )
 TEACACHE_COMPONENTS = ("transformer_skip", "time_embedding")
 
 
-DIT_PRECISION = Precision(keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
-                          note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)")
+DIT_PRECISION = Precision(
+    keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
+    note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)",
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -455,8 +515,13 @@ class UniAnimateDiT(Family):
     description = "UniAnimate-DiT on Wan2.1-I2V (umT5, CLIP vision, pose encoders, merged DiT, Wan VAE chunks)"
     variants = ("default",)
     random_presets = ("tiny", "bench")
-    source_roles = (SourceRole("checkpoint", "UniAnimate-DiT's checkpoint (.ckpt state dict or .safetensors): LoRA and pose encoders.",
-                               kind="file"),)
+    source_roles = (
+        SourceRole(
+            "checkpoint",
+            "UniAnimate-DiT's checkpoint (.ckpt state dict or .safetensors): LoRA and pose encoders.",
+            kind="file",
+        ),
+    )
     axis_help = {
         "height": "MIN:OPT:MAX video height in pixels (multiple of 16).",
         "width": "MIN:OPT:MAX video width in pixels (multiple of 16).",
@@ -467,51 +532,103 @@ class UniAnimateDiT(Family):
         TEXT_ENCODER,
         IMAGE_ENCODER,
         Component(
-            name="pose_encoder", kind="image_encoder", module="pose_encoder",
-            inputs=specs(TensorSpec("pose_frames", "float32", ("batch", 3, "pose_frames", "height", "width"), sample=_pose_pixels)),
-            outputs=specs(TensorSpec("pose_features", "float32", ("batch", "pose_dim", "latent_frames", "grid_height", "grid_width"))),
-            dims=_pose_dims, wrapper=lambda ref: PoseEncoderExport(ref.module("pose_encoder")),
-            reference=_pose_reference, precision=Precision(keep_fp32=("*",), note="fp32 compute, bf16-rounded output (original)"),
-        ),
-        Component(
-            name="ref_pose_encoder", kind="image_encoder", module="ref_pose_encoder",
-            inputs=specs(TensorSpec("ref_pose", "float32", ("batch", 3, "height", "width"), sample=_pose_pixels)),
-            outputs=specs(TensorSpec("ref_pose_features", "float32", ("batch", "ref_pose_channels", "latent_height", "latent_width"))),
-            dims=_ref_pose_dims, wrapper=lambda ref: RefPoseEncoderExport(ref.module("ref_pose_encoder")),
-            reference=_ref_pose_reference, precision=Precision(keep_fp32=("*",), note="fp32 compute, bf16-rounded output (original)"),
-        ),
-        Component(
-            name="transformer", kind="denoiser", module="transformer",
+            name="pose_encoder",
+            kind="image_encoder",
+            module="pose_encoder",
             inputs=specs(
-                TensorSpec("hidden_states", "float32", ("batch", "in_channels", "latent_frames", "latent_height", "latent_width")),
+                TensorSpec(
+                    "pose_frames", "float32", ("batch", 3, "pose_frames", "height", "width"), sample=_pose_pixels
+                )
+            ),
+            outputs=specs(
+                TensorSpec(
+                    "pose_features", "float32", ("batch", "pose_dim", "latent_frames", "grid_height", "grid_width")
+                )
+            ),
+            dims=_pose_dims,
+            wrapper=lambda ref: PoseEncoderExport(ref.module("pose_encoder")),
+            reference=_pose_reference,
+            precision=Precision(keep_fp32=("*",), note="fp32 compute, bf16-rounded output (original)"),
+        ),
+        Component(
+            name="ref_pose_encoder",
+            kind="image_encoder",
+            module="ref_pose_encoder",
+            inputs=specs(TensorSpec("ref_pose", "float32", ("batch", 3, "height", "width"), sample=_pose_pixels)),
+            outputs=specs(
+                TensorSpec(
+                    "ref_pose_features", "float32", ("batch", "ref_pose_channels", "latent_height", "latent_width")
+                )
+            ),
+            dims=_ref_pose_dims,
+            wrapper=lambda ref: RefPoseEncoderExport(ref.module("ref_pose_encoder")),
+            reference=_ref_pose_reference,
+            precision=Precision(keep_fp32=("*",), note="fp32 compute, bf16-rounded output (original)"),
+        ),
+        Component(
+            name="transformer",
+            kind="denoiser",
+            module="transformer",
+            inputs=specs(
+                TensorSpec(
+                    "hidden_states",
+                    "float32",
+                    ("batch", "in_channels", "latent_frames", "latent_height", "latent_width"),
+                ),
                 TensorSpec("timestep", "float32", ("batch",), sample="timestep"),
                 TensorSpec("encoder_hidden_states", "float32", ("batch", "text_length", "text_dim")),
                 TensorSpec("encoder_hidden_states_image", "float32", ("batch", "image_tokens", "image_dim")),
-                TensorSpec("pose_features", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")),
+                TensorSpec(
+                    "pose_features", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")
+                ),
             ),
-            outputs=specs(TensorSpec("noise_pred", "float32", ("batch", "out_channels", "latent_frames", "latent_height", "latent_width")),
-                          TensorSpec("residual", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width"))),
-            dims=_transformer_dims, wrapper=lambda ref: UniAnimateTransformerExport(ref.module("transformer")),
-            reference=_transformer_reference, precision=DIT_PRECISION,
-        ),
-        Component(
-            name="transformer_skip", kind="denoiser", module="transformer",
-            inputs=specs(
-                TensorSpec("hidden_states", "float32", ("batch", "in_channels", "latent_frames", "latent_height", "latent_width")),
-                TensorSpec("timestep", "float32", ("batch",), sample="timestep"),
-                TensorSpec("pose_features", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")),
+            outputs=specs(
+                TensorSpec(
+                    "noise_pred", "float32", ("batch", "out_channels", "latent_frames", "latent_height", "latent_width")
+                ),
                 TensorSpec("residual", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")),
             ),
-            outputs=specs(TensorSpec("noise_pred", "float32", ("batch", "out_channels", "latent_frames", "latent_height", "latent_width"))),
-            dims=_transformer_dims, wrapper=lambda ref: TransformerSkipExport(ref.module("transformer")),
-            reference=_skip_reference, precision=DIT_PRECISION,
+            dims=_transformer_dims,
+            wrapper=lambda ref: UniAnimateTransformerExport(ref.module("transformer")),
+            reference=_transformer_reference,
+            precision=DIT_PRECISION,
         ),
         Component(
-            name="time_embedding", kind="denoiser", module="transformer",
+            name="transformer_skip",
+            kind="denoiser",
+            module="transformer",
+            inputs=specs(
+                TensorSpec(
+                    "hidden_states",
+                    "float32",
+                    ("batch", "in_channels", "latent_frames", "latent_height", "latent_width"),
+                ),
+                TensorSpec("timestep", "float32", ("batch",), sample="timestep"),
+                TensorSpec(
+                    "pose_features", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")
+                ),
+                TensorSpec("residual", "float32", ("batch", "inner_dim", "latent_frames", "grid_height", "grid_width")),
+            ),
+            outputs=specs(
+                TensorSpec(
+                    "noise_pred", "float32", ("batch", "out_channels", "latent_frames", "latent_height", "latent_width")
+                )
+            ),
+            dims=_transformer_dims,
+            wrapper=lambda ref: TransformerSkipExport(ref.module("transformer")),
+            reference=_skip_reference,
+            precision=DIT_PRECISION,
+        ),
+        Component(
+            name="time_embedding",
+            kind="denoiser",
+            module="transformer",
             inputs=specs(TensorSpec("timestep", "float32", ("batch",), sample="timestep")),
             outputs=specs(TensorSpec("t_mod", "float32", ("batch", 6, "inner_dim"))),
-            dims=_transformer_dims, wrapper=lambda ref: TimeEmbeddingExport(ref.module("transformer")),
-            reference=_time_reference, precision=DIT_PRECISION,
+            dims=_transformer_dims,
+            wrapper=lambda ref: TimeEmbeddingExport(ref.module("transformer")),
+            reference=_time_reference,
+            precision=DIT_PRECISION,
         ),
         *wan_vae.chunk_components(_vae_dims),
     )
@@ -522,25 +639,37 @@ class UniAnimateDiT(Family):
     reference_backend = "torch"  # no library pipeline: the same loop on the torch backend is the reference
     roundings = (  # the original's hard-coded .to(torch.bfloat16) of both pose features (UNIANIMATE.md 9.3)
         Rounding("pose_encoder", "pose_features", "bfloat16", why="dwpose_embedding(...).to(torch.bfloat16)"),
-        Rounding("ref_pose_encoder", "ref_pose_features", "bfloat16", why="randomref_embedding_pose(...).to(torch.bfloat16)"),
+        Rounding(
+            "ref_pose_encoder", "ref_pose_features", "bfloat16", why="randomref_embedding_pose(...).to(torch.bfloat16)"
+        ),
     )
     run_options = (
         Option("image", "The reference image (the person to animate).", type="path", required=True),
         Option("pose_video", "Rendered pose frames (MP4, GIF or a folder of frames).", type="path", required=True),
         Option("ref_pose", "The reference image's rendered pose (an image).", type="path", required=True),
-        Option("resize_pose", "Resize pose frames of another size to --height/--width (PIL bilinear, as the original's "
-                              "example does).", type="flag"),
+        Option(
+            "resize_pose",
+            "Resize pose frames of another size to --height/--width (PIL bilinear, as the original's example does).",
+            type="flag",
+        ),
         Option("prompt", "What to generate.", default="a person is dancing"),
         COMMON_RUN_OPTIONS[1],
         Option("steps", "Denoising steps.", type="int", default=50, low=1),
-        Option("guidance_scale", "CFG scale (1 disables CFG; the negative branch gets no pose).", type="float", default=1.5),
+        Option(
+            "guidance_scale", "CFG scale (1 disables CFG; the negative branch gets no pose).", type="float", default=1.5
+        ),
         Option("height", "Pixels; default: the export's opt height.", type="int"),
         Option("width", "Pixels; default: the export's opt width.", type="int"),
         Option("long_video", "Long video: overlapping windows of --context-frames latent frames.", type="flag"),
         Option("context_frames", "Long video: latent frames per window.", type="int", default=21, low=1),
         Option("context_overlap", "Long video: latent frames two windows share (>= 2).", type="int", default=4),
-        Option("teacache", "TeaCache threshold (the original uses 0.3): skip DiT calls its rule allows.", type="float",
-               low=0.0, low_open=True),
+        Option(
+            "teacache",
+            "TeaCache threshold (the original uses 0.3): skip DiT calls its rule allows.",
+            type="float",
+            low=0.0,
+            low_open=True,
+        ),
         Option("untiled", "Decode the whole video at once instead of the original's 30x52-latent tiles.", type="flag"),
         Option("fps", "Frames per second of an .mp4 / .gif output.", type="int", default=15, low=1),
     )
@@ -557,40 +686,74 @@ class UniAnimateDiT(Family):
         ref_pose = load_image(options["ref_pose"], option="--ref-pose")
         poses = load_video(options["pose_video"], option="--pose-video")
         resize = bool(options.get("resize_pose"))
-        poses = check_frame_size(poses, option="--pose-video", height=height, width=width, path=options["pose_video"],
-                                 resize=resize, resize_flag="--resize-pose", resample="bilinear")
+        poses = check_frame_size(
+            poses,
+            option="--pose-video",
+            height=height,
+            width=width,
+            path=options["pose_video"],
+            resize=resize,
+            resize_flag="--resize-pose",
+            resample="bilinear",
+        )
         if ref_pose.size != (width, height):
             if not resize:
-                raise InputError(f"--ref-pose {options['ref_pose']}: {ref_pose.size[0]}x{ref_pose.size[1]} (WxH), expected "
-                                 f"{width}x{height}; not resized: pass --resize-pose to resize it (PIL bilinear)")
+                raise InputError(
+                    f"--ref-pose {options['ref_pose']}: {ref_pose.size[0]}x{ref_pose.size[1]} (WxH), expected "
+                    f"{width}x{height}; not resized: pass --resize-pose to resize it (PIL bilinear)"
+                )
             ref_pose = ref_pose.resize((width, height), resample=_bilinear())
         long_video = bool(options.get("long_video"))
-        kwargs: dict[str, Any] = {"image": image, "ref_pose": ref_pose, "prompt": options["prompt"],
-                                  "negative_prompt": options["negative_prompt"], "height": height,
-                                  "width": width, "num_inference_steps": options["steps"],
-                                  "guidance_scale": options["guidance_scale"], "long_video": long_video,
-                                  "tiled": not options.get("untiled"), "teacache": options.get("teacache")}
+        kwargs: dict[str, Any] = {
+            "image": image,
+            "ref_pose": ref_pose,
+            "prompt": options["prompt"],
+            "negative_prompt": options["negative_prompt"],
+            "height": height,
+            "width": width,
+            "num_inference_steps": options["steps"],
+            "guidance_scale": options["guidance_scale"],
+            "long_video": long_video,
+            "tiled": not options.get("untiled"),
+            "teacache": options.get("teacache"),
+        }
         if kwargs["teacache"] is not None:
             if kwargs["teacache"] <= 0:
-                raise InputError(f"--teacache {kwargs['teacache']}: expected a positive threshold (the original uses 0.3)")
+                raise InputError(
+                    f"--teacache {kwargs['teacache']}: expected a positive threshold (the original uses 0.3)"
+                )
             missing = [c for c in TEACACHE_COMPONENTS if c not in context.components]
             if missing:
-                raise InputError(f"--teacache needs the {', '.join(missing)} component(s), which this export lacks; re-export")
+                raise InputError(
+                    f"--teacache needs the {', '.join(missing)} component(s), which this export lacks; re-export"
+                )
         if long_video:
             size, overlap = options["context_frames"], options["context_overlap"]
             if not 2 <= overlap < size:
-                raise InputError(f"--context-overlap {overlap}: expected at least 2 and fewer than --context-frames {size}")
+                raise InputError(
+                    f"--context-overlap {overlap}: expected at least 2 and fewer than --context-frames {size}"
+                )
             usable = (len(poses) - 1) // 4 * 4 + 1  # the original rounds a long video down to 4k+1 frames
             context_windows((usable - 1) // 4 + 1, size, overlap)
             kwargs.update(pose_video=poses[:usable], context_frames=size, context_overlap=overlap)
         else:
             if len(poses) % 4 != 1:
-                raise InputError(f"--pose-video has {len(poses)} frames: a short video needs 4k+1 pose frames (5, 9, ..., 81); "
-                                 f"use --long-video for longer ones")
+                raise InputError(
+                    f"--pose-video has {len(poses)} frames: a short video needs 4k+1 pose frames (5, 9, ..., 81); "
+                    f"use --long-video for longer ones"
+                )
             kwargs["pose_video"] = poses
-        return Request("UniAnimateLoop", kwargs, output_format="video", fps=options["fps"],
-                       shape_sources={"frames": f"--pose-video {options['pose_video']} frames" if not long_video
-                                      else f"--context-frames {kwargs.get('context_frames')} window frames"})
+        return Request(
+            "UniAnimateLoop",
+            kwargs,
+            output_format="video",
+            fps=options["fps"],
+            shape_sources={
+                "frames": f"--pose-video {options['pose_video']} frames"
+                if not long_video
+                else f"--context-frames {kwargs.get('context_frames')} window frames"
+            },
+        )
 
     def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         k = request.kwargs
@@ -617,8 +780,12 @@ class UniAnimateDiT(Family):
         def frames(n: int) -> list:
             return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
 
-        return {"ref.png": frames(1)[0], "pose.png": frames(1)[0], "poses": frames(env["frames"].opt),
-                "poses-long": frames(17)}
+        return {
+            "ref.png": frames(1)[0],
+            "pose.png": frames(1)[0],
+            "poses": frames(env["frames"].opt),
+            "poses-long": frames(17),
+        }
 
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
         import numpy as np
@@ -629,17 +796,42 @@ class UniAnimateDiT(Family):
         rng = np.random.default_rng(0)
         image = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
         poses = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(f)]
-        base = {"image": image, "ref_pose": poses[0], "pose_video": poses, "prompt": "a person is dancing",
-                "negative_prompt": "blurry", "height": h, "width": w, "num_inference_steps": 3, "guidance_scale": 1.5,
-                "long_video": False, "tiled": True, "teacache": None}
+        base = {
+            "image": image,
+            "ref_pose": poses[0],
+            "pose_video": poses,
+            "prompt": "a person is dancing",
+            "negative_prompt": "blurry",
+            "height": h,
+            "width": w,
+            "num_inference_steps": 3,
+            "guidance_scale": 1.5,
+            "long_video": False,
+            "tiled": True,
+            "teacache": None,
+        }
         window = (env["frames"].min - 1) // 4 + 1 + 1  # two windows at least: one more latent frame than the smallest
         requests = [("short", Request("UniAnimateLoop", base, output_format="video"))]
         if (f - 1) // 4 + 1 > window >= 3:
-            requests.append(("long", Request("UniAnimateLoop", {**base, "long_video": True, "context_frames": window,
-                                                                "context_overlap": 2}, output_format="video")))
+            requests.append(
+                (
+                    "long",
+                    Request(
+                        "UniAnimateLoop",
+                        {**base, "long_video": True, "context_frames": window, "context_overlap": 2},
+                        output_format="video",
+                    ),
+                )
+            )
         if all(c in context.components for c in TEACACHE_COMPONENTS):
-            requests.append(("teacache", Request("UniAnimateLoop", {**base, "num_inference_steps": 6, "teacache": 1e6},
-                                                 output_format="video")))
+            requests.append(
+                (
+                    "teacache",
+                    Request(
+                        "UniAnimateLoop", {**base, "num_inference_steps": 6, "teacache": 1e6}, output_format="video"
+                    ),
+                )
+            )
         return requests
 
     def axes(self, ref: Reference) -> tuple[Axis, ...]:
@@ -669,8 +861,9 @@ class UniAnimateDiT(Family):
         needed = {"text_encoder", "tokenizer", "image_encoder", "image_processor", "transformer", "vae", "scheduler"}
         missing = sorted(needed - set(found))
         if missing:
-            raise CheckpointError(f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a "
-                                  f"Wan2.1-I2V {PIPELINE} folder")
+            raise CheckpointError(
+                f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a Wan2.1-I2V {PIPELINE} folder"
+            )
         state = read_checkpoint(checkpoint.path)
         pose, ref_pose = pose_encoders(state, checkpoint.path)
         base = found["transformer"][0]
@@ -681,21 +874,31 @@ class UniAnimateDiT(Family):
             return model
 
         modules = Modules.from_found(
-            found, {"transformer": lambda: merged_weights(found["transformer"][2](), state, checkpoint.path)},
-            transformer=transformer, pose_encoder=lambda: pose, ref_pose_encoder=lambda: ref_pose)
+            found,
+            {"transformer": lambda: merged_weights(found["transformer"][2](), state, checkpoint.path)},
+            transformer=transformer,
+            pose_encoder=lambda: pose,
+            ref_pose_encoder=lambda: ref_pose,
+        )
         ref = Reference(self.name, "default", tuple(sources), modules, pipeline="UniAnimateLoop")
         wan_vae.check_vae(ref)
         if ref.config("transformer").image_dim is None:
-            raise CheckpointError(f"{source / 'transformer'} is a text-to-video WanTransformer3DModel (no image_dim): "
-                                  f"UniAnimate-DiT is built on Wan2.1-I2V")
+            raise CheckpointError(
+                f"{source / 'transformer'} is a text-to-video WanTransformer3DModel (no image_dim): "
+                f"UniAnimate-DiT is built on Wan2.1-I2V"
+            )
         cfg = ref.config("transformer")
         if _pose_width(ref) != cfg.num_attention_heads * cfg.attention_head_dim:
-            raise CheckpointError(f"--checkpoint {checkpoint.path}: the pose encoder outputs {_pose_width(ref)} channels, "
-                                  f"the transformer is {cfg.num_attention_heads * cfg.attention_head_dim} wide: a "
-                                  f"checkpoint for another base model")
+            raise CheckpointError(
+                f"--checkpoint {checkpoint.path}: the pose encoder outputs {_pose_width(ref)} channels, "
+                f"the transformer is {cfg.num_attention_heads * cfg.attention_head_dim} wide: a "
+                f"checkpoint for another base model"
+            )
         if ref_pose[-1].out_channels != 4 + ref.config("vae").z_dim:
-            raise CheckpointError(f"--checkpoint {checkpoint.path}: the reference-pose encoder outputs "
-                                  f"{ref_pose[-1].out_channels} channels, the I2V conditioning has {4 + ref.config('vae').z_dim}")
+            raise CheckpointError(
+                f"--checkpoint {checkpoint.path}: the reference-pose encoder outputs "
+                f"{ref_pose[-1].out_channels} channels, the I2V conditioning has {4 + ref.config('vae').z_dim}"
+            )
         return ref
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
@@ -705,8 +908,10 @@ class UniAnimateDiT(Family):
         variant = self.random_choice(variant, preset)
         parts = _random_parts(preset, seed)
         WanImageToVideoPipeline(**parts).save_pretrained(dest)
-        torch.save(random_checkpoint(parts["transformer"], z_dim=parts["vae"].config.z_dim, seed=seed + 1),
-                   Path(dest) / RANDOM_CHECKPOINT)
+        torch.save(
+            random_checkpoint(parts["transformer"], z_dim=parts["vae"].config.z_dim, seed=seed + 1),
+            Path(dest) / RANDOM_CHECKPOINT,
+        )
         write_random_marker(Path(dest), family=self.name, variant=variant, preset=preset, seed=seed)
         return Path(dest)
 
@@ -730,8 +935,15 @@ def random_checkpoint(transformer: nn.Module, *, z_dim: int, rank: int = 2, seed
             state[f"{prefix}.lora_A.default.weight"] = torch.randn(rank, in_features, generator=gen) * 0.1
             state[f"{prefix}.lora_B.default.weight"] = torch.randn(out_features, rank, generator=gen) * 0.1
     inner = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-    shapes = {0: (16, 3, 3, 3, 3), 2: (16, 16, 3, 3, 3), 4: (16, 16, 3, 3, 3), 6: (16, 16, 3, 3, 3), 8: (16, 16, 3, 3, 3),
-              10: (16, 16, 3, 3, 3), 12: (inner, 16, 1, 2, 2)}
+    shapes = {
+        0: (16, 3, 3, 3, 3),
+        2: (16, 16, 3, 3, 3),
+        4: (16, 16, 3, 3, 3),
+        6: (16, 16, 3, 3, 3),
+        8: (16, 16, 3, 3, 3),
+        10: (16, 16, 3, 3, 3),
+        12: (inner, 16, 1, 2, 2),
+    }
     for index, shape in shapes.items():
         state[f"{POSE_PREFIX}{index}.weight"] = torch.randn(shape, generator=gen) / math.sqrt(math.prod(shape[1:]))
         state[f"{POSE_PREFIX}{index}.bias"] = torch.randn(shape[0], generator=gen) * 0.01
@@ -754,11 +966,20 @@ def _random_parts(preset: str, seed: int) -> dict[str, Any]:
     heads, head_dim = (40, 128) if bench else (2, 12)
     z = parts["vae"].config.z_dim
     parts["transformer"] = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=2 * z + 4,
-        out_channels=z, text_dim=parts["text_encoder"].config.d_model, freq_dim=256 if bench else 32,
-        ffn_dim=13824 if bench else 32, num_layers=1 if bench else 2, cross_attn_norm=True,
-        image_dim=parts["image_encoder"].config.hidden_size, added_kv_proj_dim=heads * head_dim,
-        rope_max_seq_len=1024 if bench else 32)
+        patch_size=(1, 2, 2),
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=2 * z + 4,
+        out_channels=z,
+        text_dim=parts["text_encoder"].config.d_model,
+        freq_dim=256 if bench else 32,
+        ffn_dim=13824 if bench else 32,
+        num_layers=1 if bench else 2,
+        cross_attn_norm=True,
+        image_dim=parts["image_encoder"].config.hidden_size,
+        added_kv_proj_dim=heads * head_dim,
+        rope_max_seq_len=1024 if bench else 32,
+    )
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=5.0)
     return parts
 
@@ -810,8 +1031,9 @@ def teacache_rescale(rel_l1: float) -> float:
 def teacache_distances(t_mods: list[torch.Tensor]) -> list[float]:
     """TeaCache's rescaled distance of each call from the previous one (none for the first):
     ``poly(mean|t_mod - prev| / mean|prev|)`` over the whole ``t_mod``, in its dtype."""
-    return [teacache_rescale(float((cur - prev).abs().mean() / prev.abs().mean()))
-            for prev, cur in zip(t_mods, t_mods[1:])]
+    return [
+        teacache_rescale(float((cur - prev).abs().mean() / prev.abs().mean())) for prev, cur in zip(t_mods, t_mods[1:])
+    ]
 
 
 def teacache_plan(t_mods: list[torch.Tensor], threshold: float) -> list[bool]:
@@ -836,15 +1058,23 @@ def teacache_plan(t_mods: list[torch.Tensor], threshold: float) -> list[bool]:
 def context_windows(latent_frames: int, size: int, overlap: int) -> list[list[int]]:
     """The original's windows (its context scheduler at step 0), the last one moved to the end."""
     if latent_frames < size:
-        raise InputError(f"--long-video needs at least {size} latent frames ({4 * size - 3} pose frames) for one "
-                         f"window of --context-frames {size}; the pose video gives {latent_frames}")
-    windows = [[(j + e) % latent_frames for e in range(size)] for j in range(0, latent_frames - overlap, size - overlap)]
+        raise InputError(
+            f"--long-video needs at least {size} latent frames ({4 * size - 3} pose frames) for one "
+            f"window of --context-frames {size}; the pose video gives {latent_frames}"
+        )
+    windows = [
+        [(j + e) % latent_frames for e in range(size)] for j in range(0, latent_frames - overlap, size - overlap)
+    ]
     windows[-1] = list(range(latent_frames - size, latent_frames))
     return windows
 
 
-def long_video_step(latents: torch.Tensor, windows: list[list[int]], first: list[torch.Tensor],
-                    step_window: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def long_video_step(
+    latents: torch.Tensor,
+    windows: list[list[int]],
+    first: list[torch.Tensor],
+    step_window: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """One step of the original's long-video loop: window ``k``'s latents with its first two latent
     frames replaced by its private state ``first[k]`` are stepped by ``step_window(k, x)``; the
     private state becomes the stepped first two frames (``first`` is updated in place); the new
@@ -876,8 +1106,9 @@ def _tile_mask(length: int, start_border: bool, end_border: bool, ramp: int) -> 
     return mask
 
 
-def tiled_decode(decode: Any, z: torch.Tensor, scale: int, tile: tuple[int, int] = TILE,
-                 stride: tuple[int, int] = TILE_STRIDE) -> torch.Tensor:
+def tiled_decode(
+    decode: Any, z: torch.Tensor, scale: int, tile: tuple[int, int] = TILE, stride: tuple[int, int] = TILE_STRIDE
+) -> torch.Tensor:
     """The original's tiled decode (``WanVideoVAE.tiled_decode``): tiles of ``tile`` latents every
     ``stride`` (the original's 30x52 every 15x26 by default), each decoded unclamped and blended with
     linear ramps on the edges that are not the image's, then clamped."""
@@ -888,7 +1119,7 @@ def tiled_decode(decode: Any, z: torch.Tensor, scale: int, tile: tuple[int, int]
     values = weight = None
     for h in rows:
         for w in cols:
-            tile = decode(z[:, :, :, h:h + th, w:w + tw])
+            tile = decode(z[:, :, :, h : h + th, w : w + tw])
             hh, ww = tile.shape[3], tile.shape[4]
             mask = torch.minimum(
                 _tile_mask(hh, h == 0, h + th >= height, (th - sh) * scale)[:, None],
@@ -897,8 +1128,8 @@ def tiled_decode(decode: Any, z: torch.Tensor, scale: int, tile: tuple[int, int]
             if values is None:
                 values = tile.new_zeros(*tile.shape[:3], height * scale, width * scale)
                 weight = values.new_zeros(1, 1, 1, height * scale, width * scale)
-            values[:, :, :, h * scale:h * scale + hh, w * scale:w * scale + ww] += tile * mask
-            weight[:, :, :, h * scale:h * scale + hh, w * scale:w * scale + ww] += mask
+            values[:, :, :, h * scale : h * scale + hh, w * scale : w * scale + ww] += tile * mask
+            weight[:, :, :, h * scale : h * scale + hh, w * scale : w * scale + ww] += mask
     return (values / weight).clamp(-1.0, 1.0)
 
 
@@ -932,11 +1163,18 @@ class UniAnimateLoop:
 
     # -- conditions -------------------------------------------------------------------
     def _text(self, prompt: str) -> torch.Tensor:
-        enc = self.tokenizer(clean_prompt(prompt), padding="max_length", max_length=TEXT_LENGTH, truncation=True,
-                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        enc = self.tokenizer(
+            clean_prompt(prompt),
+            padding="max_length",
+            max_length=TEXT_LENGTH,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         ids, mask = enc.input_ids, enc.attention_mask
         emb = self._run("text_encoder", {"input_ids": ids, "attention_mask": mask})["last_hidden_state"].clone()
-        emb[:, int(mask.sum()):] = 0
+        emb[:, int(mask.sum()) :] = 0
         return emb
 
     def _reference(self, image: Any, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -971,12 +1209,22 @@ class UniAnimateLoop:
     def _dit(self, latents, t, text, clip, y, pose, key, compute, residuals):
         hidden = torch.cat([latents, y], dim=1)
         if compute or key not in residuals:
-            out = self._run("transformer", {"hidden_states": hidden, "timestep": t, "encoder_hidden_states": text,
-                                            "encoder_hidden_states_image": clip, "pose_features": pose})
+            out = self._run(
+                "transformer",
+                {
+                    "hidden_states": hidden,
+                    "timestep": t,
+                    "encoder_hidden_states": text,
+                    "encoder_hidden_states_image": clip,
+                    "pose_features": pose,
+                },
+            )
             residuals[key] = out["residual"]
             return out["noise_pred"]
-        return self._run("transformer_skip", {"hidden_states": hidden, "timestep": t, "pose_features": pose,
-                                              "residual": residuals[key]})["noise_pred"]
+        return self._run(
+            "transformer_skip",
+            {"hidden_states": hidden, "timestep": t, "pose_features": pose, "residual": residuals[key]},
+        )["noise_pred"]
 
     def _velocity(self, x, t, cond, key, compute, residuals):
         text_pos, text_neg, clip, y, pose, cfg = cond
@@ -987,15 +1235,34 @@ class UniAnimateLoop:
         return v_neg + cfg * (v_pos - v_neg)
 
     # -- the whole run -------------------------------------------------------------------
-    def __call__(self, *, image, pose_video, ref_pose, prompt="", negative_prompt="", height, width,
-                 num_inference_steps=50, guidance_scale=1.5, long_video=False, context_frames=21, context_overlap=4,
-                 teacache=None, tiled=True, generator=None, output_type="np") -> _Output:
+    def __call__(
+        self,
+        *,
+        image,
+        pose_video,
+        ref_pose,
+        prompt="",
+        negative_prompt="",
+        height,
+        width,
+        num_inference_steps=50,
+        guidance_scale=1.5,
+        long_video=False,
+        context_frames=21,
+        context_overlap=4,
+        teacache=None,
+        tiled=True,
+        generator=None,
+        output_type="np",
+    ) -> _Output:
 
         pose = torch.from_numpy(_stack(pose_video)).permute(3, 0, 1, 2)[None].float()  # (1, 3, F, H, W) 0..255
         frames = pose.shape[2]
         latent_frames = (frames - 1) // 4 + 1
         z_dim = self.graphs.config.z_dim
-        noise = torch.randn((1, z_dim, latent_frames, height // 8, width // 8), generator=generator, dtype=torch.float32)
+        noise = torch.randn(
+            (1, z_dim, latent_frames, height // 8, width // 8), generator=generator, dtype=torch.float32
+        )
         if long_video:
             windows = context_windows(latent_frames, context_frames, context_overlap)
             first = [torch.randn((1, z_dim, 2, height // 8, width // 8), generator=generator) for _ in windows]
@@ -1005,12 +1272,14 @@ class UniAnimateLoop:
         text_pos = self._text(prompt)
         text_neg = self._text(negative_prompt) if guidance_scale != 1.0 else None
         clip, y = self._reference(image, window_frames, height, width)
-        ref = self._run("ref_pose_encoder", {"ref_pose": torch.from_numpy(_stack([ref_pose])[0]).permute(2, 0, 1)[None].float()})
+        ref = self._run(
+            "ref_pose_encoder", {"ref_pose": torch.from_numpy(_stack([ref_pose])[0]).permute(2, 0, 1)[None].float()}
+        )
         y = y + ref["ref_pose_features"][:, :, None]
-        poses = [self._pose(pose[:, :, 4 * win[0]: 4 * win[-1] + 1]) for win in windows]
+        poses = [self._pose(pose[:, :, 4 * win[0] : 4 * win[-1] + 1]) for win in windows]
 
         sigmas = flow_schedule(num_inference_steps)
-        timesteps = [sigmas[i:i + 1] * 1000 for i in range(num_inference_steps)]
+        timesteps = [sigmas[i : i + 1] * 1000 for i in range(num_inference_steps)]
         plan = [True] * num_inference_steps
         if teacache is not None:
             plan = teacache_plan([self._run("time_embedding", {"timestep": t})["t_mod"] for t in timesteps], teacache)
@@ -1019,7 +1288,9 @@ class UniAnimateLoop:
         for i in self.progress_bar(range(num_inference_steps)):
             t = timesteps[i]
             if not long_video:
-                v = self._velocity(latents, t, (text_pos, text_neg, clip, y, poses[0], guidance_scale), 0, plan[i], residuals)
+                v = self._velocity(
+                    latents, t, (text_pos, text_neg, clip, y, poses[0], guidance_scale), 0, plan[i], residuals
+                )
                 latents = flow_step(latents, v, sigmas, i)
                 continue
 
@@ -1046,4 +1317,3 @@ def _bilinear() -> Any:
     from PIL import Image
 
     return Image.BILINEAR
-

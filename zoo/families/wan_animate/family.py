@@ -22,10 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.models import wan_vae
-from zoo.infra.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.contract import (
-    Transform,
     COMMON_RUN_OPTIONS,
     Axis,
     Component,
@@ -42,9 +39,12 @@ from zoo.contract import (
     RequestContext,
     Sources,
     TensorSpec,
+    Transform,
     specs,
 )
 from zoo.errors import CheckpointError, InputError
+from zoo.infra.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
+from zoo.models import wan_vae
 from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
 
 PIPELINE = "WanAnimatePipeline"
@@ -107,9 +107,15 @@ class WanAnimateTransformerExport(nn.Module):
         super().__init__()
         self.transformer = transformer
 
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                encoder_hidden_states_image: torch.Tensor, pose_hidden_states: torch.Tensor,
-                motion_vec: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor,
+        pose_hidden_states: torch.Tensor,
+        motion_vec: torch.Tensor,
+    ) -> torch.Tensor:
         m = self.transformer
         batch, _, frames, height, width = hidden_states.shape  # (B, C, T+1, h, w)
         p_t, p_h, p_w = m.config.patch_size
@@ -123,7 +129,8 @@ class WanAnimateTransformerExport(nn.Module):
 
         # 2. time, text and image conditions
         temb, timestep_proj, context, context_image = m.condition_embedder(
-            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=None)
+            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=None
+        )
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         context = torch.cat([context_image, context], dim=1)
 
@@ -173,10 +180,15 @@ def _transformer_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) ->
     m.motion_encoder.forward = lambda x: x.new_zeros(x.shape[0], m.config.motion_encoder_dim)
     m.face_encoder.forward = lambda x: given
     try:
-        out = m(hidden_states=feeds["hidden_states"], timestep=feeds["timestep"],
-                encoder_hidden_states=feeds["encoder_hidden_states"],
-                encoder_hidden_states_image=feeds["encoder_hidden_states_image"],
-                pose_hidden_states=feeds["pose_hidden_states"], face_pixel_values=face, return_dict=False)[0]
+        out = m(
+            hidden_states=feeds["hidden_states"],
+            timestep=feeds["timestep"],
+            encoder_hidden_states=feeds["encoder_hidden_states"],
+            encoder_hidden_states_image=feeds["encoder_hidden_states_image"],
+            pose_hidden_states=feeds["pose_hidden_states"],
+            face_pixel_values=face,
+            return_dict=False,
+        )[0]
     finally:
         m.motion_encoder.forward, m.face_encoder.forward = originals
     return {"noise_pred": out}
@@ -233,7 +245,6 @@ def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
     return wan_vae.vae_dims(_batch(env), env, ref)
 
 
-
 def _motion_vec(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
     """Motion vectors as the face encoder gives them: the reference frame's are zeros."""
     vec = torch.randn(shape, generator=gen)
@@ -260,9 +271,18 @@ def _call_image_encoder(runners, pixel_values=None, output_hidden_states=None, *
     return BaseModelOutputWithPooling(hidden_states=(hidden, None))  # the pipeline reads hidden_states[-2]
 
 
-def _call_transformer(runners, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
-                      pose_hidden_states, face_pixel_values, motion_encode_batch_size=None, attention_kwargs=None,
-                      return_dict=True):
+def _call_transformer(
+    runners,
+    hidden_states,
+    timestep,
+    encoder_hidden_states,
+    encoder_hidden_states_image,
+    pose_hidden_states,
+    face_pixel_values,
+    motion_encode_batch_size=None,
+    attention_kwargs=None,
+    return_dict=True,
+):
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
     if attention_kwargs:
@@ -300,7 +320,8 @@ def _check_segments(frames: int, segment: int, prev: int) -> None:
         raise InputError(
             f"--pose-video has {frames} frames: WanAnimatePipeline cannot segment them with --segment-frames {segment} "
             f"and --prev-frames {prev} (its last segment would start at frame {last_start}, leaving fewer than {prev} "
-            f"conditioning frames; it asserts); use longer segments (> {2 * prev}) or --prev-frames 1")
+            f"conditioning frames; it asserts); use longer segments (> {2 * prev}) or --prev-frames 1"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -310,7 +331,9 @@ def _check_segments(frames: int, segment: int, prev: int) -> None:
 
 class WanAnimate(Family):
     name = "wan-animate"
-    description = "Wan2.2-Animate: character animation / replacement (umT5, CLIP vision, face encoder, DiT, Wan VAE chunks)"
+    description = (
+        "Wan2.2-Animate: character animation / replacement (umT5, CLIP vision, face encoder, DiT, Wan VAE chunks)"
+    )
     variants = ("default",)
     random_presets = ("tiny", "bench")
     axis_help = {
@@ -324,32 +347,69 @@ class WanAnimate(Family):
         TEXT_ENCODER,
         IMAGE_ENCODER,
         Component(
-            name="face_encoder", kind="image_encoder", module="transformer",
-            inputs=specs(TensorSpec("face_pixel_values", "float32", ("batch", 3, "face_frames", "face_size", "face_size"),
-                                    sample="pixels")),
-            outputs=specs(TensorSpec("motion_vec", "float32", ("batch", "segment_latent_frames", "face_tokens", "inner_dim"))),
-            dims=_motion_dims, wrapper=lambda ref: FaceEncoderExport(ref.module("transformer")),
+            name="face_encoder",
+            kind="image_encoder",
+            module="transformer",
+            inputs=specs(
+                TensorSpec(
+                    "face_pixel_values",
+                    "float32",
+                    ("batch", 3, "face_frames", "face_size", "face_size"),
+                    sample="pixels",
+                )
+            ),
+            outputs=specs(
+                TensorSpec("motion_vec", "float32", ("batch", "segment_latent_frames", "face_tokens", "inner_dim"))
+            ),
+            dims=_motion_dims,
+            wrapper=lambda ref: FaceEncoderExport(ref.module("transformer")),
             reference=_face_encoder_reference,
             precision=Precision(keep_fp32=("q_t",), note="the motion decomposition (QR basis) in fp32"),
-            derived=lambda ref: {"q_t": Transform(f"Q.T of the QR of {MOTION_WEIGHT} (fp32)",
-                                                  lambda read: motion_basis(read(MOTION_WEIGHT)))},
+            derived=lambda ref: {
+                "q_t": Transform(
+                    f"Q.T of the QR of {MOTION_WEIGHT} (fp32)", lambda read: motion_basis(read(MOTION_WEIGHT))
+                )
+            },
         ),
         Component(
-            name="transformer", kind="denoiser", module="transformer",
+            name="transformer",
+            kind="denoiser",
+            module="transformer",
             inputs=specs(
-                TensorSpec("hidden_states", "float32", ("batch", "in_channels", "segment_latent_frames", "latent_height", "latent_width")),
+                TensorSpec(
+                    "hidden_states",
+                    "float32",
+                    ("batch", "in_channels", "segment_latent_frames", "latent_height", "latent_width"),
+                ),
                 TensorSpec("timestep", "float32", ("batch",), sample="timestep"),
                 TensorSpec("encoder_hidden_states", "float32", ("batch", "text_length", "text_dim")),
                 TensorSpec("encoder_hidden_states_image", "float32", ("batch", "image_tokens", "image_dim")),
-                TensorSpec("pose_hidden_states", "float32", ("batch", "latent_channels", "latent_frames", "latent_height", "latent_width")),
-                TensorSpec("motion_vec", "float32", ("batch", "segment_latent_frames", "face_tokens", "inner_dim"),
-                           sample=_motion_vec),
+                TensorSpec(
+                    "pose_hidden_states",
+                    "float32",
+                    ("batch", "latent_channels", "latent_frames", "latent_height", "latent_width"),
+                ),
+                TensorSpec(
+                    "motion_vec",
+                    "float32",
+                    ("batch", "segment_latent_frames", "face_tokens", "inner_dim"),
+                    sample=_motion_vec,
+                ),
             ),
-            outputs=specs(TensorSpec("noise_pred", "float32", ("batch", "out_channels", "segment_latent_frames", "latent_height", "latent_width"))),
-            dims=_transformer_dims, wrapper=lambda ref: WanAnimateTransformerExport(ref.module("transformer")),
+            outputs=specs(
+                TensorSpec(
+                    "noise_pred",
+                    "float32",
+                    ("batch", "out_channels", "segment_latent_frames", "latent_height", "latent_width"),
+                )
+            ),
+            dims=_transformer_dims,
+            wrapper=lambda ref: WanAnimateTransformerExport(ref.module("transformer")),
             reference=_transformer_reference,
-            precision=Precision(keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
-                                note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)"),
+            precision=Precision(
+                keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
+                note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)",
+            ),
         ),
         *wan_vae.chunk_components(_vae_dims),
     )
@@ -364,14 +424,33 @@ class WanAnimate(Family):
     host_loop = wan_vae.HOST_LOOP
     run_options = (
         Option("image", "The reference image (the character).", type="path", required=True),
-        Option("pose_video", "Pose video (MP4, GIF or a folder of frames); its length is the output's.", type="path", required=True),
-        Option("face_video", "Face video, the same length as the pose video, at the model's face size.", type="path", required=True),
-        Option("mode", "animate: the character in the pose video's motion; replace: into the background video.",
-               type="choice", choices=MODES, default="animate"),
+        Option(
+            "pose_video",
+            "Pose video (MP4, GIF or a folder of frames); its length is the output's.",
+            type="path",
+            required=True,
+        ),
+        Option(
+            "face_video",
+            "Face video, the same length as the pose video, at the model's face size.",
+            type="path",
+            required=True,
+        ),
+        Option(
+            "mode",
+            "animate: the character in the pose video's motion; replace: into the background video.",
+            type="choice",
+            choices=MODES,
+            default="animate",
+        ),
         Option("background_video", "Replace mode: the background video.", type="path"),
         Option("mask_video", "Replace mode: the mask video (white where the character goes).", type="path"),
-        Option("resize_face", "Let WanAnimatePipeline resize face frames of another size to the model's face size "
-                              "(its plain lanczos resize).", type="flag"),
+        Option(
+            "resize_face",
+            "Let WanAnimatePipeline resize face frames of another size to the model's face size "
+            "(its plain lanczos resize).",
+            type="flag",
+        ),
         Option("prompt", "What to generate.", default=""),
         COMMON_RUN_OPTIONS[1],
         COMMON_RUN_OPTIONS[2],
@@ -380,8 +459,13 @@ class WanAnimate(Family):
         Option("height", "Pixels; default: the export's opt height.", type="int"),
         Option("width", "Pixels; default: the export's opt width.", type="int"),
         Option("segment_frames", "Pixel frames per segment (4k+1); default: the export's opt.", type="int"),
-        Option("prev_frames", "Frames of the previous segment that condition the next (1 or 5).", type="choice",
-               choices=("1", "5"), default="1"),
+        Option(
+            "prev_frames",
+            "Frames of the previous segment that condition the next (1 or 5).",
+            type="choice",
+            choices=("1", "5"),
+            default="1",
+        ),
         Option("fps", "Frames per second of an .mp4 / .gif output.", type="int", default=16, low=1),
     )
     request_axes = {"height": "height", "width": "width", "segment_frame_length": "segment_frames"}
@@ -400,7 +484,9 @@ class WanAnimate(Family):
             height, width, segment = Range(32, 32, 48), Range(32, 48, 64), Range(5, 9, 13)
         else:
             height, width, segment = Range(256, 720, 1280), Range(256, 1280, 1280), Range(5, 77, 81)
-        height, width = (Range(*(max(multiple, min(v, ceiling)) for v in (r.min, r.opt, r.max))) for r in (height, width))
+        height, width = (
+            Range(*(max(multiple, min(v, ceiling)) for v in (r.min, r.opt, r.max))) for r in (height, width)
+        )
         segment = Range(*(min(v, frames_ceiling) for v in (segment.min, segment.opt, segment.max)))
         return (
             Axis("batch", Range(1, 1, 1), ceiling=4, help="videos per call"),
@@ -419,11 +505,21 @@ class WanAnimate(Family):
         pose = load_video(options["pose_video"], option="--pose-video")
         face = load_video(options["face_video"], option="--face-video")
         if len(face) != len(pose):
-            raise InputError(f"--face-video has {len(face)} frames, --pose-video {len(pose)}: they must be the same length")
+            raise InputError(
+                f"--face-video has {len(face)} frames, --pose-video {len(pose)}: they must be the same length"
+            )
         size = context.configs["transformer"]["motion_encoder_size"]
         if not options.get("resize_face"):  # with --resize-face the pipeline resizes them itself (lanczos)
-            check_frame_size(face, option="--face-video", height=size, width=size, path=options["face_video"],
-                             resize=False, resize_flag="--resize-face", resample="lanczos")
+            check_frame_size(
+                face,
+                option="--face-video",
+                height=size,
+                width=size,
+                path=options["face_video"],
+                resize=False,
+                resize_flag="--resize-face",
+                resample="lanczos",
+            )
         kwargs: dict[str, Any] = {"image": image, "pose_video": pose, "face_video": face, "mode": mode}
         for name in ("background_video", "mask_video"):
             value = options.get(name)
@@ -432,8 +528,10 @@ class WanAnimate(Family):
                     raise InputError(f"--mode replace needs --{name.replace('_', '-')}")
                 video = load_video(value, option=f"--{name.replace('_', '-')}")
                 if len(video) != len(pose):
-                    raise InputError(f"--{name.replace('_', '-')} has {len(video)} frames, --pose-video {len(pose)}: "
-                                     f"they must be the same length")
+                    raise InputError(
+                        f"--{name.replace('_', '-')} has {len(video)} frames, --pose-video {len(pose)}: "
+                        f"they must be the same length"
+                    )
                 kwargs[name] = video
             elif value is not None:
                 raise InputError(f"--{name.replace('_', '-')} is for --mode replace")
@@ -453,8 +551,7 @@ class WanAnimate(Family):
             num_inference_steps=options["steps"],
             guidance_scale=options["guidance_scale"],
         )
-        return Request(PIPELINE, kwargs, scheduler=options.get("scheduler"), output_format="video",
-                       fps=options["fps"])
+        return Request(PIPELINE, kwargs, scheduler=options.get("scheduler"), output_format="video", fps=options["fps"])
 
     def sample_media(self, ref: Reference) -> dict[str, Any]:
         """A reference image, pose / background / mask videos at the default opt size and a face
@@ -470,10 +567,22 @@ class WanAnimate(Family):
         def frames(n: int, hh: int, ww: int) -> list:
             return [Image.fromarray(rng.integers(0, 255, (hh, ww, 3), dtype=np.uint8)) for _ in range(n)]
 
-        mask = [Image.fromarray(np.pad(np.full((h // 2, w // 2, 3), 255, np.uint8), ((h // 4, h - h // 2 - h // 4),
-                                       (w // 4, w - w // 2 - w // 4), (0, 0)))) for _ in range(17)]
-        return {"ref.png": frames(1, h, w)[0], "pose.mp4": frames(17, h, w), "face.mp4": frames(17, size, size),
-                "bg.mp4": frames(17, h, w), "mask.mp4": mask}
+        mask = [
+            Image.fromarray(
+                np.pad(
+                    np.full((h // 2, w // 2, 3), 255, np.uint8),
+                    ((h // 4, h - h // 2 - h // 4), (w // 4, w - w // 2 - w // 4), (0, 0)),
+                )
+            )
+            for _ in range(17)
+        ]
+        return {
+            "ref.png": frames(1, h, w)[0],
+            "pose.mp4": frames(17, h, w),
+            "face.mp4": frames(17, size, size),
+            "bg.mp4": frames(17, h, w),
+            "mask.mp4": mask,
+        }
 
     def parity_requests(self, context: RequestContext) -> list[tuple[str, Request]]:
         import numpy as np
@@ -488,14 +597,35 @@ class WanAnimate(Family):
         def clip(n: int, hh: int, ww: int) -> list:
             return [Image.fromarray(rng.integers(0, 255, (hh, ww, 3), dtype=np.uint8)) for _ in range(n)]
 
-        base = {"image": clip(1, h, w)[0], "pose_video": clip(frames, h, w), "face_video": clip(frames, size, size),
-                "prompt": "a person dancing", "negative_prompt": "blurry", "height": h, "width": w,
-                "segment_frame_length": s, "prev_segment_conditioning_frames": 1, "num_inference_steps": 2}
+        base = {
+            "image": clip(1, h, w)[0],
+            "pose_video": clip(frames, h, w),
+            "face_video": clip(frames, size, size),
+            "prompt": "a person dancing",
+            "negative_prompt": "blurry",
+            "height": h,
+            "width": w,
+            "segment_frame_length": s,
+            "prev_segment_conditioning_frames": 1,
+            "num_inference_steps": 2,
+        }
         mask = [Image.fromarray((rng.random((h, w)) > 0.5).astype(np.uint8) * 255, "L") for _ in range(frames)]
         return [
             ("animate", Request(PIPELINE, {**base, "mode": "animate", "guidance_scale": 2.0}, output_format="video")),
-            ("replace", Request(PIPELINE, {**base, "mode": "replace", "guidance_scale": 1.0, "background_video": clip(frames, h, w),
-                                           "mask_video": mask}, output_format="video")),
+            (
+                "replace",
+                Request(
+                    PIPELINE,
+                    {
+                        **base,
+                        "mode": "replace",
+                        "guidance_scale": 1.0,
+                        "background_video": clip(frames, h, w),
+                        "mask_video": mask,
+                    },
+                    output_format="video",
+                ),
+            ),
         ]
 
     def output(self, result: Any) -> Any:
@@ -513,14 +643,16 @@ class WanAnimate(Family):
         needed = {"text_encoder", "tokenizer", "image_encoder", "image_processor", "transformer", "vae", "scheduler"}
         missing = sorted(needed - set(found))
         if missing:
-            raise CheckpointError(f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {PIPELINE} folder")
-        ref = Reference(self.name, "default", tuple(sources),
-                        Modules.from_found(found),
-                        pipeline=PIPELINE)
+            raise CheckpointError(
+                f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {PIPELINE} folder"
+            )
+        ref = Reference(self.name, "default", tuple(sources), Modules.from_found(found), pipeline=PIPELINE)
         wan_vae.check_vae(ref)
         if wan_vae.temporal_factor(ref) != 4:
-            raise CheckpointError(f"{source / 'vae'}: this AutoencoderKLWan packs {wan_vae.temporal_factor(ref)} frames per "
-                                  f"latent frame; WanAnimatePipeline assumes 4 (pixel frames 4k+1)")
+            raise CheckpointError(
+                f"{source / 'vae'}: this AutoencoderKLWan packs {wan_vae.temporal_factor(ref)} frames per "
+                f"latent frame; WanAnimatePipeline assumes 4 (pixel frames 4k+1)"
+            )
         return ref
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
@@ -537,8 +669,14 @@ def _random_parts(preset: str, seed: int) -> dict[str, Any]:
     import tempfile
 
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanAnimateTransformer3DModel
-    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config,
-                              UMT5EncoderModel)
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
     from zoo.infra.tiny import build_t5_tokenizer
 
@@ -548,35 +686,87 @@ def _random_parts(preset: str, seed: int) -> dict[str, Any]:
         build_t5_tokenizer(Path(tmp), model_max_length=TEXT_LENGTH)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     text_dim = 4096 if bench else 32
-    text_encoder = UMT5EncoderModel(UMT5Config(
-        vocab_size=len(tokenizer), d_model=text_dim, d_kv=64 if bench else 8, d_ff=10240 if bench else 37,
-        num_layers=1, num_heads=64 if bench else 4, relative_attention_num_buckets=32 if bench else 8,
-        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=text_dim,
+            d_kv=64 if bench else 8,
+            d_ff=10240 if bench else 37,
+            num_layers=1,
+            num_heads=64 if bench else 4,
+            relative_attention_num_buckets=32 if bench else 8,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
     image_dim = 1280 if bench else 16
-    image_encoder = CLIPVisionModel(CLIPVisionConfig(
-        hidden_size=image_dim, intermediate_size=5120 if bench else 32, num_hidden_layers=2,
-        num_attention_heads=16 if bench else 2, image_size=224 if bench else 28, patch_size=14, projection_dim=16))
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=image_dim,
+            intermediate_size=5120 if bench else 32,
+            num_hidden_layers=2,
+            num_attention_heads=16 if bench else 2,
+            image_size=224 if bench else 28,
+            patch_size=14,
+            projection_dim=16,
+        )
+    )
     crop = 224 if bench else 28
     image_processor = CLIPImageProcessor(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop})
     z = 16 if bench else 4
-    vae = AutoencoderKLWan(base_dim=96 if bench else 8, z_dim=z, dim_mult=[1, 2, 4, 4] if bench else [1, 2, 2, 2],
-                           num_res_blocks=2 if bench else 1, temperal_downsample=[False, True, True],
-                           latents_mean=[0.1 * (i % 5) - 0.2 for i in range(z)],
-                           latents_std=[1.0 + 0.25 * (i % 4) for i in range(z)])
+    vae = AutoencoderKLWan(
+        base_dim=96 if bench else 8,
+        z_dim=z,
+        dim_mult=[1, 2, 4, 4] if bench else [1, 2, 2, 2],
+        num_res_blocks=2 if bench else 1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1 * (i % 5) - 0.2 for i in range(z)],
+        latents_std=[1.0 + 0.25 * (i % 4) for i in range(z)],
+    )
     heads, head_dim = (40, 128) if bench else (2, 12)
     transformer = WanAnimateTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=2 * z + 4,
-        latent_channels=z, out_channels=z, text_dim=text_dim, freq_dim=256 if bench else 32,
-        ffn_dim=13824 if bench else 32, num_layers=1 if bench else 2, cross_attn_norm=True, image_dim=image_dim,
-        added_kv_proj_dim=heads * head_dim, rope_max_seq_len=1024 if bench else 32,
-        **({} if bench else dict(motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16,
-                                 motion_style_dim=16, motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16,
-                                 face_encoder_num_heads=2, motion_encoder_batch_size=4)),
+        patch_size=(1, 2, 2),
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=2 * z + 4,
+        latent_channels=z,
+        out_channels=z,
+        text_dim=text_dim,
+        freq_dim=256 if bench else 32,
+        ffn_dim=13824 if bench else 32,
+        num_layers=1 if bench else 2,
+        cross_attn_norm=True,
+        image_dim=image_dim,
+        added_kv_proj_dim=heads * head_dim,
+        rope_max_seq_len=1024 if bench else 32,
+        **(
+            {}
+            if bench
+            else dict(
+                motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16},
+                motion_encoder_size=16,
+                motion_style_dim=16,
+                motion_dim=4,
+                motion_encoder_dim=16,
+                face_encoder_hidden_dim=16,
+                face_encoder_num_heads=2,
+                motion_encoder_batch_size=4,
+            )
+        ),
         inject_face_latents_blocks=1 if bench else 2,
     )
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler,
-            "image_processor": image_processor, "image_encoder": image_encoder, "transformer": transformer}
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "scheduler": scheduler,
+        "image_processor": image_processor,
+        "image_encoder": image_encoder,
+        "transformer": transformer,
+    }
 
 
 FAMILY = WanAnimate()
