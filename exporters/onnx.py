@@ -259,7 +259,7 @@ def export_component(
     }
     return ComponentRecord(
         name=component.name,
-        kind=component.kind,
+        kind=component.tolerance,
         module=component.module,
         file=f"{component.name}/model.onnx",
         size=path.stat().st_size,

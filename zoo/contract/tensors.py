@@ -127,7 +127,9 @@ class Component:
     """
 
     name: str
-    kind: str  # tolerance row: text_encoder | image_encoder | denoiser | vae_encoder | vae_decoder
+    # tolerance class: the row of parity's table (text_encoder | image_encoder | denoiser | vae_encoder |
+    # vae_decoder); the manifest records it under its historical key "kind"
+    tolerance: str
     module: str  # key of the reference module in Reference.modules
     inputs: SpecsFn
     outputs: SpecsFn

@@ -83,7 +83,7 @@ def encoder_component(batch: str, dims: Any) -> Component:
     """``vae_encoder``: ``(batch, 3, height, width)`` pixels -> ``(batch, 2C, h, w)`` distribution parameters."""
     return Component(
         name="vae_encoder",
-        kind="vae_encoder",
+        tolerance="vae_encoder",
         module="vae",
         inputs=specs(TensorSpec("sample", "float32", (batch, 3, "height", "width"), sample="pixels")),
         outputs=specs(
@@ -100,7 +100,7 @@ def decoder_component(batch: str, dims: Any) -> Component:
     """``vae_decoder``: ``(batch, C, h, w)`` latents -> ``(batch, 3, height, width)`` pixels."""
     return Component(
         name="vae_decoder",
-        kind="vae_decoder",
+        tolerance="vae_decoder",
         module="vae",
         inputs=specs(TensorSpec("latent", "float32", (batch, "latent_channels", "latent_height", "latent_width"))),
         outputs=specs(TensorSpec("sample", "float32", (batch, 3, "height", "width"))),

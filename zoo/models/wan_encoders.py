@@ -74,7 +74,7 @@ def _image_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
 
 TEXT_ENCODER = Component(
     name="text_encoder",
-    kind="text_encoder",
+    tolerance="text_encoder",
     module="text_encoder",
     inputs=specs(
         TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids),
@@ -89,7 +89,7 @@ TEXT_ENCODER = Component(
 
 IMAGE_ENCODER = Component(
     name="image_encoder",
-    kind="image_encoder",
+    tolerance="image_encoder",
     module="image_encoder",
     inputs=specs(TensorSpec("pixel_values", "float32", ("batch", 3, "image_size", "image_size"))),
     outputs=specs(TensorSpec("image_embeds", "float32", ("batch", "image_tokens", "image_dim"))),

@@ -261,7 +261,7 @@ def chunk_components(dims: Any) -> tuple[Component, ...]:
             out.append(
                 Component(
                     name=f"vae_{part}_{'first' if first else 'step'}",
-                    kind=f"vae_{part}",
+                    tolerance=f"vae_{part}",
                     module="vae",
                     inputs=inputs,
                     outputs=outputs,

@@ -310,7 +310,7 @@ class AnimateDiff(Family):
     components = (
         Component(
             name="text_encoder",
-            kind="text_encoder",
+            tolerance="text_encoder",
             module="text_encoder",
             inputs=specs(TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids)),
             outputs=specs(TensorSpec("last_hidden_state", "float32", ("batch", "text_length", "hidden_size"))),
@@ -321,7 +321,7 @@ class AnimateDiff(Family):
         ),
         Component(
             name="unet",
-            kind="denoiser",
+            tolerance="denoiser",
             module="unet",
             inputs=specs(
                 TensorSpec(

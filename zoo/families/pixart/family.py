@@ -300,7 +300,7 @@ class PixArt(Family):
     components = (
         Component(
             name="text_encoder",
-            kind="text_encoder",
+            tolerance="text_encoder",
             module="text_encoder",
             inputs=specs(
                 TensorSpec("input_ids", "int64", ("batch", "text_length"), sample=token_ids),
@@ -317,7 +317,7 @@ class PixArt(Family):
         ),
         Component(
             name="transformer",
-            kind="denoiser",
+            tolerance="denoiser",
             module="transformer",
             inputs=_transformer_inputs,
             outputs=specs(

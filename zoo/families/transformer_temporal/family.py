@@ -92,7 +92,7 @@ class TransformerTemporal(Family):
     components = (
         Component(
             name="transformer",
-            kind="denoiser",
+            tolerance="denoiser",
             module="transformer",
             inputs=specs(TensorSpec("hidden_states", "float32", ("batch", "channels", "frames", "height", "width"))),
             outputs=specs(TensorSpec("sample", "float32", ("batch", "channels", "frames", "height", "width"))),

@@ -533,7 +533,7 @@ class UniAnimateDiT(Family):
         IMAGE_ENCODER,
         Component(
             name="pose_encoder",
-            kind="image_encoder",
+            tolerance="image_encoder",
             module="pose_encoder",
             inputs=specs(
                 TensorSpec(
@@ -552,7 +552,7 @@ class UniAnimateDiT(Family):
         ),
         Component(
             name="ref_pose_encoder",
-            kind="image_encoder",
+            tolerance="image_encoder",
             module="ref_pose_encoder",
             inputs=specs(TensorSpec("ref_pose", "float32", ("batch", 3, "height", "width"), sample=_pose_pixels)),
             outputs=specs(
@@ -567,7 +567,7 @@ class UniAnimateDiT(Family):
         ),
         Component(
             name="transformer",
-            kind="denoiser",
+            tolerance="denoiser",
             module="transformer",
             inputs=specs(
                 TensorSpec(
@@ -595,7 +595,7 @@ class UniAnimateDiT(Family):
         ),
         Component(
             name="transformer_skip",
-            kind="denoiser",
+            tolerance="denoiser",
             module="transformer",
             inputs=specs(
                 TensorSpec(
@@ -621,7 +621,7 @@ class UniAnimateDiT(Family):
         ),
         Component(
             name="time_embedding",
-            kind="denoiser",
+            tolerance="denoiser",
             module="transformer",
             inputs=specs(TensorSpec("timestep", "float32", ("batch",), sample="timestep")),
             outputs=specs(TensorSpec("t_mod", "float32", ("batch", 6, "inner_dim"))),

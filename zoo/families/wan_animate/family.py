@@ -348,7 +348,7 @@ class WanAnimate(Family):
         IMAGE_ENCODER,
         Component(
             name="face_encoder",
-            kind="image_encoder",
+            tolerance="image_encoder",
             module="transformer",
             inputs=specs(
                 TensorSpec(
@@ -373,7 +373,7 @@ class WanAnimate(Family):
         ),
         Component(
             name="transformer",
-            kind="denoiser",
+            tolerance="denoiser",
             module="transformer",
             inputs=specs(
                 TensorSpec(
