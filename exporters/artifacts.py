@@ -144,7 +144,7 @@ def clean_stale(final: str | Path) -> list[Path]:
     """Remove staging / set-aside folders and temp files beside ``final`` that a killed process
     left (their pid, in the name, is no longer running). Returns what was removed."""
     final = Path(final)
-    removed = []
+    removed: list[Path] = []
     if not final.parent.is_dir():
         return removed
     prefix = f".{final.name}."

@@ -246,7 +246,7 @@ def _component(root: Path, name: str, d: Any) -> ComponentRecord:
     )
 
 
-def _envelope(d: dict) -> tuple[dict[str, Range], dict[str, Axis]]:
+def _envelope(d: dict[str, Any]) -> tuple[dict[str, Range], dict[str, Axis]]:
     envelope, axes = {}, {}
     for k, v in _get(d, "envelope", dict, "manifest").items():
         where = f"envelope.{k}"
@@ -265,8 +265,8 @@ def _envelope(d: dict) -> tuple[dict[str, Range], dict[str, Axis]]:
     return envelope, axes
 
 
-def _sources(root: Path, d: dict) -> list[dict[str, Any]]:
-    sources = _get(d, "sources", list, "manifest")
+def _sources(root: Path, d: dict[str, Any]) -> list[dict[str, Any]]:
+    sources: list[dict[str, Any]] = _get(d, "sources", list, "manifest")
     if not sources:
         raise _Shape("sources is empty, expected at least the model")
     for i, s in enumerate(sources):

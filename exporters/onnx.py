@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +223,7 @@ def export_component(
                 optimize=build is None,  # the optimizer folds constants: it cannot read meta weights
                 verbose=False,
             )
+            assert program is not None  # dynamo=True returns a program (None is the legacy exporter's)
             if build is not None:  # weights first: the optimizer reads small initializers
                 weight_map = _attach_weights(
                     program.model,
@@ -356,7 +359,7 @@ def _optimize_keeping_weights(model: Any) -> None:
         if not folded.modified:
             break
     for step in (
-        common.RemoveUnusedFunctionsPass(),
+        common.RemoveUnusedFunctionsPass(),  # type: ignore[no-untyped-call]  # onnx_ir leaves its __init__ unannotated
         common.RemoveUnusedOpsetsPass(),
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         common.CommonSubexpressionEliminationPass(),
@@ -404,7 +407,7 @@ def _attach_weights(
     for init_name, value in model.graph.initializers.items():
         read = lazy_value(weight_map["initializers"][init_name], dest)
         value.const_value = ir.LazyTensor(
-            lambda read=read: _ir_tensor(read()), value.dtype, value.shape, name=init_name
+            functools.partial(_read_ir_tensor, read), value.dtype, value.shape, name=init_name
         )
     return weight_map
 
@@ -444,6 +447,10 @@ def _cast_in_graph(model: Any, value: Any, plan: Any) -> Any:
         how="stored (widened to float32 by a Cast in the graph)",
         compute=None,
     )
+
+
+def _read_ir_tensor(read: Callable[[], torch.Tensor]) -> Any:
+    return _ir_tensor(read())
 
 
 def _ir_tensor(t: torch.Tensor) -> Any:
@@ -558,8 +565,20 @@ def checkable(model: Any) -> Iterator[None]:
             stand_in.parent.mkdir(parents=True, exist_ok=True)
             with open(stand_in, "wb") as f:
                 f.truncate(size)
-        with contextlib.chdir(tmp):
+        with _chdir(tmp):
             yield
+
+
+@contextlib.contextmanager
+def _chdir(path: str) -> Iterator[None]:
+    """``contextlib.chdir`` (Python 3.11+) for Python 3.10: ``path`` as the current folder, the previous
+    one restored on exit."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def check_graph(path: Path, component: str) -> None:

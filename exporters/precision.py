@@ -183,7 +183,8 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         items = {k: _map_tensors(v, fn) for k, v in obj.items()}
         if dataclasses.is_dataclass(obj):  # transformers' ModelOutput, diffusers' BaseOutput
             return type(obj)(**items)
-        return type(obj)(items) if type(obj) is not dict else items
+        mapping_type: Any = type(obj)  # a Mapping subclass: its constructor is not Mapping's
+        return mapping_type(items) if mapping_type is not dict else items
     return obj
 
 
@@ -220,10 +221,10 @@ def _add_boundary(module: torch.nn.Module, compute: torch.dtype) -> None:
     """Graph boundary: floating inputs to ``compute`` (per-sample scalars stay fp32), floating
     outputs to float32."""
 
-    def enter(mod, args, kwargs):
+    def enter(mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
         return _cast_floats(args, compute, scalars=False), _cast_floats(kwargs, compute, scalars=False)
 
-    def leave(mod, args, kwargs, output):
+    def leave(mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         return _cast_floats(output, torch.float32)
 
     module.register_forward_pre_hook(enter, with_kwargs=True)
@@ -234,12 +235,12 @@ def _add_island(module: torch.nn.Module, compute: torch.dtype) -> None:
     """fp32 inside; outputs handed back in the dtype the floating inputs came in."""
     came_in: list[torch.dtype] = []  # a stack: an island module may be re-entered
 
-    def enter(mod, args, kwargs):
+    def enter(mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
         dtypes = _float_dtypes((args, kwargs), compute)
         came_in.append(dtypes.pop() if len(dtypes) == 1 else compute)
         return _cast_floats(args, torch.float32), _cast_floats(kwargs, torch.float32)
 
-    def leave(mod, args, kwargs, output):
+    def leave(mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         return _cast_floats(output, came_in.pop() if came_in else compute)
 
     module.register_forward_pre_hook(enter, with_kwargs=True)
@@ -249,7 +250,7 @@ def _add_island(module: torch.nn.Module, compute: torch.dtype) -> None:
 def _add_guard(module: torch.nn.Module, compute: torch.dtype) -> None:
     """A reduced-precision layer takes its floating inputs in its own dtype."""
 
-    def enter(mod, args, kwargs):
+    def enter(mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
         return _cast_floats(args, compute), _cast_floats(kwargs, compute)
 
     module.register_forward_pre_hook(enter, with_kwargs=True)
@@ -296,7 +297,9 @@ def apply_precision(wrapper: torch.nn.Module, policy: Precision, dtype: str, *, 
         if owns_reduced and not any(True for _ in m.children()):
             _add_guard(m, compute)
     _add_boundary(model, compute)
-    model.zoo_precision = plan  # what was done, for logs and the manifest
+    # what was done, for logs and the manifest (torch types Module.__setattr__'s value as Tensor | Module,
+    # though any attribute may be set)
+    model.zoo_precision = plan  # type: ignore[assignment]
     return model
 
 
@@ -328,8 +331,8 @@ class GraphDtypes:
 
     initializers: Mapping[str, int]
     initializer_bytes: Mapping[str, int]
-    ops: Mapping[str, Counter]
-    casts: Counter  # (from, to) -> count
+    ops: Mapping[str, Counter[str]]
+    casts: Counter[tuple[str | None, str]]  # (from, to) -> count; from is None where it is unknown
 
     def count(self, op: str | Iterable[str], dtype: str) -> int:
         ops = (op,) if isinstance(op, str) else tuple(op)
@@ -374,13 +377,13 @@ def graph_dtypes(model: Any) -> GraphDtypes:
     }
 
     def dtype_of(elem_type: int) -> str:
-        n = name(elem_type)
+        n: str = name(elem_type)
         return _ONNX_DTYPES.get(n, n.lower())
 
     graph = model.graph
     types: dict[str, str] = {}
-    inits: Counter = Counter()
-    init_bytes: Counter = Counter()
+    inits: Counter[str] = Counter()
+    init_bytes: Counter[str] = Counter()
     for t in graph.initializer:
         d = dtype_of(t.data_type)
         types[t.name] = d
@@ -398,8 +401,8 @@ def graph_dtypes(model: Any) -> GraphDtypes:
     for v in values:
         if v.type.HasField("tensor_type"):
             types.setdefault(v.name, dtype_of(v.type.tensor_type.elem_type))
-    ops: dict[str, Counter] = {}
-    casts: Counter = Counter()
+    ops: dict[str, Counter[str]] = {}
+    casts: Counter[tuple[str | None, str]] = Counter()
     floats = set(FLOAT_DTYPES) | {"float64"}
     for node in graph.node:
         if node.op_type == "Constant":

@@ -73,7 +73,7 @@ def narrow_dims(record: ComponentRecord, ranges: Mapping[str, Range]) -> dict[st
             )
         dims[name] = Dim(name, r.min, r.opt, r.max, dim.multiple_of)
     for name, dim in dims.items():
-        if dim.is_derived:
+        if dim.of is not None:  # derived
             dims[name] = Dim.derived(name, dims[dim.of], scale=dim.scale, offset=dim.offset)
     return dims
 

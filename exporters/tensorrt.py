@@ -552,7 +552,8 @@ class Entry:
 
     @property
     def component(self) -> str:
-        return self.sidecar["component"]
+        component: str = self.sidecar["component"]
+        return component
 
     @property
     def target(self) -> Target:
@@ -786,7 +787,8 @@ def get_or_build(
 def scan(root: Path) -> tuple[list[Entry], list[str]]:
     """Every entry under ``root/engines`` whose sidecar reads (plans not yet hashed), and the
     problems of those whose sidecar does not."""
-    entries, problems = [], []
+    entries: list[Entry] = []
+    problems: list[str] = []
     folder = engines_dir(root)
     if not folder.is_dir():
         return entries, problems
@@ -923,7 +925,7 @@ def _progress_monitor(desc: str) -> Any:
     import tensorrt as trt
     from tqdm.auto import tqdm
 
-    class Monitor(trt.IProgressMonitor):
+    class Monitor(trt.IProgressMonitor):  # type: ignore[misc]  # tensorrt has no type information: its classes are Any
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.bars: dict[str, Any] = {}
@@ -1005,12 +1007,12 @@ def plan_reader(trt: Any, path: Path) -> Any | None:
     ``IStreamReaderV2`` (11.x, later 10.x): ``read(num_bytes, stream)`` may return fewer bytes
     than asked, so the plan goes over in chunks of :data:`READ_CHUNK`; ``seek(offset, where)``
     with a ``SeekPosition``. ``IStreamReader`` (10.0+): ``read(size)`` returns what is asked."""
-    base = getattr(trt, "IStreamReaderV2", None) or getattr(trt, "IStreamReader", None)
+    base: Any = getattr(trt, "IStreamReaderV2", None) or getattr(trt, "IStreamReader", None)
     if base is None:
         return None
     v2 = base is getattr(trt, "IStreamReaderV2", None)
 
-    class PlanReader(base):  # type: ignore[misc, valid-type]
+    class PlanReader(base):  # type: ignore[misc]  # tensorrt has no type information: its classes are Any
         def __init__(self) -> None:
             base.__init__(self)  # pybind11 trampolines need the base initialised explicitly
             self.file = open(path, "rb")

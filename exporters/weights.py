@@ -227,7 +227,7 @@ def read_range(path: Path, offset: int, length: int, dtype: str, shape: tuple[in
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The tensor's bytes, without a copy (a view of its memory)."""
     t = t.detach().contiguous().cpu()
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+    return t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else memoryview(b"")
 
 
 # --------------------------------------------------------------------------------------
@@ -512,7 +512,7 @@ def link_into(src: Path, folder: Path, used: dict[Path, str]) -> str:
         os.link(src, folder / name)
     except OSError as e:
         raise link_refusal(
-            src, "the export folder is on another filesystem" if e.errno == errno.EXDEV else e.strerror
+            src, "the export folder is on another filesystem" if e.errno == errno.EXDEV else str(e.strerror)
         ) from None
     used[src] = f"{WEIGHTS_DIR}/{name}"
     return used[src]
@@ -715,8 +715,12 @@ def check_weights(
         entry = entries.get(init.name)
         if entry is None:
             raise ArtifactError(f"initializer {init.name} is not in {folder / WEIGHT_MAP}")
-        info = ExternalDataInfo(init)
-        where = (info.location, info.offset or 0, info.length)
+        # onnx types offset and length by their initial None: they are int or None
+        info: Any = ExternalDataInfo(init)
+        location: str = info.location
+        offset: int = info.offset or 0
+        length: int | None = info.length
+        where = (location, offset, length)
         if entry["dtype"] != dtype or tuple(entry["shape"]) != shape:
             raise ArtifactError(
                 f"initializer {init.name}: {dtype} {shape} in the graph, {entry['dtype']} "
@@ -727,7 +731,7 @@ def check_weights(
                 f"initializer {init.name}: the graph reads {where}, {WEIGHT_MAP} says "
                 f"{(entry['location'], entry['offset'], entry['length'])}"
             )
-        if where[2] != math.prod(shape) * torch_dtype(dtype).itemsize:
+        if length is None or length != math.prod(shape) * torch_dtype(dtype).itemsize:
             raise ArtifactError(f"initializer {init.name}: {where[2]} bytes for {dtype} {shape}")
         path = folder / info.location
         if info.location != DATA_FILE:  # a linked checkpoint file: its header must place the tensor here
@@ -752,7 +756,7 @@ def check_weights(
         if not deep:
             counts["digest only"] += 1
             continue
-        if range_digest(path, where[1], where[2]) != entry.get("sha256"):
+        if range_digest(path, offset, length) != entry.get("sha256"):
             raise ArtifactError(f"initializer {init.name}: its bytes in {path} differ from the export's (corrupted)")
         if entry["source"] == "checkpoint":  # a copied checkpoint tensor: the checkpoint's bytes
             src = Path(str(entry["stored"].get("file", "")))
@@ -782,7 +786,7 @@ def check_weights(
 def _onnx_to_torch(data_type: int) -> torch.dtype:
     import onnx
 
-    table = {
+    table: dict[int, torch.dtype] = {
         onnx.TensorProto.FLOAT: torch.float32,
         onnx.TensorProto.FLOAT16: torch.float16,
         onnx.TensorProto.BFLOAT16: torch.bfloat16,
