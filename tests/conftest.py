@@ -119,28 +119,53 @@ _SLOW_CALLS = re.compile(
 
 def _is_slow(item) -> bool:
     """A test is slow if it, or a fixture it uses, builds, exports or loads a model."""
-    names = set(getattr(item, "fixturenames", ()))
-    if _SLOW_FIXTURES & names:
+    if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
         return True
+    return any(_SLOW_CALLS.search(source) for source in _sources(item))
+
+
+#: Serving tests: tests/test_serving.py, and a test anywhere that serves, writes a model repository or
+#: sends a request over the wire.
+_SERVE_FILES = {"test_serving.py"}
+_SERVE_CALLS = re.compile(r'zoo\(\s*"(serve|triton|request)"|stream_request\(|start_server\(')
+TIERS = ("unit", "family", "serve")
+
+
+def _sources(item) -> list[str]:
+    """The source of a test and of the fixtures it uses (pytest's own fixtures are not ours to judge)."""
+    names = set(getattr(item, "fixturenames", ()))
     definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
     functions = [item.function] + [d.func for name in names for d in definitions.get(name, ()) if name != "request"]
+    sources = []
     for function in functions:
         try:
-            if _SLOW_CALLS.search(inspect.getsource(function)):
-                return True
-        except (OSError, TypeError):  # (pytest's own fixtures are not ours to judge)
+            sources.append(inspect.getsource(function))
+        except (OSError, TypeError):
             continue
-    return False
+    return sources
+
+
+def tier(item) -> str:
+    """The one tier of a test: ``serve`` (a server, a model repository or a request over the wire),
+    else ``family`` (it uses a cached export, or builds, exports or samples a model), else ``unit``
+    (pure functions: seconds, no export)."""
+    if Path(str(item.fspath)).name in _SERVE_FILES or any(_SERVE_CALLS.search(s) for s in _sources(item)):
+        return "serve"
+    return "family" if _is_slow(item) else "unit"
 
 
 def pytest_collection_modifyitems(config, items):
     """TensorRT / CUDA tests run where the hardware is, and are skipped with the reason elsewhere.
-    Tests that build or export a model are marked ``slow``: ``-m "not slow"`` is the fast tier."""
+    Every test gets exactly one tier marker (``unit``, ``family``, ``serve``): ``-m unit`` is the
+    fast tier. Tests that build or export a model are also marked ``slow`` (``-m "not slow"``)."""
     from exporters.tensorrt import unavailable as tensorrt_unavailable
 
     trt_reason = None
     cuda_reason = None
     for item in items:
+        if any(item.get_closest_marker(t) for t in TIERS):
+            raise pytest.UsageError(f"{item.nodeid}: tiers are given by conftest.py, not by hand")
+        item.add_marker(getattr(pytest.mark, tier(item)))
         if _is_slow(item):
             item.add_marker(pytest.mark.slow)
         if "tensorrt" in item.keywords:
