@@ -4,7 +4,9 @@
 - :mod:`zoo.contract.tensors`: tensor and component specs (value ranges, precision, tolerance class);
 - :mod:`zoo.contract.sources`: sources and the loaded reference;
 - :mod:`zoo.contract.requests`: run options (defaults stated once) and requests;
-- :mod:`zoo.contract.family`: the family declaration, its sampler slots, host loops and typed hooks.
+- :mod:`zoo.contract.family`: the family declaration, its sampler slots, host loops and typed hooks;
+- :mod:`zoo.contract.hooks`: the protocols between a family and the layers above it (runners,
+  slot calls, host-loop checks, the pipeline a family builds).
 
 Everything generic (export, checks, profiles, backends, parity) reads only this contract. The names
 are re-exported here: ``from zoo.contract import Component`` is the public spelling.
@@ -20,7 +22,16 @@ from zoo.contract.dims import (
     resolve_point,
     round_to,
 )
-from zoo.contract.family import Family, HostLoop, LoopCheck, PipelineSlot, SlotCall
+from zoo.contract.family import Family, HostLoop, LoopCheck, Media, PipelineSlot
+from zoo.contract.hooks import (
+    ExportedComponent,
+    LoopChecks,
+    PipelineLike,
+    Runner,
+    Runners,
+    SlotCall,
+    TensorShape,
+)
 from zoo.contract.requests import (
     COMMON_RUN_OPTIONS,
     Option,
@@ -39,6 +50,7 @@ from zoo.contract.sources import (
 from zoo.contract.tensors import (
     DTYPES,
     Component,
+    DimsFn,
     Precision,
     Rounding,
     SampleFn,
@@ -58,13 +70,18 @@ __all__ = [
     "Component",
     "DTYPES",
     "Dim",
+    "DimsFn",
     "Envelope",
+    "ExportedComponent",
     "Family",
     "GUARD_OVERRIDE",
     "HostLoop",
     "LoopCheck",
+    "LoopChecks",
+    "Media",
     "Modules",
     "Option",
+    "PipelineLike",
     "PipelineSlot",
     "Precision",
     "Range",
@@ -72,6 +89,8 @@ __all__ = [
     "Request",
     "RequestContext",
     "Rounding",
+    "Runner",
+    "Runners",
     "SampleFn",
     "SlotCall",
     "Source",
@@ -79,6 +98,7 @@ __all__ = [
     "Sources",
     "Specs",
     "SpecsFn",
+    "TensorShape",
     "TensorSpec",
     "Transform",
     "WeightlessModule",

@@ -55,7 +55,7 @@ class Axis:
     floor: int = 1
     ceiling: int | None = None
     unit: str = ""
-    help: str = ""
+    help: str = ""  # never read (issue 16; axis_help is the help shown): removed once wan_animate drops it
     remainder: int = 0  # values are multiple_of * k + remainder (pixel frames 4k+1)
     # why the ceiling is there when it is a guard, not something the model cannot do (a guard is
     # lifted with ZOO_NO_SIZE_GUARD=1; a limit of the model never is)
@@ -137,7 +137,10 @@ class Dim:
         """``scale * source + offset`` (``scale`` > 0), with the profile that follows."""
         if scale <= 0:
             raise ValueError(f"derived dim {name}: scale must be positive, got {scale}")
-        f = lambda v: scale * v + offset  # noqa: E731
+
+        def f(v: int) -> int:
+            return scale * v + offset
+
         return cls(name, f(source.min), f(source.opt), f(source.max), 1, source.name, scale, offset)
 
     @property
@@ -202,7 +205,7 @@ def resolve_point(dims: Mapping[str, Dim], base: Mapping[str, int]) -> dict[str,
     """Every dim's value at a point given by its source (non-derived) dims."""
     point = {n: int(base[n]) for n, d in dims.items() if not d.is_derived}
     for n, d in dims.items():
-        if d.is_derived:
+        if d.of is not None:
             point[n] = d.value_from(point[d.of])
     return point
 
@@ -210,7 +213,7 @@ def resolve_point(dims: Mapping[str, Dim], base: Mapping[str, int]) -> dict[str,
 def check_dims(dims: Mapping[str, Dim]) -> None:
     """A derived dim must name a non-derived dim of the same component."""
     for n, d in dims.items():
-        if d.is_derived and (d.of not in dims or dims[d.of].is_derived):
+        if d.of is not None and (d.of not in dims or dims[d.of].is_derived):
             raise ValueError(f"dim {n} is derived from {d.of!r}, which is not a source dim of this component")
 
 

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import torch
 
 from zoo.contract.dims import Axis, Envelope, Range
+from zoo.contract.hooks import LoopChecks, PipelineLike, SlotCall
 from zoo.contract.requests import Option, Request, RequestContext
 from zoo.contract.sources import Reference, Source, SourceRole, Sources
 from zoo.contract.tensors import Component, Rounding
 from zoo.errors import EnvelopeError, UnknownFamilyError
 
-SlotCall = Callable[..., Any]
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from PIL.Image import Image
+
+# what ``zoo random`` writes beside a checkpoint: a PIL image, or a video as a list of them
+Media = Union["Image", list["Image"]]
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class PipelineSlot:
     """A module of the pipeline that a sampler replaces with exported components.
 
     ``calls`` maps the module's methods (``forward``, ``encode``, ``decode``) to functions
-    ``fn(runners, *args, **kwargs)`` that turn the pipeline's call into component feeds,
+    ``fn(runners, *args, **kwargs)`` (:class:`~zoo.contract.hooks.SlotCall`) that turn the pipeline's call into component feeds,
     run them through ``runners[component]`` and return what the library module returns.
     """
 
@@ -113,7 +119,7 @@ class Family:
         default one model folder; a family loaded from several sources writes them all."""
         return (Source("model", self.build_random(Path(dest) / "model", preset=preset, seed=seed)),)
 
-    def sample_media(self, ref: Reference) -> dict[str, Any]:
+    def sample_media(self, ref: Reference) -> dict[str, Media]:
         """Media that ``zoo run`` takes with an export of ``ref`` at its default envelope, for
         ``zoo random`` to write beside the checkpoint: file name -> a PIL image, or a list of them
         (a video: ``NAME.mp4``, or ``NAME/`` a folder of PNG frames). Families whose requests
@@ -173,6 +179,8 @@ class Family:
     def has_sampler(self) -> bool:
         return bool(self.pipeline_slots)
 
+    # A run option's value is what its Option's type parses to (text, number, path, flag, a list
+    # of them for a multiple option), or what a server or a test passes: Any, by nature.
     def request(self, options: Mapping[str, Any], context: RequestContext) -> Request:
         """Turn ``zoo run``'s parsed options into a :class:`Request`, checking every value
         (media read and checked too) before any backend is loaded. Omitted options take their
@@ -186,7 +194,7 @@ class Family:
         declared = {o.name: o.default for o in self.run_options if o.default is not None}
         return declared | {k: v for k, v in options.items() if v is not None}
 
-    def option_default(self, name: str) -> Any:
+    def option_default(self, name: str) -> Any:  # Option.default: a value of the option's type
         """The declared default of run option ``name``."""
         return next(o.default for o in self.run_options if o.name == name)
 
@@ -194,20 +202,27 @@ class Family:
         """Labelled requests for end-to-end parity (shape options at the export's opt point)."""
         return []
 
-    def build_pipeline(self, request: Request, modules: Mapping[str, Any]) -> Any:
+    # ``modules`` are the pipeline's modules by name: library modules (an nn.Module, a tokenizer, a
+    # scheduler) or the sampler's backend modules in their place, so Any.
+    def build_pipeline(self, request: Request, modules: Mapping[str, Any]) -> PipelineLike:
         """The pipeline object for ``request`` from modules (library modules for the reference,
         backend modules for the sampler). Default: the diffusers class the request names."""
         import diffusers
 
         cls = getattr(diffusers, request.pipeline)
         names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        return cls(**{k: v for k, v in modules.items() if k in names})
+        pipeline: PipelineLike = cls(**{k: v for k, v in modules.items() if k in names})
+        return pipeline
 
-    def output(self, result: Any) -> Any:
+    # ``result`` is the pipeline's output class (diffusers' ImagePipelineOutput, a family's own):
+    # Any, by nature.
+    def output(self, result: Any) -> ArrayLike:
         """The float array the pipeline returned with ``output_type="np"``."""
-        return result.images
+        images: ArrayLike = result.images
+        return images
 
-    def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    # configs: the modules' JSON configs (any JSON value); the shapes are ints, None where unset
+    def shapes_run(self, request: Request, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, int | None]:
         """The shape options the pipeline will really run at (a pipeline that snaps sizes to
         bins runs at the bin); checked against the envelope before running."""
         return {option: request.kwargs.get(option) for option in self.request_axes}
@@ -217,11 +232,12 @@ class Family:
 class HostLoop:
     """A loop the host runs over exported components (a chunked VAE's encode / decode) in place
     of one library call, declared whole: the ``components`` it runs and the ``checks`` that run
-    it against the library call, ``checks(ref, runners, envelope, seed) -> [LoopCheck]``. Parity
-    runs the checks when the export has every component, and reports them not run otherwise."""
+    it against the library call, ``checks(ref, runners, envelope, seed) -> [LoopCheck]``
+    (:class:`~zoo.contract.hooks.LoopChecks`). Parity runs the checks when the export has every
+    component, and reports them not run otherwise."""
 
     components: tuple[str, ...]
-    checks: Callable[..., list[LoopCheck]]
+    checks: LoopChecks
 
     def __post_init__(self) -> None:
         if not self.components or not all(isinstance(c, str) and c for c in self.components):

@@ -22,7 +22,7 @@ class Option:
     name: str  # python name: free_init_method -> --free-init-method
     help: str
     type: str = "text"
-    default: Any = None
+    default: Any = None  # a value of the option's type (text, number, path): Any, by nature
     choices: tuple[str, ...] = ()
     low: float | None = None
     high: float | None = None
@@ -41,6 +41,7 @@ class Request:
     calls made on the pipeline before it runs (``{"enable_free_init": {...}}``)."""
 
     pipeline: str
+    # the pipeline call's kwargs and the set-up calls' kwargs: the library's signatures (Any, by nature)
     kwargs: dict[str, Any]
     setup: dict[str, dict[str, Any]] = field(default_factory=dict)
     scheduler: str | None = None  # a diffusers scheduler class built on the checkpoint's scheduler config
@@ -67,12 +68,13 @@ class RequestContext:
 
     envelope: Mapping[str, Range]
     axes: Mapping[str, Axis]
-    configs: Mapping[str, Mapping[str, Any]]
+    configs: Mapping[str, Mapping[str, Any]]  # the modules' JSON configs (any JSON value)
     components: tuple[str, ...]
     pipeline: str | None
 
 
-def bind_argument(fn: Callable[..., Any], name: str, args: tuple, kwargs: Mapping[str, Any]) -> Any:
+# the function and its arguments are a library module's (any signature): Any, by nature
+def bind_argument(fn: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     """The value ``fn(*args, **kwargs)`` receives for parameter ``name`` (None if absent)."""
     bound = inspect.signature(fn).bind_partial(*args, **kwargs)
     return bound.arguments.get(name)

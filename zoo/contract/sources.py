@@ -3,7 +3,7 @@ reference with its lazily loaded modules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,11 @@ class Modules(Mapping[str, Any]):
     """The reference's modules, each loaded on first use (an export of one component loads one).
 
     ``loaders`` give the module, ``config_loaders`` its config without its weights (what shapes
-    and manifests need)."""
+    and manifests need).
+
+    A module is whatever the library loads under that key (an ``nn.Module``, a tokenizer, a
+    scheduler) and a config is the library's config object, read by attribute: both are ``Any``,
+    by nature (the families read what their library defines)."""
 
     def __init__(
         self,
@@ -98,7 +102,7 @@ class Modules(Mapping[str, Any]):
             self._loaded[key] = module
         return self._loaded[key]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._loaders)
 
     def __len__(self) -> int:
@@ -117,6 +121,7 @@ class Modules(Mapping[str, Any]):
 class Reference:
     """A loaded PyTorch reference: library modules (loaded when used), and where they came from."""
 
+    # never read (issue 16): removed once unianimate_dit and wan_animate stop passing it (first positional)
     family: str
     variant: str
     sources: Sources

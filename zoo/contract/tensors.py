@@ -38,12 +38,27 @@ class TensorSpec:
     ``"mask"`` (1 then trailing 0 padding per row, like a tokenizer mask), ``"timestep"``
     (integer-valued timesteps in [0, 1000)), ``"uniform"`` ([0, 1)), ``"pixels"`` ([-1, 1), images as
     the pipelines feed them), or a callable.
+
+    ``value_range`` is the ``(low, high)`` range the tensor's values are meant to span, where the
+    tensor has one by construction (a decoded image: ``(-1, 1)``): parity measures PSNR over
+    ``high - low`` for it. None (caches, latents, embeddings): PSNR over the reference's own
+    span of values.
     """
 
     name: str
     dtype: str
     shape: tuple[int | str, ...]
     sample: str | SampleFn = "normal"
+    value_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
+            raise TypeError(f"TensorSpec {self.name}: value_range must be (low, high) with low < high")
+
+    @property
+    def data_range(self) -> float | None:
+        """``high - low`` of :attr:`value_range` (None without one)."""
+        return None if self.value_range is None else self.value_range[1] - self.value_range[0]
 
     def resolve(self, point: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else int(point[d]) for d in self.shape)
@@ -81,13 +96,15 @@ class Precision:
 
     dtype: str = "float32"
     keep_fp32: tuple[str, ...] = ()
-    note: str = ""
+    note: str = ""  # never read (issue 16): removed once wan_encoders, unianimate_dit, wan_animate drop it
 
 
 Specs = tuple[TensorSpec, ...]
 
 
 SpecsFn = Callable[["Reference"], Specs]
+
+DimsFn = Callable[[Envelope, "Reference"], dict[str, Dim]]  # a component's dims at an envelope
 
 
 @dataclass(frozen=True)
@@ -133,11 +150,11 @@ class Component:
     module: str  # key of the reference module in Reference.modules
     inputs: SpecsFn
     outputs: SpecsFn
-    dims: Callable[[Envelope, Reference], dict[str, Dim]]
+    dims: DimsFn
     wrapper: Callable[[Reference], torch.nn.Module]
     reference: Callable[[Reference, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
     precision: Precision = Precision()
-    export_patches: tuple[Callable[[], contextlib.AbstractContextManager], ...] = ()
+    export_patches: tuple[Callable[[], contextlib.AbstractContextManager[object]], ...] = ()
     state: Callable[[Reference], Mapping[str, str]] = lambda ref: {}  # output -> input it feeds next call
     # tensors of the wrapper itself computed from the module's weights (wrapper name -> how),
     # for a weightless export: e.g. a QR basis the wrapper precomputes
