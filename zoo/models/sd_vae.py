@@ -14,10 +14,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.contract import Component, Dim, Envelope, PipelineSlot, Precision, Reference, TensorSpec, specs
+from zoo.contract import (
+    Component,
+    Dim,
+    DimsFn,
+    Envelope,
+    PipelineSlot,
+    Precision,
+    Reference,
+    Runners,
+    TensorSpec,
+    specs,
+)
 from zoo.errors import ArtifactError
 
-PRECISION = Precision(keep_fp32=("*",), note="the SD VAE runs in fp32 (it overflows in fp16: force_upcast)")
+# the SD VAE runs in fp32 (it overflows in fp16: force_upcast)
+PRECISION = Precision(keep_fp32=("*",))
+IMAGE_RANGE = (-1.0, 1.0)  # decoded pixels, as the pipelines post-process them
 
 
 def vae_scale(ref: Reference) -> int:
@@ -79,7 +92,7 @@ def _decoder_reference(ref: Reference, feeds: Mapping[str, torch.Tensor]) -> dic
     return {"sample": ref.module("vae").decode(feeds["latent"], return_dict=False)[0]}
 
 
-def encoder_component(batch: str, dims: Any) -> Component:
+def encoder_component(batch: str, dims: DimsFn) -> Component:
     """``vae_encoder``: ``(batch, 3, height, width)`` pixels -> ``(batch, 2C, h, w)`` distribution parameters."""
     return Component(
         name="vae_encoder",
@@ -96,14 +109,14 @@ def encoder_component(batch: str, dims: Any) -> Component:
     )
 
 
-def decoder_component(batch: str, dims: Any) -> Component:
+def decoder_component(batch: str, dims: DimsFn) -> Component:
     """``vae_decoder``: ``(batch, C, h, w)`` latents -> ``(batch, 3, height, width)`` pixels."""
     return Component(
         name="vae_decoder",
         tolerance="vae_decoder",
         module="vae",
         inputs=specs(TensorSpec("latent", "float32", (batch, "latent_channels", "latent_height", "latent_width"))),
-        outputs=specs(TensorSpec("sample", "float32", (batch, 3, "height", "width"))),
+        outputs=specs(TensorSpec("sample", "float32", (batch, 3, "height", "width"), value_range=IMAGE_RANGE)),
         dims=dims,
         wrapper=lambda ref: VaeDecoderExport(ref.module("vae")),
         reference=_decoder_reference,
@@ -111,7 +124,7 @@ def decoder_component(batch: str, dims: Any) -> Component:
     )
 
 
-def _call_encode(runners, x, return_dict=True):
+def _call_encode(runners: Runners, x: torch.Tensor, return_dict: bool = True) -> Any:
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
@@ -121,7 +134,7 @@ def _call_encode(runners, x, return_dict=True):
     return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
 
-def _call_decode(runners, z, return_dict=True, **_: Any):
+def _call_decode(runners: Runners, z: torch.Tensor, return_dict: bool = True, **_: Any) -> Any:
     from diffusers.models.autoencoders.vae import DecoderOutput
 
     sample = runners["vae_decoder"]({"latent": z})["sample"]

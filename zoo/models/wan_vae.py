@@ -27,10 +27,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.contract import Component, Dim, Envelope, HostLoop, PipelineSlot, Precision, Reference, TensorSpec
+from zoo.contract import (
+    Component,
+    Dim,
+    DimsFn,
+    Envelope,
+    HostLoop,
+    LoopCheck,
+    PipelineSlot,
+    Precision,
+    Reference,
+    Runners,
+    TensorSpec,
+)
 from zoo.errors import ArtifactError, CheckpointError
 
-PRECISION = Precision(keep_fp32=("*",), note="the Wan VAE runs in fp32 (MODELS.md)")
+# the Wan VAE runs in fp32 (MODELS.md)
+PRECISION = Precision(keep_fp32=("*",))
+# decoded frames (unclamped in the graph: the host clamps to it); the caches have no range of their own
+IMAGE_RANGE = (-1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -241,14 +256,14 @@ def _io(part: str, first: bool):
                 "latent_parameters", "float32", ("batch", "latent_parameters", 1, "latent_height", "latent_width")
             )
             if part == "encoder"
-            else TensorSpec("frames", "float32", ("batch", 3, frames, "height", "width"))
+            else TensorSpec("frames", "float32", ("batch", 3, frames, "height", "width"), value_range=IMAGE_RANGE)
         )
         return (y,) + _cache_specs(cache_slots(ref, part), "cache_out_")
 
     return inputs, outputs
 
 
-def chunk_components(dims: Any) -> tuple[Component, ...]:
+def chunk_components(dims: DimsFn) -> tuple[Component, ...]:
     """``vae_encoder_first``, ``vae_encoder_step``, ``vae_decoder_first``, ``vae_decoder_step``."""
     out = []
     for part in ("encoder", "decoder"):
@@ -280,7 +295,7 @@ def chunk_components(dims: Any) -> tuple[Component, ...]:
 # --------------------------------------------------------------------------------------
 
 
-def _loop(runners: Mapping[str, Any], part: str, chunks: list[torch.Tensor]) -> torch.Tensor:
+def _loop(runners: Runners, part: str, chunks: list[torch.Tensor]) -> torch.Tensor:
     first, step = runners[f"vae_{part}_first"], runners[f"vae_{part}_step"]
     name = "latent_parameters" if part == "encoder" else "frames"
     out = first({"sample": chunks[0]})
@@ -295,19 +310,19 @@ def _loop(runners: Mapping[str, Any], part: str, chunks: list[torch.Tensor]) -> 
     return torch.cat(outputs, dim=2)
 
 
-def encode(runners: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
+def encode(runners: Runners, x: torch.Tensor) -> torch.Tensor:
     """``AutoencoderKLWan._encode``: the first frame, then chunks of as many frames as a latent
     frame holds (leftover frames are dropped, as the library drops them); the distribution's
     parameters."""
     if not {"vae_encoder_first", "vae_encoder_step"} <= set(runners):
         raise ArtifactError("this export has no VAE encoder graphs; re-export without --component")
-    factor = runners["vae_encoder_step"].record.inputs[0].shape[2]
+    factor = int(runners["vae_encoder_step"].record.inputs[0].shape[2])  # a static dim
     count = 1 + (x.shape[2] - 1) // factor
     chunks = [x[:, :, :1]] + [x[:, :, 1 + factor * (i - 1) : 1 + factor * i] for i in range(1, count)]
     return _loop(runners, "encoder", chunks)
 
 
-def decode(runners: Mapping[str, Any], z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+def decode(runners: Runners, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
     """``AutoencoderKLWan._decode``: one latent frame at a time, then clamped to [-1, 1]."""
     out = _loop(runners, "decoder", [z[:, :, i : i + 1] for i in range(z.shape[2])])
     return out.clamp(-1.0, 1.0) if clamp else out
@@ -319,14 +334,14 @@ CHUNK_COMPONENTS = ("vae_encoder_first", "vae_encoder_step", "vae_decoder_first"
 def vae_slot() -> PipelineSlot:
     """The pipeline's ``vae``: ``encode`` / ``decode`` loop over the chunk graphs."""
 
-    def call_encode(runners, x, return_dict=True):
+    def call_encode(runners: Runners, x: torch.Tensor, return_dict: bool = True) -> Any:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
         from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
         posterior = DiagonalGaussianDistribution(encode(runners, x))
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
-    def call_decode(runners, z, return_dict=True, **_: Any):
+    def call_decode(runners: Runners, z: torch.Tensor, return_dict: bool = True, **_: Any) -> Any:
         from diffusers.models.autoencoders.vae import DecoderOutput
 
         sample = decode(runners, z)
@@ -342,20 +357,18 @@ def vae_slot() -> PipelineSlot:
 
 def loop_checks(
     ref: Reference,
-    runners: Mapping[str, Any],
+    runners: Runners,
     envelope: Envelope,
     seed: int = 0,
     frame_counts: tuple[int, ...] = (1, 5, 9, 15),
-) -> list[Any]:
+) -> list[LoopCheck]:
     """The chunk loops against ``AutoencoderKLWan.encode`` / ``decode`` at several pixel frame
     counts (an odd longer one too, whose leftover frames the library drops), at the opt size."""
-    from zoo.contract import LoopCheck
-
     vae = ref.module("vae")
     s = spatial_factor(ref)
     height, width = envelope["height"].opt, envelope["width"].opt
     gen = torch.Generator("cpu").manual_seed(seed)
-    checks = []
+    checks: list[LoopCheck] = []
     with torch.no_grad():
         for frames in frame_counts:
             x = torch.rand(1, 3, frames, height, width, generator=gen) * 2 - 1

@@ -38,6 +38,7 @@ from zoo.contract import (
     Reference,
     Request,
     RequestContext,
+    Runners,
     Source,
     SourceRole,
     Sources,
@@ -236,7 +237,13 @@ def _vae_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
 # --------------------------------------------------------------------------------------
 
 
-def _call_text_encoder(runners, input_ids, attention_mask=None, output_hidden_states=None, **_: Any):
+def _call_text_encoder(
+    runners: Runners,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    output_hidden_states: bool | None = None,
+    **_: Any,
+) -> tuple[torch.Tensor]:
     if attention_mask is not None or output_hidden_states:
         raise InputError(
             "this export's text encoder returns the last hidden state only: clip_skip and "
@@ -246,15 +253,15 @@ def _call_text_encoder(runners, input_ids, attention_mask=None, output_hidden_st
 
 
 def _call_unet(
-    runners,
-    sample,
-    timestep,
-    encoder_hidden_states=None,
-    cross_attention_kwargs=None,
-    added_cond_kwargs=None,
-    return_dict=True,
+    runners: Runners,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    cross_attention_kwargs: Mapping[str, Any] | None = None,
+    added_cond_kwargs: Mapping[str, Any] | None = None,
+    return_dict: bool = True,
     **unsupported: Any,
-):
+) -> Any:
     from diffusers.models.unets.unet_motion_model import UNetMotionOutput
 
     if added_cond_kwargs or cross_attention_kwargs or any(v is not None for v in unsupported.values()):
@@ -317,7 +324,7 @@ class AnimateDiff(Family):
             dims=_text_encoder_dims,
             wrapper=lambda ref: CLIPTextExport(ref.module("text_encoder")),
             reference=_text_encoder_reference,
-            precision=Precision(keep_fp32=("layer_norm",), note="LayerNorms in fp32"),
+            precision=Precision(keep_fp32=("layer_norm",)),  # LayerNorms in fp32
         ),
         Component(
             name="unet",
@@ -338,7 +345,7 @@ class AnimateDiff(Family):
             dims=_unet_dims,
             wrapper=lambda ref: UNetMotionExport(ref.module("unet")),
             reference=_unet_reference,
-            precision=Precision(keep_fp32=("time_embedding", "norm"), note="timestep embedding and GroupNorms in fp32"),
+            precision=Precision(keep_fp32=("time_embedding", "norm")),  # timestep embedding and GroupNorms
         ),
         encoder_component("frames_chunk", _vae_dims),
         decoder_component("frames_chunk", _vae_dims),
@@ -363,6 +370,7 @@ class AnimateDiff(Family):
             "strength",
             "Video-to-video: how much of the video is re-noised, in (0, 1].",
             type="float",
+            default=0.8,
             low=0.0,
             high=1.0,
             low_open=True,
@@ -396,7 +404,7 @@ class AnimateDiff(Family):
             frames = Range(8, 16, 32)
         frames = Range(*(min(v, table) for v in (frames.min, frames.opt, frames.max)))
         return (
-            Axis("batch", Range(1, 1, 1), ceiling=4, help="prompts per call"),
+            Axis("batch", Range(1, 1, 1), ceiling=4),  # prompts per call
             Axis("frames", frames, ceiling=table, unit="frames"),
             # SD 1.5 is trained at 512 px; past 4x the motion modules' attention alone runs out of memory
             Axis("height", height, multiple_of=multiple, floor=multiple, ceiling=4 * 512, unit="pixels"),
@@ -434,7 +442,7 @@ class AnimateDiff(Family):
         video = options.get("video")
         if video is None:
             for name in ("strength", "resize_video"):
-                if options.get(name):
+                if options.get(name) and options[name] != self.option_default(name):
                     raise InputError(f"--{name.replace('_', '-')} applies to video-to-video: give --video")
             frames = options.get("frames")
             kwargs.update(
@@ -446,8 +454,7 @@ class AnimateDiff(Family):
         else:
             if "vae_encoder" not in context.components:
                 raise InputError("--video needs the vae_encoder component, which this export lacks; re-export it")
-            strength = options.get("strength")
-            strength = 0.8 if strength is None else strength
+            strength = options["strength"]
             if not 0 < strength <= 1:
                 raise InputError(f"--strength {strength}: expected a number in (0, 1]")
             if int(steps * strength) < 1:

@@ -35,6 +35,7 @@ from zoo.contract import (
     Reference,
     Request,
     RequestContext,
+    Runners,
     Sources,
     TensorSpec,
     round_to,
@@ -252,22 +253,22 @@ def _resolution(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) ->
 # --------------------------------------------------------------------------------------
 
 
-def _call_text_encoder(runners, input_ids, attention_mask=None, **_: Any):
+def _call_text_encoder(runners: Runners, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> Any:
     out = runners["text_encoder"]({"input_ids": input_ids, "attention_mask": attention_mask})
     return (out["last_hidden_state"],)
 
 
 def _call_transformer(
-    runners,
-    hidden_states,
-    encoder_hidden_states=None,
-    timestep=None,
-    added_cond_kwargs=None,
-    cross_attention_kwargs=None,
-    attention_mask=None,
-    encoder_attention_mask=None,
-    return_dict=True,
-):
+    runners: Runners,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    timestep: torch.Tensor,
+    added_cond_kwargs: Mapping[str, torch.Tensor | None] | None = None,
+    cross_attention_kwargs: Mapping[str, Any] | None = None,
+    attention_mask: torch.Tensor | None = None,
+    encoder_attention_mask: torch.Tensor | None = None,
+    return_dict: bool = True,
+) -> Any:
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
     batch = hidden_states.shape[0]
@@ -310,10 +311,8 @@ class PixArt(Family):
             dims=_text_encoder_dims,
             wrapper=lambda ref: T5EncoderExport(ref.module("text_encoder")),
             reference=_text_encoder_reference,
-            precision=Precision(
-                keep_fp32=("DenseReluDense.wo",),
-                note="T5 feed-forward overflows in fp16: keep wo in fp32, or run the encoder in bf16/fp32",
-            ),
+            # T5 feed-forward overflows in fp16: keep wo in fp32, or run the encoder in bf16/fp32
+            precision=Precision(keep_fp32=("DenseReluDense.wo",)),
         ),
         Component(
             name="transformer",
@@ -327,9 +326,7 @@ class PixArt(Family):
             wrapper=lambda ref: PixArtTransformerExport(ref.module("transformer")),
             reference=_transformer_reference,
             export_patches=(attention_mask_expand,),
-            precision=Precision(
-                keep_fp32=("adaln_single", "norm", "pos_embed"), note="timestep embedding and norms in fp32"
-            ),
+            precision=Precision(keep_fp32=("adaln_single", "norm", "pos_embed")),  # timestep embedding, norms
         ),
         decoder_component("batch", _vae_dims),
     )
@@ -389,7 +386,7 @@ class PixArt(Family):
             f"{MAX_PATCHES} x {MAX_PATCHES} patches one head's attention scores alone take over 16 GiB in fp32"
         )
         return (
-            Axis("batch", batch, ceiling=16, help="images per prompt (the transformer sees 2x with CFG)"),
+            Axis("batch", batch, ceiling=16),  # images per prompt (the transformer sees 2x with CFG)
             Axis("height", height, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels", guard=guard),
             Axis("width", width, multiple_of=patch, floor=patch, ceiling=ceiling, unit="pixels", guard=guard),
             Axis("text_length", text, floor=2, ceiling=max_tokens, unit="tokens"),

@@ -99,7 +99,7 @@ class TransformerTemporal(Family):
             dims=_dims,
             wrapper=lambda ref: TemporalTransformerExport(ref.module("transformer")),
             reference=_reference,
-            precision=Precision(keep_fp32=("norm",), note="GroupNorm / LayerNorm in fp32"),
+            precision=Precision(keep_fp32=("norm",)),  # GroupNorm / LayerNorm in fp32
         ),
     )
 
@@ -120,7 +120,7 @@ class TransformerTemporal(Family):
         if ceiling:
             frames = Range(*(min(v, ceiling) for v in (frames.min, frames.opt, frames.max)))
         return (
-            Axis("batch", batch, ceiling=64, help="videos per call"),
+            Axis("batch", batch, ceiling=64),  # videos per call
             Axis("frames", frames, ceiling=ceiling or 256, unit="frames"),
             Axis("height", size, ceiling=256, unit="feature-map rows"),
             Axis("width", size, ceiling=256, unit="feature-map columns"),
