@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from exporters.manifest import Manifest, load_manifest
 from exporters.precision import precision_of
@@ -17,14 +18,24 @@ from parity.report import Row
 from parity.tolerances import Tolerance, rounding_tolerance, tolerance
 from runtimes.backends import Backend, Runners, TorchBackend, backend_for, load_reference, parse_device
 from runtimes.sampler import Sampler, check_request, configure_pipeline, request_context, run_pipeline
-from zoo.contract import Rounding, bind_argument
+from zoo.contract import Component, Family, Reference, Request, Rounding, bind_argument
 from zoo.errors import ArtifactError, ZooError
 from zoo.registry import get_family
+
+# what a sampler's runner is called as (its other members, zoo.contract.Runner's, are passed through)
+RunnerCall = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 def scale_of(manifest: Manifest) -> str:
     """``tiny`` rows for random-weight exports, ``full`` for real checkpoints."""
     return "tiny" if manifest.preset else "full"
+
+
+def value_ranges(component: Component, ref: Reference) -> dict[str, float | None]:
+    """Each output's declared value span (:attr:`TensorSpec.value_range`: a decoded image's
+    [-1, 1] spans 2), None where it declares none: read from the family's declaration, so an
+    export's manifest needs no field for it."""
+    return {spec.name: spec.data_range for spec in component.output_specs(ref)}
 
 
 def _rows_for(
@@ -35,7 +46,7 @@ def _rows_for(
     candidate: Mapping[str, torch.Tensor],
     reference: Mapping[str, torch.Tensor],
     tol: Tolerance,
-    data_range: float | None = None,
+    data_ranges: Mapping[str, float | None] | None = None,
     *,
     precision: str = "float32",
     own: Mapping[str, torch.Tensor] | None = None,
@@ -45,7 +56,8 @@ def _rows_for(
     """One row per reference output. For a reduced ``precision``, ``own`` is PyTorch itself in
     that dtype (its error is shown, and a bound holds within twice it) and ``problems`` are the
     graph's dtype-structure failures. An output in ``roundings`` (one the family rounds on purpose)
-    is held to the rounding-aware bound instead of ``tol``."""
+    is held to the rounding-aware bound instead of ``tol``. PSNR is over the output's span in
+    ``data_ranges`` (its declared value range), else over the reference's own span."""
     rows = []
     for name, ref in reference.items():
         cand = candidate[name]
@@ -60,6 +72,7 @@ def _rows_for(
                 )
             )
             continue
+        data_range = (data_ranges or {}).get(name)
         m = compare(cand, ref, rtol=tol.rtol, data_range=data_range)
         m_own = _own_error(own, name, ref, tol, data_range)
         rows.append(
@@ -97,15 +110,15 @@ def _rounding_row(
     of the rounded dtype elementwise, the elements that flipped counted (in the row's value and a note)."""
     tol = rounding_tolerance(row, rounding.dtype)
     m = compare(candidate, reference, rtol=tol.rtol, rounded_to=rounding.dtype)
-    row = Row(level, component, label, shape, name, m, tol, tol.failures(m) + list(problems or ()), precision)
+    out = Row(level, component, label, shape, name, m, tol, tol.failures(m) + list(problems or ()), precision)
     if m.flipped:
-        row.notes.append(
+        out.notes.append(
             f"rounded to {rounding.dtype} on purpose ({rounding.why or 'declared by the family'}): "
             f"{m.flipped} of {m.elements} elements one ulp apart, a difference below the rounding "
             f"crossing its boundary"
             + (" (the candidate continues from the reference's value)" if level == "trajectory" else "")
         )
-    return row
+    return out
 
 
 def _own_error(
@@ -124,7 +137,7 @@ def _not_run_rows(
     shape: str,
     reference: Mapping[str, torch.Tensor],
     tol: Tolerance,
-    data_range: float | None,
+    data_ranges: Mapping[str, float | None],
     *,
     precision: str,
     reason: str,
@@ -138,7 +151,7 @@ def _not_run_rows(
     graph's dtype structure). A failure of those checks still fails the row."""
     rows = []
     for name, ref in reference.items():
-        m_own = _own_error(own, name, ref, tol, data_range)
+        m_own = _own_error(own, name, ref, tol, data_ranges.get(name))
         instead, failures = [], list(problems)
         if m_own is not None:
             metric = Row(level, component, label, shape, name, m_own, tol).headline()
@@ -208,11 +221,13 @@ def component_parity(
         component = family.component(name)
         precision = precision_of(component.precision, record.precision)
         tol = tolerance(record.kind, precision, scale_of(manifest))
-        data_range = 2.0 if record.kind == "vae_decoder" else None  # images in [-1, 1]
+        data_ranges = value_ranges(component, ref)
         reduced = precision != "float32"
         roundings = {r.output: r for r in family.roundings if r.component == name}
         with TorchBackend(manifest, name, device) as reference:
-            own_runner, own_problem, structure, problems = None, None, "", []
+            own_runner: TorchInDtype | None = None
+            own_problem: str | None = None
+            structure, problems = "", list[str]()
             if reduced:
                 structure, problems = structure_check(manifest.root / record.file, precision)
                 try:
@@ -241,7 +256,7 @@ def component_parity(
                             where,
                             expected,
                             tol,
-                            data_range,
+                            data_ranges,
                             precision=precision,
                             reason=refused,
                             own=own,
@@ -258,7 +273,7 @@ def component_parity(
                             candidate(feeds),
                             expected,
                             tol,
-                            data_range,
+                            data_ranges,
                             precision=precision,
                             own=own,
                             problems=problems,
@@ -304,7 +319,7 @@ def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: st
             record = manifest.component(check.component)
             precision = _lowest_precision(manifest, [check.component])
             tol = tolerance(record.kind, precision, scale_of(manifest))
-            data_range = 2.0 if record.kind == "vae_decoder" else None
+            data_range = value_ranges(family.component(check.component), ref).get(check.output)
             shape = "x".join(map(str, check.reference.shape))
             rows += _rows_for(
                 "loop",
@@ -314,7 +329,7 @@ def loop_parity(export_dir: str | Path, backend: str = "onnxruntime", device: st
                 {check.output: check.candidate},
                 {check.output: check.reference},
                 tol,
-                data_range,
+                {check.output: data_range},
                 precision=precision,
             )
     except ArtifactError as e:
@@ -389,6 +404,7 @@ def end_to_end_parity(
         return [_partial_not_run("end_to_end", "sampler", sorted(needed - set(manifest.components)))]
     scale = scale_of(manifest)
     precision = _lowest_precision(manifest, needed)
+    assert family.trajectory is not None, f"family {family.name!r} has a sampler: it declares its trajectory"
     component, feed = family.trajectory
     # rounding points are met in the family's own loop only (a library pipeline runs no component)
     roundings = [r for r in family.roundings if r.component in needed] if family.reference_backend else []
@@ -440,7 +456,11 @@ class RoundingPoint:
     one-ulp flip that a 1e-7 difference before the rounding can cause."""
 
     def __init__(
-        self, runner: object, component: str, roundings: Mapping[str, Rounding], reference: RoundingPoint | None = None
+        self,
+        runner: RunnerCall,
+        component: str,
+        roundings: Mapping[str, Rounding],
+        reference: RoundingPoint | None = None,
     ) -> None:
         self.runner, self.component, self.roundings, self.reference = runner, component, dict(roundings), reference
         self.calls: list[dict[str, torch.Tensor]] = []
@@ -458,7 +478,9 @@ class RoundingPoint:
             sampler.runners[name] = points[name]
         return points
 
-    def __getattr__(self, name: str) -> object:  # the backend's record, input names, state calls
+    # the backend's record, input names, state calls (zoo.contract.Runner's other members): Any, as
+    # the runner's own attribute is whatever it is
+    def __getattr__(self, name: str) -> Any:
         if name == "runner":
             raise AttributeError(name)
         return getattr(self.runner, name)
@@ -528,14 +550,16 @@ class RoundingPoint:
         return rows
 
 
-def _library_run(manifest: Manifest, family, request, component: str, feed: str, seed: int):
+def _library_run(
+    manifest: Manifest, family: Family, request: Request, component: str, feed: str, seed: int
+) -> tuple[NDArray[Any], list[torch.Tensor]]:
     """The family's pipeline on the library modules, the denoiser's latents recorded by a hook."""
     ref = load_reference(manifest)
     module = ref.module(family.component(component).module)
     pipeline = configure_pipeline(family.build_pipeline(request, dict(ref.modules)), request, progress=False)
     steps: list[torch.Tensor] = []
 
-    def hook(mod: torch.nn.Module, args: tuple, kw: dict) -> None:
+    def hook(mod: torch.nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
         steps.append(bind_argument(mod.forward, feed, args, kw).detach().clone())
 
     handle = module.register_forward_pre_hook(hook, with_kwargs=True)
@@ -553,8 +577,8 @@ def _request_rows(
     feed: str,
     candidate_steps: list[torch.Tensor],
     reference_steps: list[torch.Tensor],
-    got: np.ndarray,
-    expected: np.ndarray,
+    got: NDArray[Any],
+    expected: NDArray[Any],
     scale: str,
     precision: str = "float32",
 ) -> list[Row]:
@@ -597,7 +621,7 @@ def _request_rows(
         {"frames": torch.from_numpy(got).double() * 2 - 1},
         {"frames": torch.from_numpy(expected).double() * 2 - 1},
         tol,
-        data_range=2.0,
+        {"frames": 2.0},
         precision=precision,
     )
     return rows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -28,7 +28,7 @@ class Metrics:
     max_abs_beyond_ulp: float | None = None  # max(|c - r| - ulp)
     atol_beyond_ulp: float | None = None  # max(|c - r| - ulp - rtol * |r|)
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, float | int | str | None]:  # a non-finite float as its text
         return {k: (v if math.isfinite(v) else str(v)) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
@@ -91,19 +91,7 @@ def compare(
     mse = float((diff**2).mean())
     span = data_range if data_range is not None else float(r.max() - r.min()) or 1.0
     psnr = math.inf if mse == 0 else 10.0 * math.log10(span * span / mse)
-    ulps: dict[str, float | int] = {}
-    if rounded_to is not None:
-        distance, unrounded = ulp_distance(candidate, reference, rounded_to)
-        beyond = (diff - ulp(torch.maximum(c.abs(), r.abs()), rounded_to)).clamp(min=0)
-        ulps = {
-            "max_ulps": int(distance.max()),
-            "flipped": int((distance > 0).sum()),
-            "elements": distance.numel(),
-            "unrounded": unrounded,
-            "max_abs_beyond_ulp": float(beyond.max()),
-            "atol_beyond_ulp": max(0.0, float((beyond - rtol * r.abs()).max())),
-        }
-    return Metrics(
+    metrics = Metrics(
         max_abs=float(diff.max()),
         mean_abs=float(diff.mean()),
         rel_l2=rel_l2,
@@ -112,5 +100,17 @@ def compare(
         nan=0,
         inf=0,
         atol_needed=max(0.0, float((diff - rtol * r.abs()).max())),
-        **ulps,
+    )
+    if rounded_to is None:
+        return metrics
+    distance, unrounded = ulp_distance(candidate, reference, rounded_to)
+    beyond = (diff - ulp(torch.maximum(c.abs(), r.abs()), rounded_to)).clamp(min=0)
+    return replace(
+        metrics,
+        max_ulps=int(distance.max()),
+        flipped=int((distance > 0).sum()),
+        elements=distance.numel(),
+        unrounded=unrounded,
+        max_abs_beyond_ulp=float(beyond.max()),
+        atol_beyond_ulp=max(0.0, float((beyond - rtol * r.abs()).max())),
     )

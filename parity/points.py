@@ -40,7 +40,7 @@ def profile_points(dims: Mapping[str, Dim]) -> list[tuple[str, dict[str, int]]]:
         if w in dynamic:
             points.append(("portrait", {**opt, h: dims[h].max, w: dims[w].min}))
             points.append(("landscape", {**opt, h: dims[h].min, w: dims[w].max}))
-    seen: set[tuple] = set()
+    seen: set[tuple[tuple[str, int], ...]] = set()
     unique = []
     for label, p in ((label, resolve_point(dims, p)) for label, p in points):
         key = tuple(sorted(p.items()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ from parity.compare import component_parity, run_parity
 from parity.metrics import compare
 from parity.report import format_table, report_json
 from parity.tolerances import TABLE, Tolerance, tolerance
+from zoo.registry import get_family
 
 
 def test_metrics_on_known_values():
@@ -328,3 +330,63 @@ def test_weights_only_is_not_a_full_pass(tmp_path):
     assert result.output.strip().splitlines()[-1] == (
         "passed what ran; 1 check not run (1 passed, 0 failed; the NOT RUN lines say why; not a full pass)"
     )
+
+
+def test_psnr_range_is_the_declared_value_range_of_each_output():
+    """An image output declares its value range ([-1, 1]: PSNR over 2); a cache output beside it
+    declares none, so its PSNR is over the reference's own span (not the image's range)."""
+    from parity.compare import _rows_for, value_ranges
+    from parity.tolerances import tolerance
+    from zoo.contract import Component, TensorSpec, specs
+    from zoo.models import sd_vae
+
+    decoder = sd_vae.decoder_component("batch", lambda env, ref: {})
+    assert value_ranges(decoder, None) == {"sample": 2.0}  # the SD decoder's specs need no reference
+    step = Component(
+        name="vae_decoder_step",
+        tolerance="vae_decoder",
+        module="vae",
+        inputs=specs(),
+        outputs=specs(
+            TensorSpec("frames", "float32", (1, 4), value_range=(-1.0, 1.0)),
+            TensorSpec("cache_out_0", "float32", (1, 4)),
+        ),
+        dims=lambda env, ref: {},
+        wrapper=lambda ref: torch.nn.Identity(),
+        reference=lambda ref, feeds: {},
+    )
+    ranges = value_ranges(step, None)
+    assert ranges == {"frames": 2.0, "cache_out_0": None}
+    reference = {
+        "frames": torch.tensor([[-1.0, 0.0, 0.5, 1.0]]),
+        "cache_out_0": torch.tensor([[0.0, 10.0, 20.0, 40.0]]),
+    }
+    candidate = {k: v + 0.01 for k, v in reference.items()}
+    tol = tolerance("vae_decoder", "float32", "tiny")
+    rows = {
+        r.output: r for r in _rows_for("component", "vae_decoder_step", "opt", "1x4", candidate, reference, tol, ranges)
+    }
+    assert rows["frames"].metrics.psnr == pytest.approx(
+        10 * math.log10(2.0**2 / 0.01**2), abs=0.01
+    )  # fp32 rounding of the 0.01
+    assert rows["cache_out_0"].metrics.psnr == pytest.approx(
+        10 * math.log10(40.0**2 / 0.01**2), abs=0.01
+    )  # fp32 rounding of the 0.01
+    with pytest.raises(TypeError, match="value_range must be"):
+        TensorSpec("frames", "float32", (1,), value_range=(1.0, -1.0))
+
+
+def test_wan_vae_declares_the_image_range_on_decoded_frames_only(tiny_checkpoint):
+    from parity.compare import value_ranges
+    from zoo.models import wan_vae
+
+    fam = get_family("wan-animate")
+    ref = fam.load(tiny_checkpoint("wan-animate"))
+    for name in wan_vae.CHUNK_COMPONENTS:
+        ranges = value_ranges(fam.component(name), ref)
+        caches = {k: v for k, v in ranges.items() if k.startswith("cache_out_")}
+        assert caches and set(caches.values()) == {None}, name
+        if "decoder" in name:
+            assert ranges["frames"] == 2.0
+        else:
+            assert ranges["latent_parameters"] is None
