@@ -51,7 +51,15 @@ from zoo.contract import (
 from zoo.errors import CheckpointError, InputError
 from zoo.infra.checkpoint import is_lfs_pointer, pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.models import wan_vae
-from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
+from zoo.models.wan_dit import (
+    DIT_PRECISION,
+    condition_dims,
+    conditions,
+    output_head,
+    random_wan_parts,
+    time_embedding,
+)
+from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH
 
 PIPELINE = "WanImageToVideoPipeline"
 RANDOM_CHECKPOINT = "unianimate.ckpt"
@@ -244,28 +252,10 @@ class RefPoseEncoderExport(nn.Module):
         return self.guider(ref_pose / 255.0).to(torch.bfloat16).to(torch.float32)
 
 
-def _time_embedding(m: nn.Module, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``temb`` and ``t_mod`` (B, 6, D) of ``WanTimeTextImageEmbedding`` (its time half)."""
-    ce = m.condition_embedder
-    temb = ce.time_embedder(ce.timesteps_proj(timestep).to(torch.float32))
-    return temb, ce.time_proj(ce.act_fn(temb)).unflatten(1, (6, -1))
-
-
 def _patch_tokens(m: nn.Module, hidden_states: torch.Tensor, pose_features: torch.Tensor) -> torch.Tensor:
     """Patch tokens with the pose features added right after patchify (the original's ``add_condition``)."""
     x = m.patch_embedding(hidden_states).flatten(2).transpose(1, 2)  # (B, N, D)
     return x + pose_features.flatten(2).transpose(1, 2)  # (B, D, T, h/2, w/2) -> (B, N, D)
-
-
-def _head(m: nn.Module, x: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Output norm (fp32), projection, unpatchify: (B, N, p*C) -> (B, C, T, h, w)."""
-    batch, _, frames, height, width = shape
-    p_t, p_h, p_w = m.config.patch_size
-    shift, scale = (m.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-    x = (m.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-    x = m.proj_out(x)
-    x = x.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
 
 class UniAnimateTransformerExport(nn.Module):
@@ -289,15 +279,11 @@ class UniAnimateTransformerExport(nn.Module):
         m = self.transformer
         rotary_emb = m.rope(hidden_states)
         x = x_in = _patch_tokens(m, hidden_states, pose_features)
-        temb, timestep_proj, context, context_image = m.condition_embedder(
-            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=None
-        )
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))
-        context = torch.cat([context_image, context], dim=1)
+        temb, timestep_proj, context = conditions(m, timestep, encoder_hidden_states, encoder_hidden_states_image)
         for block in m.blocks:
             x = block(x, context, timestep_proj, rotary_emb)
         residual = (x - x_in).transpose(1, 2).reshape(pose_features.shape)  # (B, D, T, h/2, w/2)
-        return _head(m, x, temb, hidden_states.shape), residual
+        return output_head(m, x, temb, hidden_states.shape), residual
 
 
 class TransformerSkipExport(nn.Module):
@@ -312,8 +298,8 @@ class TransformerSkipExport(nn.Module):
     ) -> torch.Tensor:
         m = self.transformer
         x = _patch_tokens(m, hidden_states, pose_features) + residual.flatten(2).transpose(1, 2)
-        temb, _ = _time_embedding(m, timestep)
-        return _head(m, x, temb, hidden_states.shape)
+        temb, _ = time_embedding(m, timestep)
+        return output_head(m, x, temb, hidden_states.shape)
 
 
 class TimeEmbeddingExport(nn.Module):
@@ -324,7 +310,7 @@ class TimeEmbeddingExport(nn.Module):
         self.transformer = transformer
 
     def forward(self, timestep: torch.Tensor) -> torch.Tensor:
-        return _time_embedding(self.transformer, timestep)[1]
+        return time_embedding(self.transformer, timestep)[1]
 
 
 # --------------------------------------------------------------------------------------
@@ -449,10 +435,7 @@ def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
         "in_channels": Dim.static("in_channels", cfg.in_channels),
         "out_channels": Dim.static("out_channels", cfg.out_channels),
         "inner_dim": Dim.static("inner_dim", cfg.num_attention_heads * cfg.attention_head_dim),
-        "text_length": Dim.static("text_length", TEXT_LENGTH),
-        "text_dim": Dim.static("text_dim", cfg.text_dim),
-        "image_tokens": Dim.static("image_tokens", image_tokens(ref)),
-        "image_dim": Dim.static("image_dim", cfg.image_dim),
+        **condition_dims(ref),
     }
 
 
@@ -497,12 +480,6 @@ GRAPHS = PipelineSlot(
     ),
 )
 TEACACHE_COMPONENTS = ("transformer_skip", "time_embedding")
-
-
-DIT_PRECISION = Precision(
-    keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
-    note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)",
-)
 
 
 # --------------------------------------------------------------------------------------
@@ -956,13 +933,11 @@ def random_checkpoint(transformer: nn.Module, *, z_dim: int, rank: int = 2, seed
 
 def _random_parts(preset: str, seed: int) -> dict[str, Any]:
     """A random Wan2.1-I2V pipeline: tiny, or Wan2.1-I2V-14B's widths at one block (bench); the
-    encoders and VAE are Wan-Animate's random parts of the same preset."""
+    encoders and VAE are the Wan random parts of the same preset (:func:`random_wan_parts`)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-    from zoo.families.wan_animate.family import _random_parts as wan_parts
-
     bench = preset == "bench"
-    parts = wan_parts(preset, seed)
+    parts = random_wan_parts(preset, seed)
     heads, head_dim = (40, 128) if bench else (2, 12)
     z = parts["vae"].config.z_dim
     parts["transformer"] = WanTransformer3DModel(

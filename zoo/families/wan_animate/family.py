@@ -45,7 +45,8 @@ from zoo.contract import (
 from zoo.errors import CheckpointError, InputError
 from zoo.infra.checkpoint import pipeline_modules, random_preset, require_folder, write_random_marker
 from zoo.models import wan_vae
-from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH, image_tokens
+from zoo.models.wan_dit import DIT_PRECISION, condition_dims, conditions, output_head, random_wan_parts
+from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER
 
 PIPELINE = "WanAnimatePipeline"
 MODES = ("animate", "replace")
@@ -117,8 +118,6 @@ class WanAnimateTransformerExport(nn.Module):
         motion_vec: torch.Tensor,
     ) -> torch.Tensor:
         m = self.transformer
-        batch, _, frames, height, width = hidden_states.shape  # (B, C, T+1, h, w)
-        p_t, p_h, p_w = m.config.patch_size
 
         # 1. rotary position embedding (real-valued cos / sin) and patch embeddings
         rotary_emb = m.rope(hidden_states)
@@ -128,11 +127,7 @@ class WanAnimateTransformerExport(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
 
         # 2. time, text and image conditions
-        temb, timestep_proj, context, context_image = m.condition_embedder(
-            timestep, encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=None
-        )
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))
-        context = torch.cat([context_image, context], dim=1)
+        temb, timestep_proj, context = conditions(m, timestep, encoder_hidden_states, encoder_hidden_states_image)
 
         # 3. blocks, the face adapter after every inject_face_latents_blocks-th block
         every = m.config.inject_face_latents_blocks
@@ -142,12 +137,7 @@ class WanAnimateTransformerExport(nn.Module):
                 x = m.face_adapter[i // every](x, motion_vec) + x
 
         # 4. output norm (fp32), projection, unpatchify: (B, N, p*C) -> (B, C, T+1, h, w)
-        shift, scale = (m.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-        x = (m.norm_out(x.float()) * (1 + scale) + shift).to(x.dtype)
-        x = m.proj_out(x)
-        x = x.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
-        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        return output_head(m, x, temb, hidden_states.shape)
 
 
 # --------------------------------------------------------------------------------------
@@ -234,10 +224,7 @@ def _transformer_dims(env: Envelope, ref: Reference) -> dict[str, Dim]:
         "out_channels": Dim.static("out_channels", cfg.out_channels),
         "latent_height": Dim.of_range("latent_height", env["height"].scaled(1, s), patch),
         "latent_width": Dim.of_range("latent_width", env["width"].scaled(1, s), patch),
-        "text_length": Dim.static("text_length", TEXT_LENGTH),
-        "text_dim": Dim.static("text_dim", cfg.text_dim),
-        "image_tokens": Dim.static("image_tokens", image_tokens(ref)),
-        "image_dim": Dim.static("image_dim", cfg.image_dim),
+        **condition_dims(ref),
     }
 
 
@@ -406,10 +393,7 @@ class WanAnimate(Family):
             dims=_transformer_dims,
             wrapper=lambda ref: WanAnimateTransformerExport(ref.module("transformer")),
             reference=_transformer_reference,
-            precision=Precision(
-                keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
-                note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)",
-            ),
+            precision=DIT_PRECISION,
         ),
         *wan_vae.chunk_components(_vae_dims),
     )
@@ -659,114 +643,9 @@ class WanAnimate(Family):
         from diffusers import WanAnimatePipeline
 
         variant = self.random_choice(variant, preset)
-        WanAnimatePipeline(**_random_parts(preset, seed)).save_pretrained(dest)
+        WanAnimatePipeline(**random_wan_parts(preset, seed)).save_pretrained(dest)
         write_random_marker(Path(dest), family=self.name, variant=variant, preset=preset, seed=seed)
         return Path(dest)
-
-
-def _random_parts(preset: str, seed: int) -> dict[str, Any]:
-    """Random-weight modules: tiny, or Wan-Animate-14B's widths at one block (bench)."""
-    import tempfile
-
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanAnimateTransformer3DModel
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        UMT5Config,
-        UMT5EncoderModel,
-    )
-
-    from zoo.infra.tiny import build_t5_tokenizer
-
-    bench = preset == "bench"
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        build_t5_tokenizer(Path(tmp), model_max_length=TEXT_LENGTH)
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
-    text_dim = 4096 if bench else 32
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=text_dim,
-            d_kv=64 if bench else 8,
-            d_ff=10240 if bench else 37,
-            num_layers=1,
-            num_heads=64 if bench else 4,
-            relative_attention_num_buckets=32 if bench else 8,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    )
-    image_dim = 1280 if bench else 16
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=image_dim,
-            intermediate_size=5120 if bench else 32,
-            num_hidden_layers=2,
-            num_attention_heads=16 if bench else 2,
-            image_size=224 if bench else 28,
-            patch_size=14,
-            projection_dim=16,
-        )
-    )
-    crop = 224 if bench else 28
-    image_processor = CLIPImageProcessor(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop})
-    z = 16 if bench else 4
-    vae = AutoencoderKLWan(
-        base_dim=96 if bench else 8,
-        z_dim=z,
-        dim_mult=[1, 2, 4, 4] if bench else [1, 2, 2, 2],
-        num_res_blocks=2 if bench else 1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.1 * (i % 5) - 0.2 for i in range(z)],
-        latents_std=[1.0 + 0.25 * (i % 4) for i in range(z)],
-    )
-    heads, head_dim = (40, 128) if bench else (2, 12)
-    transformer = WanAnimateTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=heads,
-        attention_head_dim=head_dim,
-        in_channels=2 * z + 4,
-        latent_channels=z,
-        out_channels=z,
-        text_dim=text_dim,
-        freq_dim=256 if bench else 32,
-        ffn_dim=13824 if bench else 32,
-        num_layers=1 if bench else 2,
-        cross_attn_norm=True,
-        image_dim=image_dim,
-        added_kv_proj_dim=heads * head_dim,
-        rope_max_seq_len=1024 if bench else 32,
-        **(
-            {}
-            if bench
-            else dict(
-                motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16},
-                motion_encoder_size=16,
-                motion_style_dim=16,
-                motion_dim=4,
-                motion_encoder_dim=16,
-                face_encoder_hidden_dim=16,
-                face_encoder_num_heads=2,
-                motion_encoder_batch_size=4,
-            )
-        ),
-        inject_face_latents_blocks=1 if bench else 2,
-    )
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    return {
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
-        "vae": vae,
-        "scheduler": scheduler,
-        "image_processor": image_processor,
-        "image_encoder": image_encoder,
-        "transformer": transformer,
-    }
 
 
 FAMILY = WanAnimate()
