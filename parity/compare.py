@@ -137,7 +137,7 @@ def _not_run_rows(
     shape: str,
     reference: Mapping[str, torch.Tensor],
     tol: Tolerance,
-    data_ranges: Mapping[str, float | None],
+    data_ranges: Mapping[str, float | None] | None,
     *,
     precision: str,
     reason: str,
@@ -151,7 +151,7 @@ def _not_run_rows(
     graph's dtype structure). A failure of those checks still fails the row."""
     rows = []
     for name, ref in reference.items():
-        m_own = _own_error(own, name, ref, tol, data_ranges.get(name))
+        m_own = _own_error(own, name, ref, tol, (data_ranges or {}).get(name))
         instead, failures = [], list(problems)
         if m_own is not None:
             metric = Row(level, component, label, shape, name, m_own, tol).headline()
