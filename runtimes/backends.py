@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -145,7 +145,7 @@ class Backend(ABC):
         return f"{type(self).__name__}({self.manifest.family}/{self.record.name}, {self.device})"
 
 
-_REFERENCES: dict[tuple, Reference] = {}
+_REFERENCES: dict[tuple[Any, ...], Reference] = {}
 
 
 def load_reference(manifest: Manifest, device: str | torch.device = "cpu") -> Reference:
@@ -281,6 +281,11 @@ class TensorRTBackend(Backend):
     check_finite_after_run = True  # one host synchronisation per call, inputs and outputs together
     ALIGNMENT = 256  # bytes: what IExecutionContext.set_tensor_address requires
 
+    # set by _load, None once unloaded; tensorrt has no type information: its objects are Any
+    engine: Any  # the tensorrt.ICudaEngine
+    context: Any  # its IExecutionContext
+    stream: torch.cuda.Stream | None
+
     def __init__(self, manifest: Manifest, component: str, device: str = "cuda") -> None:
         super().__init__(manifest, component, device)
         self.budgets: StreamingBudgets | None = None  # shared by the engines of one pipeline (Runners)
@@ -312,7 +317,7 @@ class TensorRTBackend(Backend):
                     f"TensorRT could not create an execution context for {self.entry.plan} (see its log above)"
                 )
             self.context = context
-            self.stream = torch.cuda.Stream(self.device)
+            self.stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]  # torch leaves Stream.__new__ unannotated
 
     def _check_tensors(self, trt: Any) -> None:
         """The engine's tensors are the component's, in its dtypes, and all device tensors."""
@@ -331,16 +336,17 @@ class TensorRTBackend(Backend):
                 f"the host; the tensorrt backend binds device tensors only: export the component with "
                 f"{host[0]!r} as a data input (its values in a device tensor), then rebuild"
             )
-        self.dtypes = {n: _TRT_TORCH.get(str(engine.get_tensor_dtype(n)).split(".")[-1]) for n in names}
+        found = {n: _TRT_TORCH.get(str(engine.get_tensor_dtype(n)).split(".")[-1]) for n in names}
+        tensors = (*self.record.inputs, *self.record.outputs)
         wrong = [
-            f"{t.name} is {self.dtypes[t.name]}, expected {t.dtype}"
-            for t in (*self.record.inputs, *self.record.outputs)
-            if self.dtypes[t.name] != DTYPES[t.dtype]
+            f"{t.name} is {found[t.name]}, expected {t.dtype}" for t in tensors if found[t.name] != DTYPES[t.dtype]
         ]
         if wrong:
             raise ArtifactError(
                 f"the engine {self.entry.plan} does not have the component's dtypes ({'; '.join(wrong)}); rebuild it"
             )
+        # the engine's tensors are the component's (checked above), each in the component's dtype
+        self.dtypes: dict[str, torch.dtype] = {t.name: DTYPES[t.dtype] for t in tensors}
 
     def _set_streaming_budget(self) -> int | None:
         """Set a weight-streaming engine's budget (``auto``: resolved with the pipeline's other
@@ -368,7 +374,7 @@ class TensorRTBackend(Backend):
         return got
 
     @property
-    def profile_dims(self) -> dict:
+    def profile_dims(self) -> Mapping[str, Any]:
         return self.dims if self.is_active else self.record.dims
 
     def infer(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -384,7 +390,8 @@ class TensorRTBackend(Backend):
         return ArtifactError(f"component {self.record.name!r}: TensorRT refused {what} (see its log above)")
 
     def _execute(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        context = self.context
+        context, stream = self.context, self.stream
+        assert stream is not None  # set by _load: a call activates the backend first
         caller = torch.cuda.current_stream(self.device)
         bound: dict[str, torch.Tensor] = {}  # alive until the call is queued (see the class's note on streams)
         for name, value in feeds.items():
@@ -411,9 +418,9 @@ class TensorRTBackend(Backend):
         for name, t in (*bound.items(), *outputs.items()):
             if not context.set_tensor_address(name, t.data_ptr()):
                 raise self._refused(f"the address of {name!r} ({t.data_ptr():#x}, shape {tuple(t.shape)}, {t.dtype})")
-        self.stream.wait_stream(caller)  # inputs written on the caller's stream are finished first
-        queued = context.execute_async_v3(self.stream.cuda_stream)
-        caller.wait_stream(self.stream)  # the caller's next kernels (and frees) come after the engine
+        stream.wait_stream(caller)  # inputs written on the caller's stream are finished first
+        queued = context.execute_async_v3(stream.cuda_stream)
+        caller.wait_stream(stream)  # the caller's next kernels (and frees) come after the engine
         if not queued:
             raise OutputError(f"component {self.record.name!r}: TensorRT's execute_async_v3 failed (see its log above)")
         return outputs
@@ -539,7 +546,7 @@ class Runners(Mapping[str, Backend]):
     def __getitem__(self, key: str) -> Backend:
         return self._backends[key]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._backends)
 
     def __len__(self) -> int:

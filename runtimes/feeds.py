@@ -7,8 +7,8 @@ names the input, the dim, the value and what is allowed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +32,10 @@ def _nonfinite(t: torch.Tensor) -> tuple[int, int]:
     return int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
 
 
-def first_nonfinite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+Key = TypeVar("Key", bound=Hashable)
+
+
+def first_nonfinite(tensors: Mapping[Key, torch.Tensor]) -> Key | None:
     """The name of the first tensor holding a NaN or Inf, or None: one fused reduction per device
     (``isfinite(t).all()`` of every floating tensor stacked, one ``.item()``), so a GPU call costs
     one host sync, not one per tensor; which tensor it was is found only on the failing path."""
@@ -103,10 +106,11 @@ def validate_feeds(
             if problem:
                 raise InputError(f"{where}: dim {axis} ({want}) is {size}, {problem} (exported profile)")
             name, value = want, size
-            if dim.is_derived:  # check it through its source dim
-                name, value = dim.of, dim.source_value(size)
-                if value is None:
+            if dim.of is not None:  # derived: check it through its source dim
+                source = dim.source_value(size)
+                if source is None:
                     raise InputError(f"{where}: dim {axis} ({want}) is {size}, expected {dim.formula()}")
+                name, value = dim.of, source
             if name in seen and seen[name][0] != value:
                 so = f", so {name} = {value}" if dim.is_derived else ""
                 raise InputError(
@@ -135,22 +139,23 @@ def check_profile(
                     )
 
 
-def _point(record: ComponentRecord, feeds: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Every dim's value that the feeds determine (derived dims through their sources)."""
-    point: dict[str, int] = {}
+def _point(record: ComponentRecord, feeds: Mapping[str, torch.Tensor]) -> dict[str, int | None]:
+    """Every dim's value that the feeds determine (derived dims through their sources; None for a
+    source no integer gives)."""
+    point: dict[str, int | None] = {}
     for spec in record.inputs:
         for size, want in zip(feeds[spec.name].shape, spec.shape):
             if isinstance(want, str):
                 dim = record.dims[want]
-                if dim.is_derived:
+                if dim.of is not None:  # derived
                     point[dim.of] = dim.source_value(size)
                 else:
                     point[want] = size
     for name, dim in record.dims.items():
         if not dim.is_dynamic:
             point.setdefault(name, dim.min)
-        if dim.is_derived and point.get(dim.of) is not None:
-            point[name] = dim.value_from(point[dim.of])
+        if dim.of is not None and (source := point.get(dim.of)) is not None:  # derived, its source known
+            point[name] = dim.value_from(source)
     return point
 
 
@@ -169,12 +174,13 @@ def check_outputs(
             raise OutputError(f"{where}: rank {t.dim()}, expected {len(spec.shape)} {_fmt(spec)}")
         for axis, (size, want) in enumerate(zip(t.shape, spec.shape)):
             expected = want if isinstance(want, int) else point.get(want)
-            if expected is None:
+            if expected is not None:
+                if size != expected:
+                    raise OutputError(f"{where}: dim {axis} is {size}, expected {expected} {_fmt(spec)}")
+            elif isinstance(want, str):  # a dim the feeds do not determine: its own range
                 problem = record.dims[want].problem(size)
                 if problem:
                     raise OutputError(f"{where}: dim {axis} ({want}) is {size}, {problem}")
-            elif size != expected:
-                raise OutputError(f"{where}: dim {axis} is {size}, expected {expected} {_fmt(spec)}")
 
 
 def _fmt(spec: TensorRecord) -> str:

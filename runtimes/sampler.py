@@ -16,16 +16,20 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
-from exporters.manifest import Manifest, load_manifest
+from exporters.manifest import ComponentRecord, Manifest, load_manifest
 from runtimes.backends import Backend, Runners, parse_device
-from zoo.contract import PipelineSlot, Request, RequestContext
+from zoo.contract import Family, PipelineSlot, Request, RequestContext, Runner
 from zoo.errors import ArtifactError, InputError, ZooError
 from zoo.registry import get_family
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +41,13 @@ class BackendModule(torch.nn.Module):
     ``dtype`` and call signature, its methods running exported components."""
 
     def __init__(
-        self, slot: PipelineSlot, config: Mapping[str, Any], runners: Mapping[str, Callable], device: torch.device
+        self, slot: PipelineSlot, config: Mapping[str, Any], runners: Mapping[str, Runner], device: torch.device
     ) -> None:
         from diffusers.configuration_utils import FrozenDict
 
         super().__init__()
         self.slot = slot
-        self.config = FrozenDict(config)
+        self.config = FrozenDict(config)  # type: ignore[no-untyped-call]  # diffusers leaves FrozenDict.__init__ unannotated
         self._runners = runners
         self._device = device
         for method, fn in slot.calls.items():
@@ -93,7 +97,7 @@ def request_context(manifest: Manifest) -> RequestContext:
     )
 
 
-def sampler_family(manifest: Manifest) -> Any:
+def sampler_family(manifest: Manifest) -> Family:
     """The export's family, if it has a sampler; :class:`ZooError` saying what to use instead if not."""
     family = get_family(manifest.family)
     if not family.has_sampler or not manifest.pipeline:
@@ -154,7 +158,8 @@ def check_steps(manifest: Manifest, request: Request) -> None:
             continue
         scheduler = _load_host_module(manifest.root / name, info)
         if request.scheduler is not None:
-            scheduler = scheduler_class(request.scheduler).from_config(scheduler.config)
+            # diffusers leaves ConfigMixin.from_config unannotated
+            scheduler = scheduler_class(request.scheduler).from_config(scheduler.config)  # type: ignore[no-untyped-call]
         problem = _steps_problem(scheduler, steps)
         if problem:
             raise InputError(f"{family.option_name('num_inference_steps')} {steps}: {problem}")
@@ -183,10 +188,10 @@ def _steps_problem(scheduler: Any, steps: int) -> str | None:
         )
     elif simulated := _schedule_problem(scheduler, steps):
         most = _most_steps(scheduler, steps)
-        most = f"; it takes at most {most} steps here" if most else ""
+        at_most = f"; it takes at most {most} steps here" if most else ""
         problem = (
             f"{type(scheduler).__name__} cannot take that many steps on this export's "
-            f"scheduler config ({simulated}){most}"
+            f"scheduler config ({simulated}){at_most}"
         )
     with _STEP_PROBLEMS_LOCK:
         _STEP_PROBLEMS[key] = problem
@@ -243,7 +248,7 @@ def _most_steps(scheduler: Any, steps: int) -> int | None:
     return lo or None
 
 
-def scheduler_class(name: str) -> type:
+def scheduler_class(name: str) -> type[SchedulerMixin]:
     """A diffusers scheduler class by name; :class:`InputError` lists a few when it is not one."""
     import diffusers
     from diffusers import SchedulerMixin
@@ -265,7 +270,8 @@ def configure_pipeline(
     ``on_step`` is told of every step of every progress bar the pipeline opens (a FreeInit pass
     or a video segment each opens one): ``{"bar": n, "step": k, "total": t}``."""
     if request.scheduler is not None:
-        pipeline.scheduler = scheduler_class(request.scheduler).from_config(pipeline.scheduler.config)
+        # diffusers leaves ConfigMixin.from_config unannotated
+        pipeline.scheduler = scheduler_class(request.scheduler).from_config(pipeline.scheduler.config)  # type: ignore[no-untyped-call]
     for method, kwargs in request.setup.items():
         getattr(pipeline, method)(**kwargs)
     pipeline.set_progress_bar_config(desc="sampling", leave=False, disable=not progress)
@@ -292,7 +298,7 @@ class _StepEvents:
         self.done += n
         self.on_step({"bar": self.number, "step": self.done, "total": int(self.bar.total or 0)})
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         for item in self.bar:
             yield item
             self._report(1)
@@ -312,7 +318,7 @@ class _StepEvents:
         return getattr(self.bar, name)
 
 
-def run_pipeline(family: Any, pipeline: Any, request: Request, seed: int) -> np.ndarray:
+def run_pipeline(family: Any, pipeline: Any, request: Request, seed: int) -> NDArray[Any]:
     """Call the pipeline as ``zoo run`` does (``generator=torch.Generator("cpu").manual_seed(seed)``,
     ``output_type="np"``) and read its output the family's way."""
     try:
@@ -342,7 +348,7 @@ class Sampler:
             )
         self.device = parse_device(device, backend)
         self.backends = Runners(backend, self.manifest, device)
-        self.runners: dict[str, Callable] = dict(self.backends)
+        self.runners: dict[str, Runner] = dict(self.backends)
         self.host = {
             name: _load_host_module(self.manifest.root / name, info)
             for name, info in self.manifest.host_modules.items()
@@ -366,7 +372,7 @@ class Sampler:
         *,
         progress: bool = True,
         on_step: Callable[[dict[str, int]], None] | None = None,
-    ) -> np.ndarray:
+    ) -> NDArray[Any]:
         """Generate: the float array of ``output_type="np"`` ((N,H,W,3) images or (B,F,H,W,3) videos);
         ``on_step`` hears of each denoising step (see :func:`configure_pipeline`)."""
         check_request(self.manifest, request)
@@ -389,7 +395,8 @@ class Sampler:
 
 
 class _Recording:
-    """A backend that also keeps a copy of one feed of every call."""
+    """A backend that also keeps a copy of one feed of every call (a :class:`~zoo.contract.Runner`:
+    the rest is the backend's)."""
 
     def __init__(self, backend: Backend, feed: str, calls: list[torch.Tensor]) -> None:
         self.backend, self.feed, self.calls = backend, feed, calls
@@ -398,3 +405,17 @@ class _Recording:
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         self.calls.append(feeds[self.feed].detach().clone())
         return self.backend(feeds)
+
+    @property
+    def record(self) -> ComponentRecord:
+        return self.backend.record
+
+    def call_cached(self, feeds: Mapping[str, Any], keep: int = 2) -> dict[str, torch.Tensor]:
+        self.calls.append(feeds[self.feed].detach().clone())
+        return self.backend.call_cached(feeds, keep)
+
+    def set_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.backend.set_state(tensors)
+
+    def reset_state(self) -> None:
+        self.backend.reset_state()

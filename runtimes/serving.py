@@ -22,12 +22,16 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
+from numpy.typing import NDArray
 
 from zoo.errors import EnvelopeError, InputError, ZooError
+
+if TYPE_CHECKING:
+    from zoo.contract import Option
 
 PROTOCOL = 1
 # Triton tensors of the model (names shared by the repository's config, the model and the client)
@@ -65,7 +69,7 @@ class Payload:
     files: dict[str, tuple[str, bytes | dict[str, bytes]]] = field(default_factory=dict)  # a file, or a folder's files
     return_array: bool = False
 
-    def encode(self) -> dict[str, np.ndarray]:
+    def encode(self) -> dict[str, NDArray[Any]]:
         """The Triton inputs (batch of one)."""
         blobs: list[bytes] = []
 
@@ -73,7 +77,7 @@ class Payload:
             blobs.append(data)
             return len(blobs) - 1
 
-        files = {}
+        files: dict[str, dict[str, Any]] = {}
         for option, (name, data) in sorted(self.files.items()):
             if isinstance(data, dict):
                 files[option] = {"name": name, "folder": {rel: index(b) for rel, b in sorted(data.items())}}
@@ -92,7 +96,7 @@ class Payload:
         return {REQUEST: np.array([[json.dumps(doc).encode()]], dtype=object), MEDIA: media}
 
     @classmethod
-    def decode(cls, request: np.ndarray, media: np.ndarray | None) -> Payload:
+    def decode(cls, request: NDArray[Any], media: NDArray[Any] | None) -> Payload:
         """From the Triton inputs; a malformed document is a :class:`RequestError`."""
         try:
             doc = json.loads(bytes(np.asarray(request).reshape(-1)[0]))
@@ -133,7 +137,7 @@ class Payload:
         return path.read_bytes()
 
 
-def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, Any]:
+def parse_options(run_options: tuple[Option, ...], values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` (JSON) through the click options ``zoo run`` has for them, seed included, as
     ``zoo run``'s own command line: the same conversions, ranges, required options and messages
     (``Error: ...``)."""
@@ -143,7 +147,7 @@ def parse_options(run_options: tuple, values: Mapping[str, Any]) -> dict[str, An
     # zoo run's own options, so that click suggests what it suggests there; a request may not set them
     own = [click.Option([f"--{n}", n]) for n in ("backend", "device", "out")]
     params = [click_option(o) for o in run_options] + [seed, *own]
-    command = click.Command("run", params=params, add_help_option=False)
+    command = click.Command("run", params=[*params], add_help_option=False)
     flags = {p.name: p for p in params}
     args: list[str] = []
     try:
@@ -224,7 +228,7 @@ class Result:
     their bytes; the float array when asked for."""
 
     files: list[tuple[str, bytes]]
-    array: np.ndarray | None = None
+    array: NDArray[Any] | None = None
 
 
 class Service:
@@ -286,7 +290,7 @@ class Service:
         for parent in {t[:-1] for t in targets} | {t[:i] for t in targets for i in range(len(t))}:
             children = sorted({t[len(parent)] for t in targets if len(t) > len(parent) and t[: len(parent)] == parent})
             for child, server in _frame_names(children).items():
-                renamed[(*parent, child)] = server
+                renamed[parent + (child,)] = server
         for parts, (rel, blob) in targets.items():
             target = path.joinpath(*[renamed[parts[: i + 1]] for i in range(len(parts))])
             if target.name != parts[-1]:
@@ -348,11 +352,11 @@ class Service:
             raise
         except ZooError as e:  # the request's fault (400) or the server's, with no server path in the line
             line = str(e)
-            for path in sorted((n for n in names if "/" in n), key=len, reverse=True):
-                line = line.replace(path, names[path])
+            for server_path in sorted((n for n in names if "/" in n), key=len, reverse=True):
+                line = line.replace(server_path, names[server_path])
             for server, client in names.items():  # frame names that had to be renamed
                 if "/" not in server:
-                    line = re.sub(rf"(?<![\w/.-]){re.escape(server)}(?![\w.-])", lambda m, client=client: client, line)
+                    line = re.sub(rf"(?<![\w/.-]){re.escape(server)}(?![\w.-])", _literal(client), line)
             line = line.replace(str(work), "")
             for root in {str(self.manifest.root.resolve()), str(self.manifest.root)}:
                 line = line.replace(root, "<export>")
@@ -362,6 +366,11 @@ class Service:
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self.active.discard(work)
+
+
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    """A ``re.sub`` replacement that is ``text`` as is (no backslash or group escapes)."""
+    return lambda match: text
 
 
 def safe_relative(name: str) -> PurePosixPath:

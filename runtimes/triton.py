@@ -313,7 +313,8 @@ def http_ready(port: int, host: str = LOOPBACK) -> bool:
     """Whether a Triton server answers ``/v2/health/ready`` on ``port`` (all its models loaded)."""
     try:
         with urllib.request.urlopen(f"http://{_url_host(client_host(host))}:{port}/v2/health/ready", timeout=1) as r:
-            return r.status == 200
+            ready: bool = r.status == 200
+            return ready
     except OSError:
         return False
 
@@ -351,7 +352,7 @@ class Server:
         self, repo: Path, ports: Ports = Ports(), drain_timeout: int = 30, log: Path | None = None, host: str = LOOPBACK
     ) -> None:
         self.repo, self.ports, self.drain_timeout, self.log, self.host = Path(repo), ports, drain_timeout, log, host
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self._scratch: Path | None = None
         self._stubs: list[int] = []  # of a server killed
 
@@ -390,7 +391,9 @@ class Server:
         try:
             backends = _backend_dir(home, self._scratch / "backends")
             env = server_env(self._scratch)
-            with open(self.log_path, "ab") as out:
+            log_path = self.log_path
+            assert log_path is not None  # the scratch folder is set
+            with open(log_path, "ab") as out:
                 self.process = subprocess.Popen(
                     self.command(backends, home),
                     env=env,
@@ -426,10 +429,10 @@ class Server:
                 )
             if self.ready():
                 return time.monotonic() - start
-            failed = model_failures(self.ports.http, self.host)
-            if failed:
+            failures = model_failures(self.ports.http, self.host)
+            if failures:
                 raise ServerError(
-                    "; ".join(f"model {m!r} cannot load: {r}" for m, r in sorted(failed.items())) + see, 500
+                    "; ".join(f"model {m!r} cannot load: {r}" for m, r in sorted(failures.items())) + see, 500
                 )
             time.sleep(0.1)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s" + see, 503)
@@ -437,13 +440,16 @@ class Server:
     def _log_failures(self) -> str:
         """Why the server exited, from its log: the models that failed to load and their reasons,
         else its last error line."""
+        log_path = self.log_path
+        if log_path is None:  # never started
+            return ""
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except (OSError, AttributeError):
+            lines = log_path.read_text(errors="replace").splitlines()
+        except OSError:
             return ""
         errors = [line.split("] ", 1)[-1].strip('"') for line in lines if line.startswith("E")]
-        failed = [re.match(r"failed to load '([^']*)' version \d+: (.*)", e) for e in errors]
-        failed = [f"model {m.group(1)!r} cannot load: {_reason(m.group(2))}" for m in failed if m]
+        matches = [re.match(r"failed to load '([^']*)' version \d+: (.*)", e) for e in errors]
+        failed = [f"model {m.group(1)!r} cannot load: {_reason(m.group(2))}" for m in matches if m]
         if failed:
             return "; ".join(dict.fromkeys(failed))
         return errors[-1].split("\\n")[0] if errors else ""
@@ -451,10 +457,12 @@ class Server:
     def _exited(self, timeout: float) -> bool:
         """Whether the server exited within ``timeout`` s, left unreaped (its pid, its process
         group's id, cannot be reused until it is)."""
+        assert self.process is not None  # started
+        pid = self.process.pid
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                     return True
             except ChildProcessError:  # reaped already
                 return True
@@ -544,8 +552,10 @@ def serve_forever(
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
+        process = server.process
+        assert process is not None  # start() set it, or raised
         if signals:  # a signal came while the server was starting
-            server.process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)
         try:
             on_ready(server.wait_ready())
         except ServerError:
@@ -562,14 +572,14 @@ def serve_forever(
                 cancelled = True
                 server.cancel_left()
                 say(f"drain timeout ({server.drain_timeout} s): cancelling the requests left")
-            if cancelled and now >= deadline + GRACE:
+            if cancelled and deadline is not None and now >= deadline + GRACE:
                 say(f"the server did not stop {GRACE} s after the drain timeout: killed")
                 break
-        code = server.process.poll()
+        code = process.poll()
         if code is None or len(signals) > 1:
             server.kill()
             say("killed" + (" (second signal): requests in flight were dropped" if len(signals) > 1 else ""))
-            return 0 if signals else server.process.returncode
+            return 0 if signals else process.returncode
         if signals and code in (0, -signal.SIGTERM):
             say("drained and stopped" if not cancelled else "stopped")
             return 0
@@ -666,7 +676,7 @@ def stream_request(
         tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
-    replies: queue.Queue = queue.Queue()
+    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client = grpcclient.InferenceServerClient(grpc_url(url))
     finished = False  # the server ended the request (a result or a refusal): nothing to cancel
     try:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from runtimes.serving import ARRAY, EVENT, FILES, MEDIA, NAMES, REQUEST, Payload, RequestError, Service, ServiceError
 
@@ -57,7 +58,7 @@ def _watch_parent(parent: int, service: Service) -> None:  # pragma: no cover - 
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _strings(values: list[bytes]) -> np.ndarray:
+def _strings(values: list[bytes]) -> NDArray[Any]:
     out = np.empty((1, max(1, len(values))), dtype=object)  # object arrays keep trailing NUL bytes
     out[0, :] = values or [b""]
     return out
@@ -79,7 +80,7 @@ class TritonPythonModel:
         ).start()
 
     def _stopping(self) -> bool:
-        return bool(self.stop_file) and os.path.exists(self.stop_file)
+        return bool(self.stop_file and os.path.exists(self.stop_file))
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:

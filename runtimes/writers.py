@@ -8,8 +8,10 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from exporters.artifacts import _temp_sibling, atomic_write_bytes, staged_dir
 from zoo.errors import InputError, OutputError
@@ -21,7 +23,7 @@ VIDEO_SUFFIXES = (".mp4", ".gif", ".npy")
 IMAGE_SUFFIXES = (".png", ".npy")
 
 
-def write_images(images: np.ndarray, out: Path) -> list[Path]:
+def write_images(images: NDArray[Any], out: Path) -> list[Path]:
     """``images`` (N, H, W, 3) float in [0, 1], as the diffusers pipeline returns with
     ``output_type="np"``. ``.npy`` gets the whole float array; ``.png`` one file per image
     (``name.png``, or ``name-0.png``, ``name-1.png``, ... for several)."""
@@ -47,7 +49,7 @@ def write_images(images: np.ndarray, out: Path) -> list[Path]:
     return paths
 
 
-def _video_uint8(frames: np.ndarray) -> np.ndarray:
+def _video_uint8(frames: NDArray[Any]) -> NDArray[Any]:
     """(B, F, H, W, 3) float -> uint8 the way diffusers' ``numpy_to_pil`` does: ``(x * 255).round()``.
 
     Values are clipped to [0, 1] first (a no-op for pipeline output, which is already clamped) so an
@@ -55,7 +57,7 @@ def _video_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _pad_even(video: np.ndarray) -> np.ndarray:
+def _pad_even(video: NDArray[Any]) -> NDArray[Any]:
     """Pad (F, H, W, 3) to even H and W by repeating the last row / column (H.264 yuv420p needs even)."""
     h, w = video.shape[1:3]
     if h % 2 == 0 and w % 2 == 0:
@@ -85,7 +87,7 @@ def _check_h264(path: Path, frames: int, height: int, width: int) -> None:
         )
 
 
-def _encode_mp4(video: np.ndarray, path: Path, fps: int) -> None:
+def _encode_mp4(video: NDArray[Any], path: Path, fps: int) -> None:
     from diffusers.utils import export_to_video
     from PIL import Image
 
@@ -96,7 +98,7 @@ def _encode_mp4(video: np.ndarray, path: Path, fps: int) -> None:
     _check_h264(path, len(video), video.shape[1], video.shape[2])
 
 
-def _encode_gif(video: np.ndarray, path: Path, fps: int) -> None:
+def _encode_gif(video: NDArray[Any], path: Path, fps: int) -> None:
     from diffusers.utils import export_to_gif
     from PIL import Image
 
@@ -104,7 +106,7 @@ def _encode_gif(video: np.ndarray, path: Path, fps: int) -> None:
 
 
 def _write_files(
-    videos: np.ndarray, out: Path, fps: int, encode: Callable[[np.ndarray, Path, int], None]
+    videos: NDArray[Any], out: Path, fps: int, encode: Callable[[NDArray[Any], Path, int], None]
 ) -> list[Path]:
     """Encode every video to a temporary sibling (same suffix, so the encoder picks the format),
     then ``os.replace`` them all into place; on any failure no temporary file remains."""
@@ -137,7 +139,7 @@ def _is_frames_folder(folder: Path) -> bool:
     return True
 
 
-def _write_frame_folder(videos: np.ndarray, out: Path) -> list[Path]:
+def _write_frame_folder(videos: NDArray[Any], out: Path) -> list[Path]:
     from PIL import Image
 
     if out.is_dir() and not _is_frames_folder(out):
@@ -156,7 +158,7 @@ def _write_frame_folder(videos: np.ndarray, out: Path) -> list[Path]:
     return [out] if len(videos) == 1 else [out / f"video-{i}" for i in range(len(videos))]
 
 
-def write_video(frames: np.ndarray, out: Path, *, fps: int = 8) -> list[Path]:
+def write_video(frames: NDArray[Any], out: Path, *, fps: int = 8) -> list[Path]:
     """Write ``frames`` (B, F, H, W, 3) float in [0, 1], as a diffusers video pipeline returns with
     ``output_type="np"``; returns the written paths.
 
@@ -234,17 +236,18 @@ def check_writable(out: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        cause = {
+        causes: dict[int | None, str] = {
             errno.EACCES: "permission denied",
             errno.EPERM: "permission denied",
             errno.EROFS: "a read-only file system",
             errno.ENOSPC: "no space left on the device",
             errno.EDQUOT: "disk quota exceeded",
-        }.get(e.errno, e.strerror or str(e))
+        }
+        cause = causes.get(e.errno, e.strerror or str(e))
         raise InputError(f"--out {out}: cannot write in {folder}: {cause}") from None
 
 
-def write_output(array: np.ndarray, out: Path, *, fps: int = 8) -> list[Path]:
+def write_output(array: NDArray[Any], out: Path, *, fps: int = 8) -> list[Path]:
     """Write a pipeline's ``output_type="np"`` result: rank 4 (N, H, W, 3) images through
     :func:`write_images` (``.png`` / ``.npy``), rank 5 (B, F, H, W, 3) video through :func:`write_video`."""
     out = Path(out)
