@@ -61,6 +61,28 @@ def condition_dims(ref: Reference) -> dict[str, Dim]:
     }
 
 
+def random_dit_config(preset: str, *, z_dim: int, text_dim: int, image_dim: int) -> dict[str, Any]:
+    """The Wan I2V DiT's config of the random models (``WanTransformer3DModel`` and
+    ``WanAnimateTransformer3DModel`` alike): tiny, or the 14B models' widths at one block (bench)."""
+    bench = preset == "bench"
+    heads, head_dim = (40, 128) if bench else (2, 12)
+    return dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=2 * z_dim + 4,
+        out_channels=z_dim,
+        text_dim=text_dim,
+        freq_dim=256 if bench else 32,
+        ffn_dim=13824 if bench else 32,
+        num_layers=1 if bench else 2,
+        cross_attn_norm=True,
+        image_dim=image_dim,
+        added_kv_proj_dim=heads * head_dim,
+        rope_max_seq_len=1024 if bench else 32,
+    )
+
+
 def random_wan_parts(preset: str, seed: int) -> dict[str, Any]:
     """Random-weight ``WanAnimatePipeline`` modules: tiny, or Wan-Animate-14B's widths at one block
     (bench). The Wan families' random models start from these: wan-animate saves them as they are;
@@ -125,22 +147,9 @@ def random_wan_parts(preset: str, seed: int) -> dict[str, Any]:
         latents_mean=[0.1 * (i % 5) - 0.2 for i in range(z)],
         latents_std=[1.0 + 0.25 * (i % 4) for i in range(z)],
     )
-    heads, head_dim = (40, 128) if bench else (2, 12)
     transformer = WanAnimateTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=heads,
-        attention_head_dim=head_dim,
-        in_channels=2 * z + 4,
+        **random_dit_config(preset, z_dim=z, text_dim=text_dim, image_dim=image_dim),
         latent_channels=z,
-        out_channels=z,
-        text_dim=text_dim,
-        freq_dim=256 if bench else 32,
-        ffn_dim=13824 if bench else 32,
-        num_layers=1 if bench else 2,
-        cross_attn_norm=True,
-        image_dim=image_dim,
-        added_kv_proj_dim=heads * head_dim,
-        rope_max_seq_len=1024 if bench else 32,
         **(
             {}
             if bench
