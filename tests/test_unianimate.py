@@ -16,7 +16,7 @@ from exporters.manifest import load_manifest
 from parity.compare import component_parity
 from zoo.contract import Source
 from zoo.errors import CheckpointError
-from zoo.families.unianimate_dit.family import LORA_TARGETS, RANDOM_CHECKPOINT, read_checkpoint
+from zoo.families.unianimate_dit.checkpoint import LORA_TARGETS, RANDOM_CHECKPOINT, read_checkpoint
 from zoo.registry import get_family
 
 
@@ -162,7 +162,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from runtimes.sampler import Sampler, prepare_request  # noqa: E402
-from zoo.families.unianimate_dit.family import context_windows, teacache_plan, tiled_decode  # noqa: E402
+from zoo.families.unianimate_dit.sampler import context_windows, teacache_plan  # noqa: E402
+from zoo.families.unianimate_dit.vae_tiling import tiled_decode  # noqa: E402
 
 
 @pytest.fixture(scope="module")

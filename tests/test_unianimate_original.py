@@ -50,7 +50,7 @@ import math
 import pytest
 import torch
 
-from zoo.families.unianimate_dit.family import (
+from zoo.families.unianimate_dit.sampler import (
     context_windows,
     flow_schedule,
     flow_step,
@@ -58,8 +58,8 @@ from zoo.families.unianimate_dit.family import (
     teacache_distances,
     teacache_plan,
     teacache_rescale,
-    tiled_decode,
 )
+from zoo.families.unianimate_dit.vae_tiling import tiled_decode
 
 REL, ABS = 1e-6, 1e-7
 
