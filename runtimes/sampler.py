@@ -47,7 +47,7 @@ class BackendModule(torch.nn.Module):
 
         super().__init__()
         self.slot = slot
-        self.config = FrozenDict(config)  # type: ignore[no-untyped-call]  # diffusers leaves FrozenDict.__init__ unannotated
+        self.config = FrozenDict(config)
         self._runners = runners
         self._device = device
         for method, fn in slot.calls.items():
@@ -159,7 +159,7 @@ def check_steps(manifest: Manifest, request: Request) -> None:
         scheduler = _load_host_module(manifest.root / name, info)
         if request.scheduler is not None:
             # diffusers leaves ConfigMixin.from_config unannotated
-            scheduler = scheduler_class(request.scheduler).from_config(scheduler.config)  # type: ignore[no-untyped-call]
+            scheduler = scheduler_class(request.scheduler).from_config(scheduler.config)
         problem = _steps_problem(scheduler, steps)
         if problem:
             raise InputError(f"{family.option_name('num_inference_steps')} {steps}: {problem}")
@@ -271,7 +271,7 @@ def configure_pipeline(
     or a video segment each opens one): ``{"bar": n, "step": k, "total": t}``."""
     if request.scheduler is not None:
         # diffusers leaves ConfigMixin.from_config unannotated
-        pipeline.scheduler = scheduler_class(request.scheduler).from_config(pipeline.scheduler.config)  # type: ignore[no-untyped-call]
+        pipeline.scheduler = scheduler_class(request.scheduler).from_config(pipeline.scheduler.config)
     for method, kwargs in request.setup.items():
         getattr(pipeline, method)(**kwargs)
     pipeline.set_progress_bar_config(desc="sampling", leave=False, disable=not progress)
