@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -382,14 +382,55 @@ def test_triton_repository_holds_one_folder_per_model(tiny_export, tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to a bind to port 0 or an outgoing connection."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def unused_ports(n: int) -> list[int]:
+    """``n`` ports nothing listens on, none handed out before in this session, drawn at random
+    from below the kernel's ephemeral range: no bind to port 0 and no outgoing connection (of this
+    session or of another test run on the machine) is ever given one of them, so only a process
+    naming the same port itself can take it before the server binds it; :func:`start_server` then
+    draws new ones, a bounded number of times. (``zoo serve`` takes no port 0 to report back.)"""
+    import random
+
+    low = _ephemeral_low()
+    draw = random.SystemRandom()
+    ports: list[int] = []
+    for _ in range(1000):
+        port = draw.randrange(max(1024, low - 16384), low)
+        if port in _HANDED_OUT or port in ports:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as zoo serve checks: bound, not connected
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            _HANDED_OUT.update(ports)
+            return ports
+    raise AssertionError(f"no {n} unused ports below {low} in 1000 draws")
+
+
+def poll(condition, timeout: float, what: str, every: float = 0.05):
+    """``condition()``'s first true value, polled until ``timeout`` s have passed; fails naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
 
 
 @dataclass
@@ -399,6 +440,8 @@ class Served:
     grpc: int
     metrics: int
     log: Path
+    lines: list[str] = field(default_factory=list)  # zoo serve's own output, as it comes
+    reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -407,10 +450,45 @@ class Served:
     def ready(self) -> bool:
         return http_ready(self.http)
 
+    def read(self) -> None:
+        """Collect zoo serve's output in a thread, so that no test blocks on its pipe."""
+
+        def collect() -> None:
+            for line in self.process.stdout:
+                self.lines.append(line.decode(errors="replace"))
+
+        self.reader = threading.Thread(target=collect, daemon=True)
+        self.reader.start()
+
+    def said(self, prefix: str) -> bool:
+        return any(line.startswith(prefix) for line in list(self.lines))
+
+    def output(self, timeout: float = 10) -> str:
+        """Everything zoo serve printed (all of it once the process has exited)."""
+        if self.reader is not None and self.process.poll() is not None:
+            self.reader.join(timeout)
+        return "".join(self.lines)
+
+    def pending(self, model: str = "pixart") -> int:
+        """Requests of ``model`` waiting in Triton's queue (its pending-request gauge)."""
+        with urllib.request.urlopen(f"http://localhost:{self.metrics}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        found = [
+            line
+            for line in text.splitlines()
+            if line.startswith("nv_inference_pending_request_count{") and f'model="{model}"' in line
+        ]
+        assert found, "Triton reports no nv_inference_pending_request_count for " + model
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in found)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
+
+
+#: zoo serve's own check of a port, and Triton's when another process bound it in between
+_PORT_TAKEN = ("is in use", "Address already in use", "address already in use")
 
 
 def start_server(
@@ -423,10 +501,14 @@ def start_server(
     tmpdir: Path | None = None,
     log: bool = True,
     env: dict[str, str] | None = None,
+    attempts: int = 3,
 ) -> Served:
-    """``zoo serve path`` on loopback; ``tmpdir`` its (and its stubs') TMPDIR, ``env`` more of its
-    environment; Triton's log in serve-PORT.log beside ``path`` unless not ``log``."""
-    http, grpc, metrics = ports or free_ports(3)
+    """``zoo serve path`` on loopback, returned once it said ``ready in`` (its own line: a health
+    probe could be answered by another server on the port); ``tmpdir`` its (and its stubs') TMPDIR,
+    ``env`` more of its environment; Triton's log in serve-PORT.log beside ``path`` unless not
+    ``log``. Ports not given are drawn by :func:`unused_ports`; if another process took one
+    meanwhile, new ones are drawn, ``attempts`` times at most."""
+    http, grpc, metrics = ports or unused_ports(3)
     log_file = path.parent / f"serve-{grpc}.log"
     environment = {**os.environ, **({"TMPDIR": str(tmpdir)} if tmpdir else {}), **(env or {})}
     process = subprocess.Popen(
@@ -451,20 +533,30 @@ def start_server(
         stderr=subprocess.STDOUT,
     )
     served = Served(process, http, grpc, metrics, log_file)
+    served.read()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read().decode()
-            if ports is None and "is in use" in output:  # another process took a free port meanwhile: new ones
+            output = served.output()
+            triton_log = log_file.read_text(errors="replace") if log and log_file.is_file() else ""
+            if ports is None and attempts > 1 and any(t in output + triton_log for t in _PORT_TAKEN):
                 return start_server(
-                    path, *extra, timeout=timeout, python=python, cwd=cwd, tmpdir=tmpdir, log=log, env=env
+                    path,
+                    *extra,
+                    timeout=timeout,
+                    python=python,
+                    cwd=cwd,
+                    tmpdir=tmpdir,
+                    log=log,
+                    env=env,
+                    attempts=attempts - 1,
                 )
             raise AssertionError(f"zoo serve exited with {process.returncode}: {output}")
-        if served.ready():
+        if served.said("ready in"):
             return served
-        time.sleep(0.2)
+        time.sleep(0.05)
     served.stop(signal.SIGKILL)
-    raise AssertionError(f"zoo serve was not ready in {timeout} s")
+    raise AssertionError(f"zoo serve did not say it was ready in {timeout} s: {served.output()}")
 
 
 @pytest.fixture(scope="module")
@@ -674,7 +766,7 @@ def test_a_signal_drains_in_flight_and_queued_requests(tiny_export, sig):
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(_outcome, server.url, _slow(), lambda e: accepted.set()) for _ in range(3)]
         assert accepted.wait(60)
-        time.sleep(0.3)  # the other two are queued by now
+        poll(lambda: server.pending() == 2, 60, "the other two requests queued")
         server.process.send_signal(sig)
         results = [f.result(timeout=120) for f in futures]
     assert server.process.wait(60) == 0
@@ -717,6 +809,7 @@ def _busy(server: Served, n: int = 1, steps: int = 999):
     pool = ThreadPoolExecutor(n)
     futures = [pool.submit(_outcome, server.url, _slow(steps), lambda e: accepted.set()) for _ in range(n)]
     assert accepted.wait(60)
+    poll(lambda: server.pending() == n - 1, 60, f"{n - 1} requests queued behind the running one")
     return pool, futures
 
 
@@ -754,28 +847,16 @@ def test_a_second_signal_kills_the_server_and_its_busy_stubs_at_once(tiny_export
     server = start_server(tiny_export("pixart", "sigma"), tmpdir=tmp_path, log=False)
     pool, futures = _busy(server)
     stubs = _stubs(server)
-    lines: list[str] = []
-    draining = threading.Event()
-
-    def read() -> None:
-        for line in server.process.stdout:
-            lines.append(line.decode())
-            if line.startswith(b"draining"):
-                draining.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
     try:
         server.process.send_signal(signal.SIGINT)
-        assert draining.wait(30)  # the first was handled (two at once could arrive as one)
+        poll(lambda: server.said("draining"), 30, "the first SIGINT handled")  # (two at once could arrive as one)
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(20) == 0
         assert _survivors(stubs, 5) == []
         assert isinstance(futures[0].result(timeout=60), ServerError)
     finally:
         pool.shutdown(wait=False)
-    reader.join(10)
-    output = "".join(lines)
+    output = server.output()
     assert "killed (second signal)" in output and "ready in" in output and "Triton's log: " in output
     assert not re.search(r"(?m)^[IWE]\d{4} ", output), output  # no line of Triton's own log
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("zoo-")]
@@ -795,7 +876,7 @@ def test_sigterm_past_the_drain_timeout_cancels_what_is_left_and_exits_0(tiny_ex
         outcomes = [f.result(timeout=30) for f in futures]
     finally:
         pool.shutdown(wait=False)
-    output = server.process.stdout.read().decode()
+    output = server.output()
     assert code == 0, output
     assert took < drain + 8, (took, output)  # not Triton's exit timeout, nor a kill
     refused = [o for o in outcomes if isinstance(o, ServerError)]
@@ -817,7 +898,7 @@ def test_a_graph_that_cannot_load_is_never_ready(tiny_export, tmp_path):
     graph.write_bytes(bytes(data))
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics = unused_ports(3)
     result = subprocess.run(
         [
             sys.executable,
@@ -870,7 +951,7 @@ def test_triton_and_serve_bad_input_write_nothing(tiny_export, tmp_path):
 
 
 def test_request_bad_input_is_one_line(served, tmp_path):
-    port = free_ports(1)[0]  # nothing listens there
+    port = unused_ports(1)[0]  # nothing listens there
     assert_error(zoo("request", f"localhost:{port}", "--prompt", "x", "--out", tmp_path / "x.png"), f"localhost:{port}")
     assert_error(zoo("request", served.url, "--model", "nope", "--prompt", "x", "--out", tmp_path / "x.png"), "nope")
     assert_error(
@@ -936,7 +1017,7 @@ def test_serve_listens_on_loopback_only_and_says_so(served):
 
 def test_serve_bad_host_is_one_line(tiny_export, tmp_path):
     for host in ("203.0.113.7", "no such host."):  # TEST-NET-3: never this machine's
-        result = zoo("serve", tiny_export("pixart", "sigma"), "--host", host, "--http-port", free_ports(1)[0])
+        result = zoo("serve", tiny_export("pixart", "sigma"), "--host", host, "--http-port", unused_ports(1)[0])
         assert (
             result.exit_code == 2
             and "Invalid value for '--host'" in result.output
