@@ -55,7 +55,6 @@ class Axis:
     floor: int = 1
     ceiling: int | None = None
     unit: str = ""
-    help: str = ""  # never read (issue 16; axis_help is the help shown): removed once wan_animate drops it
     remainder: int = 0  # values are multiple_of * k + remainder (pixel frames 4k+1)
     # why the ceiling is there when it is a guard, not something the model cannot do (a guard is
     # lifted with ZOO_NO_SIZE_GUARD=1; a limit of the model never is)

@@ -121,8 +121,6 @@ class Modules(Mapping[str, Any]):
 class Reference:
     """A loaded PyTorch reference: library modules (loaded when used), and where they came from."""
 
-    # never read (issue 16): removed once unianimate_dit and wan_animate stop passing it (first positional)
-    family: str
     variant: str
     sources: Sources
     modules: Modules

@@ -96,7 +96,6 @@ class Precision:
 
     dtype: str = "float32"
     keep_fp32: tuple[str, ...] = ()
-    note: str = ""  # never read (issue 16): removed once wan_encoders, unianimate_dit, wan_animate drop it
 
 
 Specs = tuple[TensorSpec, ...]

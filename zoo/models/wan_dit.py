@@ -14,10 +14,8 @@ from torch import nn
 from zoo.contract import Dim, Precision, Reference
 from zoo.models.wan_encoders import TEXT_LENGTH, image_tokens
 
-DIT_PRECISION = Precision(
-    keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"),
-    note="norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)",
-)
+# norms, modulation, timestep and RoPE embeddings in fp32 (diffusers' _keep_in_fp32_modules)
+DIT_PRECISION = Precision(keep_fp32=("norm", "time_embedder", "scale_shift_table", "rope"))
 
 
 def conditions(

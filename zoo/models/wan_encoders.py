@@ -84,7 +84,7 @@ TEXT_ENCODER = Component(
     dims=_text_dims,
     wrapper=lambda ref: UMT5Export(ref.module("text_encoder")),
     reference=_text_reference,
-    precision=Precision(keep_fp32=("DenseReluDense.wo", "layer_norm"), note="T5 feed-forward and norms in fp32"),
+    precision=Precision(keep_fp32=("DenseReluDense.wo", "layer_norm")),  # T5 feed-forward and norms in fp32
 )
 
 IMAGE_ENCODER = Component(
@@ -96,5 +96,5 @@ IMAGE_ENCODER = Component(
     dims=_image_dims,
     wrapper=lambda ref: CLIPVisionExport(ref.module("image_encoder")),
     reference=_image_reference,
-    precision=Precision(keep_fp32=("*",), note="CLIP vision in fp32 (as UniAnimate's original runs it)"),
+    precision=Precision(keep_fp32=("*",)),  # CLIP vision in fp32 (as UniAnimate's original runs it)
 )

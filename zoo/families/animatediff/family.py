@@ -612,7 +612,7 @@ class AnimateDiff(Family):
         modules = Modules(loaders, configs, {k: v[2] for k, v in found.items() if v[2]} | {"unet": unet_weightless})
         if loras:
             modules = _with_loras(modules, loras)
-        return Reference(self.name, "default", tuple(sources), modules, pipeline=T2V)
+        return Reference("default", tuple(sources), modules, pipeline=T2V)
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
         """An ``AnimateDiffPipeline`` folder of random weights (tokenizer built locally)."""

@@ -458,7 +458,7 @@ class PixArt(Family):
             raise CheckpointError(
                 f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {pipeline} folder"
             )
-        ref = Reference(self.name, "", tuple(sources), modules, pipeline=pipeline)
+        ref = Reference("", tuple(sources), modules, pipeline=pipeline)
         if pipeline == "PixArtSigmaPipeline":
             ref.variant = "sigma"
         else:

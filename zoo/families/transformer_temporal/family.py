@@ -145,7 +145,7 @@ class TransformerTemporal(Family):
             variant = "sinusoidal"
         else:
             variant = "single-group" if cfg.norm_num_groups == 1 else "default"
-        return Reference(self.name, variant, tuple(sources), Modules({"transformer": lambda: model}))
+        return Reference(variant, tuple(sources), Modules({"transformer": lambda: model}))
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
         from diffusers import TransformerTemporalModel

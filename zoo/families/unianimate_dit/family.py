@@ -376,7 +376,7 @@ class UniAnimateDiT(Family):
             dims=_pose_dims,
             wrapper=lambda ref: PoseEncoderExport(ref.module("pose_encoder")),
             reference=_pose_reference,
-            precision=Precision(keep_fp32=("*",), note="fp32 compute, bf16-rounded output (original)"),
+            precision=Precision(keep_fp32=("*",)),  # fp32 compute, bf16-rounded output (original)
         ),
         Component(
             name="ref_pose_encoder",
@@ -391,7 +391,7 @@ class UniAnimateDiT(Family):
             dims=_ref_pose_dims,
             wrapper=lambda ref: RefPoseEncoderExport(ref.module("ref_pose_encoder")),
             reference=_ref_pose_reference,
-            precision=Precision(keep_fp32=("*",), note="fp32 compute, bf16-rounded output (original)"),
+            precision=Precision(keep_fp32=("*",)),  # fp32 compute, bf16-rounded output (original)
         ),
         Component(
             name="transformer",
@@ -708,7 +708,7 @@ class UniAnimateDiT(Family):
             pose_encoder=lambda: pose,
             ref_pose_encoder=lambda: ref_pose,
         )
-        ref = Reference(self.name, "default", tuple(sources), modules, pipeline="UniAnimateLoop")
+        ref = Reference("default", tuple(sources), modules, pipeline="UniAnimateLoop")
         wan_vae.check_vae(ref)
         if ref.config("transformer").image_dim is None:
             raise CheckpointError(

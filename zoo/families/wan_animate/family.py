@@ -351,7 +351,7 @@ class WanAnimate(Family):
             dims=_motion_dims,
             wrapper=lambda ref: FaceEncoderExport(ref.module("transformer")),
             reference=_face_encoder_reference,
-            precision=Precision(keep_fp32=("q_t",), note="the motion decomposition (QR basis) in fp32"),
+            precision=Precision(keep_fp32=("q_t",)),  # the motion decomposition (QR basis) in fp32
             derived=lambda ref: {
                 "q_t": Transform(
                     f"Q.T of the QR of {MOTION_WEIGHT} (fp32)", lambda read: motion_basis(read(MOTION_WEIGHT))
@@ -473,7 +473,7 @@ class WanAnimate(Family):
         )
         segment = Range(*(min(v, frames_ceiling) for v in (segment.min, segment.opt, segment.max)))
         return (
-            Axis("batch", Range(1, 1, 1), ceiling=4, help="videos per call"),
+            Axis("batch", Range(1, 1, 1), ceiling=4),  # videos per call
             Axis("height", height, multiple_of=multiple, floor=multiple, ceiling=ceiling, unit="pixels"),
             Axis("width", width, multiple_of=multiple, floor=multiple, ceiling=ceiling, unit="pixels"),
             Axis("segment_frames", segment, multiple_of=4, remainder=1, floor=5, ceiling=frames_ceiling, unit="frames"),
@@ -630,7 +630,7 @@ class WanAnimate(Family):
             raise CheckpointError(
                 f"{source / 'model_index.json'} names no {', '.join(missing)}; expected a complete {PIPELINE} folder"
             )
-        ref = Reference(self.name, "default", tuple(sources), Modules.from_found(found), pipeline=PIPELINE)
+        ref = Reference("default", tuple(sources), Modules.from_found(found), pipeline=PIPELINE)
         wan_vae.check_vae(ref)
         if wan_vae.temporal_factor(ref) != 4:
             raise CheckpointError(
