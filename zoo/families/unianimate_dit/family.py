@@ -38,6 +38,7 @@ from zoo.contract import (
     Request,
     RequestContext,
     Rounding,
+    Runners,
     Source,
     SourceRole,
     Sources,
@@ -305,8 +306,17 @@ def _pose_pixels(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -
     return torch.randint(0, 256, shape, generator=gen).float()  # rendered pose frames, 0..255
 
 
-def _call_graph(runners, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _call_graph(runners: Runners, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return runners[name](feeds)
+
+
+def _vae_decode_unclamped(runners: Runners, z: torch.Tensor) -> torch.Tensor:
+    return wan_vae.decode(runners, z, clamp=False)
+
+
+def _image_size(runners: Runners) -> int:
+    """The CLIP input size the exported image encoder was built for."""
+    return runners["image_encoder"].record.dims["image_size"].min
 
 
 GRAPHS = PipelineSlot(
@@ -314,9 +324,9 @@ GRAPHS = PipelineSlot(
     "vae",
     {
         "forward": _call_graph,
-        "vae_encode": lambda runners, x: wan_vae.encode(runners, x),
-        "vae_decode": lambda runners, z: wan_vae.decode(runners, z, clamp=False),
-        "image_size": lambda runners: runners["image_encoder"].record.dims["image_size"].min,
+        "vae_encode": wan_vae.encode,
+        "vae_decode": _vae_decode_unclamped,
+        "image_size": _image_size,
     },
     (
         "text_encoder",

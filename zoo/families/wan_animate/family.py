@@ -37,6 +37,7 @@ from zoo.contract import (
     Reference,
     Request,
     RequestContext,
+    Runners,
     Sources,
     TensorSpec,
     Transform,
@@ -244,14 +245,14 @@ def _motion_vec(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) ->
 # --------------------------------------------------------------------------------------
 
 
-def _call_text_encoder(runners, input_ids, attention_mask=None, **_: Any):
+def _call_text_encoder(runners: Runners, input_ids, attention_mask=None, **_: Any):
     from transformers.modeling_outputs import BaseModelOutput
 
     out = runners["text_encoder"]({"input_ids": input_ids, "attention_mask": attention_mask.long()})
     return BaseModelOutput(last_hidden_state=out["last_hidden_state"])
 
 
-def _call_image_encoder(runners, pixel_values=None, output_hidden_states=None, **_: Any):
+def _call_image_encoder(runners: Runners, pixel_values=None, output_hidden_states=None, **_: Any):
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     hidden = runners["image_encoder"]({"pixel_values": pixel_values})["image_embeds"]
@@ -259,7 +260,7 @@ def _call_image_encoder(runners, pixel_values=None, output_hidden_states=None, *
 
 
 def _call_transformer(
-    runners,
+    runners: Runners,
     hidden_states,
     timestep,
     encoder_hidden_states,
