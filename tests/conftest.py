@@ -16,6 +16,7 @@ from zoo.registry import get_family  # noqa: E402
 
 _CHECKPOINTS: dict[tuple[str, str], Path] = {}
 _EXPORTS: dict[Path, Path] = {}
+_PARITY: dict[Path, tuple] = {}
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -55,6 +56,44 @@ def tiny_export(tmp_path_factory, tiny_checkpoint):
         return _EXPORTS[checkpoint]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def parity_report(tmp_path_factory, tiny_export):
+    """``parity_report(family, variant)`` -> ``(result, report)``: `zoo parity EXPORT --json` on a
+    linked copy of that cached export (parity.json is written beside its manifest), run once per
+    session: the conformance battery asserts what every family must pass, a family's own tests
+    what only it has, on the same rows."""
+
+    def make(family: str, variant: str | None = None):
+        import json
+        import shutil
+
+        export = tiny_export(family, variant)
+        if export not in _PARITY:
+            copy = tmp_path_factory.mktemp(f"parity-{family}") / "export"
+            shutil.copytree(export, copy, copy_function=os.link)
+            result = zoo("parity", copy, "--json")
+            report = json.loads(result.stdout[result.stdout.index("{") : result.stdout.rindex("}") + 1])
+            _PARITY[export] = (result, report)
+        return _PARITY[export]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def external_data_export(tmp_path_factory):
+    """``(folder, what zoo export printed)``: the tiny transformer-temporal exported by `zoo export
+    --tiny` with its weights beside the graph (model.onnx.data), once per session; a test that
+    breaks it copies it first."""
+    import exporters.onnx as onnx_export
+
+    out = tmp_path_factory.mktemp("external-data") / "export"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)  # every initializer beside the graph
+        result = zoo("export", "transformer-temporal", "--tiny", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out, result.output
 
 
 @pytest.fixture
@@ -110,7 +149,7 @@ def perturb_graph(export: Path, component: str, change, pick=None) -> None:
 
 
 #: What makes a test slow (seconds to minutes each on 2 cores): building, exporting or sampling a model.
-_SLOW_FIXTURES = {"tiny_export", "tiny_checkpoint", "copied_export"}
+_SLOW_FIXTURES = {"tiny_export", "tiny_checkpoint", "copied_export", "external_data_export", "parity_report"}
 _SLOW_CALLS = re.compile(
     r'zoo\(\s*"(export|random|parity|run|bench)"|export_family|build_random|random_reference'
     r"|write_random_sources|from_pretrained|Pipeline\("

@@ -125,21 +125,21 @@ def test_bad_envelope_fails_before_tracing(tiny_checkpoint, monkeypatch):
         fam.envelope(ref, {"frames": Range(8, 8, 8)})
 
 
-def test_failed_export_leaves_previous_folder_untouched(tmp_path, monkeypatch):
+def test_failed_export_leaves_previous_folder_untouched(copied_export, tiny_checkpoint, tmp_path, monkeypatch):
+    """The previous folder: a copy of the session's export of the same tiny model."""
     fam = get_family("transformer-temporal")
-    out = tmp_path / "out"
-    with random_reference(fam, variant="default", preset="tiny") as ref:
+    out = copied_export
+    ref = fam.load(tiny_checkpoint("transformer-temporal", "default"))
+    before = (out / "manifest.json").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise ExportError("simulated failure")
+
+    monkeypatch.setattr(onnx_export, "export_component", broken)
+    with pytest.raises(ExportError, match="simulated failure"):
         export_family(fam, ref, fam.envelope(ref), out, carry_reference=True, progress=False)
-        before = (out / "manifest.json").read_bytes()
-
-        def broken(*args, **kwargs):
-            raise ExportError("simulated failure")
-
-        monkeypatch.setattr(onnx_export, "export_component", broken)
-        with pytest.raises(ExportError, match="simulated failure"):
-            export_family(fam, ref, fam.envelope(ref), out, carry_reference=True, progress=False)
     assert (out / "manifest.json").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no staging leftovers
 
 
 def test_failed_first_export_writes_nothing(tmp_path, monkeypatch):
@@ -163,15 +163,12 @@ def test_corrupt_manifest_is_clear(tmp_path):
         load_manifest(tmp_path)
 
 
-def test_external_data_export(tmp_path, monkeypatch):
+def test_external_data_export(external_data_export):
     """Large graphs keep weights beside the graph; the manifest records and checks the file."""
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
-    fam = get_family("transformer-temporal")
-    with random_reference(fam, variant="default", preset="tiny") as ref:
-        m = export_family(fam, ref, fam.envelope(ref), tmp_path / "out", progress=False)
-    record = m.components["transformer"]
+    out, _ = external_data_export
+    record = load_manifest(out).components["transformer"]
     assert list(record.external_data) == ["transformer/model.onnx.data"]
-    assert (tmp_path / "out" / "transformer" / "model.onnx.data").stat().st_size == record.external_data[
+    assert (out / "transformer" / "model.onnx.data").stat().st_size == record.external_data[
         "transformer/model.onnx.data"
     ]
 
@@ -222,36 +219,3 @@ def test_shape_profile_follows_the_manifest(tiny_export):
     assert unet["sample"].opt == (2, 4, 8, 6, 6) and unet["timestep"].max == (2,)
     encoder = shape_profile(m.component("vae_encoder"))  # pixels derived from latents: 8 x
     assert encoder["sample"].min == (1, 3, 32, 32) and encoder["sample"].max == (16, 3, 64, 64)
-
-
-@pytest.mark.parametrize("family", ["pixart", "animatediff", "wan-animate", "unianimate-dit", "transformer-temporal"])
-def test_trtexec_lines_bound_every_dynamic_input_by_the_manifest(tiny_export, family):
-    """The trtexec line of every component of every family: one --min/--opt/--maxShapes entry per
-    dynamic input, each shape the manifest's dims at that end of the profile (derived dims too)."""
-    import shlex
-
-    from exporters.manifest import load_manifest
-    from exporters.profiles import dynamic_inputs, input_shapes, trtexec_command
-
-    manifest = load_manifest(tiny_export(family))
-    for name, record in manifest.components.items():
-        cmd = trtexec_command(record, f"{name}/model.onnx", f"engines/{name}.plan", workspace_gib=2)
-        assert cmd[:3] == ["trtexec", f"--onnx={name}/model.onnx", f"--saveEngine=engines/{name}.plan"]
-        assert "--memPoolSize=workspace:2048M" in cmd and "--stronglyTyped" in cmd and "--noTF32" in cmd
-        flags = dict(c.split("=", 1) for c in cmd[1:] if "=" in c)
-        dynamic = dynamic_inputs(record)
-        for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
-            if not dynamic:
-                assert flag not in flags
-                continue
-            got = dict(item.split(":") for item in flags[flag].split(","))
-            want = input_shapes(record, which)
-            assert set(got) == set(dynamic)
-            for tensor, dims in got.items():
-                assert tuple(int(d) for d in dims.split("x")) == want[tensor]
-                spec = next(t for t in record.inputs if t.name == tensor)
-                for size, d in zip(want[tensor], spec.shape):
-                    if isinstance(d, str):
-                        dim = record.dims[d]
-                        assert size == getattr(dim, which) and dim.problem(size) is None
-        assert shlex.split(shlex.join(cmd)) == cmd
