@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import zoo
+from conftest import assert_error, zoo
 
 from exporters.artifacts import clean_stale
 from exporters.manifest import load_manifest
@@ -180,22 +180,31 @@ def test_envelope_without_an_upper_bound_is_refused(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_one_component_loads_one_module(tiny_checkpoint, tmp_path):
+def test_one_component_loads_one_module_and_is_a_partial_export(tiny_checkpoint, tmp_path):
+    """An export of one component loads that module only, and is a partial export: `zoo run` names
+    what it lacks, `zoo parity` passes the component and is not a pass (exit 3)."""
     fam = get_family("pixart")
     ref = fam.load(tiny_checkpoint("pixart", "sigma"))
-    export_family(fam, ref, fam.envelope(ref), tmp_path / "o", components=("transformer",), progress=False)
+    out = tmp_path / "o"
+    export_family(fam, ref, fam.envelope(ref), out, components=("transformer",), progress=False)
     assert set(ref.modules.loaded()) == {"transformer", "tokenizer", "scheduler"}  # no T5, no VAE weights
+    assert set(load_manifest(out).components) == {"transformer"}
+    assert_error(
+        zoo("run", out, "--prompt", "x", "--out", tmp_path / "x.png"),
+        "lacks component(s) text_encoder, vae_decoder that the sampler runs",
+    )
+    result = zoo("parity", out)  # the sampler of a partial export did not run: not a pass (exit 3)
+    assert result.exit_code == 3, result.output
+    assert "NOT RUN end_to_end sampler: the export lacks text_encoder, vae_decoder (a partial export" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("passed what ran; 1 check not run (")
 
 
-def test_export_prints_the_whole_size(tmp_path, monkeypatch):
-    import exporters.onnx as onnx_export
-
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)  # weights beside the graph
-    result = zoo("export", "transformer-temporal", "--tiny", "--out", tmp_path / "o")
-    record = load_manifest(tmp_path / "o").component("transformer")
+def test_export_prints_the_whole_size(external_data_export):
+    out, output = external_data_export  # weights beside the graph
+    record = load_manifest(out).component("transformer")
     assert record.external_data and record.size_on_disk > record.size
-    assert f"({record.size_on_disk / 1e3:.1f} kB, float32)" in result.output
-    assert f"({record.size_on_disk / 1e3:.1f} kB in all)" in result.output
+    assert f"({record.size_on_disk / 1e3:.1f} kB, float32)" in output
+    assert f"({record.size_on_disk / 1e3:.1f} kB in all)" in output
 
 
 def test_sources_of_another_family_are_refused(tiny_checkpoint):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import assert_error, zoo
 
+from exporters.manifest import load_manifest
 from exporters.weights import WEIGHT_MAP, WEIGHTS_DIR, StoredWeights, checkpoint_files, read_header
 from zoo.errors import ArtifactError, CheckpointError
 
@@ -316,13 +317,14 @@ def test_safetensors_header_errors(tmp_path):
         checkpoint_files(tmp_path)
 
 
-def test_weightless_family_end_to_end(tmp_path):
+def test_weightless_family_end_to_end(tmp_path, tiny_export):
     """A whole family exported weightless (PixArt: T5, transformer, VAE decoder) generates the
-    same image as one exported with its weights loaded, and passes parity end to end."""
+    same image as one exported with its weights loaded (the session's cached export of the same
+    tiny model: sigma, seed 0, the default envelope), and passes parity end to end."""
     from PIL import Image
 
-    loaded, weightless = tmp_path / "loaded", tmp_path / "weightless"
-    assert zoo("export", "pixart", "--tiny", "--out", loaded).exit_code == 0
+    loaded, weightless = tiny_export("pixart", "sigma"), tmp_path / "weightless"
+    assert load_manifest(loaded).sources[0]["preset"] == "tiny" and load_manifest(loaded).variant == "sigma"
     result = zoo("export", "pixart", "--tiny", "--weightless", "--out", weightless)
     assert result.exit_code == 0, result.output
     manifest = json.loads((weightless / "manifest.json").read_text())
@@ -332,7 +334,7 @@ def test_weightless_family_end_to_end(tmp_path):
     assert "end_to_end" in result.output and result.output.count("initializers:") == 3
     images = []
     for export in (loaded, weightless):
-        out = tmp_path / f"{export.name}.png"
+        out = tmp_path / f"{'loaded' if export == loaded else 'weightless'}.png"
         result = zoo("run", export, "--prompt", "a red fox", "--steps", "3", "--seed", "7", "--out", out)
         assert result.exit_code == 0, result.output
         images.append(np.asarray(Image.open(out), dtype=np.int16))
