@@ -649,8 +649,8 @@ def test_a_hand_edge_and_points_with_the_positive_pixel_rule():
     pose = _empty_pose()
     pose.hands[0, 0] = (100 / 512, 300 / 768)  # left wrist
     pose.hands[0, 1] = (140 / 512, 300 / 768)  # left thumb 1: edge 0 (255,0,0)
-    pose.hands[1, 19] = (300 / 512, 100 / 768)  # right pinky 3 and 4: edge 19
-    pose.hands[1, 20] = (0.5 / 512, 100 / 768)  # int(0.5) = 0: not > 0.01, edge and point undrawn
+    pose.hands[1, 19] = (0.5 / 512, 100 / 768)  # int(0.5) = 0: not > 0.01, edge 19 and point undrawn
+    pose.hands[1, 20] = (300 / 512, 100 / 768)  # right pinky tip
     canvas = draw.draw_pose(pose)
     assert tuple(canvas[300, 120]) == (255, 0, 0)  # on the line, between the points
     assert tuple(canvas[300, 100]) == (0, 0, 255) and tuple(canvas[300, 140]) == (0, 0, 255)
@@ -660,13 +660,50 @@ def test_a_hand_edge_and_points_with_the_positive_pixel_rule():
     assert not canvas[:, 0].any()
 
 
-def test_hand_colours_are_matplotlibs_hsv_rounded_by_opencv():
-    def hsv_to_rgb(h: float) -> tuple[float, float, float]:  # matplotlib's formula, s = v = 1
-        i = int(h * 6.0)
-        f = h * 6.0 - i
-        p, q, t = 0.0, 1.0 - f, 1.0 - (1.0 - f)
-        return [(1.0, t, p), (q, 1.0, p), (p, 1.0, t), (p, q, 1.0), (t, p, 1.0), (1.0, p, q)][i % 6]
+def _hsv_to_rgb(h: float) -> tuple[float, float, float]:
+    """matplotlib.colors.hsv_to_rgb's formula for s = v = 1."""
+    i = int(h * 6.0)
+    f = h * 6.0 - i
+    p, q, t = 0.0, 1.0 - f, 1.0 - (1.0 - f)
+    return [(1.0, t, p), (q, 1.0, p), (p, 1.0, t), (p, q, 1.0), (t, p, 1.0), (1.0, p, q)][i % 6]
 
+
+def _original_hands(canvas: np.ndarray, hands: np.ndarray) -> np.ndarray:
+    """The original's draw_handpose, float colours included."""
+    for peaks in hands:
+        for ie, (a, b) in enumerate(draw.HAND_EDGES):
+            x1, y1 = int(peaks[a][0] * 512), int(peaks[a][1] * 768)
+            x2, y2 = int(peaks[b][0] * 512), int(peaks[b][1] * 768)
+            if x1 > 0.01 and y1 > 0.01 and x2 > 0.01 and y2 > 0.01:
+                cv2.line(canvas, (x1, y1), (x2, y2), np.array(_hsv_to_rgb(ie / 20.0)) * 255, thickness=2)
+        for x, y in peaks:
+            if int(x * 512) > 0.01 and int(y * 768) > 0.01:
+                cv2.circle(canvas, (int(x * 512), int(y * 768)), 4, (0, 0, 255), thickness=-1)
+    return canvas
+
+
+def test_a_whole_pose_with_hands_matches_the_original_drawing():
+    rng = np.random.default_rng(9)
+    pose = _pose(SKELETON + rng.normal(0, 0.013, (20, 2)), missing=(17,))
+    pose.hands += rng.normal(0, 0.03, pose.hands.shape)
+    pose.hands[0, 5] = -1  # invisible points and edges
+    pose.hands[1, 0, 0] = 0.001  # int() -> 0: undrawn
+    want = _original_hands(_original_body(pose.candidate, pose.subset), pose.hands)
+    np.testing.assert_array_equal(draw.draw_pose(pose), want)
+
+
+def test_limb_centre_angle_and_length_are_truncated():
+    pose = _empty_pose()
+    pose.candidate[1] = (100.3 / 512, 200.8 / 768)
+    pose.candidate[2] = (161.9 / 512, 230.9 / 768)  # mid (131.1, 215.85), angle -154.0.. degrees
+    pose.subset[[1, 2]] = [1, 2]
+    np.testing.assert_array_equal(draw.draw_pose(pose), _original_body(pose.candidate, pose.subset))
+    moved = _original_body(pose.candidate + [[0, 0.7 / 768]], pose.subset)
+    assert not np.array_equal(draw.draw_pose(pose), moved)  # the comparison sees a sub-pixel change
+
+
+def test_hand_colours_are_matplotlibs_hsv_rounded_by_opencv():
+    hsv_to_rgb = _hsv_to_rgb
     for e in range(20):
         img = np.zeros((5, 5, 3), dtype=np.uint8)
         cv2.line(img, (2, 2), (2, 2), np.array(hsv_to_rgb(e / 20.0)) * 255, 1)
@@ -694,3 +731,13 @@ def test_jpeg_is_opencvs_default_quality_95(tmp_path):
     assert np.abs(back.astype(int) - canvas).mean() < 3
     with pytest.raises(OSError):
         draw.write_jpeg(tmp_path / "missing" / "x.jpg", canvas)
+
+
+def test_the_right_hand_is_drawn_after_the_left():
+    pose = _empty_pose()
+    pose.hands[0, 0] = (200 / 512, 400 / 768)  # a left-hand point, drawn first
+    pose.hands[1, 0] = (180 / 512, 400 / 768)  # the right hand's edge 0 runs over it
+    pose.hands[1, 1] = (220 / 512, 400 / 768)
+    canvas = draw.draw_pose(pose)
+    assert tuple(canvas[400, 200]) == (255, 0, 0)  # edge 0's colour over the left point's (0,0,255)
+    assert tuple(canvas[403, 200]) == (0, 0, 255)  # the left point around the 2-px line
