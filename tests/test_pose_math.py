@@ -126,18 +126,18 @@ def test_nms_iou_boundary_is_inclusive_and_uses_the_plus_one_convention():
 
 
 def test_nms_tie_order_follows_numpys_argsort_reversed():
-    # two boxes with exactly equal scores: they come out in argsort's order reversed
+    # two boxes with exactly equal scores come out in the order of numpy's argsort, reversed (with
+    # numpy's small-array sort here: index order, so the later anchor first; a SIMD sort on another
+    # CPU may order ties otherwise, and the decoder must then follow it)
     a, b = _anchor(32, 2, 2), _anchor(32, 3, 2)
     order = np.argsort(np.array([0.8, 0.8], dtype=np.float32))[::-1]
-    first = (a, b)[int(order[0])]
-    # numpy's small-array argsort keeps ties in index order: reversed, the later anchor comes first
-    assert first == b
+    later_first = int(order[0]) == 1
     out = _detector_output([(a, 0.5, 0, 0, 0, 0.8), (b, 0.0, 0, 0, 0, 0.8)])  # x1 64 and 80: iou 0.35
     people = dwpose.decode_detections(out, 1.0)
-    np.testing.assert_array_equal(people[:, 0], [80.0, 64.0])
+    np.testing.assert_array_equal(people[:, 0], [80.0, 64.0] if later_first else [64.0, 80.0])
     out = _detector_output([(a, 0.75, 0, 0, 0, 0.8), (b, 0.0, 0, 0, 0, 0.8)])  # x1 72 and 80: iou 0.61
     people = dwpose.decode_detections(out, 1.0)
-    np.testing.assert_array_equal(people[:, 0], [80.0])  # the later anchor suppresses the earlier
+    np.testing.assert_array_equal(people[:, 0], [80.0] if later_first else [72.0])  # the first suppresses the other
 
 
 def test_no_detection_gives_an_empty_array():
