@@ -48,6 +48,9 @@ class ComponentRecord:
     opset: int
     state: dict[str, str] = field(default_factory=dict)  # output -> the input it feeds on the next call
     weight_map: str | None = None  # weightless exports: weights.json, the source of every initializer
+    # an imported graph (given as a file, not traced): its source role, file name and sha256, what its
+    # reference is, and the batch decision; None for a traced component (and in manifests written before)
+    imported: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,7 @@ class ComponentRecord:
             "precision": self.precision,
             "opset": self.opset,
             **({"weight_map": self.weight_map} if self.weight_map else {}),
+            **({"imported": self.imported} if self.imported is not None else {}),
         }
 
     @property
@@ -222,6 +226,9 @@ def _component(root: Path, name: str, d: Any) -> ComponentRecord:
     outputs = tuple(_tensor(t, f"{where}.outputs[{i}]", dims) for i, t in enumerate(_get(d, "outputs", list, where)))
     state = _get(d, "state", dict, where, {})
     weight_map = _get(d, "weight_map", (str, type(None)), where, None)
+    imported = _get(d, "imported", (dict, type(None)), where, None)
+    if imported is not None:
+        _get(imported, "source", str, f"{where}.imported")
     if weight_map is not None:
         inside(root, weight_map, f"{where}.weight_map")
     ins, outs = {t.name for t in inputs}, {t.name for t in outputs}
@@ -243,6 +250,7 @@ def _component(root: Path, name: str, d: Any) -> ComponentRecord:
         opset=_get(d, "opset", int, where, 0),
         state=dict(state),
         weight_map=weight_map,
+        imported=imported,
     )
 
 

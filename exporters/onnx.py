@@ -196,7 +196,8 @@ def export_component(
         if not copy_weights:
             check_linkable(build.stored.files, dest)
     else:
-        wrapper = apply_precision(component.wrapper(ref).eval(), component.precision, dtype, component=component.name)
+        make_wrapper, _ = component.traced()
+        wrapper = apply_precision(make_wrapper(ref).eval(), component.precision, dtype, component=component.name)
     specs = component.input_specs(ref)
     outputs = component.output_specs(ref)
     point = example_point(dims)
@@ -295,7 +296,8 @@ def weightless_wrapper(
         )
     build = WeightlessBuild(spec, f"component {component.name!r} ({component.module})")
     ref = dataclasses.replace(ref, modules=ref.modules.with_module(component.module, build.module))
-    plain = component.wrapper(ref).eval()
+    make_wrapper, _ = component.traced()
+    plain = make_wrapper(ref).eval()
     build.prefixes = module_prefixes(plain, build.module)  # by identity; apply_precision copies, same names
     wrapper = apply_precision(plain, component.precision, dtype, component=component.name)
     constants = {
@@ -733,6 +735,12 @@ def export_family(
 
     out = check_export_target(out)
     chosen = [family.component(c) for c in components] if components else list(family.components)
+    for component in chosen:  # a given graph that is not what its component declares: refused before writing
+        if component.graph is not None:
+            _check_import_options(component, weightless, precision)
+            from exporters.imported import check_imported
+
+            check_imported(ref, component, component.dims(envelope, ref))
     with staged_dir(out) as stage:
         (stage / EXPORT_MARKER).write_text("written by zoo export; a re-export may replace this folder\n")
         sources = _record_sources(ref.sources, stage if carry_reference else None)
@@ -742,6 +750,12 @@ def export_family(
         for component in bar:
             bar.set_postfix_str(component.name)
             dims = component.dims(envelope, ref)
+            if component.graph is not None:  # imported: its graph is the given file, copied
+                from exporters.imported import import_component
+
+                log.info("importing %s/%s from %s", family.name, component.name, component.graph.path(ref))
+                records[component.name] = import_component(ref, component, dims, stage / component.name)
+                continue
             plan = weight_plan(ref, component, weightless, precision)
             log.info("exporting %s/%s with dims %s (%s)", family.name, component.name, dims, plan)
             records[component.name] = export_component(
@@ -776,6 +790,20 @@ def export_family(
         atomic_write_json(stage / MANIFEST, manifest.to_json())
     log.info("wrote %s (%s)", out, ", ".join(records))
     return manifest
+
+
+def _check_import_options(component: Component, weightless: bool | None, precision: str | None) -> None:
+    """An imported graph is copied as given: it computes in its own dtypes, with its own weights."""
+    if precision not in (None, component.precision.dtype):
+        raise ExportError(
+            f"component {component.name!r} is an imported ONNX graph: it computes in the dtypes of the given "
+            f"file, so --precision {precision} does not apply to it"
+        )
+    if weightless:
+        raise ExportError(
+            f"component {component.name!r} is an imported ONNX graph: its weights are the given file's "
+            f"(copied with it), so --weightless does not apply to it"
+        )
 
 
 # Components whose checkpoint weights are larger are exported weightless unless told otherwise.

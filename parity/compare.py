@@ -16,7 +16,7 @@ from parity.points import describe, profile_points
 from parity.reduced import TorchInDtype, runtime_refusal, structure_check
 from parity.report import Row
 from parity.tolerances import Tolerance, rounding_tolerance, tolerance
-from runtimes.backends import Backend, Runners, TorchBackend, backend_for, load_reference, parse_device
+from runtimes.backends import Backend, Runners, backend_for, load_reference, parse_device, reference_backend
 from runtimes.sampler import Sampler, check_request, configure_pipeline, request_context, run_pipeline
 from zoo.contract import Component, Family, Reference, Request, Rounding, bind_argument
 from zoo.errors import ArtifactError, ZooError
@@ -208,7 +208,11 @@ def component_parity(
     A reduced-precision component (its record's ``precision`` float16 / bfloat16) is held to
     that dtype's row, PyTorch itself in that dtype is measured beside it (a bound also holds
     within twice its error), and its graph must compute in that dtype; when the backend cannot
-    run such a graph here, its rows are ``not run`` with what was checked instead."""
+    run such a graph here, its rows are ``not run`` with what was checked instead.
+
+    The reference is what the component's declaration says it is (:attr:`Component.reference_kind`):
+    its reference call in torch, or, for an imported graph, the given file on ONNX Runtime CPU; the
+    copy on ONNX Runtime CPU is then held to the kind's same-runtime row (identical outputs)."""
     from tqdm.auto import tqdm
 
     manifest = load_manifest(export_dir)
@@ -220,11 +224,13 @@ def component_parity(
         record = manifest.component(name)
         component = family.component(name)
         precision = precision_of(component.precision, record.precision)
-        tol = tolerance(record.kind, precision, scale_of(manifest))
+        imported = component.graph is not None
+        same_runtime = imported and backend == "onnxruntime" and parse_device(device, backend).type == "cpu"
+        tol = tolerance(record.kind, precision, scale_of(manifest), same_runtime=same_runtime)
         data_ranges = value_ranges(component, ref)
-        reduced = precision != "float32"
+        reduced = precision != "float32" and not imported  # an imported graph computes in its own dtypes
         roundings = {r.output: r for r in family.roundings if r.component == name}
-        with TorchBackend(manifest, name, device) as reference:
+        with reference_backend(manifest, name, device) as reference:
             own_runner: TorchInDtype | None = None
             own_problem: str | None = None
             structure, problems = "", list[str]()
@@ -265,7 +271,7 @@ def component_parity(
                             problems=problems,
                         )
                     else:
-                        rows += _rows_for(
+                        compared = _rows_for(
                             "component",
                             name,
                             label,
@@ -279,6 +285,9 @@ def component_parity(
                             problems=problems,
                             roundings=roundings,
                         )
+                        if imported and compared and label == points[0][0]:  # said once per component
+                            compared[0].notes.append(f"reference: the given graph ({component.reference_kind})")
+                        rows += compared
             finally:
                 candidate.deactivate()
     return rows

@@ -33,9 +33,8 @@ class TorchInDtype:
         self.dtype = dtype
         self.device = torch.device(device)
         self.outputs = [s.name for s in component.output_specs(ref)]
-        self.module = apply_precision(
-            component.wrapper(ref).eval(), component.precision, dtype, component=component.name
-        )
+        make_wrapper, _ = component.traced()
+        self.module = apply_precision(make_wrapper(ref).eval(), component.precision, dtype, component=component.name)
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with contextlib.ExitStack() as stack, torch.no_grad():

@@ -188,14 +188,94 @@ class TorchBackend(Backend):
     name = "torch"
 
     def _load(self) -> None:
+        component = get_family(self.manifest.family).component(self.record.name)
+        if component.graph is not None:
+            raise BackendUnavailableError(
+                f"component {self.record.name!r} is an imported ONNX graph: it has no torch reference (its "
+                f"reference is the given graph itself on ONNX Runtime CPU); run it with --backend onnxruntime"
+            )
         self.reference = load_reference(self.manifest, self.device)
-        self.component = get_family(self.manifest.family).component(self.record.name)
+        self.component = component
+        _, self.call = component.traced()
         reference_module(self.reference, self.component.module)
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             on_device = {k: v.to(self.device) for k, v in feeds.items()}
-            return dict(self.component.reference(self.reference, on_device))
+            return dict(self.call(self.reference, on_device))
+
+
+class SourceGraphBackend(Backend):
+    """An imported component's reference: the graph the user gave (the loaded reference's source
+    file, its content hash checked against the manifest), as given, on ONNX Runtime CPU, whatever
+    the device the candidate runs on (outputs are handed back there).
+
+    Where the export made the batch dim symbolic and the given graph fixes it to 1, a batch is run
+    item by item through the given graph and the outputs stacked: the export made it symbolic only
+    because that gave exactly the batch's outputs."""
+
+    name = "source graph"
+
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        return OnnxRuntimeBackend.unavailable(torch.device("cpu"))
+
+    def _load(self) -> None:
+        problem = self.unavailable(self.device)
+        if problem:
+            raise BackendUnavailableError(problem)
+        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+        component = get_family(self.manifest.family).component(self.record.name)
+        if component.graph is None:
+            raise ArtifactError(f"component {self.record.name!r} is traced: its reference is the torch backend")
+        path = component.graph.path(load_reference(self.manifest))
+        try:
+            self.runner = OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]))
+            self.runner.activate()
+        except Exception as e:  # ORT raises its own Fail / InvalidGraph types
+            raise ArtifactError(f"onnxruntime could not load {path}: {str(e).splitlines()[0]}") from None
+        # the axis of the batch dim in each input and output, where the given graph fixes it to 1
+        self.split: dict[str, int] = {}
+        batch = component.graph.batch
+        if batch is not None and batch in self.record.dims and self.record.dims[batch].is_dynamic:
+            given = {name: meta.shape for name, meta in self.runner.get_input_metadata().items()}
+            for t in self.record.inputs:
+                if batch in t.shape and given.get(t.name) is not None:
+                    axis = t.shape.index(batch)
+                    if given[t.name][axis] == 1:
+                        self.split[t.name] = axis
+        self.out_axes = {
+            t.name: t.shape.index(batch) for t in self.record.outputs if batch is not None and batch in t.shape
+        }
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        arrays = {k: v.detach().cpu().contiguous() for k, v in feeds.items()}
+        size = next((arrays[k].shape[a] for k, a in self.split.items()), 1)
+        if size == 1:
+            outputs = dict(self.runner.infer(arrays, check_inputs=False))
+        else:
+            parts = []
+            for i in range(size):
+                item = {k: v.narrow(self.split[k], i, 1) if k in self.split else v for k, v in arrays.items()}
+                parts.append(dict(self.runner.infer(item, check_inputs=False)))
+            outputs = {k: torch.cat([p[k] for p in parts], dim=self.out_axes[k]) for k in parts[0]}
+        return {k: torch.as_tensor(v).to(self.device) for k, v in outputs.items()}
+
+    def _unload(self) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
+        del self.runner
+
+
+def reference_backend(manifest: Manifest, component: str, device: str = "cpu") -> Backend:
+    """What a component is compared with (parity) and timed against (bench), by the kind of reference
+    its declaration says it has: the reference call in torch on ``device``, or, for an imported
+    graph, the given graph on ONNX Runtime CPU. Not yet activated."""
+    declared = get_family(manifest.family).component(component)
+    if declared.graph is not None:
+        return SourceGraphBackend(manifest, component, device)
+    return TorchBackend(manifest, component, device)
 
 
 class OnnxRuntimeBackend(Backend):

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from exporters.manifest import load_manifest
-from runtimes.backends import Backend, TorchBackend, backend_for, load_reference, parse_device
+from runtimes.backends import Backend, backend_for, load_reference, parse_device, reference_backend
 from zoo.registry import get_family
 
 
@@ -56,7 +56,8 @@ def bench(
     components: tuple[str, ...] | None = None,
 ) -> list[BenchRow]:
     """Median latency of torch eager and ``backend`` per component, measured in one run, alternating
-    component by component so both see the same machine state."""
+    component by component so both see the same machine state. (An imported graph's reference, in
+    the torch column, is the given graph on ONNX Runtime CPU.)"""
     from tqdm.auto import tqdm
 
     parse_device(device, backend)  # a backend that cannot run here says so before any reference loads
@@ -67,7 +68,7 @@ def bench(
     for name in tqdm(components or tuple(manifest.components), desc="bench", unit="component"):
         record = manifest.component(name)
         with (
-            TorchBackend(manifest, name, device) as reference,
+            reference_backend(manifest, name, device) as reference,
             backend_for(backend, manifest, name, device) as candidate,
         ):
             # the opt point of what the backend runs (an engine may be built for a narrower profile)

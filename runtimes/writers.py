@@ -54,7 +54,8 @@ def _video_uint8(frames: NDArray[Any]) -> NDArray[Any]:
 
     Values are clipped to [0, 1] first (a no-op for pipeline output, which is already clamped) so an
     out-of-range value saturates instead of wrapping around."""
-    return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+    video: NDArray[Any] = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)  # np.clip's stub returns Any
+    return video
 
 
 def _pad_even(video: NDArray[Any]) -> NDArray[Any]:

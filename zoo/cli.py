@@ -230,8 +230,20 @@ def export(
         if preset not in (None, "tiny"):
             raise ZooError("--tiny and --random are the same choice: give one")
         preset = "tiny"
-    if (model is None) == (preset is None):
-        raise ZooError("give exactly one of --model PATH (a local checkpoint folder) or --tiny / --random PRESET")
+    # a family whose source roles alone make a reference (imported graphs given file by file)
+    from_sources = (
+        model is None
+        and preset is None
+        and not fam.model_required
+        and any(family_options.get(r.name) for r in fam.source_roles)
+    )
+    if (model is None) == (preset is None) and not from_sources:
+        if fam.model_required:
+            raise ZooError("give exactly one of --model PATH (a local checkpoint folder) or --tiny / --random PRESET")
+        roles = ", ".join("--" + r.name.replace("_", "-") for r in fam.source_roles)
+        raise ZooError(
+            f"give exactly one of --model PATH (a local checkpoint folder), its files ({roles}) or --tiny / --random PRESET"
+        )
     if model is not None and variant is not None:
         raise ZooError(
             "--variant chooses a random model's variant; with --model the variant is read from the checkpoint"
@@ -260,7 +272,7 @@ def export(
             ref,
             env,
             out,
-            carry_reference=model is None,
+            carry_reference=preset is not None,  # a random reference travels with its export
             components=components or None,
             weightless=weightless,
             copy_weights=copy_weights,
@@ -272,6 +284,8 @@ def export(
             total, linked = total + own, linked + link
             extra = f", {record.precision}" + (f", weights linked from the checkpoint: {_size(link)}" if link else "")
             click.echo(f"  {name}: {out / record.file} ({_size(own)}{extra})")
+            if record.imported is not None and "batch" in record.imported:  # an imported graph's batch decision
+                click.echo(f"    {record.imported['batch']['why']}")
         click.echo(
             f"wrote {out / 'manifest.json'} ({_size(total)} in all"
             + (f", plus {_size(linked)} hard-linked from the checkpoint)" if linked else ")")
@@ -279,6 +293,8 @@ def export(
 
     if model is not None:
         run(fam.load((Source("model", _random_model(model)), *extra)))
+    elif from_sources:  # a family loaded from its source roles alone (imported graphs given file by file)
+        run(fam.load(tuple(extra)))
     else:
         with random_reference(fam, variant=variant, preset=preset, seed=seed, extra=extra) as ref:
             run(ref)

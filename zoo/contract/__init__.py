@@ -1,7 +1,8 @@
 """The declarative contract every family fills in, split by concern:
 
 - :mod:`zoo.contract.dims`: the envelope (user units) and symbolic tensor dims with their profiles;
-- :mod:`zoo.contract.tensors`: tensor and component specs (value ranges, precision, tolerance class);
+- :mod:`zoo.contract.tensors`: tensor and component specs (value ranges, precision, tolerance class,
+  what a component's reference is: a torch call, or an imported graph on ONNX Runtime CPU);
 - :mod:`zoo.contract.sources`: sources and the loaded reference;
 - :mod:`zoo.contract.requests`: run options (defaults stated once) and requests;
 - :mod:`zoo.contract.family`: the family declaration, its sampler slots, host loops and typed hooks;
@@ -49,8 +50,11 @@ from zoo.contract.sources import (
 )
 from zoo.contract.tensors import (
     DTYPES,
+    REFERENCE_SOURCE_GRAPH,
+    REFERENCE_TORCH,
     Component,
     DimsFn,
+    ImportedGraph,
     Precision,
     Rounding,
     SampleFn,
@@ -76,6 +80,7 @@ __all__ = [
     "Family",
     "GUARD_OVERRIDE",
     "HostLoop",
+    "ImportedGraph",
     "LoopCheck",
     "LoopChecks",
     "Media",
@@ -84,6 +89,8 @@ __all__ = [
     "PipelineLike",
     "PipelineSlot",
     "Precision",
+    "REFERENCE_SOURCE_GRAPH",
+    "REFERENCE_TORCH",
     "Range",
     "Reference",
     "Request",

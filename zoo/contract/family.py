@@ -49,6 +49,9 @@ class Family:
     components: ClassVar[tuple[Component, ...]]
     random_presets: ClassVar[tuple[str, ...]] = ("tiny",)
     source_roles: ClassVar[tuple[SourceRole, ...]] = ()  # beside --model
+    # False: the source roles alone make a reference, without --model (imported graphs given file
+    # by file: --detector FILE --pose-model FILE)
+    model_required: ClassVar[bool] = True
     axis_help: ClassVar[Mapping[str, str]] = {}  # envelope axis -> help of its MIN:OPT:MAX option
     # sampler declaration (empty: the family has no sampler, only components)
     pipeline_slots: ClassVar[tuple[PipelineSlot, ...]] = ()
@@ -97,10 +100,10 @@ class Family:
         if isinstance(sources, (str, Path)):
             sources = (Source("model", Path(sources)),)
         sources = tuple(sources)
-        if not sources or sources[0].role != "model":
+        if not sources or (sources[0].role != "model" and self.model_required):
             raise ValueError("the first source must be the model folder")
         roles = {r.name: r for r in self.source_roles}
-        for s in sources[1:]:
+        for s in sources[1:] if sources[0].role == "model" else sources:
             if s.role not in roles:
                 raise UnknownFamilyError(
                     f"family {self.name!r} takes no {s.role} source; it takes {', '.join(roles) or 'only --model'}"

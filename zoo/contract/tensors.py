@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from zoo.contract.dims import Dim, Envelope
+from zoo.errors import CheckpointError
 
 if TYPE_CHECKING:
     from zoo.contract.sources import Reference
@@ -131,6 +132,37 @@ class WeightlessModule:
     rename: Callable[[torch.nn.Module, list[str]], dict[str, str]] | None = None
 
 
+# What a component's reference is (:attr:`Component.reference_kind`): the family's reference call
+# on the library module, in PyTorch (a traced component); or, for a component whose graph is
+# imported, that graph itself, the file the user gave, on ONNX Runtime's CPU execution provider.
+REFERENCE_TORCH = "torch"
+REFERENCE_SOURCE_GRAPH = "source graph on onnxruntime cpu"
+
+
+@dataclass(frozen=True)
+class ImportedGraph:
+    """A component whose graph is given, not traced: the ONNX file of the loaded reference's
+    source ``source`` (a source role of the family: ``--detector FILE``). The export checks the
+    file's inputs and outputs against the component's declaration and copies it; its reference
+    (what parity compares the export with) is that file itself on ONNX Runtime CPU.
+
+    ``batch`` names the component's dim that the export may make symbolic where the given graph
+    fixes it to 1: only if the graph computes every batch item on its own (checked by running it
+    on ONNX Runtime: a batch must give exactly the outputs of its items run one by one), else it
+    stays 1 and the manifest says why."""
+
+    source: str
+    batch: str | None = None
+
+    def path(self, ref: Reference) -> Path:
+        """The graph's file: the reference's source of role :attr:`source`."""
+        found = [s.path for s in ref.sources if s.role == self.source]
+        if not found:
+            roles = ", ".join(s.role for s in ref.sources) or "none"
+            raise CheckpointError(f"the reference has no {self.source} source (its sources: {roles})")
+        return Path(found[0])
+
+
 @dataclass(frozen=True)
 class Component:
     """One exportable part of a family (an encoder, a denoiser, a VAE half).
@@ -140,6 +172,10 @@ class Component:
     VAE has one cache tensor per causal conv. ``state`` pairs an output with the input it
     feeds on the next call (a cache): the manifest records the pairs and backends keep those
     tensors on the device between calls.
+
+    A component is traced (``wrapper`` and ``reference`` given: its reference is the reference
+    call in PyTorch) or imported (``graph`` given, no wrapper and no reference call: its reference
+    is the given ONNX graph on ONNX Runtime CPU); :attr:`reference_kind` says which.
     """
 
     name: str
@@ -150,14 +186,51 @@ class Component:
     inputs: SpecsFn
     outputs: SpecsFn
     dims: DimsFn
-    wrapper: Callable[[Reference], torch.nn.Module]
-    reference: Callable[[Reference, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+    # a traced component: its export wrapper and its reference call (None for an imported graph)
+    wrapper: Callable[[Reference], torch.nn.Module] | None = None
+    reference: Callable[[Reference, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     precision: Precision = Precision()
     export_patches: tuple[Callable[[], contextlib.AbstractContextManager[object]], ...] = ()
     state: Callable[[Reference], Mapping[str, str]] = lambda ref: {}  # output -> input it feeds next call
     # tensors of the wrapper itself computed from the module's weights (wrapper name -> how),
     # for a weightless export: e.g. a QR basis the wrapper precomputes
     derived: Callable[[Reference], Mapping[str, Transform]] = lambda ref: {}
+    # an imported component: the ONNX file it is, from the reference's sources (None: traced)
+    graph: ImportedGraph | None = None
+
+    def __post_init__(self) -> None:
+        traced = self.wrapper is not None and self.reference is not None
+        if self.graph is None and not traced:
+            raise TypeError(
+                f"component {self.name}: a traced component declares its wrapper and its reference call "
+                f"(or, for a graph given as a file, graph=ImportedGraph(...))"
+            )
+        if self.graph is not None and (self.wrapper is not None or self.reference is not None):
+            raise TypeError(
+                f"component {self.name}: an imported graph has no wrapper and no reference call "
+                f"(its reference is the graph itself on ONNX Runtime CPU)"
+            )
+
+    @property
+    def reference_kind(self) -> str:
+        """:data:`REFERENCE_TORCH` (the reference call in PyTorch) or :data:`REFERENCE_SOURCE_GRAPH`
+        (the imported graph itself on ONNX Runtime CPU): what parity compares the export with."""
+        return REFERENCE_TORCH if self.graph is None else REFERENCE_SOURCE_GRAPH
+
+    def traced(
+        self,
+    ) -> tuple[
+        Callable[[Reference], torch.nn.Module],
+        Callable[[Reference, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
+    ]:
+        """The wrapper and the reference call of a traced component; :class:`ValueError` for an
+        imported one, which has neither."""
+        if self.wrapper is None or self.reference is None:
+            raise ValueError(
+                f"component {self.name} is an imported ONNX graph: it has no torch wrapper or reference call "
+                f"(its reference is the graph itself on ONNX Runtime CPU)"
+            )
+        return self.wrapper, self.reference
 
     def input_specs(self, ref: Reference) -> Specs:
         return tuple(self.inputs(ref))
