@@ -863,9 +863,9 @@ def _record_sources(sources: tuple[Source, ...], stage: Path | None) -> list[dic
             record["preset"] = random_preset(path)
         if stage is not None:
             n = seen[s.role] = seen.get(s.role, -1) + 1
-            rel = (
-                f"{REFERENCE_DIR}/{s.role}" + (f"-{n}" if n else "") + "".join(path.suffixes if path.is_file() else ())
-            )
+            rel = f"{REFERENCE_DIR}/{s.role}" + (f"-{n}" if n else "")
+            if path.is_file():  # in a folder of its own, under its own name: a file's name is part of its hash
+                rel += f"/{path.name}"
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, stage / rel)
             record["path"] = rel
