@@ -15,6 +15,7 @@ _MODULES: dict[str, str] = {
     "pixart": "zoo.families.pixart",
     "transformer-temporal": "zoo.families.transformer_temporal",
     "unianimate-dit": "zoo.families.unianimate_dit",
+    "unianimate-pose": "zoo.families.unianimate_pose",
     "wan-animate": "zoo.families.wan_animate",
 }
 _LOADED: dict[str, Family] = {}
