@@ -487,6 +487,26 @@ class Served:
         return self.process.wait(timeout)
 
 
+_STARTED: list[Served] = []  # every server start_server started, so that none outlives its test
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test():
+    """A server a test started and left running (its test failed before stopping it) is stopped
+    after the test: SIGTERM, then SIGKILL after 30 s (its tritonserver and stubs die with it)."""
+    before = len(_STARTED)
+    yield
+    for server in _STARTED[before:]:
+        if server.process.poll() is None:
+            server.process.terminate()
+            try:
+                server.process.wait(30)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait(30)
+    del _STARTED[before:]
+
+
 #: zoo serve's own check of a port, and Triton's when another process bound it in between
 _PORT_TAKEN = ("is in use", "Address already in use", "address already in use")
 
@@ -533,6 +553,7 @@ def start_server(
         stderr=subprocess.STDOUT,
     )
     served = Served(process, http, grpc, metrics, log_file)
+    _STARTED.append(served)
     served.read()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
