@@ -584,6 +584,89 @@ def run(export_dir: Path, seed: int, backend: str, device: str, out: Path, **opt
         click.echo(f"wrote {path}")
 
 
+def _pose_family(manifest: Any) -> Any:
+    """The export's family, if it declares a pose step; :class:`ZooError` naming those that do if not."""
+    from zoo.registry import family_names, get_family
+
+    family = get_family(manifest.family)
+    if not family.has_pose_step:
+        having = [n for n in family_names() if get_family(n).has_pose_step]
+        raise ZooError(
+            f"family {family.name!r} has no pose step: `zoo pose` takes an export of "
+            f"{', '.join(having) or 'a family that declares one'}"
+        )
+    return family
+
+
+def _pose_options(export_dir: str, args: list[str] = ()) -> list[click.Parameter]:
+    """``zoo pose DIR``'s input options: the ones the export's family declares for its pose step."""
+    from exporters.manifest import load_manifest
+
+    return [click_option(o) for o in _pose_family(load_manifest(Path(export_dir))).pose_options]
+
+
+@main.command(cls=FamilyCommand, family_options=_pose_options)
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to write the pose frames into: a new or empty one, or an earlier `zoo pose` output (replaced whole).",
+)
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]))
+@click.option("--device", help="cpu or cuda[:N]. Default: cuda for --backend tensorrt, else cpu.")
+@click.option(
+    "--keypoints",
+    "keypoints_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write every image's keypoints (raw and aligned), boxes and the warnings here as JSON.",
+)
+def pose(
+    export_dir: Path, out: Path, backend: str, device: str | None, keypoints_path: Path | None, **options: Any
+) -> None:
+    """Make pose conditions with an export of a family that has a pose step (unianimate-pose):
+    the driving video's frames as pose images in --out, through the export's components.
+
+    `zoo pose DIR --help` lists the inputs the export's family takes. A fallback where the original
+    would crash or draw nonsense (a missing keypoint) is a `warning:` line on stderr."""
+    from exporters.artifacts import atomic_write_json, staged_dir
+    from exporters.manifest import load_manifest
+    from runtimes.backends import Runners, parse_device
+    from zoo.errors import ArtifactError, OutputError
+
+    device = _device(device, backend)
+    manifest = load_manifest(export_dir)
+    fam = _pose_family(manifest)
+    missing = [c.name for c in fam.components if c.name not in manifest.components]
+    if missing:
+        raise ArtifactError(
+            f"export {export_dir} lacks component(s) {', '.join(missing)} that the pose step runs; "
+            f"re-export without --component"
+        )
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not fam.is_pose_output(out))):
+        raise OutputError(f"--out {out} exists and is not a `zoo pose` output folder: choose a new or empty folder")
+    if keypoints_path is not None and not keypoints_path.parent.is_dir():
+        raise OutputError(f"--keypoints {keypoints_path}: {keypoints_path.parent} is not an existing folder")
+    step = fam.pose_step(options)  # every input read and checked before any runtime is touched
+    parse_device(device, backend)
+    from tqdm.auto import tqdm
+
+    runners = Runners(backend, manifest, device)
+    try:
+        with tqdm(total=step.frames, desc="pose", unit="frame", leave=False) as bar, staged_dir(out) as stage:
+            result = step(runners, stage, bar.update)
+    finally:
+        runners.close()
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
+    if keypoints_path is not None:
+        atomic_write_json(keypoints_path, result.keypoints)
+    names = result.files if len(result.files) <= 3 else (result.files[0], "...", *result.files[-2:])
+    click.echo(f"wrote {out} ({len(result.files)} files: {' '.join(names)})")
+    if keypoints_path is not None:
+        click.echo(f"wrote {keypoints_path}")
+
+
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "tensorrt"]))

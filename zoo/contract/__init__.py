@@ -23,11 +23,12 @@ from zoo.contract.dims import (
     resolve_point,
     round_to,
 )
-from zoo.contract.family import Family, HostLoop, LoopCheck, Media, PipelineSlot
+from zoo.contract.family import Family, HostLoop, LoopCheck, Media, PipelineSlot, PoseRun
 from zoo.contract.hooks import (
     ExportedComponent,
     LoopChecks,
     PipelineLike,
+    PoseStep,
     Runner,
     Runners,
     SlotCall,
@@ -88,6 +89,8 @@ __all__ = [
     "Option",
     "PipelineLike",
     "PipelineSlot",
+    "PoseRun",
+    "PoseStep",
     "Precision",
     "REFERENCE_SOURCE_GRAPH",
     "REFERENCE_TORCH",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 import torch
 
 from zoo.contract.dims import Axis, Envelope, Range
-from zoo.contract.hooks import LoopChecks, PipelineLike, SlotCall
+from zoo.contract.hooks import LoopChecks, PipelineLike, PoseStep, SlotCall
 from zoo.contract.requests import Option, Request, RequestContext
 from zoo.contract.sources import Reference, Source, SourceRole, Sources
 from zoo.contract.tensors import Component, Rounding
@@ -67,6 +67,9 @@ class Family:
     def option_name(self, kwarg: str) -> str:
         """How ``zoo run`` spells a pipeline kwarg."""
         return self.option_names.get(kwarg, "--" + kwarg.replace("_", "-"))
+
+    # ``zoo pose``'s options of the family (its inputs: --image, --video, ...); see :meth:`pose_step`
+    pose_options: ClassVar[tuple[Option, ...]] = ()
 
     trajectory: ClassVar[tuple[str, str] | None] = None  # (component, latent input name)
     # end-to-end parity's reference: None = the family's pipeline on the library modules; a backend
@@ -229,6 +232,36 @@ class Family:
         """The shape options the pipeline will really run at (a pipeline that snaps sizes to
         bins runs at the bin); checked against the envelope before running."""
         return {option: request.kwargs.get(option) for option in self.request_axes}
+
+    # -- the pose step (``zoo pose``) ----------------------------------------------------
+    # the options are what click parsed from :attr:`pose_options` (paths, text, numbers): Any
+    def pose_step(self, options: Mapping[str, Any]) -> PoseStep:
+        """``zoo pose``'s work for parsed :attr:`pose_options`: every input read and checked here
+        (an :class:`~zoo.errors.InputError` naming the file and what was expected), before any
+        runner exists; the returned step runs on the export's runners. Families without one
+        have no pose step."""
+        raise NotImplementedError
+
+    def is_pose_output(self, folder: Path) -> bool:
+        """Whether ``folder`` (an existing, non-empty folder) is what this family's pose step
+        writes, so that ``zoo pose`` may replace it whole; anything else is refused untouched."""
+        return False
+
+    @property
+    def has_pose_step(self) -> bool:
+        """Whether the family declares a pose step (``zoo pose`` refuses the others)."""
+        return type(self).pose_step is not Family.pose_step
+
+
+@dataclass(frozen=True)
+class PoseRun:
+    """What a pose step wrote and found: the file names written in its folder (in order), one
+    line per warning (a fallback where the original would crash or draw nonsense), and the record
+    ``zoo pose --keypoints FILE.json`` writes (plain JSON values)."""
+
+    files: tuple[str, ...]
+    warnings: tuple[str, ...]
+    keypoints: Mapping[str, Any]
 
 
 @dataclass(frozen=True)

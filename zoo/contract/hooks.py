@@ -9,7 +9,8 @@ is a :class:`SlotCall`, a host loop's checks a :class:`LoopChecks`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from zoo.contract.dims import Dim, Envelope
 
 if TYPE_CHECKING:
-    from zoo.contract.family import LoopCheck
+    from zoo.contract.family import LoopCheck, PoseRun
     from zoo.contract.sources import Reference
 
 
@@ -101,3 +102,17 @@ class PipelineLike(Protocol):
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def set_progress_bar_config(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+class PoseStep(Protocol):
+    """A family's pose step for one ``zoo pose`` call (:meth:`~zoo.contract.family.Family.pose_step`),
+    its inputs already read and checked: run on ``runners`` (one per exported component), it
+    writes its files into ``out`` (a staging folder the caller swaps in whole) and calls
+    ``advance(n)`` as it finishes ``n`` more of :attr:`frames`."""
+
+    @property
+    def frames(self) -> int:
+        """How many frames it will process (the progress bar's total; a container's own count)."""
+        ...
+
+    def __call__(self, runners: Runners, out: Path, advance: Callable[[int], None]) -> PoseRun: ...

@@ -25,7 +25,9 @@ whose outputs are deterministic functions of the image (POSE.md 8), built with `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ from zoo.contract import (
     Family,
     ImportedGraph,
     Modules,
+    PoseStep,
     Range,
     Reference,
     Source,
@@ -47,6 +50,7 @@ from zoo.contract import (
     specs,
 )
 from zoo.errors import CheckpointError
+from zoo.families.unianimate_pose.step import POSE_OPTIONS, is_pose_output, pose_step
 from zoo.infra.checkpoint import is_lfs_pointer, write_random_marker
 
 DETECTOR_FILE = "yolox_l.onnx"  # the names run_align_pose.py opens in its checkpoint folder
@@ -155,6 +159,15 @@ class UniAnimatePose(Family):
 
     def axes(self, ref: Reference) -> tuple[Axis, ...]:
         return (Axis("batch", Range(1, 4, 16), ceiling=256, unit="crops"),)
+
+    # ``zoo pose``: the original's run_align_pose.py on the export's runners (step.py)
+    pose_options = POSE_OPTIONS
+
+    def pose_step(self, options: Mapping[str, Any]) -> PoseStep:
+        return pose_step(options)
+
+    def is_pose_output(self, folder: Path) -> bool:
+        return is_pose_output(folder)
 
     def load_sources(self, sources: Sources) -> Reference:
         """The two graphs' files: from ``--model DIR`` by name, or as given (a given one wins)."""
