@@ -65,7 +65,7 @@ def test_export_temporal_with_envelope(tmp_path):
     [
         (
             ["export", "nope", "--tiny", "--out", "{out}"],
-            "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate",
+            "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate",
         ),
         (
             ["export", "pixart", "--model", "{tmp}/missing", "--out", "{out}"],
@@ -334,7 +334,7 @@ def test_console_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
-        == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate"
+        == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate"
     )
 
 

@@ -40,7 +40,7 @@ def test_axis_check_names_axis_and_constraint(r, message):
 def test_unknown_family_lists_known_ones():
     with pytest.raises(
         UnknownFamilyError,
-        match=r"unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, wan-animate",
+        match=r"unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate",
     ):
         get_family("nope")
     assert family_names() == ["animatediff", "pixart", "transformer-temporal", "unianimate-dit", "wan-animate"]
