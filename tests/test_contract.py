@@ -43,7 +43,14 @@ def test_unknown_family_lists_known_ones():
         match=r"unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate",
     ):
         get_family("nope")
-    assert family_names() == ["animatediff", "pixart", "transformer-temporal", "unianimate-dit", "unianimate-pose", "wan-animate"]
+    assert family_names() == [
+        "animatediff",
+        "pixart",
+        "transformer-temporal",
+        "unianimate-dit",
+        "unianimate-pose",
+        "wan-animate",
+    ]
 
 
 def test_every_family_has_tiny_preset_and_variants():
