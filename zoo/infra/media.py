@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import PIL.Image
@@ -75,18 +75,22 @@ def _to_rgb(frames: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
     return [frame if frame.mode == "RGB" else frame.convert("RGB") for frame in frames]
 
 
-def _load_frame_folder(folder: Path, option: str) -> list[PIL.Image.Image]:
+def _load_frame_folder(folder: Path, option: str, exclude: Collection[str] = ()) -> list[PIL.Image.Image]:
     files = sorted(
         (
             p
             for p in folder.iterdir()
-            if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")
+            if p.is_file()
+            and p.suffix.lower() in FRAME_SUFFIXES
+            and not p.name.startswith(".")
+            and p.name not in exclude
         ),
         key=natural_key,
     )
     if not files:
         accepted = " ".join(FRAME_SUFFIXES)
-        raise InputError(f"{option} {folder}: empty video (the folder holds no frame images: {accepted})")
+        skipped = f"; {', '.join(sorted(exclude))} not counted as frames" if exclude else ""
+        raise InputError(f"{option} {folder}: empty video (the folder holds no frame images: {accepted}{skipped})")
     frames = [_decode_image(p, option) for p in files]
     for file, frame in zip(files, frames):
         if frame.size != frames[0].size:
@@ -110,16 +114,18 @@ def _load_video_file(path: Path, option: str) -> list[PIL.Image.Image]:
         raise InputError(f"{option} {path}: not a video (cannot be decoded: {_first_line(exc)})") from exc
 
 
-def load_video(path: str | Path, *, option: str) -> list[PIL.Image.Image]:
+def load_video(path: str | Path, *, option: str, exclude: Collection[str] = ()) -> list[PIL.Image.Image]:
     """RGB frames of a video file (``.mp4 .mov .webm .mkv .avi .gif``) or a folder of frame images.
 
     A folder's ``.png/.jpg/.jpeg/.webp/.bmp`` files are read in natural order (``frame9`` before
-    ``frame10``) and must share one size. Every GIF frame is returned, converted to RGB.
+    ``frame10``) and must share one size; files named (exactly) in ``exclude`` are not frames (a
+    caller's declared companions, e.g. a pose folder's reference pose). Every GIF frame is
+    returned, converted to RGB.
     """
     path = Path(path)
     check_media_path(path, option)
     if path.is_dir():
-        frames = _load_frame_folder(path, option)
+        frames = _load_frame_folder(path, option, exclude)
     elif path.suffix.lower() in VIDEO_FILE_SUFFIXES:
         frames = _load_video_file(path, option)
     else:

@@ -15,9 +15,9 @@ This module is the declaration (components, dims, the family); beside it: ``chec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -72,6 +72,7 @@ from zoo.models.wan_dit import (
 from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER, TEXT_LENGTH
 
 PIPELINE = "WanImageToVideoPipeline"
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------
@@ -342,6 +343,30 @@ GRAPHS = PipelineSlot(
 )
 TEACACHE_COMPONENTS = ("transformer_skip", "time_embedding")
 
+#: File names of a pose folder (``zoo pose``'s or the original's ``run_align_pose.py`` output) that
+#: are not pose frames: the reference's own pose, which the original's inference skips while it reads
+#: ``sorted(os.listdir(dir))`` (POSE.md 5.6) and which ``--ref-pose DIR/pose.jpg`` reads instead.
+POSE_FOLDER_SKIPS = ("pose.jpg",)
+
+
+def select_pose_frames(frames: Sequence[T], start: int, count: int | None, *, source: str) -> list[T]:
+    """The pose frames a run uses: ``count`` consecutive frames from index ``start`` (``None``:
+    every frame from ``start``), the last frame repeated when fewer than ``count`` remain, as the
+    original pads a folder of fewer than 81 frames (POSE.md 5.6). The original's short-video
+    selection is ``start`` 0 (fewer than 82 frames) or a random unseeded start (82 or more) with
+    ``count`` 81; here the start is the caller's, so a run is deterministic."""
+    if not 0 <= start < len(frames):
+        raise InputError(
+            f"--pose-start {start}: out of range: {source} has {len(frames)} pose frame(s), "
+            f"expected 0 to {len(frames) - 1}"
+        )
+    if count is not None and count < 1:
+        raise InputError(f"--pose-frames {count}: expected at least 1")
+    chosen = list(frames[start:] if count is None else frames[start : start + count])
+    if count is not None:
+        chosen += [chosen[-1]] * (count - len(chosen))
+    return chosen
+
 
 # --------------------------------------------------------------------------------------
 # The family
@@ -483,8 +508,34 @@ class UniAnimateDiT(Family):
     )
     run_options = (
         Option("image", "The reference image (the person to animate).", type="path", required=True),
-        Option("pose_video", "Rendered pose frames (MP4, GIF or a folder of frames).", type="path", required=True),
-        Option("ref_pose", "The reference image's rendered pose (an image).", type="path", required=True),
+        Option(
+            "pose_video",
+            "Rendered pose frames: MP4, GIF or a folder of frames, e.g. a `zoo pose` output (its frames in name "
+            "order, 0000.jpg, 0001.jpg, ...; pose.jpg is not a frame: pass it as --ref-pose).",
+            type="path",
+            required=True,
+        ),
+        Option(
+            "ref_pose",
+            "The reference image's rendered pose (an image, e.g. a `zoo pose` folder's pose.jpg).",
+            type="path",
+            required=True,
+        ),
+        Option(
+            "pose_start",
+            "The first pose frame used (0-based, after pose.jpg is skipped); default 0. The original picks a random "
+            "start when a folder has 82 or more frames: pass that window's start here.",
+            type="int",
+            default=0,
+            low=0,
+        ),
+        Option(
+            "pose_frames",
+            "How many pose frames from --pose-start (default: all of them); the last is repeated if fewer remain, "
+            "as the original pads a folder of fewer than 81. The original uses 81; a short video needs 4k+1.",
+            type="int",
+            low=1,
+        ),
         Option(
             "resize_pose",
             "Resize pose frames of another size to --height/--width (PIL bilinear, as the original's example does).",
@@ -522,7 +573,13 @@ class UniAnimateDiT(Family):
         width = context.envelope["width"].opt if options.get("width") is None else options["width"]
         image = load_image(options["image"], option="--image")
         ref_pose = load_image(options["ref_pose"], option="--ref-pose")
-        poses = load_video(options["pose_video"], option="--pose-video")
+        poses = load_video(options["pose_video"], option="--pose-video", exclude=POSE_FOLDER_SKIPS)
+        poses = select_pose_frames(
+            poses,
+            int(options.get("pose_start") or 0),
+            options.get("pose_frames"),
+            source=f"--pose-video {options['pose_video']}",
+        )
         resize = bool(options.get("resize_pose"))
         poses = check_frame_size(
             poses,
@@ -578,16 +635,19 @@ class UniAnimateDiT(Family):
             if len(poses) % 4 != 1:
                 raise InputError(
                     f"--pose-video has {len(poses)} frames: a short video needs 4k+1 pose frames (5, 9, ..., 81); "
-                    f"use --long-video for longer ones"
+                    f"use --long-video for longer ones, or choose them with --pose-start / --pose-frames"
                 )
             kwargs["pose_video"] = poses
+        chosen = ""
+        if options.get("pose_start") or options.get("pose_frames") is not None:
+            chosen = f" chosen by --pose-start {options.get('pose_start') or 0} --pose-frames {len(poses)}"
         return Request(
             "UniAnimateLoop",
             kwargs,
             output_format="video",
             fps=options["fps"],
             shape_sources={
-                "frames": f"--pose-video {options['pose_video']} frames"
+                "frames": f"--pose-video {options['pose_video']} frames{chosen}"
                 if not long_video
                 else f"--context-frames {kwargs.get('context_frames')} window frames"
             },
