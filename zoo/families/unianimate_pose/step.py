@@ -153,6 +153,7 @@ class UniAnimatePoseStep:
     image: U8
     videos: list[Path]
     frames: int
+    stated: tuple[int, ...] = ()  # each video's frame count as its container states it (check_video)
 
     def __call__(self, runners: Runners, out: Path, advance: Callable[[int], None]) -> PoseRun:
         detector = _model(runners["detector"])
@@ -170,10 +171,17 @@ class UniAnimatePoseStep:
                 f"--image {self.image_path}: the detector finds no person in it; expected an image of the character"
             )
         results: list[tuple[PoseResult, tuple[int, int]]] = []
-        for video in self.videos:
+        for i, video in enumerate(self.videos):
+            decoded = 0
             for frame in _frames_of(video):
                 results.append((pose_of_image(frame, detect, estimate, input_hw=input_hw), frame.shape[:2]))
+                decoded += 1
                 advance(1)
+            if i < len(self.stated) and decoded < self.stated[i]:  # nothing is written before this point
+                raise InputError(
+                    f"--video {video}: truncated: OpenCV decodes {decoded} of the {self.stated[i]} frames its "
+                    f"container states; expected a whole video file"
+                )
         if not any(len(r.boxes) for r, _ in results):
             where = self.videos[0].parent if len(self.videos) > 1 else self.videos[0]
             raise InputError(
@@ -206,5 +214,5 @@ def pose_step(options: Mapping[str, Any]) -> UniAnimatePoseStep:
     image_path = Path(options["image"])
     image = read_image(image_path)
     videos = video_files(Path(options["video"]))
-    frames = sum(check_video(v) for v in videos)
-    return UniAnimatePoseStep(image_path, image, videos, frames)
+    stated = tuple(check_video(v) for v in videos)
+    return UniAnimatePoseStep(image_path, image, videos, sum(stated), stated)
