@@ -202,10 +202,21 @@ def test_crop_of_a_scaled_box_matches_warpaffine():
     np.testing.assert_array_equal(
         x, ((crop - dwpose.POSE_MEAN) / dwpose.POSE_STD).astype(np.float32).transpose(2, 0, 1)
     )
-    # the closed-form matrix gives a different crop
-    k = 288 / s[0]
-    closed = np.array([[k, 0, 144 - k * c[0]], [0, k, 192 - k * c[1]]])
-    assert not np.array_equal(crop, cv2.warpAffine(img, closed, (288, 384), flags=cv2.INTER_LINEAR))
+    # the closed-form matrix is not getAffineTransform's on the float32 points, and over a few boxes
+    # it crops differently (POSE.md 2.3; how often depends on the OpenCV build: 4.11 crops 26 of
+    # 200 such boxes differently, the spec measured 275 of 300 with 5.0)
+    rng = np.random.default_rng(3)
+    differs = 0
+    for _ in range(200):
+        x1, y1 = rng.uniform(0, 300), rng.uniform(0, 200)
+        c, s = dwpose.box_center_scale([x1, y1, x1 + rng.uniform(40, 300), y1 + rng.uniform(40, 260)], HW)
+        m = dwpose.crop_matrix(c, s, HW)
+        k = 288 / s[0]
+        closed = np.array([[k, 0, 144 - k * c[0]], [0, k, 192 - k * c[1]]])
+        assert not np.array_equal(m, closed)
+        crop = cv2.warpAffine(img, m, (288, 384), flags=cv2.INTER_LINEAR)
+        differs += not np.array_equal(crop, cv2.warpAffine(img, closed, (288, 384), flags=cv2.INTER_LINEAR))
+    assert differs > 0
 
 
 # --- section 2: SimCC ------------------------------------------------------------------------------------
