@@ -30,6 +30,8 @@ and checks that (a) and (b) wrote identical JPEG bytes (a mismatch exits 1).
     python scripts/bench_pose.py --work /tmp/bp --quick      # 8 frames at 240x320: a smoke test
 
 --threads sets (b)'s intra-op threads; `zoo pose` (a) always runs with onnxruntime's defaults.
+(a) and (b) run one after the other, so on a shared machine the load drifts between them: the load
+average is printed after each, and --b-first swaps the order; compare runs in both orders.
 """
 
 from __future__ import annotations
@@ -576,6 +578,10 @@ def write_one_frame(video: Path, dest: Path) -> Path:
     return dest
 
 
+def loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def compare(a: Path, b: Path) -> tuple[bool, str]:
     na, nb = sorted(p.name for p in a.iterdir()), sorted(p.name for p in b.iterdir())
     if na != nb:
@@ -602,6 +608,7 @@ def main() -> None:
     ap.add_argument("--size", default="720x1280", help="HxW of the driving video")
     ap.add_argument("--threads", type=int, default=None, help="(b)'s onnxruntime intra-op threads (default: ORT's)")
     ap.add_argument("--quick", action="store_true", help="8 frames at 240x320: a smoke test")
+    ap.add_argument("--b-first", action="store_true", help="measure (b) before (a) (the load drifts)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
     if args.quick:
@@ -647,25 +654,43 @@ def main() -> None:
 
     out_a, out_b = work / "out_zoo", work / "out_original"
     shutil.rmtree(out_b, ignore_errors=True)
-    one = write_one_frame(video, work / f"one_{h}x{w}.mp4")
-    s_one = run([zoo, "pose", str(export_dir), "--image", str(ref), "--video", str(one), "--out", str(work / "out_one"), "--backend", "onnxruntime"], "zoo pose (1 frame)")  # fmt: skip
-    s_a = run([zoo, "pose", str(export_dir), "--image", str(ref), "--video", str(video), "--out", str(out_a), "--backend", "onnxruntime"], "zoo pose")  # fmt: skip
-    marginal = (args.frames - 1) / (s_a - s_one) if s_a > s_one else float("nan")
-    report["zoo_pose"] = {"wall_s": s_a, "fps": args.frames / s_a, "one_frame_wall_s": s_one, "marginal_fps": marginal}
-    print(
-        f"(a) zoo pose --backend onnxruntime: {s_a:.1f} s wall for {args.frames} frames + the reference = "
-        f"{args.frames / s_a:.2f} frames/s; on a 1-frame video {s_one:.1f} s (start-up, sessions, reference, "
-        f"1 frame), so {marginal:.2f} frames/s per extra frame"
-    )
 
-    b = original_way(models, ref, video, out_b, args.threads, checked=3)
-    report["original"] = b
-    print(
-        f"(b) plain onnxruntime sessions ({b['intra_op_threads']} intra-op threads): {b['total_s']:.1f} s "
-        f"(sessions {b['session_load_s']:.1f} s) = {b['frames'] / b['total_s']:.2f} frames/s; "
-        f"frames with a person: {b['people']}/{b['frames']}; first {b['checked']} frames equal "
-        f"pose_of_image's results: {'yes' if not b['mismatches'] else 'NO'}"
-    )
+    def measure_a() -> None:
+        one = write_one_frame(video, work / f"one_{h}x{w}.mp4")
+        s_one = run([zoo, "pose", str(export_dir), "--image", str(ref), "--video", str(one), "--out", str(work / "out_one"), "--backend", "onnxruntime"], "zoo pose (1 frame)")  # fmt: skip
+        s_a = run([zoo, "pose", str(export_dir), "--image", str(ref), "--video", str(video), "--out", str(out_a), "--backend", "onnxruntime"], "zoo pose")  # fmt: skip
+        marginal = (args.frames - 1) / (s_a - s_one) if s_a > s_one else float("nan")
+        report["zoo_pose"] = {
+            "wall_s": s_a,
+            "fps": args.frames / s_a,
+            "one_frame_wall_s": s_one,
+            "marginal_fps": marginal,
+        }
+        print(
+            f"(a) zoo pose --backend onnxruntime: {s_a:.1f} s wall for {args.frames} frames + the reference = "
+            f"{args.frames / s_a:.2f} frames/s; on a 1-frame video {s_one:.1f} s (start-up, sessions, reference, "
+            f"1 frame), so {marginal:.2f} frames/s per extra frame"
+        )
+        print(f"    load average after (a): {loadavg()}")
+
+    def measure_b() -> dict:
+        b = original_way(models, ref, video, out_b, args.threads, checked=3)
+        report["original"] = b
+        print(
+            f"(b) plain onnxruntime sessions ({b['intra_op_threads']} intra-op threads): {b['total_s']:.1f} s "
+            f"(sessions {b['session_load_s']:.1f} s) = {b['frames'] / b['total_s']:.2f} frames/s; "
+            f"frames with a person: {b['people']}/{b['frames']}; first {b['checked']} frames equal "
+            f"pose_of_image's results: {'yes' if not b['mismatches'] else 'NO'}"
+        )
+        print(f"    load average after (b): {loadavg()}")
+        return b
+
+    if args.b_first:
+        b = measure_b()
+        measure_a()
+    else:
+        measure_a()
+        b = measure_b()
     print(
         f"(c) where (b)'s time goes, ms per frame ({b['frames']} frames; pose_of_image run again on the first {b['checked']}, not counted):"
     )
