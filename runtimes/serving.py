@@ -1,11 +1,13 @@
-"""Serving ``zoo run`` over the network: the request protocol and the service behind it.
+"""Serving ``zoo run`` (or ``zoo pose``) over the network: the request protocol and the service behind it.
 
 Both ends are independent of the server that carries them (Triton here, see
 :mod:`runtimes.triton`): the client packs ``zoo run``'s options, seed and media files into a
 :class:`Payload`; the :class:`Service` checks it exactly as ``zoo run`` checks its command line
 (the same click types, then the same request checks, all before any backend runs), runs the
 sampler with step events, and writes the output with ``zoo run``'s own writer, so the files that
-come back are the files ``zoo run`` writes.
+come back are the files ``zoo run`` writes. An export of a family with a pose step and no sampler
+runs ``zoo pose``'s step instead (:func:`runs_pose`): its options, its inputs sent as files, the
+pose folder back.
 
 On the wire a payload is one JSON document (``request``) and the media files' bytes (``files``,
 an object array: plain numpy byte strings drop trailing NUL bytes, which corrupts PNG and MP4).
@@ -31,7 +33,8 @@ from numpy.typing import NDArray
 from zoo.errors import EnvelopeError, InputError, ZooError
 
 if TYPE_CHECKING:
-    from zoo.contract import Option
+    from exporters.manifest import Manifest
+    from zoo.contract import Family, Option
 
 PROTOCOL = 1
 # Triton tensors of the model (names shared by the repository's config, the model and the client)
@@ -137,17 +140,39 @@ class Payload:
         return path.read_bytes()
 
 
-def parse_options(run_options: tuple[Option, ...], values: Mapping[str, Any]) -> dict[str, Any]:
+def runs_pose(family: Family) -> bool:
+    """Whether a request to this family runs its pose step (``zoo pose``), not a sampler (``zoo run``)."""
+    return family.has_pose_step and not family.has_sampler
+
+
+def request_options(family: Family) -> tuple[Option, ...]:
+    """The options a request to this family takes: ``zoo pose``'s for a pose step, else ``zoo run``'s."""
+    return family.pose_options if runs_pose(family) else family.run_options
+
+
+def served_family(manifest: Manifest) -> Family:
+    """The export's family, if a request can run it (a sampler or a pose step); else the
+    :class:`ZooError` of :func:`runtimes.sampler.sampler_family`."""
+    from runtimes.sampler import sampler_family
+    from zoo.registry import get_family
+
+    family = get_family(manifest.family)
+    return family if runs_pose(family) else sampler_family(manifest)
+
+
+def parse_options(
+    run_options: tuple[Option, ...], values: Mapping[str, Any], *, seed: bool = True, command: str = "zoo run"
+) -> dict[str, Any]:
     """``values`` (JSON) through the click options ``zoo run`` has for them, seed included, as
     ``zoo run``'s own command line: the same conversions, ranges, required options and messages
-    (``Error: ...``)."""
+    (``Error: ...``). Without ``seed`` (``zoo pose``'s options) a request has no seed."""
     from zoo.infra.options import click_option
 
-    seed = click.Option(["--seed", "seed"], default=0, type=click.IntRange(0, 2**63 - 1))
+    seeds = [click.Option(["--seed", "seed"], default=0, type=click.IntRange(0, 2**63 - 1))] if seed else []
     # zoo run's own options, so that click suggests what it suggests there; a request may not set them
     own = [click.Option([f"--{n}", n]) for n in ("backend", "device", "out")]
-    params = [click_option(o) for o in run_options] + [seed, *own]
-    command = click.Command("run", params=[*params], add_help_option=False)
+    params = [click_option(o) for o in run_options] + [*seeds, *own]
+    parser = click.Command(command.split()[-1], params=[*params], add_help_option=False)
     flags = {p.name: p for p in params}
     args: list[str] = []
     try:
@@ -168,7 +193,7 @@ def parse_options(run_options: tuple[Option, ...], values: Mapping[str, Any]) ->
                 if isinstance(item, (dict, list)):
                     raise click.BadParameter(f"{json.dumps(item)[:40]} is not a single value.", param=param)
                 args += [flag, str(item).lower() if isinstance(item, bool) else str(item)]
-        ctx = command.make_context("zoo run", args, resilient_parsing=False)
+        ctx = parser.make_context(command, args, resilient_parsing=False)
         given = [p.opts[0] for p in own if ctx.params.get(p.name) is not None]
         if given:
             raise click.UsageError(f"{given[0]} is the server's or the client's choice, not the request's")
@@ -241,22 +266,40 @@ class Service:
         self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu", *, load: bool = False
     ) -> None:
         from exporters.manifest import load_manifest
-        from runtimes.sampler import Sampler, sampler_family
+        from runtimes.backends import Runners, parse_device
+        from runtimes.sampler import Sampler
+        from zoo.errors import ArtifactError
 
         self.manifest = load_manifest(export_dir)
-        self.family = sampler_family(self.manifest)
-        self.sampler = Sampler(export_dir, backend=backend, device=device)
+        self.family = served_family(self.manifest)
+        self.pose = runs_pose(self.family)
+        self.sampler: Sampler | None = None
+        if self.pose:  # zoo pose's step: one runner per component, as `zoo pose` builds them
+            missing = [c.name for c in self.family.components if c.name not in self.manifest.components]
+            if missing:
+                raise ArtifactError(
+                    f"export {export_dir} lacks component(s) {', '.join(missing)} that the pose step runs; "
+                    f"re-export without --component"
+                )
+            parse_device(device, backend)
+            self.runners = Runners(backend, self.manifest, device)
+        else:
+            self.sampler = Sampler(export_dir, backend=backend, device=device)
+            self.runners = self.sampler.backends
         self.active: set[Path] = set()  # the request folders in use (removed by whoever ends this process)
         if load:
             try:
-                for component in self.sampler.backends:
-                    self.sampler.backends[component].activate()
+                for component in self.runners:
+                    self.runners[component].activate()
             except BaseException:
-                self.sampler.close()
+                self.close()
                 raise
 
     def close(self) -> None:
-        self.sampler.close()
+        if self.sampler is not None:
+            self.sampler.close()
+        else:
+            self.runners.close()
 
     def _receive(
         self, work: Path, option: str, name: str, data: bytes | dict[str, bytes], names: dict[str, str]
@@ -311,7 +354,8 @@ class Service:
         names: dict[str, str] = {}
         try:
             values = dict(payload.options)
-            media = {o.name for o in self.family.run_options if o.type == "path"}
+            declared = request_options(self.family)
+            media = {o.name for o in declared if o.type == "path"}
             for option, (name, data) in payload.files.items():
                 if option not in media:
                     takes = ", ".join("--" + m.replace("_", "-") for m in sorted(media)) or "none"
@@ -324,30 +368,35 @@ class Service:
                 raise RequestError(
                     f"error: --{option.replace('_', '-')}: send the file's bytes, not a path on the server"
                 )
-            options = parse_options(self.family.run_options, {**values, "seed": payload.seed})
-            seed = options.pop("seed")
-            request = prepare_request(self.manifest, options)  # media read and shapes checked here
             out_name = _safe_name(payload.out_name, "out")
             out = work / "out" / _server_name(out_name, "out")
-            out.parent.mkdir()
-            names[str(out)] = payload.out_name
-            check_output_path(request.output_format, out)
-            if on_event is not None:
-                on_event({"type": "accepted"})
-            array = self.sampler(
-                request,
-                seed,
-                progress=False,
-                on_step=None if on_event is None else lambda e: on_event({"type": "step", **e}),
-            )
-            written = write_output(array, out, fps=request.fps)
+            array: NDArray[Any] | None = None
+            if self.pose:
+                written = self._pose(payload, declared, values, out, names, on_event)
+            else:
+                options = parse_options(declared, {**values, "seed": payload.seed})
+                seed = options.pop("seed")
+                request = prepare_request(self.manifest, options)  # media read and shapes checked here
+                out.parent.mkdir()
+                names[str(out)] = payload.out_name
+                check_output_path(request.output_format, out)
+                if on_event is not None:
+                    on_event({"type": "accepted"})
+                assert self.sampler is not None
+                array = self.sampler(
+                    request,
+                    seed,
+                    progress=False,
+                    on_step=None if on_event is None else lambda e: on_event({"type": "step", **e}),
+                )
+                written = write_output(array, out, fps=request.fps)
             files = []
             for path in written:
                 for p in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
                     if p.is_file():
                         rel = p.relative_to(out.parent).parts
                         files.append(("/".join((out_name if rel[0] == out.name else rel[0], *rel[1:])), p.read_bytes()))
-            return Result(files, array.astype(np.float32) if payload.return_array else None)
+            return Result(files, array.astype(np.float32) if array is not None and payload.return_array else None)
         except (RequestError, ServiceError):
             raise
         except ZooError as e:  # the request's fault (400) or the server's, with no server path in the line
@@ -366,6 +415,42 @@ class Service:
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self.active.discard(work)
+
+    def _pose(
+        self,
+        payload: Payload,
+        declared: tuple[Option, ...],
+        values: dict[str, Any],
+        out: Path,
+        names: dict[str, str],
+        on_event: Callable[[dict[str, Any]], None] | None,
+    ) -> list[Path]:
+        """``zoo pose``'s step for a request: its options parsed as ``zoo pose`` parses them, every
+        input read and checked before any runner runs, the pose folder written at ``out``; its
+        warnings are events (``zoo request`` prints them as ``zoo pose`` does)."""
+        if payload.seed != 0:
+            raise RequestError("error: --seed: this model runs a pose step, which takes no seed")
+        if payload.return_array:
+            raise RequestError("error: --array: this model runs a pose step, which returns files, no array")
+        options = parse_options(declared, values, seed=False, command="zoo pose")
+        step = self.family.pose_step(options)  # every input read and checked here
+        out.mkdir(parents=True)
+        names[str(out)] = payload.out_name
+        if on_event is not None:
+            on_event({"type": "accepted"})
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if on_event is not None:
+                on_event({"type": "step", "bar": 0, "step": done, "total": step.frames})
+
+        result = step(self.runners, out, advance)
+        if on_event is not None:
+            for line in result.warnings:
+                on_event({"type": "warning", "line": line})
+        return [out]
 
 
 def _literal(text: str) -> Callable[[re.Match[str]], str]:

@@ -167,10 +167,10 @@ def write_repository(
     The model's folder is staged and swapped in whole. Returns it."""
     from exporters.manifest import load_manifest
     from runtimes.backends import BACKENDS
-    from runtimes.sampler import sampler_family
+    from runtimes.serving import served_family
 
     manifest = load_manifest(export_dir)
-    family = sampler_family(manifest)
+    family = served_family(manifest)
     if options.backend not in BACKENDS:
         raise ZooError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
     name = name or family.name

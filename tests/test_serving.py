@@ -613,6 +613,40 @@ def test_request_writes_the_files_run_writes(served, tiny_export, tmp_path):
     assert (tmp_path / "req.gif").read_bytes() == (tmp_path / "run.gif").read_bytes()
 
 
+def test_a_pose_export_is_served_as_zoo_pose_runs_it(tiny_export, tmp_path):
+    """`zoo triton` writes a repository for a pose export; `zoo request` sends the image and the
+    video and writes the pose folder `zoo pose` writes, byte for byte."""
+    import cv2
+
+    export = tiny_export("unianimate-pose")
+    image = np.full((150, 100, 3), 12, np.uint8)
+    cv2.rectangle(image, (30, 15), (70, 140), (250, 250, 250), -1)
+    cv2.imwrite(str(tmp_path / "ref.png"), image)
+    writer = cv2.VideoWriter(str(tmp_path / "drive.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 8, (160, 120))
+    for i in range(3):
+        frame = np.full((120, 160, 3), 20, np.uint8)
+        cv2.rectangle(frame, (50 + 4 * i, 20), (80 + 4 * i, 110), (250, 250, 250), -1)
+        writer.write(frame)
+    writer.release()
+    inputs = ["--image", tmp_path / "ref.png", "--video", tmp_path / "drive.avi"]
+    local = zoo("pose", export, *inputs, "--out", tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    repo = tmp_path / "repo"
+    assert zoo("triton", export, "--out", repo).exit_code == 0
+    assert 'key: "family" value: { string_value: "unianimate-pose" }' in next(repo.glob("*/config.pbtxt")).read_text()
+    server = start_server(repo)
+    try:
+        result = zoo("request", server.url, *inputs, "--out", tmp_path / "served")
+        assert result.exit_code == 0, result.output
+    finally:
+        assert server.stop() == 0
+    names = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert names == ["0000.jpg", "0001.jpg", "0002.jpg", "pose.jpg"]
+    assert sorted(p.name for p in (tmp_path / "served").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "served" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
 def test_eight_clients_three_requests_each_get_their_own_seed(served, tiny_export):
     export = tiny_export("pixart", "sigma")
     seeds = list(range(24))

@@ -848,7 +848,7 @@ def triton(
     max_queue: int,
     queue_timeout: float,
 ) -> None:
-    """Write a Triton model repository that serves EXPORT_DIR's sampler (the deployment artifact).
+    """Write a Triton model repository that serves EXPORT_DIR's sampler or pose step (the deployment artifact).
 
     REPO/<model>/config.pbtxt and a Python-backend model over the export, hard-linked beside it.
     Run it with `zoo serve REPO`, or in NVIDIA's Triton container with zoo installed."""
@@ -1021,6 +1021,7 @@ def serve(
 
 def _request_options(url: str, args: list[str] = ()) -> list[click.Parameter]:
     """``zoo request URL``'s request options: those of the served model's family (asked of the server)."""
+    from runtimes.serving import request_options
     from runtimes.triton import model_family
     from zoo.registry import get_family
 
@@ -1029,7 +1030,7 @@ def _request_options(url: str, args: list[str] = ()) -> list[click.Parameter]:
     if model is None and "--model" in args and args.index("--model") + 1 < len(args):
         model = args[args.index("--model") + 1]
     _, family = model_family(url, model)
-    return [click_option(o) for o in get_family(family).run_options]
+    return [click_option(o) for o in request_options(get_family(family))]
 
 
 @main.command("request", cls=FamilyCommand, family_options=_request_options)
@@ -1046,7 +1047,8 @@ def _request_options(url: str, args: list[str] = ()) -> list[click.Parameter]:
     "--out",
     required=True,
     type=click.Path(path_type=Path),
-    help="What `zoo run --out` takes: an image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames).",
+    help="What `zoo run --out` takes: an image (.png, .npy) or video (.mp4, .gif, .npy, or a folder of PNG frames); "
+    "the pose folder for a model with a pose step.",
 )
 @click.option(
     "--array",
@@ -1057,14 +1059,17 @@ def _request_options(url: str, args: list[str] = ()) -> list[click.Parameter]:
 def request_command(url: str, model: str | None, seed: int, out: Path, array_path: Path | None, **options: Any) -> None:
     """Ask a `zoo serve` server (gRPC at URL, e.g. localhost:8001) for what `zoo run` makes; writes the same files.
 
+    A model with a pose step answers what `zoo pose` writes: the pose folder at --out.
     `zoo request URL --help` lists the served family's request options."""
     from exporters.artifacts import atomic_write_bytes
-    from runtimes.serving import Payload, safe_relative
+    from runtimes.serving import Payload, request_options, runs_pose, safe_relative
     from runtimes.triton import ServerError, model_family, stream_request
     from zoo.registry import get_family
 
     model, family = model_family(url, model)
-    media = {o.name for o in get_family(family).run_options if o.type == "path"}
+    served = get_family(family)
+    media = {o.name for o in request_options(served) if o.type == "path"}
+    desc = "pose" if runs_pose(served) else "sampling"
     files: dict[str, tuple[str, bytes]] = {}
     values: dict[str, Any] = {}
     for name, value in options.items():
@@ -1081,10 +1086,12 @@ def request_command(url: str, model: str | None, seed: int, out: Path, array_pat
     def on_event(event: dict[str, Any]) -> None:
         from tqdm.auto import tqdm
 
+        if event.get("type") == "warning":  # a pose step's fallback, printed as `zoo pose` prints it
+            click.echo(f"warning: {event.get('line')}", err=True)
         if event.get("type") == "step":
             bar = bars.get(event["bar"])
             if bar is None:
-                bar = bars[event["bar"]] = tqdm(total=event["total"], desc=f"sampling ({model})", leave=False)
+                bar = bars[event["bar"]] = tqdm(total=event["total"], desc=f"{desc} ({model})", leave=False)
             bar.update(event["step"] - bar.n)
 
     payload = Payload(values, seed, str(out), files, return_array=array_path is not None)
