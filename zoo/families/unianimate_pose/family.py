@@ -50,6 +50,14 @@ from zoo.contract import (
     specs,
 )
 from zoo.errors import CheckpointError
+from zoo.families.unianimate_pose.dwpose import (
+    DETECTOR_ANCHORS,
+    DETECTOR_SIZE,
+    POSE_MEAN,
+    POSE_STD,
+    SIMCC_SPLIT_RATIO,
+    WHOLEBODY_POINTS,
+)
 from zoo.families.unianimate_pose.step import POSE_OPTIONS, is_pose_output, pose_step
 from zoo.infra.checkpoint import is_lfs_pointer, write_random_marker
 
@@ -57,14 +65,11 @@ DETECTOR_FILE = "yolox_l.onnx"  # the names run_align_pose.py opens in its check
 POSE_MODEL_FILE = "dw-ll_ucoco_384.onnx"
 FILES = {"detector": DETECTOR_FILE, "pose_model": POSE_MODEL_FILE}
 
-DETECTOR_SIZE = 640  # POSE.md 1.1: hard-coded, not read from the model
-ANCHORS = sum((DETECTOR_SIZE // s) ** 2 for s in (8, 16, 32))  # 6400 + 1600 + 400 = 8400
+# the pose step's constants (POSE.md 1.1, 2.1, 2.4), stated once in dwpose.py
+ANCHORS = DETECTOR_ANCHORS  # 6400 + 1600 + 400 = 8400
 POSE_HEIGHT, POSE_WIDTH = 384, 288  # POSE.md 2.1: (H_in, W_in)
-KEYPOINTS = 133  # COCO-WholeBody
-SIMCC_SPLIT = 2  # bins per pixel of the SimCC head
-# POSE.md 2.4: ImageNet RGB statistics applied to the BGR crop's channels in that order
-POSE_MEAN = (123.675, 116.28, 103.53)
-POSE_STD = (58.395, 57.12, 57.375)
+KEYPOINTS = WHOLEBODY_POINTS  # COCO-WholeBody
+SIMCC_SPLIT = int(SIMCC_SPLIT_RATIO)  # bins per pixel of the SimCC head
 # stand-ins' opset: in every TensorRT this zoo supports (10.0+ documents 9-20), ReduceSum's axes an input
 STAND_IN_OPSET = 17
 
@@ -98,8 +103,8 @@ def letterboxed_image(shape: tuple[int, ...], gen: torch.Generator, ref: Referen
 
 def normalised_crop(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
     """A pose-model feed: BGR crops 0..255 normalised per channel index (POSE.md 2.4)."""
-    mean = torch.tensor(POSE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(POSE_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(POSE_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(POSE_STD, dtype=torch.float32).view(1, 3, 1, 1)
     return ((_blobs(shape, gen).double() - mean) / std).float()
 
 
