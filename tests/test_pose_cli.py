@@ -199,6 +199,13 @@ def test_bad_inputs_one_error_line_nothing_written(export, media, tmp_path):
         assert_error(result, message)
         assert not out.exists(), args
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], args  # no staging left
+    # --keypoints into a folder that does not exist: refused before any runtime, nothing written
+    lost = tmp_path / "no_such_folder" / "kp.json"
+    assert_error(
+        zoo("pose", export, "--image", image, "--video", video, "--out", out, "--keypoints", lost),
+        f"--keypoints {lost}: {lost.parent} is not an existing folder",
+    )
+    assert not out.exists() and not lost.parent.exists()
     # an output folder that is not an earlier pose output is refused untouched
     busy = tmp_path / "busy"
     busy.mkdir()
