@@ -133,7 +133,7 @@ def external_file(path: Path, location: str, component: str) -> Path:
 
 def check_declaration(path: Path, model: Any, component: Component, ref: Reference, dims: Mapping[str, Dim]) -> None:
     """The graph's inputs and outputs against the declaration: the same names in the same order
-    (sessions hand outputs back in order), each with the declared dtype, rank and sizes. A
+    (sessions hand outputs back in order; only the same number for a ``positional`` graph), each with the declared dtype, rank and sizes. A
     declared size must be the graph's (or the graph leaves it symbolic); a declared dynamic dim
     may be fixed to 1 in the graph only where it is the component's batch dim (the export then
     decides whether it can be freed). :class:`ImportedGraphError` naming the file, the tensor and
@@ -146,6 +146,8 @@ def check_declaration(path: Path, model: Any, component: Component, ref: Referen
     ):
         want = [s.name for s in declared]
         got = [t.name for t in found]
+        if component.graph.positional:  # matched by position: the names are the file's own
+            got = want if len(got) == len(want) else got
         if want != got:
             declared_text = ", ".join(f"{s.name} {_dtype_name(s.dtype)} {_declared(s, dims)}" for s in declared)
             found_text = ", ".join(f"{t.name} {t.dtype} {_show(t.shape)}" for t in found) or "none"
@@ -185,6 +187,29 @@ def _check_tensor(
             raise ImportedGraphError(
                 mismatch + f" (dim {axis} is fixed to {have} in the graph; the declaration lets {want} vary)"
             )
+
+
+def declared_names(model: Any, component: Component, ref: Reference) -> dict[str, str]:
+    """The graph's input and output names -> the declared ones (by position; the identity unless
+    the graph is ``positional`` and its exporter named them otherwise)."""
+    inputs, outputs = graph_tensors(model)
+    declared = component.input_specs(ref) + component.output_specs(ref)
+    return {t.name: s.name for t, s in zip(inputs + outputs, declared) if t.name != s.name}
+
+
+def rename_io(model: Any, names: Mapping[str, str]) -> None:
+    """Rename the graph's inputs and outputs in place (every node and shape entry that uses them)."""
+    if not names:
+        return
+    taken = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.initializer}
+    clash = sorted((set(names.values()) & taken) - set(names))
+    if clash:
+        raise ImportedGraphError(f"cannot rename the graph's inputs and outputs: it already has tensors {clash}")
+    for node in model.graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    for value in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        value.name = names.get(value.name, value.name)
 
 
 # --------------------------------------------------------------------------------------
@@ -340,6 +365,8 @@ def import_component(ref: Reference, component: Component, dims: Mapping[str, Di
     source = component.graph.path(ref)
     model = load_graph(source, component.name)
     check_declaration(source, model, component, ref, dims)
+    renamed = declared_names(model, component, ref)
+    rename_io(model, renamed)  # a positional graph's own names -> the declared ones
     dest.mkdir(parents=True, exist_ok=True)
     external: dict[str, int] = {}
     for t in model.graph.initializer:  # external data first: the trial run reads it beside the graph
@@ -350,7 +377,15 @@ def import_component(ref: Reference, component: Component, dims: Mapping[str, Di
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(external_file(source, location, component.name), target)
                 external[location] = target.stat().st_size
-    model, decision = decide_batch(source, model, component, ref, dims, dest / "trial.onnx")
+    given = source
+    if renamed:  # the batch check runs the given graph by the declared names: a renamed copy of it
+        given = dest / "given.onnx"
+        onnx.save(model, str(given))
+    try:
+        model, decision = decide_batch(given, model, component, ref, dims, dest / "trial.onnx")
+    finally:
+        if given != source:
+            given.unlink(missing_ok=True)
     dims = dict(dims)
     if decision is not None and not decision.dynamic:
         dims[decision.dim] = Dim.static(decision.dim, 1)
@@ -373,6 +408,8 @@ def import_component(ref: Reference, component: Component, dims: Mapping[str, Di
     }
     if decision is not None:
         imported["batch"] = decision.to_json()
+    if renamed:
+        imported["renamed"] = renamed
     return ComponentRecord(
         name=component.name,
         kind=component.tolerance,

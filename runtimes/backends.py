@@ -235,11 +235,16 @@ class SourceGraphBackend(Backend):
             self.runner.activate()
         except Exception as e:  # ORT raises its own Fail / InvalidGraph types
             raise ArtifactError(f"onnxruntime could not load {path}: {str(e).splitlines()[0]}") from None
+        # the given graph's own input and output names, by position (a positional graph's differ)
+        self.feed_names = dict(zip((t.name for t in self.record.inputs), self.runner.get_input_metadata()))
+        session_outputs = [o.name for o in self.runner.sess.get_outputs()]
+        self.output_names = dict(zip(session_outputs, (t.name for t in self.record.outputs)))
         # the axis of the batch dim in each input and output, where the given graph fixes it to 1
         self.split: dict[str, int] = {}
         batch = component.graph.batch
         if batch is not None and batch in self.record.dims and self.record.dims[batch].is_dynamic:
             given = {name: meta.shape for name, meta in self.runner.get_input_metadata().items()}
+            given = {t.name: given[self.feed_names[t.name]] for t in self.record.inputs if t.name in self.feed_names}
             for t in self.record.inputs:
                 if batch in t.shape and given.get(t.name) is not None:
                     axis = t.shape.index(batch)
@@ -252,14 +257,20 @@ class SourceGraphBackend(Backend):
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         arrays = {k: v.detach().cpu().contiguous() for k, v in feeds.items()}
         size = next((arrays[k].shape[a] for k, a in self.split.items()), 1)
+
+        def infer(item: dict[str, torch.Tensor]) -> dict[str, Any]:
+            given = {self.feed_names.get(k, k): v for k, v in item.items()}
+            return {self.output_names.get(k, k): v for k, v in self.runner.infer(given, check_inputs=False).items()}
+
         if size == 1:
-            outputs = dict(self.runner.infer(arrays, check_inputs=False))
+            outputs = infer(arrays)
         else:
             parts = []
             for i in range(size):
-                item = {k: v.narrow(self.split[k], i, 1) if k in self.split else v for k, v in arrays.items()}
-                parts.append(dict(self.runner.infer(item, check_inputs=False)))
-            outputs = {k: torch.cat([p[k] for p in parts], dim=self.out_axes[k]) for k in parts[0]}
+                parts.append(
+                    infer({k: v.narrow(self.split[k], i, 1) if k in self.split else v for k, v in arrays.items()})
+                )
+            outputs = {k: torch.cat([torch.as_tensor(p[k]) for p in parts], dim=self.out_axes[k]) for k in parts[0]}
         return {k: torch.as_tensor(v).to(self.device) for k, v in outputs.items()}
 
     def _unload(self) -> None:

@@ -149,10 +149,15 @@ class ImportedGraph:
     ``batch`` names the component's dim that the export may make symbolic where the given graph
     fixes it to 1: only if the graph computes every batch item on its own (checked by running it
     on ONNX Runtime: a batch must give exactly the outputs of its items run one by one), else it
-    stays 1 and the manifest says why."""
+    stays 1 and the manifest says why.
+
+    ``positional``: the graph's inputs and outputs are matched to the declaration by position, not
+    by name (for originals that read the names from the session, so that any exporter's names are
+    the real file's), and the copy is renamed to the declared names."""
 
     source: str
     batch: str | None = None
+    positional: bool = False
 
     def path(self, ref: Reference) -> Path:
         """The graph's file: the reference's source of role :attr:`source`."""
