@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,6 +60,10 @@ from zoo.families.unianimate_pose.dwpose import (
 )
 from zoo.families.unianimate_pose.step import POSE_OPTIONS, is_pose_output, pose_step
 from zoo.infra.checkpoint import is_lfs_pointer, write_random_marker
+from zoo.models.onnx_graph import GraphBuilder, sigmoid
+
+if TYPE_CHECKING:
+    import onnx
 
 DETECTOR_FILE = "yolox_l.onnx"  # the names run_align_pose.py opens in its checkpoint folder
 POSE_MODEL_FILE = "dw-ll_ucoco_384.onnx"
@@ -70,8 +74,6 @@ ANCHORS = DETECTOR_ANCHORS  # 6400 + 1600 + 400 = 8400
 POSE_HEIGHT, POSE_WIDTH = 384, 288  # POSE.md 2.1: (H_in, W_in)
 KEYPOINTS = WHOLEBODY_POINTS  # COCO-WholeBody
 SIMCC_SPLIT = int(SIMCC_SPLIT_RATIO)  # bins per pixel of the SimCC head
-# stand-ins' opset: in every TensorRT this zoo supports (10.0+ documents 9-20), ReduceSum's axes an input
-STAND_IN_OPSET = 17
 
 
 # --------------------------------------------------------------------------------------
@@ -237,61 +239,7 @@ class UniAnimatePose(Family):
 # --------------------------------------------------------------------------------------
 
 
-def _const(name: str, value: np.ndarray | float | list[float] | list[int]) -> object:
-    from onnx import numpy_helper
-
-    array = np.asarray(value)
-    array = array.astype(np.int64 if array.dtype.kind in "iu" else np.float32)
-    return numpy_helper.from_array(array, name)
-
-
-class _Graph:
-    """A small onnx.helper graph builder: nodes and initializers, named in order."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix, self.nodes, self.initializers, self.count = prefix, [], [], 0
-
-    def const(self, value: np.ndarray | float | list[float] | list[int]) -> str:
-        name = f"{self.prefix}_c{len(self.initializers)}"
-        self.initializers.append(_const(name, value))
-        return name
-
-    def op(self, op_type: str, *inputs: str, output: str | None = None, **attributes: object) -> str:
-        from onnx import helper
-
-        self.count += 1
-        out = output or f"{self.prefix}_{op_type.lower()}{self.count}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=f"{op_type}_{self.count}", **attributes))
-        return out
-
-    def pool(self, x: str, kernel: tuple[int, int], stride: int, pads: tuple[int, int]) -> str:
-        """A windowed mean, the window centred on each output cell, padding not counted."""
-        return self.op(
-            "AveragePool",
-            x,
-            kernel_shape=list(kernel),
-            strides=[stride, stride],
-            pads=[pads[0], pads[1], pads[0], pads[1]],
-            count_include_pad=0,
-        )
-
-    def model(self, inputs: list[object], outputs: list[object], name: str) -> object:
-        from onnx import helper
-
-        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", STAND_IN_OPSET)], producer_name="zoo random"
-        )
-        model.ir_version = 8  # what ONNX Runtime and TensorRT of this zoo read
-        return model
-
-
-def _sigmoid(g: _Graph, x: str, gain: float, at: float, below: bool = False) -> str:
-    """``sigmoid(gain * (x - at))`` (``below``: ``sigmoid(gain * (at - x))``)."""
-    return g.op("Sigmoid", g.op("Mul", g.op("Sub", x, g.const(at)), g.const(-gain if below else gain)))
-
-
-def detector_graph(seed: int = 0) -> object:
+def detector_graph(seed: int = 0) -> onnx.ModelProto:
     """A stand-in ``yolox_l.onnx``: ``images`` [1,3,640,640] -> ``output`` [1,8400,85], YOLOX's layout
     (stride 8, 16, 32 grids, row-major; box regression, objectness, 80 class probabilities).
 
@@ -305,11 +253,11 @@ def detector_graph(seed: int = 0) -> object:
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
-    g = _Graph("det")
+    g = GraphBuilder("det")
     size = DETECTOR_SIZE
     # salient: some channel bright (channels weighted unequally: B, G, R, so BGR and RGB differ)
     weighted = g.op("Mul", "images", g.const(np.array([0.9, 1.0, 1.1]).reshape(1, 3, 1, 1)))
-    bright = _sigmoid(g, g.op("ReduceMax", weighted, axes=[1], keepdims=1), 1 / 12, 160.0)
+    bright = sigmoid(g, g.op("ReduceMax", weighted, axes=[1], keepdims=1), 1 / 12, 160.0)
     low = g.op("ReduceMin", "images", axes=[1], keepdims=1)
     high = g.op("ReduceMax", "images", axes=[1], keepdims=1)
     white = g.op("Sigmoid", g.op("Mul", g.op("Sub", low, g.const(150.0)), g.const(1 / 12)))
@@ -336,7 +284,7 @@ def detector_graph(seed: int = 0) -> object:
         # objectness: a bright window brighter than its surround, on the level whose strips the blob
         # fits (longer than 2s, shorter than 10s: a blob larger than that is another level's)
         extent = g.op("Max", row, column)
-        fits = g.op("Mul", _sigmoid(g, extent, 30.0, 0.6, below=True), _sigmoid(g, extent, 30.0, 0.12))
+        fits = g.op("Mul", sigmoid(g, extent, 30.0, 0.6, below=True), sigmoid(g, extent, 30.0, 0.12))
         contrast = g.op(
             "Add", g.op("Mul", inner, g.const(6.0)), g.op("Mul", g.op("Sub", inner, surround), g.const(3.0))
         )
@@ -395,7 +343,7 @@ def _upsampling(cells: int, bins: int) -> np.ndarray:
     return matrix
 
 
-def pose_graph(seed: int = 0) -> object:
+def pose_graph(seed: int = 0) -> onnx.ModelProto:
     """A stand-in ``dw-ll_ucoco_384.onnx``: ``input`` [1,3,384,288] -> ``simcc_x`` [1,133,576],
     ``simcc_y`` [1,133,768] (batch 1 fixed, as the original's graph is; every crop computed on its own).
 
@@ -420,7 +368,7 @@ def pose_graph(seed: int = 0) -> object:
     offset = rng.uniform(-0.25, 0.0, KEYPOINTS)
     dark = rng.choice(KEYPOINTS, size=KEYPOINTS // 8, replace=False)
     offset[dark] = rng.uniform(-0.8, -0.4, dark.size)  # these stay non-positive on most crops
-    g = _Graph("pose")
+    g = GraphBuilder("pose")
     gray = g.op("Conv", "input", g.const(np.array([0.5, 0.3, 0.2]).reshape(1, 3, 1, 1)))
     bright = g.op("Sigmoid", g.op("Sub", g.op("Mul", gray, g.const(1.5)), g.const(0.5)))
     pooled = g.op("AveragePool", bright, kernel_shape=[8, 8], strides=[8, 8])  # [1, 1, 48, 36]
