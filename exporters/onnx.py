@@ -770,7 +770,7 @@ def export_family(
             )
 
         host = {}
-        for name in family.host_modules:
+        for name in family.exported_host_modules(ref):
             module = ref.module(name)
             module.save_pretrained(stage / name)
             host[name] = {"library": type(module).__module__.split(".")[0], "class": type(module).__name__}

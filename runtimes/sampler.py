@@ -73,8 +73,23 @@ class BackendModule(torch.nn.Module):
         return self.slot.calls["forward"](self._runners, *args, **kwargs)
 
 
+def host_loaders(manifest: Manifest, device: str = "cpu") -> dict[str, Callable[[], Any]]:
+    """The export's host modules, each loaded when called (a torch module onto ``device``):
+    what a pose step is given (:class:`~zoo.contract.HostModules`)."""
+
+    def loader(name: str, info: Mapping[str, str]) -> Callable[[], Any]:
+        def load() -> Any:
+            module = _load_host_module(manifest.root / name, info)
+            return module.to(device) if isinstance(module, torch.nn.Module) else module
+
+        return load
+
+    return {name: loader(name, info) for name, info in manifest.host_modules.items()}
+
+
 def _load_host_module(path: Path, info: Mapping[str, str]) -> Any:
-    """Tokenizers and schedulers saved beside the graphs, loaded with their own classes."""
+    """Tokenizers, schedulers (and a pose step's torch models) saved beside the graphs, loaded
+    with their own classes."""
     if not path.exists():
         raise ArtifactError(f"{path} is missing from the export; re-export")
     if info.get("library") not in HOST_LIBRARIES:

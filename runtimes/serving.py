@@ -267,7 +267,7 @@ class Service:
     ) -> None:
         from exporters.manifest import load_manifest
         from runtimes.backends import Runners, parse_device
-        from runtimes.sampler import Sampler
+        from runtimes.sampler import Sampler, host_loaders
         from zoo.errors import ArtifactError
 
         self.manifest = load_manifest(export_dir)
@@ -283,6 +283,7 @@ class Service:
                 )
             parse_device(device, backend)
             self.runners = Runners(backend, self.manifest, device)
+            self.host = host_loaders(self.manifest, device)
         else:
             self.sampler = Sampler(export_dir, backend=backend, device=device)
             self.runners = self.sampler.backends
@@ -433,7 +434,7 @@ class Service:
         if payload.return_array:
             raise RequestError("error: --array: this model runs a pose step, which returns files, no array")
         options = parse_options(declared, values, seed=False, command="zoo pose")
-        step = self.family.pose_step(options)  # every input read and checked here
+        step = self.family.pose_step(options, self.host)  # every input read and checked here
         out.mkdir(parents=True)
         names[str(out)] = payload.out_name
         if on_event is not None:

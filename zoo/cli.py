@@ -647,8 +647,10 @@ def pose(
         raise OutputError(f"--out {out} exists and is not a `zoo pose` output folder: choose a new or empty folder")
     if keypoints_path is not None and not keypoints_path.parent.is_dir():
         raise OutputError(f"--keypoints {keypoints_path}: {keypoints_path.parent} is not an existing folder")
-    step = fam.pose_step(options)  # every input read and checked before any runtime is touched
     parse_device(device, backend)
+    from runtimes.sampler import host_loaders
+
+    step = fam.pose_step(options, host_loaders(manifest, device))  # inputs checked before any runtime
     from tqdm.auto import tqdm
 
     runners = Runners(backend, manifest, device)

@@ -26,6 +26,7 @@ from zoo.contract.dims import (
 from zoo.contract.family import Family, HostLoop, LoopCheck, Media, PipelineSlot, PoseRun
 from zoo.contract.hooks import (
     ExportedComponent,
+    HostModules,
     LoopChecks,
     PipelineLike,
     PoseStep,
@@ -90,6 +91,7 @@ __all__ = [
     "PipelineLike",
     "PipelineSlot",
     "PoseRun",
+    "HostModules",
     "PoseStep",
     "Precision",
     "REFERENCE_SOURCE_GRAPH",

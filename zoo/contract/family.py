@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 import torch
 
 from zoo.contract.dims import Axis, Envelope, Range
-from zoo.contract.hooks import LoopChecks, PipelineLike, PoseStep, SlotCall
+from zoo.contract.hooks import HostModules, LoopChecks, PipelineLike, PoseStep, SlotCall
 from zoo.contract.requests import Option, Request, RequestContext
 from zoo.contract.sources import Reference, Source, SourceRole, Sources
 from zoo.contract.tensors import Component, Rounding
@@ -56,6 +56,9 @@ class Family:
     # sampler declaration (empty: the family has no sampler, only components)
     pipeline_slots: ClassVar[tuple[PipelineSlot, ...]] = ()
     host_modules: ClassVar[tuple[str, ...]] = ()  # tokenizer, scheduler: copied into exports
+    # host modules copied into an export only when the reference has them (a model given with an
+    # optional source: --sam2 FOLDER)
+    optional_host_modules: ClassVar[tuple[str, ...]] = ()
     host_loop: ClassVar[HostLoop | None] = None  # a host loop over components and its parity checks
     # tensors the family rounds to a coarser dtype, as its original does (parity compares them to one ulp)
     roundings: ClassVar[tuple[Rounding, ...]] = ()
@@ -96,6 +99,11 @@ class Family:
             raise TypeError(
                 f"{cls.__name__}: {', '.join(unknown)} is not one of its components ({', '.join(sorted(names))})"
             )
+
+    def exported_host_modules(self, ref: Reference) -> tuple[str, ...]:
+        """The host modules an export of ``ref`` carries: every declared one, and the optional
+        ones the reference has."""
+        return self.host_modules + tuple(n for n in self.optional_host_modules if n in ref.modules)
 
     def load(self, sources: Sources | str | Path) -> Reference:
         """Load the reference from local sources (or one model folder) with the library's
@@ -235,11 +243,12 @@ class Family:
 
     # -- the pose step (``zoo pose``) ----------------------------------------------------
     # the options are what click parsed from :attr:`pose_options` (paths, text, numbers): Any
-    def pose_step(self, options: Mapping[str, Any]) -> PoseStep:
+    def pose_step(self, options: Mapping[str, Any], host: HostModules) -> PoseStep:
         """``zoo pose``'s work for parsed :attr:`pose_options`: every input read and checked here
         (an :class:`~zoo.errors.InputError` naming the file and what was expected), before any
-        runner exists; the returned step runs on the export's runners. Families without one
-        have no pose step."""
+        runner exists; the returned step runs on the export's runners. ``host``: the export's
+        host modules, loaded (on the run's device) only when the step calls a loader. Families
+        without one have no pose step."""
         raise NotImplementedError
 
     def is_pose_output(self, folder: Path) -> bool:

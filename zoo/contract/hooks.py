@@ -104,6 +104,11 @@ class PipelineLike(Protocol):
     def set_progress_bar_config(self, *args: Any, **kwargs: Any) -> None: ...
 
 
+# an export's host modules (tokenizers, a torch model a pose step runs), each loaded when called:
+# name -> loader. What a loader returns is the library's own object (Any, by nature).
+HostModules = Mapping[str, Callable[[], Any]]
+
+
 class PoseStep(Protocol):
     """A family's pose step for one ``zoo pose`` call (:meth:`~zoo.contract.family.Family.pose_step`),
     its inputs already read and checked: run on ``runners`` (one per exported component), it

@@ -38,6 +38,7 @@ from zoo.contract import (
     Dim,
     Envelope,
     Family,
+    HostModules,
     ImportedGraph,
     Modules,
     PoseStep,
@@ -170,8 +171,8 @@ class UniAnimatePose(Family):
     # ``zoo pose``: the original's run_align_pose.py on the export's runners (step.py)
     pose_options = POSE_OPTIONS
 
-    def pose_step(self, options: Mapping[str, Any]) -> PoseStep:
-        return pose_step(options)
+    def pose_step(self, options: Mapping[str, Any], host: HostModules) -> PoseStep:
+        return pose_step(options)  # the step runs its two graphs only: no host module
 
     def is_pose_output(self, folder: Path) -> bool:
         return is_pose_output(folder)
