@@ -189,6 +189,13 @@ def parse_options(
                     raise click.BadParameter(f"{value!r} is not true or false.", param=param)
                 args += [flag] if value else []
                 continue
+            if param.nargs > 1:  # one option, several values: a JSON list of them
+                if not isinstance(value, list) or any(isinstance(v, (dict, list)) for v in value):
+                    raise click.BadParameter(
+                        f"{json.dumps(value)[:40]} is not a list of {param.nargs} values.", param=param
+                    )
+                args += [flag, *map(str, value)]
+                continue
             for item in value if param.multiple and isinstance(value, list) else [value]:
                 if isinstance(item, (dict, list)):
                     raise click.BadParameter(f"{json.dumps(item)[:40]} is not a single value.", param=param)

@@ -29,6 +29,8 @@ class Option:
     low_open: bool = False
     required: bool = False
     multiple: bool = False
+    nargs: int = 1  # values after the flag (``--resolution-area W H``: 2); the parsed value is a tuple
+    aliases: tuple[str, ...] = ()  # other spellings of the flag (an original's ``--use_flux``)
 
     @property
     def flag(self) -> str:

@@ -52,13 +52,14 @@ def click_option(option: Any) -> click.Option:
         "choice": click.Choice(option.choices),
     }
     if option.type == "flag":
-        return click.Option([option.flag, option.name], is_flag=True, help=option.help)
+        return click.Option([option.flag, *option.aliases, option.name], is_flag=True, help=option.help)
     extra = {} if option.default is None else {"default": option.default}  # click 8.3+: None is a value
     return click.Option(
-        [option.flag, option.name],
+        [option.flag, *option.aliases, option.name],
         type=kinds[option.type],
         required=option.required,
         multiple=option.multiple,
+        nargs=option.nargs,
         help=option.help,
         show_default=option.default not in (None, "", ()),
         **extra,
