@@ -28,6 +28,7 @@ import numpy as np
 
 from zoo.errors import BackendUnavailableError, InputError
 from zoo.families.wan_animate_pose.meta import U8
+from zoo.models.letterbox import padding_resize
 
 DIVISOR = 16  # resize_by_area's divisor as the pipeline calls it (1.4)
 _STDERR_TAIL = 2000  # characters of FFmpeg's error output quoted in a RuntimeError
@@ -207,33 +208,6 @@ def resize_by_area(image: U8, area: int) -> U8:
         )
     interpolation = cv2.INTER_AREA if new_w * new_h < w * h else cv2.INTER_LINEAR
     return padding_resize(image, new_h, new_w, interpolation)
-
-
-def padding_resize(image: U8, height: int, width: int, interpolation: int = cv2.INTER_LINEAR) -> U8:
-    """Letterbox ``image`` (h x w) onto a black ``height`` x ``width`` canvas, centred (1.5): if
-    ``h / w > H / W`` the resized width is ``trunc(H / h * w)`` at column ``trunc((W - nw) / 2)``, else
-    the resized height is ``trunc(W / w * h)`` at row ``trunc((H - nh) / 2)``. The original's float64
-    canvas holds the uint8 resize exactly, so a uint8 canvas gives the same bytes."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"padding_resize: canvas {width}x{height} (WxH); expected positive sides")
-    h, w = image.shape[:2]
-    channels = image.shape[2:]
-    canvas = np.zeros((height, width, *channels), dtype=np.uint8)
-    if h / w > height / width:
-        new_w = int(height / h * w)
-        if new_w <= 0:
-            raise InputError(f"an image of {w}x{h} (WxH) is too tall to letterbox onto {width}x{height}")
-        resized = cv2.resize(image, (new_w, height), interpolation=interpolation)
-        pad = int((width - new_w) / 2)
-        canvas[:, pad : pad + new_w] = resized.reshape(height, new_w, *channels)
-    else:
-        new_h = int(width / w * h)
-        if new_h <= 0:
-            raise InputError(f"an image of {w}x{h} (WxH) is too wide to letterbox onto {width}x{height}")
-        resized = cv2.resize(image, (width, new_h), interpolation=interpolation)
-        pad = int((height - new_h) / 2)
-        canvas[pad : pad + new_h] = resized.reshape(new_h, width, *channels)
-    return canvas
 
 
 def ffmpeg_args(path: Path, fps: float, width: int, height: int, ffmpeg_exe: str) -> list[str]:
