@@ -406,32 +406,77 @@ def _transformers_processor(folder: Path) -> Any | None:
     return Sam2VideoProcessor.from_pretrained(folder)
 
 
-def load_sam2(folder: Path, device: str) -> tuple[Any, Any]:
-    """A SAM2 video checkpoint in transformers format (``config.json`` with ``model_type``
-    ``"sam2_video"``, weights, ``processor_config.json``): ``(model in eval mode on device, processor)``."""
+SAM2_EXPECTED = (
+    "a SAM2 video checkpoint in transformers format (config.json with model_type 'sam2_video', "
+    "model.safetensors, processor_config.json; e.g. facebook/sam2.1-hiera-large)"
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_sam2_folder(folder: Path, option: str = "--sam2") -> None:
+    """``folder`` is a SAM2 video checkpoint transformers loads, whose processor is the one
+    :func:`processor_for` rebuilds from the model's config (square resize to the model's image
+    size, ImageNet statistics): :class:`CheckpointError` saying what it is instead. Reads only
+    the JSON files (no weights)."""
     folder = Path(folder)
-    config_path = folder / "config.json"
-    expected = (
-        "a SAM2 video checkpoint in transformers format (config.json with model_type 'sam2_video', "
-        "model.safetensors, processor_config.json; e.g. facebook/sam2.1-hiera-large)"
-    )
+    where = f"{option} {folder}"
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such folder; expected {expected}")
+        raise CheckpointError(
+            f"{where}: {'not a folder' if folder.exists() else 'no such folder'}; expected {SAM2_EXPECTED}"
+        )
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        original = sorted(p.name for p in folder.glob("*.pt"))
+        hint = (
+            f" ({', '.join(original)} is the original SAM2 package's checkpoint, the one Wan's process_checkpoint "
+            f"ships: convert it with transformers' models/sam2/convert_sam2_to_hf.py, or use facebook/sam2.1-hiera-large)"
+            if original
+            else ""
+        )
+        raise CheckpointError(f"{where}: no config.json; expected {SAM2_EXPECTED}{hint}")
     try:
-        model_type = json.loads(config_path.read_text()).get("model_type")
+        config = json.loads(config_path.read_text())
+        model_type = config.get("model_type")
     except (OSError, ValueError, AttributeError) as error:
-        raise CheckpointError(f"{folder}: no readable config.json ({error}); expected {expected}") from error
+        raise CheckpointError(
+            f"{where}: config.json is not readable JSON ({error}); expected {SAM2_EXPECTED}"
+        ) from None
     if model_type != SAM2_MODEL_TYPE:
-        raise CheckpointError(f"{folder}: config.json has model_type {model_type!r}; expected {expected}")
+        raise CheckpointError(f"{where}: config.json has model_type {model_type!r}; expected {SAM2_EXPECTED}")
     if not (folder / PROCESSOR_CONFIG).is_file():
-        raise CheckpointError(f"{folder}: no {PROCESSOR_CONFIG}; expected {expected}")
+        raise CheckpointError(f"{where}: no {PROCESSOR_CONFIG}; expected {SAM2_EXPECTED}")
+    given = TorchSam2VideoProcessor.from_pretrained(folder)
+    size = config.get("image_size")
+    derived = (size, list(IMAGENET_MEAN), list(IMAGENET_STD), 1 / 255)
+    found = (given.target_size, given.image_mean, given.image_std, given.rescale_factor)
+    if not all(np.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(found, derived)):
+        raise CheckpointError(
+            f"{where}: {PROCESSOR_CONFIG} resizes to {given.target_size} with mean {given.image_mean}, std "
+            f"{given.image_std}, scale {given.rescale_factor}; the zoo runs SAM2 with its standard processor "
+            f"(the model's image size {size}, ImageNet statistics, 1/255)"
+        )
+
+
+def processor_for(model: Any) -> TorchSam2VideoProcessor:
+    """The processor of a SAM2 video model: square resize to its ``image_size``, ImageNet
+    statistics (checked against the checkpoint's own ``processor_config.json`` at export by
+    :func:`check_sam2_folder`). The export carries the model only."""
+    return TorchSam2VideoProcessor(int(model.config.image_size), IMAGENET_MEAN, IMAGENET_STD, 1 / 255)
+
+
+def load_sam2(folder: Path, device: str) -> tuple[Any, Any]:
+    """A SAM2 video checkpoint in transformers format (:func:`check_sam2_folder`): ``(model in eval
+    mode on device, processor)`` (transformers' own processor where torchvision is installed)."""
+    folder = Path(folder)
+    check_sam2_folder(folder)
     from transformers import Sam2VideoModel
 
     try:
         model = Sam2VideoModel.from_pretrained(folder)
         processor = _transformers_processor(folder)
         if processor is None:
-            processor = TorchSam2VideoProcessor.from_pretrained(folder)
+            processor = processor_for(model)
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{folder}: could not load ({error}); expected {expected}") from error
+        raise CheckpointError(f"{folder}: could not load ({error}); expected {SAM2_EXPECTED}") from error
     return model.eval().to(device), processor
