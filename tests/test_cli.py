@@ -65,7 +65,7 @@ def test_export_temporal_with_envelope(tmp_path):
     [
         (
             ["export", "nope", "--tiny", "--out", "{out}"],
-            "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate",
+            "unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate, wan-animate-pose",
         ),
         (
             ["export", "pixart", "--model", "{tmp}/missing", "--out", "{out}"],
@@ -334,7 +334,7 @@ def test_console_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
-        == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate"
+        == "error: unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate, wan-animate-pose"
     )
 
 
@@ -876,7 +876,11 @@ def test_random_loads_the_model_only_for_a_family_with_media(tmp_path, monkeypat
     whose requests take none."""
     from zoo.registry import family_names
 
-    assert {n for n in family_names() if get_family(n).has_sample_media} == {"wan-animate", "unianimate-dit"}
+    assert {n for n in family_names() if get_family(n).has_sample_media} == {
+        "wan-animate",
+        "unianimate-dit",
+        "wan-animate-pose",
+    }
     for name in ("pixart", "animatediff"):
         fam = get_family(name)
         monkeypatch.setattr(type(fam), "load", lambda self, *a, **k: pytest.fail("the model was loaded"))

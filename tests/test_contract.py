@@ -40,7 +40,7 @@ def test_axis_check_names_axis_and_constraint(r, message):
 def test_unknown_family_lists_known_ones():
     with pytest.raises(
         UnknownFamilyError,
-        match=r"unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate",
+        match=r"unknown family 'nope'; known families: animatediff, pixart, transformer-temporal, unianimate-dit, unianimate-pose, wan-animate, wan-animate-pose",
     ):
         get_family("nope")
     assert family_names() == [
@@ -50,6 +50,7 @@ def test_unknown_family_lists_known_ones():
         "unianimate-dit",
         "unianimate-pose",
         "wan-animate",
+        "wan-animate-pose",
     ]
 
 

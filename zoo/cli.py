@@ -474,7 +474,8 @@ def random_checkpoint(family: str, out: Path, preset: str, seed: int) -> None:
         click.echo(f"wrote {s.role}: {path}")
     if media:
         click.echo(
-            f"wrote media for `zoo run` at the default envelope: "
+            f"wrote media for `{'zoo pose' if fam.has_pose_step and not fam.has_sampler else 'zoo run'}`"
+            f"{'' if fam.has_pose_step and not fam.has_sampler else ' at the default envelope'}: "
             f"{', '.join(str(out / p.relative_to(stage)) for p in media)}"
         )
     click.echo("export it with: zoo export " + shlex.join([family, *args, "--out", "OUT"]))

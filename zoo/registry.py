@@ -17,6 +17,7 @@ _MODULES: dict[str, str] = {
     "unianimate-dit": "zoo.families.unianimate_dit",
     "unianimate-pose": "zoo.families.unianimate_pose",
     "wan-animate": "zoo.families.wan_animate",
+    "wan-animate-pose": "zoo.families.wan_animate_pose",
 }
 _LOADED: dict[str, Family] = {}
 
