@@ -51,6 +51,8 @@ from zoo.models.wan_encoders import IMAGE_ENCODER, TEXT_ENCODER
 
 PIPELINE = "WanAnimatePipeline"
 MODES = ("animate", "replace")
+# the run options a --conditions folder gives (its mode too)
+CONDITION_OPTIONS = ("image", "pose_video", "face_video", "background_video", "mask_video")
 
 
 # --------------------------------------------------------------------------------------
@@ -408,18 +410,22 @@ class WanAnimate(Family):
     host_modules = ("tokenizer", "scheduler", "image_processor")
     host_loop = wan_vae.HOST_LOOP
     run_options = (
-        Option("image", "The reference image (the character).", type="path", required=True),
+        Option(
+            "conditions",
+            "The folder `zoo pose` wrote with a wan-animate-pose export: reference, pose, face (and background, "
+            "mask) frames, mode, size and fps, instead of --image, --pose-video, --face-video, ...",
+            type="path",
+        ),
+        Option("image", "The reference image (the character); required without --conditions.", type="path"),
         Option(
             "pose_video",
-            "Pose video (MP4, GIF or a folder of frames); its length is the output's.",
+            "Pose video (MP4, GIF or a folder of frames); its length is the output's. Required without --conditions.",
             type="path",
-            required=True,
         ),
         Option(
             "face_video",
-            "Face video, the same length as the pose video, at the model's face size.",
+            "Face video, the same length as the pose video, at the model's face size. Required without --conditions.",
             type="path",
-            required=True,
         ),
         Option(
             "mode",
@@ -451,9 +457,15 @@ class WanAnimate(Family):
             choices=("1", "5"),
             default="1",
         ),
-        Option("fps", "Frames per second of an .mp4 / .gif output.", type="int", default=16, low=1),
+        Option(
+            "fps",
+            "Frames per second of an .mp4 / .gif output; default: the --conditions' rate (rounded), else 16.",
+            type="int",
+            low=1,
+        ),
     )
     request_axes = {"height": "height", "width": "width", "segment_frame_length": "segment_frames"}
+
     option_names = {**Family.option_names, "segment_frame_length": "--segment-frames"}
     trajectory = ("transformer", "hidden_states")
 
@@ -485,10 +497,30 @@ class WanAnimate(Family):
         from zoo.infra.media import check_frame_size, load_image, load_video
 
         options = self.with_defaults(options)
+        fps = options.get("fps")
+        if options.get("conditions") is not None:  # zoo pose's folder: the files, read as given one by one
+            from zoo.families.wan_animate.conditions import read_conditions
+
+            given = [n for n in CONDITION_OPTIONS if options.get(n) is not None]
+            if given or "mode" in options and options["mode"] != self.option_default("mode"):
+                flag = self.option_name(given[0] if given else "mode")
+                raise InputError(f"{flag}: --conditions gives it; leave it out (or leave out --conditions)")
+            conditions = read_conditions(options["conditions"])
+            options = {**options, "mode": conditions.mode}
+            fps = fps or max(1, round(conditions.fps))
+            for name in ("height", "width"):
+                if options.get(name) is None:
+                    options[name] = conditions.size[0 if name == "height" else 1]
+        for name in ("image", "pose_video", "face_video"):
+            if options.get("conditions") is None and options.get(name) is None:
+                raise InputError(f"{self.option_name(name)} is required (or --conditions DIR, a `zoo pose` folder)")
         mode = options["mode"]
-        image = load_image(options["image"], option="--image")
-        pose = load_video(options["pose_video"], option="--pose-video")
-        face = load_video(options["face_video"], option="--face-video")
+        if options.get("conditions") is not None:
+            image, pose, face = conditions.image, conditions.videos["pose"], conditions.videos["face"]
+        else:
+            image = load_image(options["image"], option="--image")
+            pose = load_video(options["pose_video"], option="--pose-video")
+            face = load_video(options["face_video"], option="--face-video")
         if len(face) != len(pose):
             raise InputError(
                 f"--face-video has {len(face)} frames, --pose-video {len(pose)}: they must be the same length"
@@ -508,7 +540,9 @@ class WanAnimate(Family):
         kwargs: dict[str, Any] = {"image": image, "pose_video": pose, "face_video": face, "mode": mode}
         for name in ("background_video", "mask_video"):
             value = options.get(name)
-            if mode == "replace":
+            if mode == "replace" and options.get("conditions") is not None:
+                kwargs[name] = conditions.videos[name.split("_")[0]]  # background, mask
+            elif mode == "replace":
                 if value is None:
                     raise InputError(f"--mode replace needs --{name.replace('_', '-')}")
                 video = load_video(value, option=f"--{name.replace('_', '-')}")
@@ -536,7 +570,7 @@ class WanAnimate(Family):
             num_inference_steps=options["steps"],
             guidance_scale=options["guidance_scale"],
         )
-        return Request(PIPELINE, kwargs, scheduler=options.get("scheduler"), output_format="video", fps=options["fps"])
+        return Request(PIPELINE, kwargs, scheduler=options.get("scheduler"), output_format="video", fps=fps or 16)
 
     def sample_media(self, ref: Reference) -> dict[str, Any]:
         """A reference image, pose / background / mask videos at the default opt size and a face
