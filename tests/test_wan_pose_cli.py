@@ -296,3 +296,33 @@ def test_export_refuses_a_folder_without_the_graphs_and_graphs_with_the_wrong_io
     not_sam2 = zoo("export", FAMILY, "--model", ckpt, "--sam2", ckpt / "det", "--out", tmp_path / "e3")
     assert_error(not_sam2, "no config.json; expected a SAM2 video checkpoint in transformers format")
     assert not (tmp_path / "e3").exists()
+
+
+def test_where_the_original_crashes_zoo_pose_warns_and_writes(export, media, tmp_path):
+    """A video without a person: the original crashes on the all-invisible first body (Q8), the
+    degenerate face box (Q9), zero-length limbs in retargeting (Q10) and empty masks (Q12); `zoo pose`
+    says what it did instead, as warnings, and writes every frame."""
+    dark = _write_video(tmp_path / "dark.avi", [np.full((96, 128, 3), 20, np.uint8)] * 6, 24)
+    out = tmp_path / "a"
+    result = zoo("pose", export, "--image", media["image"], "--video", dark, "--out", out, "--retarget")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert any("there is no previous image to take the body from (the original crashes here)" in w for w in warnings)
+    assert any("has zero length in frame 0; its ratio is set to 1.0" in w for w in warnings)
+    assert any("frame 0: the face landmarks span a degenerate box" in w for w in warnings)
+    assert len(list((out / "src_pose").iterdir())) == 7 and "Traceback" not in result.output
+
+    masks = tmp_path / "zeros"
+    masks.mkdir()
+    for i in range(7):
+        cv2.imwrite(str(masks / f"{i:04d}.png"), np.zeros((96, 128, 3), np.uint8))
+    out = tmp_path / "r"
+    result = zoo(
+        "pose", export, "--image", media["image"], "--video", dark, "--out", out, "--mode", "replace",
+        "--resolution-area", "128", "96", "--mask-video", masks,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: frame 6: the mask is empty in this frame (no person found): nothing is replaced" in result.output
+    backgrounds = _pngs(out / "src_bg")
+    frames = list(iter_frames(dark, [0, 1, 2, 2, 3, 4, 5]))
+    assert all(np.array_equal(b, resize_by_area(f, 128 * 96)) for b, f in zip(backgrounds, frames))

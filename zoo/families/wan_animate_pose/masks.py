@@ -68,7 +68,7 @@ def dilate_and_fill(mask: U8, iterations: int = 3, k: int = 7, w_len: int = 1, h
     rows, cols = np.nonzero(dilated)
     if cols.size == 0:
         return dilated, (
-            "no person mask in this frame (SAM2 found nothing): nothing is replaced, the frame is kept whole "
+            "the mask is empty in this frame (no person found): nothing is replaced, the frame is kept whole "
             "(the original crashes here, WAN_PREPROCESS.md Q12)"
         )
     x_min, x_max = int(cols.min()), int(cols.max())
