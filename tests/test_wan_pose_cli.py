@@ -326,3 +326,30 @@ def test_where_the_original_crashes_zoo_pose_warns_and_writes(export, media, tmp
     backgrounds = _pngs(out / "src_bg")
     frames = list(iter_frames(dark, [0, 1, 2, 2, 3, 4, 5]))
     assert all(np.array_equal(b, resize_by_area(f, 128 * 96)) for b, f in zip(backgrounds, frames))
+
+
+def test_a_request_runs_the_step_zoo_pose_runs(export, media, tmp_path):
+    """Served like any family (runtimes.serving.Service, as `zoo serve` runs it): the options parsed
+    as `zoo pose` parses them (--resolution-area's two values as a JSON list), the image and video
+    sent as bytes, the folder `zoo pose` writes back, frame for frame."""
+    from runtimes.serving import Payload, RequestError, Service
+
+    local = zoo("pose", export, "--image", media["image"], "--video", media["video"], "--out", tmp_path / "local",
+                "--resolution-area", "256", "192", "--retarget")  # fmt: skip
+    assert local.exit_code == 0, local.output
+    files = {"image": ("ref.png", media["image"].read_bytes()), "video": ("drive.avi", media["video"].read_bytes())}
+    service = Service(export)
+    try:
+        result = service.run(Payload({"resolution_area": [256, 192], "retarget": True}, out_name="served", files=files))
+        with pytest.raises(RequestError, match="--resolution-area.*is not a list of 2 values"):
+            service.run(Payload({"resolution_area": 256}, out_name="x", files=files))
+    finally:
+        service.close()
+    served = dict(result.files)
+    wanted = sorted(
+        p.relative_to(tmp_path / "local").as_posix() for p in (tmp_path / "local").rglob("*") if p.is_file()
+    )
+    assert sorted(name.split("/", 1)[1] for name in served) == wanted
+    for name in wanted:
+        if name.endswith((".png", ".json")):
+            assert served[f"served/{name}"] == (tmp_path / "local" / name).read_bytes(), name
