@@ -620,13 +620,15 @@ def _pose_options(export_dir: str, args: list[str] = ()) -> list[click.Parameter
     "--keypoints",
     "keypoints_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write every image's keypoints (raw and aligned), boxes and the warnings here as JSON.",
+    help="Also write the step's record here as JSON: every image's keypoints (unianimate-pose: raw and aligned, "
+    "boxes; wan-animate-pose: source frame index, face box) and the warnings.",
 )
 def pose(
     export_dir: Path, out: Path, backend: str, device: str | None, keypoints_path: Path | None, **options: Any
 ) -> None:
-    """Make pose conditions with an export of a family that has a pose step (unianimate-pose):
-    the driving video's frames as pose images in --out, through the export's components.
+    """Make pose conditions with an export of a family that has a pose step (unianimate-pose,
+    wan-animate-pose): the driving video's frames as pose images (and face, background, mask
+    frames) in --out, through the export's components.
 
     `zoo pose DIR --help` lists the inputs the export's family takes. A fallback where the original
     would crash or draw nonsense (a missing keypoint) is a `warning:` line on stderr."""
