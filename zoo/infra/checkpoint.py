@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zoo.errors import CheckpointError
 from zoo.infra.hashing import file_sha256
+
+if TYPE_CHECKING:
+    from zoo.contract import Source
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".data")
@@ -244,3 +247,47 @@ def _stored_config(cls: Any, source: Path, name: str) -> Any:
         if hasattr(cls, "load_config"):
             return cls.load_config(str(source), subfolder=name)
         return cls.config_class.from_pretrained(str(source / name))
+
+
+def graph_files(
+    sources: Sequence[Source], files: Mapping[str, str | Path], *, family: str, folder_is: str
+) -> dict[str, Path]:
+    """The ONNX files of a family of imported graphs, by source role: a role given as its own
+    source (``--detector FILE``) wins, the others are ``files[role]`` (a path relative to
+    ``--model DIR``). ``folder_is`` says what ``--model`` should be, for the messages. Every file
+    is checked to exist, be non-empty and not a git-LFS pointer: a :class:`CheckpointError`
+    naming the option and the file otherwise."""
+    given = {s.role: Path(s.path) for s in sources if s.role != "model"}
+    folder = next((Path(s.path) for s in sources if s.role == "model"), None)
+    flags = {role: "--" + role.replace("_", "-") for role in files}
+    if folder is not None and not folder.is_dir():
+        raise CheckpointError(
+            f"checkpoint folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
+            f"expected {folder_is}"
+        )
+    found: dict[str, Path] = {}
+    for role, relative in files.items():
+        if role in given:
+            found[role] = given[role]
+        elif folder is not None:
+            found[role] = folder / relative
+        else:
+            raise CheckpointError(
+                f"family {family!r} needs the {role.replace('_', ' ')} graph: give {flags[role]} FILE "
+                f"({Path(relative).name}), or --model DIR, {folder_is}"
+            )
+    missing = [str(files[r]) for r, p in found.items() if r not in given and not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint folder {folder} has no {' and no '.join(missing)}; expected {folder_is} (or give the "
+            f"files with {', '.join(flags.values())})"
+        )
+    for role, path in found.items():
+        if not path.is_file():
+            raise CheckpointError(
+                f"{flags[role]} {path}: {'not a file' if path.exists() else 'no such file'}; expected an ONNX graph"
+            )
+        if path.stat().st_size == 0 or is_lfs_pointer(path):
+            what = "empty" if path.stat().st_size == 0 else "a git-LFS pointer, not a model (run `git lfs pull`)"
+            raise CheckpointError(f"{flags[role]} {path} is {what}")
+    return {role: path.resolve() for role, path in found.items()}

@@ -50,7 +50,6 @@ from zoo.contract import (
     TensorSpec,
     specs,
 )
-from zoo.errors import CheckpointError
 from zoo.families.unianimate_pose.dwpose import (
     DETECTOR_ANCHORS,
     DETECTOR_SIZE,
@@ -60,7 +59,7 @@ from zoo.families.unianimate_pose.dwpose import (
     WHOLEBODY_POINTS,
 )
 from zoo.families.unianimate_pose.step import POSE_OPTIONS, is_pose_output, pose_step
-from zoo.infra.checkpoint import is_lfs_pointer, write_random_marker
+from zoo.infra.checkpoint import graph_files, write_random_marker
 from zoo.models.onnx_graph import GraphBuilder, sigmoid
 
 if TYPE_CHECKING:
@@ -179,48 +178,10 @@ class UniAnimatePose(Family):
 
     def load_sources(self, sources: Sources) -> Reference:
         """The two graphs' files: from ``--model DIR`` by name, or as given (a given one wins)."""
-        given = {s.role: s.path for s in sources if s.role != "model"}
-        folder = next((s.path for s in sources if s.role == "model"), None)
-        files: dict[str, Path] = {}
-        for role, name in FILES.items():
-            flag = "--" + role.replace("_", "-")
-            if role in given:
-                files[role] = Path(given[role])
-            elif folder is not None:
-                files[role] = Path(folder) / name
-            else:
-                raise CheckpointError(
-                    f"family {self.name!r} needs the {role.replace('_', ' ')} graph: give {flag} FILE ({name}), "
-                    f"or --model DIR, the folder holding {DETECTOR_FILE} and {POSE_MODEL_FILE}"
-                )
-        if folder is not None:
-            folder = Path(folder)
-            if not folder.is_dir():
-                raise CheckpointError(
-                    f"checkpoint folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
-                    f"expected the folder holding {DETECTOR_FILE} and {POSE_MODEL_FILE}"
-                )
-            missing = [FILES[r] for r, p in files.items() if r not in given and not p.is_file()]
-            if missing:
-                raise CheckpointError(
-                    f"checkpoint folder {folder} has no {' and no '.join(missing)}; expected the folder holding "
-                    f"{DETECTOR_FILE} and {POSE_MODEL_FILE} (or give the files with "
-                    f"{', '.join('--' + r.replace('_', '-') for r in FILES)})"
-                )
-        for role, path in files.items():
-            flag = "--" + role.replace("_", "-")
-            if not path.is_file():
-                raise CheckpointError(
-                    f"{flag} {path}: {'not a file' if path.exists() else 'no such file'}; expected an ONNX graph"
-                )
-            if path.stat().st_size == 0 or is_lfs_pointer(path):
-                what = "empty" if path.stat().st_size == 0 else "a git-LFS pointer, not a model (run `git lfs pull`)"
-                raise CheckpointError(f"{flag} {path} is {what}")
-        return Reference(
-            "dwpose",
-            tuple(Source(role, path.resolve()) for role, path in files.items()),
-            Modules({}),
+        files = graph_files(
+            sources, FILES, family=self.name, folder_is=f"the folder holding {DETECTOR_FILE} and {POSE_MODEL_FILE}"
         )
+        return Reference("dwpose", tuple(Source(role, path) for role, path in files.items()), Modules({}))
 
     def build_random(self, dest: Path, *, variant: str | None = None, preset: str = "tiny", seed: int = 0) -> Path:
         """The original's checkpoint folder with stand-ins of both graphs (POSE.md 8)."""

@@ -52,11 +52,10 @@ from zoo.contract import (
     TensorSpec,
     specs,
 )
-from zoo.errors import CheckpointError
 from zoo.families.wan_animate_pose.meta import WHOLEBODY_POINTS
 from zoo.families.wan_animate_pose.step import POSE_OPTIONS, is_pose_output, pose_step
 from zoo.families.wan_animate_pose.vitpose import DETECTOR_SIZE, HEATMAP_HW, POSE_INPUT_HW
-from zoo.infra.checkpoint import is_lfs_pointer, write_random_marker
+from zoo.infra.checkpoint import graph_files, write_random_marker
 
 # where the original's preprocess_data.py finds the graphs in its --ckpt_path folder
 FILES = {"detector": Path("det") / "yolov10m.onnx", "pose_model": Path("pose2d") / "vitpose_h_wholebody.onnx"}
@@ -183,42 +182,12 @@ class WanAnimatePose(Family):
     def load_sources(self, sources: Sources) -> Reference:
         """The two graphs' files (from ``--model DIR`` by the original's paths, or as given: a given
         one wins) and, for replace mode, a SAM2 folder."""
-        given = {s.role: Path(s.path) for s in sources if s.role != "model"}
-        folder = next((Path(s.path) for s in sources if s.role == "model"), None)
         wanted = f"{FILES['detector']} and {FILES['pose_model']}"
-        if folder is not None and not folder.is_dir():
-            raise CheckpointError(
-                f"checkpoint folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
-                f"expected Wan-Animate's process_checkpoint folder (holding {wanted})"
-            )
-        files: dict[str, Path] = {}
-        for role, relative in FILES.items():
-            flag = "--" + role.replace("_", "-")
-            if role in given:
-                files[role] = given[role]
-            elif folder is not None:
-                files[role] = folder / relative
-            else:
-                raise CheckpointError(
-                    f"family {self.name!r} needs the {role.replace('_', ' ')} graph: give {flag} FILE "
-                    f"({relative.name}), or --model DIR, Wan-Animate's process_checkpoint folder (holding {wanted})"
-                )
-        missing = [str(FILES[r]) for r, p in files.items() if r not in given and not p.is_file()]
-        if missing:
-            raise CheckpointError(
-                f"checkpoint folder {folder} has no {' and no '.join(missing)}; expected Wan-Animate's "
-                f"process_checkpoint folder (holding {wanted}), or give the files with --detector, --pose-model"
-            )
-        for role, path in files.items():
-            flag = "--" + role.replace("_", "-")
-            if not path.is_file():
-                raise CheckpointError(
-                    f"{flag} {path}: {'not a file' if path.exists() else 'no such file'}; expected an ONNX graph"
-                )
-            if path.stat().st_size == 0 or is_lfs_pointer(path):
-                what = "empty" if path.stat().st_size == 0 else "a git-LFS pointer, not a model (run `git lfs pull`)"
-                raise CheckpointError(f"{flag} {path} is {what}")
-        refs = [Source(role, path.resolve()) for role, path in files.items()]
+        files = graph_files(
+            sources, FILES, family=self.name, folder_is=f"Wan-Animate's process_checkpoint folder (holding {wanted})"
+        )
+        refs = [Source(role, path) for role, path in files.items()]
+        given = {s.role: Path(s.path) for s in sources}
         loaders: dict[str, Any] = {}
         if "sam2" in given:
             from zoo.families.wan_animate_pose.masks import check_sam2_folder, load_sam2
