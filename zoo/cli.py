@@ -766,7 +766,8 @@ def bench(
     components: tuple[str, ...],
     json_path: Path | None,
 ) -> None:
-    """Median latency per component at the opt shape: torch eager vs the backend, side by side."""
+    """Median latency per component at the opt shape: its reference (torch eager for a traced
+    component, the given graph on ONNX Runtime CPU for an imported one) vs the backend, side by side."""
     from exporters.artifacts import atomic_write_json
     from runtimes.bench import bench as run_bench
 
@@ -775,9 +776,9 @@ def bench(
         export_dir, backend=backend, device=device, warmup=warmup, iterations=iterations, components=components or None
     )
     width = max([len(r.shape) for r in rows] + [5])
-    click.echo(f"{'component':<14} {'shape':<{width}} {'torch ms':>10} {backend + ' ms':>16} {'speedup':>8}")
+    click.echo(f"{'component':<14} {'shape':<{width}} {'reference ms':>12} {backend + ' ms':>16} {'speedup':>8}")
     for r in rows:
-        click.echo(f"{r.component:<14} {r.shape:<{width}} {r.torch_ms:>10.2f} {r.backend_ms:>16.2f} {r.speedup:>7.2f}x")
+        click.echo(f"{r.component:<14} {r.shape:<{width}} {r.torch_ms:>12.2f} {r.backend_ms:>16.2f} {r.speedup:>7.2f}x")
     if json_path:
         atomic_write_json(json_path, {"export": str(export_dir), "rows": [r.to_json() for r in rows]})
 
