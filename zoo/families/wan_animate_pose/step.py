@@ -266,7 +266,7 @@ class WanAnimatePoseStep:
             advance(len(group))
         height, width = self.frame_size
         metas, notes = metas_from_keypoints(keypoints, width, height)
-        warnings += notes
+        warnings += [n.replace("image ", "frame ", 1) if n.startswith("image ") else n for n in notes]
         retargeter = Retargeter(reference_meta, metas[0]) if self.retarget and reference_meta else None
         if retargeter is not None:
             warnings += retargeter.warnings
@@ -322,9 +322,9 @@ class WanAnimatePoseStep:
         record["frames"] = [
             {"index": self.indices[t], "keypoints": k.tolist(), "face_box": faces[t]} for t, k in enumerate(keypoints)
         ]
-        record["warnings"] = warnings
+        record["warnings"] = warnings  # every one; the command line prints them condensed
         files = (REFERENCE, *(f"{STREAMS[s]}.mp4" for s in streams), *(STREAMS[s] for s in streams), CONDITIONS)
-        return PoseRun(files, tuple(warnings), record)
+        return PoseRun(files, condensed(warnings), record)
 
     def _pose_image(self, meta: Meta, retargeter: Retargeter | None) -> U8:
         """6, 8.1 item 4, 8.2 item 4."""
@@ -353,6 +353,27 @@ class WanAnimatePoseStep:
                 warnings.append(f"frame {start + i}: {note}")
             result.append(filled)
         return result
+
+
+SHOWN_PER_KIND = 3
+
+
+def condensed(warnings: Sequence[str]) -> tuple[str, ...]:
+    """The warnings to print: of each kind (the text without its numbers and parentheses: one per
+    frame of a long video, or per limb, otherwise) the first :data:`SHOWN_PER_KIND`, then one line saying how many more
+    there are and where they all are (``--keypoints``)."""
+    import re
+
+    kinds: dict[str, list[str]] = {}
+    for line in warnings:
+        kind = re.sub(r"-?\d+", "#", re.sub(r"\([^)]*\)", "()", line))  # numbers and parentheses left out
+        kinds.setdefault(kind, []).append(line)
+    shown: list[str] = []
+    for lines in kinds.values():
+        shown += lines[:SHOWN_PER_KIND]
+        if len(lines) > SHOWN_PER_KIND:
+            shown.append(f"... and {len(lines) - SHOWN_PER_KIND} more like the last (every one in --keypoints' JSON)")
+    return tuple(shown)
 
 
 def _json(value: Any) -> str:
