@@ -920,3 +920,13 @@ def load_video_frames(path):
     from zoo.infra.media import load_video
 
     return load_video(path, option="--video")
+
+
+def test_parity_json_on_stdout_keeps_the_verdict_line_on_stderr(tiny_export):
+    """`zoo parity --json -`: stdout is the report alone (parseable), the verdict is still the last
+    line a user sees, on stderr, on a full pass too."""
+    result = zoo("parity", tiny_export("wan-animate-pose"), "--json", "-")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["exit_status"] == 0
+    assert result.stderr.strip().splitlines()[-1] == f"{len(report['rows'])} passed, 0 failed"

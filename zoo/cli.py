@@ -743,9 +743,9 @@ def parity(
         raise ParityError(
             f"parity failed: {len(failed)} of {len(rows)} comparisons out of tolerance (see FAIL lines above)"
         )
+    if str(json_path) == "-":
+        click.echo(summary(rows), err=True)  # stdout holds the JSON; the verdict is still the last line
     if exit_status(rows) == EXIT_NOT_RUN:  # nothing failed, but not everything ran: not a pass
-        if str(json_path) == "-":
-            click.echo(summary(rows), err=True)  # stdout holds the JSON; the verdict is still the last line
         sys.exit(EXIT_NOT_RUN)
 
 
