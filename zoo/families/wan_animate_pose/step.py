@@ -22,6 +22,7 @@ module says and reports it as a warning; everything is checked before a runner r
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,7 +221,7 @@ class WanAnimatePoseStep:
     masks: MaskSource | None = None
     sam2: Callable[[], Any] | None = None  # the export's SAM2 model, loaded when called
     dilation: tuple[int, int, int, int] = (3, 7, 1, 1)  # iterations, k, w_len, h_len
-    warnings: list[str] = field(default_factory=list)
+    _sam2_model: Any = field(default=None, repr=False)  # loaded once, on the first chunk that needs it
 
     @property
     def frames(self) -> int:
@@ -277,9 +278,12 @@ class WanAnimatePoseStep:
         sizes = {"pose": self.size, "face": (512, 512), "background": self.size, "mask": self.size}
         for s in streams:
             (out / STREAMS[s]).mkdir()
-        writers = {s: Mp4Writer(out / f"{STREAMS[s]}.mp4", self.fps, sizes[s][1], sizes[s][0]) for s in streams}
         faces: list[list[int]] = []
-        try:
+        with contextlib.ExitStack() as stack:  # an error inside: the writers finish quietly, it is reported
+            writers = {
+                s: stack.enter_context(Mp4Writer(out / f"{STREAMS[s]}.mp4", self.fps, sizes[s][1], sizes[s][0]))
+                for s in streams
+            }
             box: tuple[int, int, int, int] | None = None
             masks = iter(self.masks) if self.masks is not None else None
             frames = self._frames()
@@ -305,9 +309,6 @@ class WanAnimatePoseStep:
                         write_png(out / STREAMS[s] / frame_name(t), outputs[s])
                         writers[s].write(outputs[s])
                     advance(1)
-        finally:
-            for writer in writers.values():
-                writer.close()
 
         conditions = {
             "mode": self.mode,
@@ -342,7 +343,9 @@ class WanAnimatePoseStep:
             raw = read_mask_video([next(masks) for _ in frames])
         else:
             assert self.sam2 is not None
-            model = self.sam2()
+            if self._sam2_model is None:
+                self._sam2_model = self.sam2()
+            model = self._sam2_model
             device = str(next(model.parameters()).device)
             raw = sam2_masks(model, processor_for(model), frames, metas, device=device)
         iterations, k, w_len, h_len = self.dilation
