@@ -205,11 +205,18 @@ def rename_io(model: Any, names: Mapping[str, str]) -> None:
     clash = sorted((set(names.values()) & taken) - set(names))
     if clash:
         raise ImportedGraphError(f"cannot rename the graph's inputs and outputs: it already has tensors {clash}")
-    for node in model.graph.node:
-        node.input[:] = [names.get(n, n) for n in node.input]
-        node.output[:] = [names.get(n, n) for n in node.output]
-    for value in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        value.name = names.get(value.name, value.name)
+
+    def rename(graph: Any) -> None:  # the graph and its control-flow bodies (If / Loop / Scan)
+        for node in graph.node:
+            node.input[:] = [names.get(n, n) for n in node.input]
+            node.output[:] = [names.get(n, n) for n in node.output]
+            for attribute in node.attribute:
+                for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                    rename(body)
+        for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+            value.name = names.get(value.name, value.name)
+
+    rename(model.graph)
 
 
 # --------------------------------------------------------------------------------------

@@ -74,13 +74,19 @@ class BackendModule(torch.nn.Module):
 
 
 def host_loaders(manifest: Manifest, device: str = "cpu") -> dict[str, Callable[[], Any]]:
-    """The export's host modules, each loaded when called (a torch module onto ``device``):
-    what a pose step is given (:class:`~zoo.contract.HostModules`)."""
+    """The export's host modules, each loaded when first called (a torch module onto ``device``)
+    and kept: what a pose step is given (:class:`~zoo.contract.HostModules`)."""
 
     def loader(name: str, info: Mapping[str, str]) -> Callable[[], Any]:
-        def load() -> Any:
-            module = _load_host_module(manifest.root / name, info)
-            return module.to(device) if isinstance(module, torch.nn.Module) else module
+        loaded: list[Any] = []
+        lock = threading.Lock()
+
+        def load() -> Any:  # once: a service's requests share the module
+            with lock:
+                if not loaded:
+                    module = _load_host_module(manifest.root / name, info)
+                    loaded.append(module.to(device) if isinstance(module, torch.nn.Module) else module)
+                return loaded[0]
 
         return load
 

@@ -190,7 +190,11 @@ def parse_options(
                 args += [flag] if value else []
                 continue
             if param.nargs > 1:  # one option, several values: a JSON list of them
-                if not isinstance(value, list) or any(isinstance(v, (dict, list)) for v in value):
+                if (
+                    not isinstance(value, list)
+                    or len(value) != param.nargs
+                    or any(isinstance(v, (dict, list)) for v in value)
+                ):
                     raise click.BadParameter(
                         f"{json.dumps(value)[:40]} is not a list of {param.nargs} values.", param=param
                     )

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from zoo.errors import InputError
+from zoo.errors import InputError, OutputError
 from zoo.families.wan_animate_pose import frames as fr
 
 W, H = 64, 48
@@ -389,7 +389,7 @@ def test_mp4_writer_errors(tmp_path):
             writer.write(np.zeros((H, W, 3), np.float32))
         writer.write(np.zeros((H, W, 3), np.uint8))
     assert len(decode_all_bgr(tmp_path / "x.mp4")) == 1
-    with pytest.raises(RuntimeError, match=r"ffmpeg failed writing .*no_such_folder.*exit status"):
+    with pytest.raises(OutputError, match=r"ffmpeg failed writing .*no_such_folder.*exit status"):
         with fr.Mp4Writer(tmp_path / "no_such_folder" / "x.mp4", 30, W, H, ffmpeg_exe=exe) as writer:
             writer.write(np.zeros((H, W, 3), np.uint8))
     with pytest.raises(KeyError):  # an error inside the block is the one reported
@@ -407,5 +407,5 @@ def test_write_png_is_lossless(tmp_path):
 
 
 def test_mp4_writer_without_ffmpeg(tmp_path):
-    with pytest.raises(RuntimeError, match="cannot start ffmpeg"):
+    with pytest.raises(OutputError, match="cannot start ffmpeg"):
         fr.Mp4Writer(tmp_path / "x.mp4", 30, W, H, ffmpeg_exe=str(tmp_path / "no-ffmpeg"))

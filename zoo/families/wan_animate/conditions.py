@@ -45,6 +45,9 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     for key, kind in need.items():
         if not isinstance(data, dict) or not isinstance(data.get(key), kind):
             raise InputError(f"{OPTION} {path}: no {key!r} entry; expected the {MANIFEST} `zoo pose` writes")
+    size = data["size"]
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise InputError(f"{OPTION} {path}: size {size!r}; expected [height, width] in pixels")
     if data["mode"] not in ("animate", "replace"):
         raise InputError(f"{OPTION} {path}: mode {data['mode']!r}; expected animate or replace")
     if data["mode"] == "replace" and not all(isinstance(data.get(k), str) for k in ("background", "mask")):

@@ -57,8 +57,12 @@ def hand_width(height: int, width: int) -> int:
     return max(stick_width(height, width) // 2, 1)
 
 
+DRAWABLE = 2.0**30  # OpenCV's coordinates are int32: beyond this the original's cv2 call raises
+
+
 def _finite(*values: float) -> bool:
-    return all(math.isfinite(v) for v in values)
+    """Whether every value is a coordinate OpenCV can draw (finite, within int32 with room)."""
+    return all(math.isfinite(v) and abs(v) < DRAWABLE for v in values)
 
 
 def draw_body(canvas: U8, body: list[list[float]], scores: list[float], sw: int) -> None:
@@ -108,7 +112,7 @@ def draw_pose(pose: DrawPose) -> U8:
     then the hands in the order of ``pose.hands``."""
     canvas = np.zeros((pose.height, pose.width, 3), dtype=np.uint8)
     sw = stick_width(pose.height, pose.width)
-    hw = max(sw // 2, 1)
+    hw = hand_width(pose.height, pose.width)
     body = np.asarray(pose.body, dtype=np.float64).tolist()
     scores = np.asarray(pose.body_scores, dtype=np.float64).tolist()
     draw_body(canvas, body, scores, sw)

@@ -52,7 +52,7 @@ from zoo.contract import (
     TensorSpec,
     specs,
 )
-from zoo.families.wan_animate_pose.meta import WHOLEBODY_POINTS
+from zoo.families.wan_animate_pose.meta import IMAGENET_MEAN, IMAGENET_STD, WHOLEBODY_POINTS
 from zoo.families.wan_animate_pose.step import POSE_OPTIONS, is_pose_output, pose_step
 from zoo.families.wan_animate_pose.vitpose import DETECTOR_SIZE, HEATMAP_HW, POSE_INPUT_HW
 from zoo.infra.checkpoint import graph_files, write_random_marker
@@ -61,10 +61,6 @@ from zoo.infra.checkpoint import graph_files, write_random_marker
 FILES = {"detector": Path("det") / "yolov10m.onnx", "pose_model": Path("pose2d") / "vitpose_h_wholebody.onnx"}
 DETECTIONS = 300  # YOLOv10's NMS-free rows (its export's max_det)
 SAM2_MODULE = "sam2"  # a host module: the Sam2VideoModel (its processor is rebuilt from its config)
-
-# ImageNet statistics the original applies to the BGR crop (3.3)
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------------------
@@ -98,8 +94,8 @@ def detector_image(shape: tuple[int, ...], gen: torch.Generator, ref: Reference)
 
 def normalised_crop(shape: tuple[int, ...], gen: torch.Generator, ref: Reference) -> torch.Tensor:
     """A pose-model feed: BGR crops 0..1 normalised with the RGB statistics per channel index (3.3)."""
-    mean = torch.tensor(_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
     bgr = _pictures(shape, gen).flip(1) / 255.0
     return ((bgr.double() - mean) / std).float()
 

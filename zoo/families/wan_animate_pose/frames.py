@@ -26,7 +26,7 @@ from typing import IO
 import cv2
 import numpy as np
 
-from zoo.errors import BackendUnavailableError, InputError
+from zoo.errors import BackendUnavailableError, InputError, OutputError
 from zoo.families.wan_animate_pose.meta import U8
 from zoo.models.letterbox import padding_resize
 
@@ -275,7 +275,7 @@ class Mp4Writer:
             )
         except OSError as exc:  # the binary is missing or not executable
             self._stderr.close()
-            raise RuntimeError(f"cannot start ffmpeg ({self.args[0]}) to write {self.path}: {exc}") from exc
+            raise OutputError(f"cannot start ffmpeg ({self.args[0]}) to write {self.path}: {exc}") from exc
 
     def write(self, frame_rgb: U8) -> None:
         """Append one ``height x width x 3`` uint8 RGB frame."""
@@ -291,7 +291,7 @@ class Mp4Writer:
             self._proc.stdin.write(np.ascontiguousarray(frame_rgb).tobytes())
         except OSError:  # a broken pipe: FFmpeg has stopped
             self._finish()  # raises with FFmpeg's message
-            raise RuntimeError(f"ffmpeg stopped reading frames for {self.path}") from None
+            raise OutputError(f"ffmpeg stopped reading frames for {self.path}") from None
         self.frames += 1
 
     def _stderr_tail(self) -> str:
@@ -311,7 +311,7 @@ class Mp4Writer:
                     pass
             code = proc.wait()
             if code != 0:
-                raise RuntimeError(f"ffmpeg failed writing {self.path} (exit status {code}): {self._stderr_tail()}")
+                raise OutputError(f"ffmpeg failed writing {self.path} (exit status {code}): {self._stderr_tail()}")
         finally:
             self._stderr.close()
 
@@ -330,7 +330,7 @@ class Mp4Writer:
             return
         try:  # an error inside the block: finish quietly, the block's error is the one reported
             self.close()
-        except RuntimeError:
+        except (RuntimeError, OutputError):
             pass
 
 

@@ -8,9 +8,10 @@ transformers are imported inside the SAM2 functions, so importing this module do
 transformers' ``Sam2VideoProcessor`` needs torchvision (its image processor imports
 ``torchvision.ops`` and its video processor resizes with ``torchvision.transforms.v2``), which the
 zoo does not depend on. :class:`TorchSam2VideoProcessor` is a torch-only stand-in with the same three
-methods :func:`sam2_masks` calls (same resize, normalisation, point scaling and mask upsampling);
-:func:`load_sam2` uses transformers' processor when torchvision is installed and the stand-in
-otherwise.
+methods :func:`sam2_masks` calls (same resize, normalisation, point scaling and mask upsampling).
+``zoo pose`` always uses it (:func:`processor_for`: an export carries the model only);
+:func:`load_sam2` also returns transformers' own processor where torchvision is installed, which is
+how the two were compared.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 
 from zoo.errors import CheckpointError
-from zoo.families.wan_animate_pose.meta import U8, Meta
+from zoo.families.wan_animate_pose.meta import IMAGENET_MEAN, IMAGENET_STD, U8, Meta
 
 # body op indices prompted on each key frame (10.1): nose, neck, R/L shoulder, R/L hip, R/L ankle
 PROMPT_POINTS: tuple[int, ...] = (0, 1, 2, 5, 8, 11, 10, 13)
@@ -191,8 +192,8 @@ class TorchSam2VideoProcessor:
             )
         return cls(
             int(size["height"]),
-            video.get("image_mean", [0.485, 0.456, 0.406]),
-            video.get("image_std", [0.229, 0.224, 0.225]),
+            video.get("image_mean", list(IMAGENET_MEAN)),
+            video.get("image_std", list(IMAGENET_STD)),
             video.get("rescale_factor", 1 / 255),
         )
 
@@ -360,8 +361,8 @@ def _processor_config(size: int) -> dict[str, Any]:
         "do_normalize": True,
         "do_rescale": True,
         "do_resize": True,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
+        "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD),
         "resample": 2,
         "rescale_factor": 1 / 255,
         "size": {"height": size, "width": size},
@@ -410,8 +411,6 @@ SAM2_EXPECTED = (
     "a SAM2 video checkpoint in transformers format (config.json with model_type 'sam2_video', "
     "model.safetensors, processor_config.json; e.g. facebook/sam2.1-hiera-large)"
 )
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def check_sam2_folder(folder: Path, option: str = "--sam2") -> None:

@@ -19,6 +19,10 @@ U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
+# ImageNet statistics (RGB order): ViTPose's normalisation (applied to BGR crops, 3.3 Q1) and SAM2's
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 WHOLEBODY_POINTS = 133  # COCO-WholeBody (3.5)
 BODY_POINTS = 20  # the body layout of section 4
 HAND_POINTS = 21

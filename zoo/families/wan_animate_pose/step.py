@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ from zoo.families.wan_animate_pose.masks import (
 from zoo.families.wan_animate_pose.meta import F32, U8, Meta
 from zoo.families.wan_animate_pose.retarget import Retargeter
 from zoo.families.wan_animate_pose.vitpose import keypoints_of_images, metas_from_keypoints, to_pixels
-from zoo.infra.media import natural_key
+from zoo.infra.media import FRAME_SUFFIXES, natural_key
 
 CONDITIONS = "conditions.json"
 REFERENCE = "src_ref.png"
@@ -158,8 +158,7 @@ def _pose_batch(runner: Runner) -> int:
 
 
 def _images(folder: Path) -> list[Path]:
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes]
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES]
     return sorted(files, key=natural_key)
 
 
@@ -169,7 +168,6 @@ class MaskSource:
 
     path: Path
     frames: int
-    size: tuple[int, int]  # H, W
 
     def __iter__(self) -> Iterator[U8]:
         if self.path.is_dir():
@@ -201,7 +199,7 @@ def check_mask_source(path: Path, frames: int, size: tuple[int, int]) -> MaskSou
         count, hw = info.frames, (info.height, info.width)
     if count != frames or tuple(hw) != tuple(size):
         raise InputError(f"{option} {path}: {count} frames of {hw[1]}x{hw[0]}; expected {want}")
-    return MaskSource(path, frames, size)
+    return MaskSource(path, frames)
 
 
 @dataclass
@@ -218,17 +216,17 @@ class WanAnimatePoseStep:
     area: int
     size: tuple[int, int]  # H, W of the pose frames
     frame_size: tuple[int, int]  # H, W of the frames posed (full resolution in animate mode)
+    dilation: tuple[int, int, int, int]  # iterations, k, w_len, h_len
     masks: MaskSource | None = None
     sam2: Callable[[], Any] | None = None  # the export's SAM2 model, loaded when called
-    dilation: tuple[int, int, int, int] = (3, 7, 1, 1)  # iterations, k, w_len, h_len
-    _sam2_model: Any = field(default=None, repr=False)  # loaded once, on the first chunk that needs it
+    _sam2_model: Any = field(default=None, repr=False)  # loaded once, before the first frame is posed
 
     @property
     def frames(self) -> int:
         """Each output frame counts twice: posed, then cropped, drawn (and masked) and written."""
         return 2 * len(self.indices)
 
-    def _frames(self) -> Iterator[U8]:
+    def _frames(self) -> Generator[U8, None, None]:
         for frame in iter_frames(self.video.path, self.indices):
             yield resize_by_area(frame, self.area) if self.mode == "replace" else frame
 
@@ -244,6 +242,8 @@ class WanAnimatePoseStep:
 
         warnings: list[str] = []
         record: dict[str, Any] = {"image": str(self.image_path), "video": str(self.video.path)}
+        if self.sam2 is not None:  # loaded now: a broken SAM2 in the export is found before hours of posing
+            self._sam2_model = self.sam2()
         reference_meta: Meta | None = None
         if self.mode == "animate":  # 8.1 item 1: the reference resized by area, posed alone
             resized = resize_by_area(self.reference, self.area)
@@ -256,12 +256,13 @@ class WanAnimatePoseStep:
         # pass 1: every frame posed, OPT frames per pose-model call (8.1 item 2 / 8.2 item 2)
         keypoints = []
         group: list[U8] = []
-        for frame in self._frames():
-            group.append(frame)
-            if len(group) == batch:
-                keypoints += keypoints_of_images(group, detect, estimate, batch=batch)
-                advance(len(group))
-                group = []
+        with contextlib.closing(self._frames()) as frames:  # the reader released on an error too
+            for frame in frames:
+                group.append(frame)
+                if len(group) == batch:
+                    keypoints += keypoints_of_images(group, detect, estimate, batch=batch)
+                    advance(len(group))
+                    group = []
         if group:
             keypoints += keypoints_of_images(group, detect, estimate, batch=batch)
             advance(len(group))
@@ -286,7 +287,7 @@ class WanAnimatePoseStep:
             }
             box: tuple[int, int, int, int] | None = None
             masks = iter(self.masks) if self.masks is not None else None
-            frames = self._frames()
+            frames = stack.enter_context(contextlib.closing(self._frames()))  # its reader released on error too
             chunk = SAM2_CHUNK if self.mode == "replace" else len(metas)
             for start in range(0, len(metas), chunk):
                 chunk_metas = metas[start : start + chunk]
@@ -321,7 +322,8 @@ class WanAnimatePoseStep:
         }
         (out / CONDITIONS).write_text(_json(conditions))
         record["frames"] = [
-            {"index": self.indices[t], "keypoints": k.tolist(), "face_box": faces[t]} for t, k in enumerate(keypoints)
+            {"index": self.indices[t], "keypoints": k.tolist(), "body_reused": metas[t].reused, "face_box": faces[t]}
+            for t, k in enumerate(keypoints)
         ]
         record["warnings"] = warnings  # every one; the command line prints them condensed
         files = (REFERENCE, *(f"{STREAMS[s]}.mp4" for s in streams), *(STREAMS[s] for s in streams), CONDITIONS)
@@ -343,8 +345,6 @@ class WanAnimatePoseStep:
             raw = read_mask_video([next(masks) for _ in frames])
         else:
             assert self.sam2 is not None
-            if self._sam2_model is None:
-                self._sam2_model = self.sam2()
             model = self._sam2_model
             device = str(next(model.parameters()).device)
             raw = sam2_masks(model, processor_for(model), frames, metas, device=device)
@@ -388,27 +388,27 @@ def _json(value: Any) -> str:
 def pose_step(options: Mapping[str, Any], host: HostModules) -> WanAnimatePoseStep:
     """The step for ``zoo pose``'s parsed options, every input read and checked (an
     :class:`InputError` naming the option and what was expected) before any runner exists."""
-    if options.get("use_flux"):
+    if options["use_flux"]:
         raise InputError(
             "--use_flux: FLUX.1-Kontext-assisted retargeting is not supported (it edits the reference and a driving "
             "frame with a 12B diffusion model before measuring limbs; out of this step's scope): use --retarget "
             "without it"
         )
-    mode = options.get("mode") or "animate"
-    retarget = bool(options.get("retarget"))
+    mode = options["mode"]  # every option parsed: click (or a served request) filled the defaults
+    retarget = bool(options["retarget"])
     if retarget and mode == "replace":
         raise InputError(
             "--retarget: replace mode draws the video's own poses at the video's size; the original silently "
             "ignores --retarget_flag there, so it is refused here: leave it out, or use --mode animate"
         )
-    fps = int(options.get("fps", 30))
+    fps = int(options["fps"])
     if fps == 0 or fps < -1:
         raise InputError(f"--fps {fps}: expected a frame rate of at least 1, or -1 to keep the video's own")
-    w_area, h_area = options.get("resolution_area") or (1280, 720)
+    w_area, h_area = options["resolution_area"]
     if w_area < 1 or h_area < 1:
         raise InputError(f"--resolution-area {w_area} {h_area}: expected two positive numbers")
     area = int(w_area) * int(h_area)
-    mask_path = options.get("mask_video")
+    mask_path = options["mask_video"]
     if mask_path is not None and mode != "replace":
         raise InputError("--mask-video: masks are for --mode replace; animate mode uses none")
 
@@ -442,8 +442,7 @@ def pose_step(options: Mapping[str, Any], host: HostModules) -> WanAnimatePoseSt
         area=area,
         size=size,
         frame_size=frame_size,
-        dilation=(int(options.get("iterations", 3)), int(options.get("k", 7)), int(options.get("w_len", 1)),
-                  int(options.get("h_len", 1))),
+        dilation=(int(options["iterations"]), int(options["k"]), int(options["w_len"]), int(options["h_len"])),
     )  # fmt: skip
     if mode == "replace":
         if mask_path is not None:

@@ -40,6 +40,8 @@ from zoo.families.wan_animate_pose.meta import (
     F32,
     F64,
     FACE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     LEFT_HAND,
     RIGHT_HAND,
     U8,
@@ -58,8 +60,8 @@ SHAPE_RATIO = 0.4  # a person's longest side against the running reference (2.6,
 MIN_BOX_SIDE = 10  # a narrower or lower box means the whole image (3.1)
 BOX_PADDING = 1.25  # (3.1)
 PIXEL_STD = 200.0  # the original's scale unit (3.1)
-POSE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float64)  # per channel index of the BGR crop (3.3, Q1)
-POSE_STD = np.array([0.229, 0.224, 0.225], dtype=np.float64)
+POSE_MEAN = np.array(IMAGENET_MEAN, dtype=np.float64)  # per channel index of the BGR crop (3.3, Q1)
+POSE_STD = np.array(IMAGENET_STD, dtype=np.float64)
 DARK_KERNEL = 11  # Gaussian modulation kernel (3.4); sigma = 2
 LOG_FLOOR = np.float32(1e-10)  # the float32 value NumPy 1 compares with
 
