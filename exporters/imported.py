@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.manifest import ComponentRecord, TensorRecord
+from exporters.manifest import ComponentRecord
 from zoo.contract import Component, Dim, ImportedGraph, Reference, TensorSpec, check_dims, resolve_point
 from zoo.errors import ExportError
 from zoo.infra.checkpoint import is_lfs_pointer
@@ -365,7 +365,7 @@ def import_component(ref: Reference, component: Component, dims: Mapping[str, Di
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    from exporters.onnx import _name_dims, check_graph
+    from exporters.onnx import _name_dims, check_graph, component_record
 
     assert component.graph is not None
     check_dims(dims)
@@ -417,19 +417,6 @@ def import_component(ref: Reference, component: Component, dims: Mapping[str, Di
         imported["batch"] = decision.to_json()
     if renamed:
         imported["renamed"] = renamed
-    return ComponentRecord(
-        name=component.name,
-        kind=component.tolerance,
-        module=component.module,
-        file=f"{component.name}/model.onnx",
-        size=path.stat().st_size,
-        sha256=file_sha256(path),
-        external_data={f"{component.name}/{k}": v for k, v in sorted(external.items())},
-        inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in specs),
-        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in outputs),
-        dims=dims,
-        state=component.state_pairs(ref),
-        precision=component.precision.dtype,
-        opset=opset,
-        imported=imported,
+    return component_record(
+        ref, component, path, dims, external, precision=component.precision.dtype, opset=opset, imported=imported
     )

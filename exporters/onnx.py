@@ -261,6 +261,33 @@ def export_component(
         for p in sorted(dest.rglob("*"))
         if p.is_file() and p.name not in ("model.onnx", WEIGHT_MAP)
     }
+    return component_record(
+        ref,
+        component,
+        path,
+        dims,
+        external,
+        precision=computes_in,
+        opset=opset_for(computes_in),
+        weight_map=f"{component.name}/{WEIGHT_MAP}" if build is not None else None,
+    )
+
+
+def component_record(
+    ref: Reference,
+    component: Component,
+    path: Path,
+    dims: Mapping[str, Dim],
+    external: Mapping[str, int],
+    *,
+    precision: str,
+    opset: int,
+    weight_map: str | None = None,
+    imported: dict[str, Any] | None = None,
+) -> ComponentRecord:
+    """The manifest's record of a component's graph written at ``path`` (``<component>/model.onnx``)
+    with its ``external`` files (path relative to the component's folder -> bytes): traced or
+    imported, the same fields."""
     return ComponentRecord(
         name=component.name,
         kind=component.tolerance,
@@ -268,14 +295,15 @@ def export_component(
         file=f"{component.name}/model.onnx",
         size=path.stat().st_size,
         sha256=file_sha256(path),
-        external_data={f"{component.name}/{k}": v for k, v in external.items()},
-        inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in specs),
-        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in outputs),
+        external_data={f"{component.name}/{k}": v for k, v in sorted(external.items())},
+        inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.input_specs(ref)),
+        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.output_specs(ref)),
         dims=dict(dims),
         state=component.state_pairs(ref),
-        precision=computes_in,
-        opset=opset_for(computes_in),
-        weight_map=f"{component.name}/{WEIGHT_MAP}" if build is not None else None,
+        precision=precision,
+        opset=opset,
+        weight_map=weight_map,
+        imported=imported,
     )
 
 
