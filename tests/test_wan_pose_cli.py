@@ -356,3 +356,42 @@ def test_a_request_runs_the_step_zoo_pose_runs(export, media, tmp_path):
     for name in wanted:
         if name.endswith((".png", ".json")):
             assert served[f"served/{name}"] == (tmp_path / "local" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--k", "0"], "Invalid value for '--k': 0 is not in the range x>=1"),
+        (["--iterations", "-1"], "Invalid value for '--iterations': -1 is not in the range x>=0"),
+        (["--w-len", "0"], "Invalid value for '--w-len' / '--w_len': 0 is not in the range x>=1"),
+        (["--mode", "swap"], "Invalid value for '--mode'"),
+        (["--resolution-area", "1280"], "Option '--resolution-area' requires 2 arguments"),
+    ],
+)
+def test_option_values_are_click_usage_errors(export, media, tmp_path, extra, message):
+    out = tmp_path / "out"
+    result = zoo("pose", export, "--image", media["image"], "--video", media["video"], "--out", out, *extra)
+    assert result.exit_code == 2 and "Error: " in result.output and message in result.output, result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_a_missing_mask_video_and_a_folder_without_conditions_are_one_error_line(export, tiny_export, media, tmp_path):
+    out = tmp_path / "out"
+    result = zoo(
+        "pose", export, "--image", media["image"], "--video", media["video"], "--out", out, "--mode", "replace",
+        "--mask-video", tmp_path / "no-masks.mp4",
+    )  # fmt: skip
+    assert_error(result, "--mask-video")
+    assert not out.exists()
+
+    (tmp_path / "notpose").mkdir()
+    for folder, message in ((tmp_path / "notpose", "no conditions.json"), (tmp_path / "absent", "--conditions")):
+        result = zoo("run", tiny_export("wan-animate"), "--conditions", folder, "--out", tmp_path / "x.mp4")
+        assert_error(result, message)
+        assert not (tmp_path / "x.mp4").exists()
+    (tmp_path / "notpose" / "conditions.json").write_text(
+        '{"mode": "animate", "fps": 30, "frames": 2, "size": [32], '
+        '"reference": "src_ref.png", "pose": "p", "face": "f"}'
+    )
+    result = zoo("run", tiny_export("wan-animate"), "--conditions", tmp_path / "notpose", "--out", tmp_path / "x.mp4")
+    assert_error(result, "size [32]; expected [height, width] in pixels")
