@@ -51,6 +51,9 @@ class ComponentRecord:
     # an imported graph (given as a file, not traced): its source role, file name and sha256, what its
     # reference is, and the batch decision; None for a traced component (and in manifests written before)
     imported: dict[str, Any] | None = None
+    # a quantized graph (zoo export --quantize): format, method, scales file, the layers kept in high
+    # precision and the calibration; None for a graph in its plain precision
+    quantization: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class ComponentRecord:
             "opset": self.opset,
             **({"weight_map": self.weight_map} if self.weight_map else {}),
             **({"imported": self.imported} if self.imported is not None else {}),
+            **({"quantization": self.quantization} if self.quantization is not None else {}),
         }
 
     @property
@@ -231,6 +235,10 @@ def _component(root: Path, name: str, d: Any) -> ComponentRecord:
         _get(imported, "source", str, f"{where}.imported")
     if weight_map is not None:
         inside(root, weight_map, f"{where}.weight_map")
+    quantization = _get(d, "quantization", (dict, type(None)), where, None)
+    if quantization is not None:
+        _get(quantization, "format", str, f"{where}.quantization")
+        inside(root, _get(quantization, "scales", str, f"{where}.quantization"), f"{where}.quantization.scales")
     ins, outs = {t.name for t in inputs}, {t.name for t in outputs}
     for o, i in state.items():
         if o not in outs or i not in ins:
@@ -251,6 +259,7 @@ def _component(root: Path, name: str, d: Any) -> ComponentRecord:
         state=dict(state),
         weight_map=weight_map,
         imported=imported,
+        quantization=quantization,
     )
 
 

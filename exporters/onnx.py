@@ -22,6 +22,7 @@ import torch
 
 from exporters.artifacts import EXPORT_MARKER, atomic_write_json, staged_dir
 from exporters.manifest import MANIFEST, ComponentRecord, Manifest, TensorRecord, inside, looks_like_export
+from exporters.quantize import Quantized, QuantizeRequest
 from exporters.weights import (
     WEIGHT_MAP,
     WeightlessBuild,
@@ -172,6 +173,7 @@ def export_component(
     copy_weights: bool = False,
     precision: str | None = None,
     progress: bool = False,
+    quantized: Quantized | None = None,
 ) -> ComponentRecord:
     """Trace ``component``'s wrapper into ``dest/model.onnx`` (+ ``model.onnx.data`` when large),
     name its dims from the contract and check the graph.
@@ -180,7 +182,9 @@ def export_component(
     in, with the policy's fp32 islands. ``weightless`` traces the module built on the meta
     device and takes every initializer from the checkpoint's safetensors byte ranges (hard links,
     or streamed copies with ``copy_weights``) or computes it one at a time (see
-    :mod:`exporters.weights`): memory stays bounded by the largest tensor."""
+    :mod:`exporters.weights`): memory stays bounded by the largest tensor. ``quantized``: the
+    component's module quantized with calibrated scales (:mod:`exporters.quantize`): its graph
+    carries QuantizeLinear / DequantizeLinear pairs, and the scales are saved beside it."""
     import onnx
     import onnx_ir as ir
 
@@ -197,7 +201,10 @@ def export_component(
             check_linkable(build.stored.files, dest)
     else:
         make_wrapper, _ = component.traced()
+        if quantized is not None:
+            ref = quantized.reference(ref, component)
         wrapper = apply_precision(make_wrapper(ref).eval(), component.precision, dtype, component=component.name)
+    opset = max(opset_for(computes_in), quantized.format.opset if quantized else 0)
     specs = component.input_specs(ref)
     outputs = component.output_specs(ref)
     point = example_point(dims)
@@ -219,10 +226,11 @@ def export_component(
                 dynamic_shapes=dynamic_shapes(specs, dims),
                 input_names=[s.name for s in specs],
                 output_names=[s.name for s in outputs],
-                opset_version=opset_for(computes_in),
+                opset_version=opset,
                 dynamo=True,
                 optimize=build is None,  # the optimizer folds constants: it cannot read meta weights
                 verbose=False,
+                custom_translation_table=quantized.translations() if quantized else None,
             )
             assert program is not None  # dynamo=True returns a program (None is the legacy exporter's)
             if build is not None:  # weights first: the optimizer reads small initializers
@@ -252,6 +260,9 @@ def export_component(
 
     model = onnx.load(str(path), load_external_data=False)
     _name_dims(model, specs, outputs, dims, component.name, path.parent)
+    if quantized is not None:
+        one_qdq_per_consumer(model)
+        quantized.save(dest)
     onnx.save(model, str(path))  # external data references are kept as they are
     check_graph(path, component.name)
     if build is not None:
@@ -268,8 +279,9 @@ def export_component(
         dims,
         external,
         precision=computes_in,
-        opset=opset_for(computes_in),
+        opset=opset,
         weight_map=f"{component.name}/{WEIGHT_MAP}" if build is not None else None,
+        quantization=quantized.record if quantized else None,
     )
 
 
@@ -284,6 +296,7 @@ def component_record(
     opset: int,
     weight_map: str | None = None,
     imported: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> ComponentRecord:
     """The manifest's record of a component's graph written at ``path`` (``<component>/model.onnx``)
     with its ``external`` files (path relative to the component's folder -> bytes): traced or
@@ -304,7 +317,63 @@ def component_record(
         opset=opset,
         weight_map=weight_map,
         imported=imported,
+        quantization=quantization,
     )
+
+
+def unexported_record(ref: Reference, component: Component, dims: Mapping[str, Dim]) -> ComponentRecord:
+    """A record of a component's contract without a graph (size 0, no hash): what a torch-backend
+    sampler needs of a component it runs on the reference (calibration of a partial export)."""
+    return ComponentRecord(
+        name=component.name,
+        kind=component.tolerance,
+        module=component.module,
+        file=f"{component.name}/model.onnx",
+        size=0,
+        sha256="",
+        external_data={},
+        inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.input_specs(ref)),
+        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.output_specs(ref)),
+        dims=dict(dims),
+        state=component.state_pairs(ref),
+        precision=component.precision.dtype,
+        opset=0,
+    )
+
+
+def one_qdq_per_consumer(model: Any) -> int:
+    """Give every consumer of a quantize -> dequantize pair its own copy of the pair. The exporter's
+    common-subexpression pass merges the identical pairs of layers that read one tensor (an
+    attention's to_q / to_k / to_v), and ONNX Runtime fuses a DequantizeLinear into its integer
+    MatMul / Conv kernels only where it has one consumer (TensorRT fuses either way). Returns the
+    number of pairs added."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    nodes, added = [], 0
+    for n in graph.node:
+        nodes.append(n)
+        q = producer.get(n.input[0]) if n.op_type == "DequantizeLinear" and n.input else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        for k, user in enumerate(consumers.get(n.output[0], [])[1:], 1):
+            q2, dq2 = type(q)(), type(n)()
+            q2.CopyFrom(q)
+            dq2.CopyFrom(n)
+            q2.name, dq2.name = f"{q.name}_{k}", f"{n.name}_{k}"
+            q2.output[0], dq2.output[0] = f"{q.output[0]}_{k}", f"{n.output[0]}_{k}"
+            dq2.input[0] = q2.output[0]
+            for j, x in enumerate(user.input):
+                if x == n.output[0]:
+                    user.input[j] = dq2.output[0]
+            nodes += [q2, dq2]
+            added += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return added
 
 
 def weightless_wrapper(
@@ -746,6 +815,7 @@ def export_family(
     weightless: bool | None = None,
     copy_weights: bool = False,
     precision: str | None = None,
+    quantize: QuantizeRequest | None = None,
 ) -> Manifest:
     """Export every component of ``ref`` into ``out`` and write ``out/manifest.json`` last.
 
@@ -758,11 +828,21 @@ def export_family(
     without materializing the weights (:mod:`exporters.weights`); ``precision`` is the dtype the
     graphs compute in (None: the checkpoint's own dtype for weightless components, else the
     component's policy).
+
+    ``quantize``: the components that declare a quantization (or those named) are calibrated by
+    running the family's sampler on the reference (``quantize.forward_loop``, over a manifest of the
+    staged export) and exported with Q/DQ pairs (:mod:`exporters.quantize`).
     """
     from tqdm.auto import tqdm
 
+    from exporters.quantize import check_quantize_options, quantize_component
+
     out = check_export_target(out)
     chosen = [family.component(c) for c in components] if components else list(family.components)
+    quantized: set[str] = set()
+    if quantize is not None:
+        quantized = {c.name for c in check_quantize_options(family, components, quantize.format, precision, weightless)}
+        weightless = False
     for component in chosen:  # a given graph that is not what its component declares: refused before writing
         if component.graph is not None:
             _check_import_options(component, weightless, precision)
@@ -774,7 +854,9 @@ def export_family(
         sources = _record_sources(ref.sources, stage if carry_reference else None)
 
         records: dict[str, ComponentRecord] = {}
-        bar = tqdm(chosen, desc="export", unit="component", disable=not progress)
+        bar = tqdm(
+            [c for c in chosen if c.name not in quantized], desc="export", unit="component", disable=not progress
+        )
         for component in bar:
             bar.set_postfix_str(component.name)
             dims = component.dims(envelope, ref)
@@ -802,19 +884,40 @@ def export_family(
             module = ref.module(name)
             module.save_pretrained(stage / name)
             host[name] = {"library": type(module).__module__.split(".")[0], "class": type(module).__name__}
-        manifest = Manifest(
-            family=family.name,
-            variant=ref.variant,
-            sources=sources,
-            versions=library_versions(),
-            envelope=dict(envelope),
-            axes={a.name: a for a in family.axes(ref)},
-            components=records,
-            pipeline=ref.pipeline,
-            configs={s.module: _json_config(ref.config(s.module)) for s in family.pipeline_slots},
-            host_modules=host,
-            root=out,
-        )
+
+        def manifest_of(components: dict[str, ComponentRecord], root: Path) -> Manifest:
+            return Manifest(
+                family=family.name,
+                variant=ref.variant,
+                sources=sources,
+                versions=library_versions(),
+                envelope=dict(envelope),
+                axes={a.name: a for a in family.axes(ref)},
+                components=components,
+                pipeline=ref.pipeline,
+                configs={s.module: _json_config(ref.config(s.module)) for s in family.pipeline_slots},
+                host_modules=host,
+                root=root,
+            )
+
+        if quantize is not None:
+            # the sampler calibrates on the torch reference: it reads the staged export's manifest, in which the
+            # components not exported (yet) have records of their contract only
+            every = {
+                c.name: records.get(c.name) or unexported_record(ref, c, c.dims(envelope, ref))
+                for c in family.components
+            }
+            forward_loop = quantize.forward_loop(manifest_of(every, stage), ref)
+            for component in chosen:
+                if component.name not in quantized:
+                    continue
+                log.info("calibrating %s/%s for %s", family.name, component.name, quantize.format)
+                calibrated = quantize_component(ref, component, quantize, forward_loop)
+                records[component.name] = export_component(
+                    ref, component, component.dims(envelope, ref), stage / component.name, quantized=calibrated
+                )
+        records = {c.name: records[c.name] for c in chosen}
+        manifest = manifest_of(records, out)
         atomic_write_json(stage / MANIFEST, manifest.to_json())
     log.info("wrote %s (%s)", out, ", ".join(records))
     return manifest

@@ -15,7 +15,7 @@ from parity.metrics import Metrics, compare
 from parity.points import describe, profile_points
 from parity.reduced import TorchInDtype, runtime_refusal, structure_check
 from parity.report import Row
-from parity.tolerances import Tolerance, rounding_tolerance, tolerance
+from parity.tolerances import Tolerance, quantized_tolerance, rounding_tolerance, tolerance
 from runtimes.backends import Backend, Runners, backend_for, load_reference, parse_device, reference_backend
 from runtimes.sampler import Sampler, check_request, configure_pipeline, request_context, run_pipeline
 from zoo.contract import Component, Family, Reference, Request, Rounding, bind_argument
@@ -223,6 +223,9 @@ def component_parity(
     for name in names:
         record = manifest.component(name)
         component = family.component(name)
+        if record.quantization is not None:
+            rows += quantized_parity(manifest, ref, component, backend, device, seed)
+            continue
         precision = precision_of(component.precision, record.precision)
         imported = component.graph is not None
         same_runtime = imported and backend == "onnxruntime" and parse_device(device, backend).type == "cpu"
@@ -290,6 +293,85 @@ def component_parity(
                         rows += compared
             finally:
                 candidate.deactivate()
+    return rows
+
+
+def quantized_parity(
+    manifest: Manifest, ref: Reference, component: Component, backend: str, device: str, seed: int
+) -> list[Row]:
+    """A quantized component at every profile point, two rows per output: the Q/DQ graph against
+    the same quantizers simulated in torch (the exported scales on the reference module: proves the
+    export of the quantization, held tight), and against the fp32 reference (the quantization's
+    own error, held to the family's declared cosine; max error in the table). Where the backend
+    cannot run the graph here, the rows are ``not run`` and the simulation against fp32 is what is
+    checked instead."""
+    from tqdm.auto import tqdm
+
+    from exporters.quantize import simulation
+
+    record = manifest.component(component.name)
+    quant = record.quantization
+    assert quant is not None and component.quantize is not None
+    fmt = quant["format"]
+    simulated = simulation(ref, component, manifest.root, quant)
+    _, call = component.traced()
+    sim_tol = quantized_tolerance(component.quantize, fmt, "simulation")
+    fp32_tol = quantized_tolerance(component.quantize, fmt, "fp32")
+    data_ranges = value_ranges(component, ref)
+    rows: list[Row] = []
+    with reference_backend(manifest, component.name, device) as reference:
+        candidate = backend_for(backend, manifest, component.name, device)
+        refused = _activate(candidate, fmt)
+        points = profile_points(record.dims if refused else candidate.profile_dims)
+        try:
+            for label, point in tqdm(points, desc=f"parity {component.name} ({fmt})", unit="shape", leave=False):
+                feeds = component.sample_inputs(ref, point, seed=seed)
+                expected = reference(feeds)
+                with torch.no_grad():
+                    own = {k: v.to(expected[k].device) for k, v in call(simulated, dict(feeds)).items()}
+                where = describe(point, record.dims)
+                if refused:
+                    rows += _not_run_rows(
+                        "component",
+                        component.name,
+                        label,
+                        where,
+                        expected,
+                        fp32_tol,
+                        data_ranges,
+                        precision=f"{fmt} vs fp32",
+                        reason=refused,
+                        own=own,
+                        own_problem=None,
+                        structure="the graph's Q/DQ pairs passed the ONNX checker and the TensorRT-parser lint at export",
+                        problems=[],
+                    )
+                    continue
+                got = candidate(feeds)
+                rows += _rows_for(
+                    "component",
+                    component.name,
+                    label,
+                    where,
+                    got,
+                    own,
+                    sim_tol,
+                    data_ranges,
+                    precision=f"{fmt} vs simulation",
+                )
+                rows += _rows_for(
+                    "component",
+                    component.name,
+                    label,
+                    where,
+                    got,
+                    expected,
+                    fp32_tol,
+                    data_ranges,
+                    precision=f"{fmt} vs fp32",
+                )
+        finally:
+            candidate.deactivate()
     return rows
 
 
@@ -417,6 +499,7 @@ def end_to_end_parity(
     component, feed = family.trajectory
     # rounding points are met in the family's own loop only (a library pipeline runs no component)
     roundings = [r for r in family.roundings if r.component in needed] if family.reference_backend else []
+    quantized = _quantized_bounds(manifest, family, needed)
     rows: list[Row] = []
     with Sampler(export_dir, backend=backend, device=device) as sampler:
         for label, request in family.parity_requests(request_context(manifest)):
@@ -453,9 +536,25 @@ def end_to_end_parity(
                 own = _lowest_precision(manifest, [name])
                 rows += point.rows(label, rounded[name], tolerance(manifest.component(name).kind, own, scale), own)
             rows += _request_rows(
-                label, component, feed, candidate_steps, reference_steps, got, expected, scale, precision
+                label, component, feed, candidate_steps, reference_steps, got, expected, scale, precision, quantized
             )
     return rows
+
+
+def _quantized_bounds(manifest: Manifest, family: Family, needed: set[str]) -> tuple[str, Tolerance, Tolerance] | None:
+    """For a sampler whose components include a quantized one: its format, and the trajectory and
+    frame rows its declaration gives (the quantization's error against the fp32 pipeline)."""
+    for name in sorted(needed):
+        quant = manifest.component(name).quantization
+        declaration = family.component(name).quantize
+        if quant is not None and declaration is not None:
+            fmt = quant["format"]
+            return (
+                f"{fmt} vs fp32",
+                quantized_tolerance(declaration, fmt, "trajectory"),
+                quantized_tolerance(declaration, fmt, "end_to_end"),
+            )
+    return None
 
 
 class RoundingPoint:
@@ -590,10 +689,15 @@ def _request_rows(
     expected: NDArray[Any],
     scale: str,
     precision: str = "float32",
+    quantized: tuple[str, Tolerance, Tolerance] | None = None,
 ) -> list[Row]:
-    """Trajectory and frame rows, held to the rows of the coarsest dtype among the sampler's components."""
+    """Trajectory and frame rows, held to the rows of the coarsest dtype among the sampler's
+    components, or, with a quantized one, to its declared bounds against the fp32 pipeline."""
     rows: list[Row] = []
     tol = tolerance("trajectory", precision, scale)
+    frames_tol = tolerance("end_to_end", precision, scale)
+    if quantized is not None:
+        precision, tol, frames_tol = quantized
     if len(candidate_steps) != len(reference_steps):
         rows.append(
             Row(
@@ -619,7 +723,7 @@ def _request_rows(
             tol,
             precision=precision,
         )
-    tol = tolerance("end_to_end", precision, scale)
+    tol = frames_tol
     shape = "x".join(map(str, expected.shape))
     # frames compared in [-1, 1], as the pipeline's decoder produced them
     rows += _rows_for(

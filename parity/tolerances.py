@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from parity.metrics import Metrics
+from zoo.contract import Quantization
 from zoo.errors import ZooError
 
 
@@ -209,6 +210,29 @@ TABLE: dict[str, dict[tuple[str, str], Tolerance]] = {
         ("bfloat16", "any"): _REDUCED_E2E,
     },
 }
+
+
+# A quantized graph (zoo export --quantize) on a runtime against the same quantizers simulated in
+# PyTorch (the exported scales applied to the reference module). Both compute
+# DQ(Q(x)) @ DQ(W_q) in fp32, so they differ only where a runtime's division or accumulation order
+# moves an activation across a rounding boundary: one quantization step of a few elements, a
+# relative error of ~1e-4 of the output, where a wrong scale, axis, zero point or a layer quantized
+# that should not be (or the reverse) moves it by percents.
+QUANTIZED_SIMULATION = Tolerance(min_cosine=1 - 1e-6, max_rel_l2=2e-3)
+
+
+def quantized_tolerance(declaration: Quantization, fmt: str, against: str) -> Tolerance:
+    """The rows of a quantized component in ``fmt``: ``simulation`` (the graph against its own
+    quantizers simulated in torch: :data:`QUANTIZED_SIMULATION`), ``fp32`` (against the fp32
+    reference: the family's declared cosine), ``end_to_end`` (the sampler's frames against the fp32
+    pipeline's: the declared PSNR) or ``trajectory`` (its latents: the declared cosine)."""
+    if fmt not in declaration.min_cosine:
+        raise ZooError(f"no {fmt} bounds declared for this component (it declares {', '.join(declaration.min_cosine)})")
+    if against == "simulation":
+        return QUANTIZED_SIMULATION
+    if against == "end_to_end":
+        return Tolerance(min_psnr=declaration.min_psnr[fmt])
+    return Tolerance(min_cosine=declaration.min_cosine[fmt])
 
 
 def rounding_tolerance(row: Tolerance, dtype: str) -> Tolerance:

@@ -186,6 +186,14 @@ class TorchBackend(Backend):
     """The library reference module, called the way the diffusers pipeline calls it."""
 
     name = "torch"
+    given: Reference | None = None  # a reference handed in (use_reference) instead of the manifest's
+
+    def use_reference(self, ref: Reference) -> None:
+        """Run on ``ref`` (the manifest's reference with a module being calibrated) instead of
+        loading the manifest's sources."""
+        self.given = ref
+        if self.is_active:
+            self.reference = ref
 
     def _load(self) -> None:
         component = get_family(self.manifest.family).component(self.record.name)
@@ -194,7 +202,7 @@ class TorchBackend(Backend):
                 f"component {self.record.name!r} is an imported ONNX graph: it has no torch reference (its "
                 f"reference is the given graph itself on ONNX Runtime CPU); run it with --backend onnxruntime"
             )
-        self.reference = load_reference(self.manifest, self.device)
+        self.reference = self.given or load_reference(self.manifest, self.device)
         self.component = component
         _, self.call = component.traced()
         reference_module(self.reference, self.component.module)
@@ -312,7 +320,7 @@ class OnnxRuntimeBackend(Backend):
         problem = self.unavailable(self.device)
         if problem:
             raise BackendUnavailableError(problem)
-        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+        from polygraphy.backend.onnxrt import OnnxrtRunner
 
         from exporters.onnx import check_artifact
 
@@ -322,10 +330,25 @@ class OnnxRuntimeBackend(Backend):
         else:
             providers = ["CPUExecutionProvider"]
         try:
-            self.runner = OnnxrtRunner(SessionFromOnnx(str(path), providers=providers))
+            self.runner = OnnxrtRunner(self._session(str(path), providers))
             self.runner.activate()
         except Exception as e:  # ORT raises its own Fail / InvalidGraph types
             raise ArtifactError(f"onnxruntime could not load {path}: {str(e).splitlines()[0]}") from None
+
+    def _session(self, path: str, providers: list[Any]) -> Any:
+        """The session (a Polygraphy loader). A quantized graph gives each MatMul / Conv its own
+        quantize / dequantize pair: ONNX Runtime's common-subexpression pass would merge them
+        again, and it fuses a DequantizeLinear into its integer kernels only where it has one
+        consumer, so that pass is off for it (the results are the same; the speed is not)."""
+        from polygraphy.backend.onnxrt import SessionFromOnnx
+
+        if self.record.quantization is None:
+            return SessionFromOnnx(path, providers=providers)
+        import onnxruntime as ort
+
+        return lambda: ort.InferenceSession(
+            path, providers=providers, disabled_optimizers=["CommonSubexpressionElimination"]
+        )
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         arrays = {k: v.detach().cpu().contiguous() for k, v in feeds.items()}

@@ -358,8 +358,9 @@ class Sampler:
     :class:`BackendModule` s in place of its modules; backends load when first called.
     """
 
-    def __init__(self, export_dir: str | Path, backend: str = "onnxruntime", device: str = "cpu") -> None:
-        self.manifest: Manifest = load_manifest(export_dir)
+    def __init__(self, export_dir: str | Path | Manifest, backend: str = "onnxruntime", device: str = "cpu") -> None:
+        # a manifest in memory: an export being written (calibration runs the sampler on its stage)
+        self.manifest: Manifest = export_dir if isinstance(export_dir, Manifest) else load_manifest(export_dir)
         self.family = sampler_family(self.manifest)
         missing = sorted({c for s in self.family.pipeline_slots for c in s.components} - set(self.manifest.components))
         if missing:

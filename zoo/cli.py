@@ -203,6 +203,30 @@ def _export_options(family_name: str, args: list[str] = ()) -> list[click.Parame
     help="With weightless export: copy the weights into the export (self-contained, for moving to another "
     "machine) instead of hard-linking the checkpoint files.",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8", "fp8"]),
+    help="Quantize the denoisers (the components that declare it, or those named with --component): Q/DQ "
+    "graphs calibrated by running the family's own sampler on the reference (needs `pip install zoo[quantize]`).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    help="With --quantize: a text file of prompts (one per line), or a folder of requests (*.json, zoo run's "
+    "options). Default: a built-in list of prompts.",
+)
+@click.option(
+    "--calibration-size",
+    type=int,
+    help="With --quantize: how many calibration inputs to run (default: all of --calibration, or 16 built-in prompts).",
+)
+@click.option(
+    "--calibration-steps",
+    type=int,
+    default=20,
+    show_default=True,
+    help="With --quantize: denoising steps per calibration input (the whole timestep range at that spacing).",
+)
 def export(
     family: str,
     model: Path | None,
@@ -215,6 +239,10 @@ def export(
     precision: str | None,
     weightless: bool | None,
     copy_weights: bool,
+    quantize: str | None,
+    calibration: Path | None,
+    calibration_size: int | None,
+    calibration_steps: int,
     **family_options: Any,
 ) -> None:
     """Export FAMILY's components to ONNX under --out, with manifest.json.
@@ -254,6 +282,17 @@ def export(
         fam.component(c)
     if copy_weights and weightless is False:
         raise click.UsageError("--copy-weights is for weightless export; --load-weights already writes the weights")
+    quantize_request = None
+    if quantize is not None:
+        from exporters.quantize import check_quantize_options
+        from runtimes.calibration import quantize_request as make_quantize_request
+
+        check_quantize_options(
+            fam, components or None, quantize, PRECISIONS[precision] if precision else None, weightless
+        )
+        quantize_request = make_quantize_request(fam, quantize, calibration, calibration_size, calibration_steps, seed)
+    elif calibration is not None or calibration_size is not None:
+        raise click.UsageError("--calibration and --calibration-size are for --quantize int8|fp8")
     check_export_target(out)  # before any model is built or loaded
     overrides = {
         axis: Range.parse(family_options.pop(axis), what=f"--{axis.replace('_', '-')}")
@@ -277,12 +316,20 @@ def export(
             weightless=weightless,
             copy_weights=copy_weights,
             precision=PRECISIONS[precision] if precision else None,
+            quantize=quantize_request,
         )
         total = linked = 0
         for name, record in manifest.components.items():
             own, link = record.size_on_disk - record.linked_bytes, record.linked_bytes
             total, linked = total + own, linked + link
             extra = f", {record.precision}" + (f", weights linked from the checkpoint: {_size(link)}" if link else "")
+            if record.quantization is not None:
+                q = record.quantization
+                extra += (
+                    f", {q['format']} Q/DQ on {q['layers']} layers ({len(q['high_precision'])} kept in high "
+                    f"precision), calibrated on {q['calibration']['count']} inputs x {q['calibration']['steps']} "
+                    f"steps in {q['calibration']['seconds']:.1f} s"
+                )
             click.echo(f"  {name}: {out / record.file} ({_size(own)}{extra})")
             if record.imported is not None and "batch" in record.imported:  # an imported graph's batch decision
                 click.echo(f"    {record.imported['batch']['why']}")

@@ -169,6 +169,32 @@ class ImportedGraph:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """That a component may be quantized (``zoo export --quantize int8|fp8``) and how.
+
+    ``keep``: the layers left in high precision, as ``fnmatch`` patterns of module names inside the
+    component's module (``pos_embed*``, ``*.norm_out*``): NVIDIA's recipes keep the embedders and time
+    embeddings, the first and last convolutions, the final norm and projection. ``min_cosine``: per
+    format (``int8``, ``fp8``; the formats the component takes), the cosine similarity each output
+    must keep against the fp32 reference at every profile corner; ``min_psnr``: per format, the
+    PSNR (dB) the sampler's frames must keep against the fp32 pipeline's at the same seed, end to
+    end (the sampler's latents at every step are held to ``min_cosine``). The family's own bounds,
+    measured on its models; never loosened to pass. ``why``: where the list comes from."""
+
+    keep: tuple[str, ...]
+    min_cosine: Mapping[str, float]
+    min_psnr: Mapping[str, float]
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.min_cosine or set(self.min_cosine) != set(self.min_psnr):
+            raise TypeError("Quantization: min_cosine and min_psnr name the same formats (int8, fp8)")
+        unknown = sorted(set(self.min_cosine) - {"int8", "fp8"})
+        if unknown:
+            raise TypeError(f"Quantization: unknown formats {', '.join(unknown)}; expected int8, fp8")
+
+
+@dataclass(frozen=True)
 class Component:
     """One exportable part of a family (an encoder, a denoiser, a VAE half).
 
@@ -202,6 +228,8 @@ class Component:
     derived: Callable[[Reference], Mapping[str, Transform]] = lambda ref: {}
     # an imported component: the ONNX file it is, from the reference's sources (None: traced)
     graph: ImportedGraph | None = None
+    # that the component may be quantized (zoo export --quantize) and how; None: it stays in its precision
+    quantize: Quantization | None = None
 
     def __post_init__(self) -> None:
         traced = self.wrapper is not None and self.reference is not None
