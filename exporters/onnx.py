@@ -914,7 +914,12 @@ def export_family(
                 log.info("calibrating %s/%s for %s", family.name, component.name, quantize.format)
                 calibrated = quantize_component(ref, component, quantize, forward_loop)
                 records[component.name] = export_component(
-                    ref, component, component.dims(envelope, ref), stage / component.name, quantized=calibrated
+                    ref,
+                    component,
+                    component.dims(envelope, ref),
+                    stage / component.name,
+                    precision="float32",
+                    quantized=calibrated,
                 )
         records = {c.name: records[c.name] for c in chosen}
         manifest = manifest_of(records, out)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from exporters.manifest import Manifest
-from zoo.contract import Component, Family, Quantization, Reference
+from zoo.contract import Component, Family, Reference
 from zoo.errors import ExportError
 
 SCALES = "quantization.safetensors"  # beside the component's model.onnx
@@ -159,7 +159,8 @@ class QuantizedLinear(torch.nn.Module):
         self.bias = linear.bias
         self.smoothed = pre is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's name: diffusers passes it by keyword
+        x = input
         if self.smoothed:
             x = x * self.get_buffer("pre_quant_scale")
         x = torch.ops.zoo.quantize_dequantize(x, self.input_scale, self.fp8)
@@ -184,8 +185,8 @@ class QuantizedConv(torch.nn.Module):
         self.register_buffer("input_scale", _input_scale(scales["input_amax"], fmt))
         self.bias = conv.bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.ops.zoo.quantize_dequantize(x, self.input_scale, self.fp8)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Conv's name, as QuantizedLinear
+        x = torch.ops.zoo.quantize_dequantize(input, self.input_scale, self.fp8)
         w = torch.ops.zoo.dequantize(self.weight_q, self.weight_scale, 0)
         conv = getattr(torch.nn.functional, self.function)
         return conv(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)  # type: ignore[no-any-return]
@@ -198,8 +199,8 @@ def quantizable(module: torch.nn.Module) -> bool:
     return type(module) is torch.nn.Linear
 
 
-def kept(name: str, declaration: Quantization) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in declaration.keep)
+def kept(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 # --------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def modelopt_quantization() -> Any:
     return mtq
 
 
-def module_config(fmt: Format, declaration: Quantization) -> dict[str, Any]:
+def module_config(fmt: Format, keep: tuple[str, ...]) -> dict[str, Any]:
     """modelopt's preset for the format with the declaration's layers disabled; FP8 weights per
     output channel (the preset is per tensor)."""
     config: dict[str, Any] = copy.deepcopy(getattr(modelopt_quantization(), fmt.preset))
@@ -273,7 +274,7 @@ def module_config(fmt: Format, declaration: Quantization) -> dict[str, Any]:
     for entry in entries:
         if entry.get("quantizer_name") == "*weight_quantizer" and "cfg" in entry:
             entry["cfg"]["axis"] = 0
-    entries += [{"quantizer_name": f"{p}*", "enable": False} for p in declaration.keep]
+    entries += [{"quantizer_name": f"{p}*", "enable": False} for p in keep]
     return config
 
 
@@ -290,6 +291,13 @@ def calibrate(
     declaration = component.quantize
     assert declaration is not None
     original = dict(ref.module(component.module).named_modules())
+    keep = declaration.patterns(ref.module(component.module))
+    candidates = [n for n, layer in original.items() if n and quantizable(layer)]
+    if not any(not kept(n, keep) for n in candidates):
+        raise ExportError(
+            f"component {component.name!r}: all of its {len(candidates)} Linear / Conv layers are declared to stay in "
+            f"high precision ({', '.join(keep)}): there is nothing to quantize"
+        )
     module = copy.deepcopy(ref.module(component.module)).float().eval()
 
     def loop(m: torch.nn.Module) -> None:
@@ -297,14 +305,14 @@ def calibrate(
             forward_loop(dataclasses.replace(ref, modules=ref.modules.with_module(component.module, m)))
 
     with _quiet_modelopt():
-        mtq.quantize(module, module_config(fmt, declaration), loop)
+        mtq.quantize(module, module_config(fmt, keep), loop)
     scales: Scales = {}
     left: list[str] = []
     for name, layer in module.named_modules():
         iq, wq = getattr(layer, "input_quantizer", None), getattr(layer, "weight_quantizer", None)
         if iq is None or wq is None or not name:
             continue
-        if not quantizable(original[name]) or kept(name, declaration) or not (iq.is_enabled and wq.is_enabled):
+        if not quantizable(original[name]) or kept(name, keep) or not (iq.is_enabled and wq.is_enabled):
             left.append(name)
             continue
         if iq.amax is None or wq.amax is None:  # never reached by the calibration inputs
@@ -424,7 +432,7 @@ def record_of(
         "scales": f"{component.name}/{SCALES}",
         "layers": len(scales),
         "high_precision": sorted(left),
-        "keep": list(component.quantize.keep),
+        "keep": list(component.quantize.keep) + [f"first and last of {n}" for n in component.quantize.keep_ends],
         "calibration": {**inputs, "seconds": round(seconds, 2)},
     }
 

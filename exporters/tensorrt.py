@@ -199,6 +199,17 @@ def check_parser_opset(record: ComponentRecord, target: Target) -> None:
         )
 
 
+def check_quantized_target(record: ComponentRecord, target: Target) -> None:
+    """Refuse, before building, an FP8 graph on a GPU without FP8 (compute capability below 8.9:
+    Ada and Hopper have it; Ampere and Jetson Orin do not, INT8 is their path)."""
+    quant = record.quantization
+    if quant is not None and quant.get("format") == "fp8" and _version(target.compute_capability) < (8, 9):
+        raise EngineTargetError(
+            f"component {record.name!r} is an FP8 graph; this GPU (compute capability {target.compute_capability}) "
+            f"has no FP8 (Ada / Hopper, 8.9+, do): re-export with `zoo export ... --quantize int8`"
+        )
+
+
 def constant_input_problems(graph: Any) -> list[str]:
     """Nodes (subgraphs included) whose ``axes`` input the 10.x parser needs as an initializer but
     that is computed in the graph or fed at run time, each as ``Op 'name': axes from 'tensor'``."""
@@ -231,7 +242,60 @@ def check_parser_support(model: Any, component: str) -> int:
             f"component {component!r}: TensorRT 10.x's ONNX parser needs these inputs as initializers, "
             f"and the graph computes them: {'; '.join(problems[:5])}"
         )
+    problems = qdq_problems(model.graph, opset)
+    if problems:
+        raise ExportError(
+            f"component {component!r}: quantize / dequantize pairs TensorRT does not take: {'; '.join(problems[:5])}"
+        )
     return opset
+
+
+# The quantized types TensorRT 10's Q/DQ layers take (onnx.TensorProto names): INT8 everywhere, FP8
+# E4M3 from Ada / Hopper (the graph cannot say which GPU it meets: `zoo build` refuses FP8 elsewhere).
+TENSORRT_QUANTIZED = {"INT8": 13, "FLOAT8E4M3FN": 19}  # type -> the first opset whose Q/DQ have it
+
+
+def qdq_problems(graph: Any, opset: int) -> list[str]:
+    """TensorRT's rules for explicit quantization (its ``IQuantizeLayer`` / ``IDequantizeLayer``):
+    scales and zero points are build-time constants (initializers); the zero point is 0 (symmetric);
+    the quantized type is INT8 or FP8 E4M3 at an opset that has it; activations (a QuantizeLinear
+    on a computed tensor) are quantized per tensor, only weights per channel."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    names = TensorProto.DataType.Name
+    problems: list[str] = []
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.domain not in ("", "ai.onnx"):
+            continue
+        where = f"{node.op_type} {node.name or node.output[0]}"
+        scale = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if scale is None:
+            problems.append(f"{where}: its scale is computed, not an initializer")
+            continue
+        zero = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2] and zero is None:
+            problems.append(f"{where}: its zero point is computed, not an initializer")
+            continue
+        if zero is not None and np.any(numpy_helper.to_array(zero).astype(np.float32) != 0):
+            problems.append(f"{where}: zero point not 0 (TensorRT quantizes symmetrically)")
+        if node.op_type == "QuantizeLinear":
+            kind = names(zero.data_type) if zero is not None else "UINT8"
+        else:
+            source = constants.get(node.input[0])
+            kind = names(source.data_type) if source is not None else names(zero.data_type) if zero is not None else ""
+        if kind and kind not in TENSORRT_QUANTIZED:
+            problems.append(f"{where}: quantized type {kind} (TensorRT takes {', '.join(TENSORRT_QUANTIZED)})")
+        elif kind and opset < TENSORRT_QUANTIZED[kind]:
+            problems.append(f"{where}: {kind} needs opset {TENSORRT_QUANTIZED[kind]}, the graph is opset {opset}")
+        per_channel = int(np.prod(list(scale.dims))) > 1
+        if per_channel and node.op_type == "QuantizeLinear" and node.input[0] not in constants:
+            problems.append(f"{where}: an activation quantized per channel (TensorRT: per tensor)")
+    return problems
 
 
 # --------------------------------------------------------------------------------------

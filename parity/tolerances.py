@@ -213,12 +213,13 @@ TABLE: dict[str, dict[tuple[str, str], Tolerance]] = {
 
 
 # A quantized graph (zoo export --quantize) on a runtime against the same quantizers simulated in
-# PyTorch (the exported scales applied to the reference module). Both compute
-# DQ(Q(x)) @ DQ(W_q) in fp32, so they differ only where a runtime's division or accumulation order
-# moves an activation across a rounding boundary: one quantization step of a few elements, a
-# relative error of ~1e-4 of the output, where a wrong scale, axis, zero point or a layer quantized
-# that should not be (or the reverse) moves it by percents.
-QUANTIZED_SIMULATION = Tolerance(min_cosine=1 - 1e-6, max_rel_l2=2e-3)
+# PyTorch (the exported scales applied to the reference module). Both compute DQ(Q(x)) @ DQ(W_q) in
+# fp32: they differ by fp32 rounding (1 - cos ~1e-13 on the tiny models), or, where such a difference
+# moves an activation across a rounding boundary, by one quantization step of a few elements (max
+# abs ~3e-4, rel-L2 ~1e-5). One layer's weight scale off by 5% moves the output by rel-L2 ~1e-3. In a
+# network where one such flip is amplified (a small random UNet: percents), the row also holds within
+# twice the simulation's own spread on inputs nudged by 1e-5 (parity.compare.NUDGE), measured beside it.
+QUANTIZED_SIMULATION = Tolerance(min_cosine=1 - 1e-8, max_rel_l2=2e-4)
 
 
 def quantized_tolerance(declaration: Quantization, fmt: str, against: str) -> Tolerance:

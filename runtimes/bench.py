@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from exporters.manifest import load_manifest
+from exporters.manifest import Manifest, load_manifest
 from runtimes.backends import Backend, backend_for, load_reference, parse_device, reference_backend
+from zoo.errors import InputError
 from zoo.registry import get_family
 
 
@@ -25,6 +26,16 @@ class BenchRow:
     speedup: float  # torch_ms / backend_ms: > 1 means the backend is faster
     iterations: int
     threads: int
+    # with --against OTHER: the same component of another export (the fp32 export of a quantized
+    # one) on the same backend and feeds, and the graphs' sizes on disk (bytes)
+    against_ms: float | None = None
+    size: int | None = None
+    against_size: int | None = None
+
+    @property
+    def against_speedup(self) -> float | None:
+        """against_ms / backend_ms: > 1 means this export is faster than the other."""
+        return None if self.against_ms is None else self.against_ms / self.backend_ms
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,15 +65,21 @@ def bench(
     warmup: int = 2,
     iterations: int = 10,
     components: tuple[str, ...] | None = None,
+    against: str | Path | None = None,
 ) -> list[BenchRow]:
     """Median latency of torch eager and ``backend`` per component, measured in one run, alternating
     component by component so both see the same machine state. (An imported graph's reference, in
-    the torch column, is the given graph on ONNX Runtime CPU.)"""
+    the torch column, is the given graph on ONNX Runtime CPU.) ``against``: another export of the
+    same family (the fp32 export of a quantized one), whose same component is timed on the same
+    backend and feeds beside it, and both graphs' sizes recorded."""
     from tqdm.auto import tqdm
 
     parse_device(device, backend)  # a backend that cannot run here says so before any reference loads
     manifest = load_manifest(export_dir)
     family = get_family(manifest.family)
+    other = load_manifest(against) if against is not None else None
+    if other is not None:
+        _check_comparable(manifest, other, components or tuple(manifest.components))
     ref = load_reference(manifest)
     rows = []
     for name in tqdm(components or tuple(manifest.components), desc="bench", unit="component"):
@@ -76,10 +93,41 @@ def bench(
             feeds = family.component(name).sample_inputs(ref, point)
             torch_ms = _median_ms(reference, feeds, warmup, iterations)
             backend_ms = _median_ms(candidate, feeds, warmup, iterations)
+        against_ms = against_size = None
+        if other is not None:
+            with backend_for(backend, other, name, device) as theirs:
+                against_ms = _median_ms(theirs, feeds, warmup, iterations)
+            against_size = other.component(name).size_on_disk
         shape = " ".join(f"{k}={v}" for k, v in point.items() if record.dims[k].min != record.dims[k].max)
         rows.append(
             BenchRow(
-                name, shape, backend, torch_ms, backend_ms, torch_ms / backend_ms, iterations, torch.get_num_threads()
+                name,
+                shape,
+                backend,
+                torch_ms,
+                backend_ms,
+                torch_ms / backend_ms,
+                iterations,
+                torch.get_num_threads(),
+                against_ms,
+                record.size_on_disk,
+                against_size,
             )
         )
     return rows
+
+
+def _check_comparable(manifest: Manifest, other: Manifest, components: tuple[str, ...]) -> None:
+    """``--against``: an export of the same family with the same components' inputs and outputs."""
+    if other.family != manifest.family:
+        raise InputError(
+            f"--against {other.root}: an export of {other.family}, not of {manifest.family}: compare exports of one family"
+        )
+    for name in components:
+        if name not in other.components:
+            raise InputError(
+                f"--against {other.root}: it has no component {name!r} (it has {', '.join(other.components)})"
+            )
+        mine, theirs = manifest.component(name), other.component(name)
+        if [t.name for t in mine.inputs] != [t.name for t in theirs.inputs]:
+            raise InputError(f"--against {other.root}: component {name!r} takes other inputs")

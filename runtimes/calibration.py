@@ -125,12 +125,16 @@ def calibration_requests(
     """The requests of ``inputs`` at ``steps`` steps. A prompt for a family whose requests also
     need media (a reference image, a pose video) goes with the family's own parity request's media."""
     requests = []
+    required = [o.name for o in family.run_options if o.required]
     for options in inputs.options:
-        try:
+        if not inputs.prompts_only:
             requests.append(family.request({**options, "steps": steps}, context))
-        except ZooError:
-            if not inputs.prompts_only:
-                raise
+            continue
+        try:
+            if any(name not in options for name in required):
+                raise InputError(f"a prompt alone is not a request of {family.name}")
+            requests.append(family.request({**options, "steps": steps}, context))
+        except ZooError:  # the request needs media too: the family's own beside the prompt
             base = family.parity_requests(context)[0][1]
             kwargs = dict(base.kwargs)
             for key, value in (("prompt", options["prompt"]), ("num_inference_steps", steps)):

@@ -471,6 +471,7 @@ def build(
     target = engines.current_target(device)
     for spec in specs:
         engines.check_parser_opset(spec.record, target)  # every graph one this TensorRT documents, before any build
+        engines.check_quantized_target(spec.record, target)  # an FP8 graph needs an FP8 GPU
     click.echo(f"building {len(specs)} engine(s) for {target.describe()}", err=True)
     for spec in specs:
         spec = engines.with_content(spec, manifest)
@@ -804,6 +805,12 @@ def parity(
 @click.option("--iterations", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--component", "components", multiple=True, help="Time only this component (repeatable).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results here as JSON.")
+@click.option(
+    "--against",
+    type=click.Path(path_type=Path),
+    help="Another export of the family (the fp32 export of a quantized one): its same components timed on the "
+    "same backend and feeds, and the graphs' sizes, beside this export's.",
+)
 def bench(
     export_dir: Path,
     backend: str,
@@ -812,6 +819,7 @@ def bench(
     iterations: int,
     components: tuple[str, ...],
     json_path: Path | None,
+    against: Path | None,
 ) -> None:
     """Median latency per component at the opt shape: its reference (torch eager for a traced
     component, the given graph on ONNX Runtime CPU for an imported one) vs the backend, side by side."""
@@ -820,14 +828,34 @@ def bench(
 
     device = _device(device, backend)
     rows = run_bench(
-        export_dir, backend=backend, device=device, warmup=warmup, iterations=iterations, components=components or None
+        export_dir,
+        backend=backend,
+        device=device,
+        warmup=warmup,
+        iterations=iterations,
+        components=components or None,
+        against=against,
     )
     width = max([len(r.shape) for r in rows] + [5])
-    click.echo(f"{'component':<14} {'shape':<{width}} {'reference ms':>12} {backend + ' ms':>16} {'speedup':>8}")
+    head = f"{'component':<14} {'shape':<{width}} {'reference ms':>12} {backend + ' ms':>16} {'speedup':>8}"
+    click.echo(head + (f" {'--against ms':>13} {'vs against':>10} {'size':>10} {'vs against':>10}" if against else ""))
     for r in rows:
-        click.echo(f"{r.component:<14} {r.shape:<{width}} {r.torch_ms:>12.2f} {r.backend_ms:>16.2f} {r.speedup:>7.2f}x")
+        line = f"{r.component:<14} {r.shape:<{width}} {r.torch_ms:>12.2f} {r.backend_ms:>16.2f} {r.speedup:>7.2f}x"
+        if r.against_ms is not None and r.size is not None and r.against_size:
+            line += (
+                f" {r.against_ms:>13.2f} {r.against_speedup:>9.2f}x {_size(r.size):>10} "
+                f"{r.size / r.against_size:>9.2f}x"
+            )
+        click.echo(line)
     if json_path:
-        atomic_write_json(json_path, {"export": str(export_dir), "rows": [r.to_json() for r in rows]})
+        atomic_write_json(
+            json_path,
+            {
+                "export": str(export_dir),
+                **({"against": str(against)} if against else {}),
+                "rows": [{**r.to_json(), "against_speedup": r.against_speedup} for r in rows],
+            },
+        )
 
 
 # --------------------------------------------------------------------------------------

@@ -185,6 +185,19 @@ class Quantization:
     min_cosine: Mapping[str, float]
     min_psnr: Mapping[str, float]
     why: str = ""
+    # ModuleLists of the module whose first and last entries stay in high precision too (Wan's
+    # ``blocks``: the recipe keeps the first and the last of the 40 transformer blocks), whatever the
+    # depth, as long as some are left: a list of two or fewer (a small test model) is quantized whole
+    keep_ends: tuple[str, ...] = ()
+
+    def patterns(self, module: torch.nn.Module) -> tuple[str, ...]:
+        """:attr:`keep` with the first and last entries of :attr:`keep_ends` spelled out for ``module``."""
+        ends = []
+        for name in self.keep_ends:
+            n = len(module.get_submodule(name))  # type: ignore[arg-type]  # a ModuleList
+            if n > 2:
+                ends += [f"{name}.0.*", f"{name}.{n - 1}.*"]
+        return self.keep + tuple(ends)
 
     def __post_init__(self) -> None:
         if not self.min_cosine or set(self.min_cosine) != set(self.min_psnr):

@@ -33,6 +33,7 @@ from zoo.contract import (
     Option,
     PipelineSlot,
     Precision,
+    Quantization,
     Range,
     Reference,
     Request,
@@ -109,6 +110,18 @@ def _patch_tokens(m: nn.Module, hidden_states: torch.Tensor, pose_features: torc
     """Patch tokens with the pose features added right after patchify (the original's ``add_condition``)."""
     x = m.patch_embedding(hidden_states).flatten(2).transpose(1, 2)  # (B, N, D)
     return x + pose_features.flatten(2).transpose(1, 2)  # (B, D, T, h/2, w/2) -> (B, N, D)
+
+
+# NVIDIA's Wan recipe (UniAnimate-DiT is Wan 2.1 I2V 14B with a pose stream added to its input): the
+# patch embedding, the condition embedder (time, text, image), the first and the last transformer block
+# and the output projection stay in high precision.
+QUANTIZE_TRANSFORMER = Quantization(
+    keep=("patch_embedding*", "condition_embedder*", "proj_out*"),
+    keep_ends=("blocks",),
+    min_cosine={"int8": 0.9, "fp8": 0.99},
+    min_psnr={"int8": 40.0, "fp8": 40.0},
+    why="NVIDIA's Wan recipe: embedders, condition embedder, first and last blocks, output projection",
+)
 
 
 class UniAnimateTransformerExport(nn.Module):
@@ -455,6 +468,7 @@ class UniAnimateDiT(Family):
             wrapper=lambda ref: UniAnimateTransformerExport(ref.module("transformer")),
             reference=_transformer_reference,
             precision=DIT_PRECISION,
+            quantize=QUANTIZE_TRANSFORMER,
         ),
         Component(
             name="transformer_skip",

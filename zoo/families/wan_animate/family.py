@@ -33,6 +33,7 @@ from zoo.contract import (
     Option,
     PipelineSlot,
     Precision,
+    Quantization,
     Range,
     Reference,
     Request,
@@ -97,6 +98,26 @@ class FaceEncoderExport(nn.Module):
         motion = (feat.to(torch.float32) @ self.q_t).to(feat.dtype)  # (B*S, motion_encoder_dim)
         motion = self.face_encoder(motion.reshape(batch, frames, -1))  # (B, T, tokens, inner)
         return torch.cat([torch.zeros_like(motion[:, :1]), motion], dim=1)  # (B, T+1, tokens, inner)
+
+
+# NVIDIA's Wan recipe: the patch embedding, the condition embedder (time, text, image), the first and
+# the last transformer block and the output projection stay in high precision; Wan-Animate's own
+# condition streams (the pose patch embedding, the motion and face encoders) are embedders too. The
+# face adapters' attention is quantized like the blocks'.
+QUANTIZE_TRANSFORMER = Quantization(
+    keep=(
+        "patch_embedding*",
+        "pose_patch_embedding*",
+        "condition_embedder*",
+        "motion_encoder*",
+        "face_encoder*",
+        "proj_out*",
+    ),
+    keep_ends=("blocks",),
+    min_cosine={"int8": 0.95, "fp8": 0.97},
+    min_psnr={"int8": 40.0, "fp8": 40.0},
+    why="NVIDIA's Wan recipe: embedders, condition embedder, first and last blocks, output projection",
+)
 
 
 class WanAnimateTransformerExport(nn.Module):
@@ -397,6 +418,7 @@ class WanAnimate(Family):
             wrapper=lambda ref: WanAnimateTransformerExport(ref.module("transformer")),
             reference=_transformer_reference,
             precision=DIT_PRECISION,
+            quantize=QUANTIZE_TRANSFORMER,
         ),
         *wan_vae.chunk_components(_vae_dims),
     )
