@@ -854,9 +854,8 @@ def export_family(
         sources = _record_sources(ref.sources, stage if carry_reference else None)
 
         records: dict[str, ComponentRecord] = {}
-        bar = tqdm(
-            [c for c in chosen if c.name not in quantized], desc="export", unit="component", disable=not progress
-        )
+        plain = [c for c in chosen if c.name not in quantized]
+        bar = tqdm(plain, desc="export", unit="component", disable=not progress or not plain)
         for component in bar:
             bar.set_postfix_str(component.name)
             dims = component.dims(envelope, ref)
@@ -908,9 +907,14 @@ def export_family(
                 for c in family.components
             }
             forward_loop = quantize.forward_loop(manifest_of(every, stage), ref)
-            for component in chosen:
-                if component.name not in quantized:
-                    continue
+            bar = tqdm(
+                [c for c in chosen if c.name in quantized],
+                desc=f"quantize {quantize.format}",
+                unit="component",
+                disable=not progress,
+            )
+            for component in bar:
+                bar.set_postfix_str(component.name)
                 log.info("calibrating %s/%s for %s", family.name, component.name, quantize.format)
                 calibrated = quantize_component(ref, component, quantize, forward_loop)
                 records[component.name] = export_component(

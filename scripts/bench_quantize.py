@@ -1,7 +1,7 @@
 """Quantized denoiser vs its fp32 graph on ONNX Runtime (this machine's CPU, or any):
 
-1. a random checkpoint at the family's bench widths (``zoo random FAMILY --random bench``), the
-   denoiser rebuilt at ``--layers`` blocks when given (the bench presets have one or two);
+1. a random checkpoint at the family's bench widths (the folder ``zoo export --random bench``
+   builds), the denoiser rebuilt at ``--layers`` blocks when given (the bench presets have one or two);
 2. the denoiser exported in fp32, then with ``--quantize FORMAT`` (calibrated through the family's
    own sampler on ``--size`` built-in prompts x ``--steps`` steps), each in its own process: wall
    time, peak RSS, the calibration's share;
@@ -69,13 +69,12 @@ def main() -> None:
     family = get_family(a.family)
     denoiser = next(c for c in family.components if c.quantize is not None)
     a.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = a.out / "checkpoint"
-    if not checkpoint.exists():
-        run(["random", a.family, "--random", "bench", "--out", str(checkpoint)])
+    model = a.out / "checkpoint"
+    if not model.exists():
+        family.build_random(model, preset="bench")  # the folder `zoo export --model` loads
         changes = {k: json.loads(v) for k, v in (c.split("=", 1) for c in a.config)}
         if a.layers or changes:
-            deepen(checkpoint / "model" / denoiser.module, a.layers, changes)
-    model = checkpoint / "model"
+            deepen(model / denoiser.module, a.layers, changes)
     common = ["export", a.family, "--model", str(model), "--component", denoiser.name, *axes]
     result: dict[str, object] = {"family": a.family, "component": denoiser.name, "format": a.format}
     fp32, quantized = a.out / "fp32", a.out / a.format

@@ -261,3 +261,35 @@ def test_quantized_module_matches_modelopt_fake_quant():
     with torch.no_grad():
         expected, got = layer(x), ours(x)
     assert torch.allclose(got, expected, rtol=0, atol=1e-5), (got - expected).abs().max()
+
+
+def test_calibration_folder_of_requests(tmp_path):
+    """``--calibration DIR``: one JSON request per file, zoo run's options checked as a served
+    request's, paths relative to the folder; a bad file is one error naming it."""
+    from runtimes.calibration import read_calibration
+    from zoo.errors import InputError
+    from zoo.registry import get_family
+
+    family = get_family("unianimate-dit")
+    folder = tmp_path / "requests"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{i}.json").write_text(
+            json.dumps({"prompt": f"dancer {i}", "image": "ref.png", "pose_video": "pose", "ref_pose": "pose.jpg"})
+        )
+    inputs = read_calibration(folder, None, family)
+    assert [o["prompt"] for o in inputs.options] == ["dancer 0", "dancer 1"] and not inputs.prompts_only
+    assert inputs.options[0]["image"] == folder / "ref.png"
+    assert len(read_calibration(folder, 1, family).options) == 1
+    with pytest.raises(InputError, match="has 2 requests"):
+        read_calibration(folder, 3, family)
+    (folder / "2.json").write_text('{"prompt": "no image"}')
+    with pytest.raises(InputError, match=r"2\.json: .*--image"):
+        read_calibration(folder, None, family)
+    (folder / "2.json").write_text("[1, 2")
+    with pytest.raises(InputError, match=r"2\.json: not a JSON request"):
+        read_calibration(folder, None, family)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="has no requests"):
+        read_calibration(empty, None, family)
