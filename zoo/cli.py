@@ -290,7 +290,7 @@ def export(
         check_quantize_options(
             fam, components or None, quantize, PRECISIONS[precision] if precision else None, weightless
         )
-        quantize_request = make_quantize_request(fam, quantize, calibration, calibration_size, calibration_steps, seed)
+        quantize_request = make_quantize_request(fam, quantize, calibration, calibration_size, calibration_steps, 0)
     elif calibration is not None or calibration_size is not None:
         raise click.UsageError("--calibration and --calibration-size are for --quantize int8|fp8")
     check_export_target(out)  # before any model is built or loaded
