@@ -302,17 +302,10 @@ def component_record(
     with its ``external`` files (path relative to the component's folder -> bytes): traced or
     imported, the same fields."""
     return ComponentRecord(
-        name=component.name,
-        kind=component.tolerance,
-        module=component.module,
-        file=f"{component.name}/model.onnx",
+        **_contract_fields(ref, component, dims),
         size=path.stat().st_size,
         sha256=file_sha256(path),
         external_data={f"{component.name}/{k}": v for k, v in sorted(external.items())},
-        inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.input_specs(ref)),
-        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.output_specs(ref)),
-        dims=dict(dims),
-        state=component.state_pairs(ref),
         precision=precision,
         opset=opset,
         weight_map=weight_map,
@@ -325,20 +318,27 @@ def unexported_record(ref: Reference, component: Component, dims: Mapping[str, D
     """A record of a component's contract without a graph (size 0, no hash): what a torch-backend
     sampler needs of a component it runs on the reference (calibration of a partial export)."""
     return ComponentRecord(
-        name=component.name,
-        kind=component.tolerance,
-        module=component.module,
-        file=f"{component.name}/model.onnx",
+        **_contract_fields(ref, component, dims),
         size=0,
         sha256="",
         external_data={},
-        inputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.input_specs(ref)),
-        outputs=tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.output_specs(ref)),
-        dims=dict(dims),
-        state=component.state_pairs(ref),
         precision=component.precision.dtype,
         opset=0,
     )
+
+
+def _contract_fields(ref: Reference, component: Component, dims: Mapping[str, Dim]) -> dict[str, Any]:
+    """A record's fields that come from the component's contract (its graph's file name included)."""
+    return {
+        "name": component.name,
+        "kind": component.tolerance,
+        "module": component.module,
+        "file": f"{component.name}/model.onnx",
+        "inputs": tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.input_specs(ref)),
+        "outputs": tuple(TensorRecord(s.name, s.dtype, s.shape) for s in component.output_specs(ref)),
+        "dims": dict(dims),
+        "state": component.state_pairs(ref),
+    }
 
 
 def one_qdq_per_consumer(model: Any) -> int:
@@ -842,7 +842,6 @@ def export_family(
     quantized: set[str] = set()
     if quantize is not None:
         quantized = {c.name for c in check_quantize_options(family, components, quantize.format, precision, weightless)}
-        weightless = False
     for component in chosen:  # a given graph that is not what its component declares: refused before writing
         if component.graph is not None:
             _check_import_options(component, weightless, precision)

@@ -341,7 +341,7 @@ class OnnxRuntimeBackend(Backend):
         common-subexpression pass would merge again the quantize / dequantize pairs the export
         gives each MatMul (a DequantizeLinear is fused only where it has one consumer), and
         MatMul + Add -> Gemm, which it applies first on static shapes, leaves a DequantizeLinear
-        before a Gemm that no QDQ rule takes (the Wan DiT at one static shape ran 1.6x slower than
+        before a Gemm that no QDQ rule takes (a 14B-wide DiT block at one static shape ran 1.6x slower than
         fp32, dequantizing its weights at every call). The results are the same; the speed is not."""
         from polygraphy.backend.onnxrt import SessionFromOnnx
 
