@@ -349,29 +349,22 @@ def quantized_parity(
                     )
                     continue
                 got = candidate(feeds)
-                rows += _rows_for(
-                    "component",
-                    component.name,
-                    label,
-                    where,
-                    got,
-                    own,
-                    sim_tol,
-                    data_ranges,
-                    precision=f"{fmt} vs simulation",
-                    own=spread,
-                )
-                rows += _rows_for(
-                    "component",
-                    component.name,
-                    label,
-                    where,
-                    got,
-                    expected,
-                    fp32_tol,
-                    data_ranges,
-                    precision=f"{fmt} vs fp32",
-                )
+                for against, reference_out, tol, yardstick in (
+                    ("simulation", own, sim_tol, spread),
+                    ("fp32", expected, fp32_tol, None),
+                ):
+                    rows += _rows_for(
+                        "component",
+                        component.name,
+                        label,
+                        where,
+                        got,
+                        reference_out,
+                        tol,
+                        data_ranges,
+                        precision=f"{fmt} vs {against}",
+                        own=yardstick,
+                    )
         finally:
             candidate.deactivate()
     return rows
