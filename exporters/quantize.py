@@ -19,13 +19,16 @@ What stays in high precision is each family's declaration (:class:`zoo.contract.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import fnmatch
 import hashlib
+import io
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -253,8 +256,6 @@ def load_scales(path: Path) -> Scales:
 def modelopt_quantization() -> Any:
     """``modelopt.torch.quantization`` (its import-time warning about untested transformers
     releases hidden: the zoo uses its torch quantizers only); :class:`ExportError` without it."""
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -334,21 +335,12 @@ def calibrate(
     return scales, left
 
 
-class _quiet_modelopt:
+@contextlib.contextmanager
+def _quiet_modelopt() -> Iterator[None]:
     """modelopt prints its progress and warns about its own defaults: hidden (errors still raise)."""
-
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-        import warnings
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        self._stack.enter_context(warnings.catch_warnings())
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        yield
 
 
 # --------------------------------------------------------------------------------------
