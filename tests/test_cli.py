@@ -535,6 +535,28 @@ def test_bench_unknown_component(tiny_export):
     )
 
 
+def test_bench_against_another_export(tiny_export, tmp_path):
+    """--against: the other export's same component timed on the same feeds, and both sizes."""
+    export = tiny_export("transformer-temporal")
+    result = zoo(
+        "bench", export, "--against", export, "--iterations", "1", "--warmup", "0", "--json", tmp_path / "b.json"
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
+    assert row["against_ms"] > 0 and row["size"] == row["against_size"] > 0
+    assert row["against_speedup"] == pytest.approx(row["against_ms"] / row["backend_ms"])
+
+
+def test_bench_against_bad_exports(tiny_export, tmp_path):
+    """--against an export of another family, or a folder that is no export: one error line, exit
+    2, no JSON written."""
+    export, out = tiny_export("transformer-temporal"), tmp_path / "b.json"
+    result = zoo("bench", export, "--against", tiny_export("pixart"), "--json", out)
+    assert_error(result, "an export of pixart, not of transformer-temporal")
+    assert_error(zoo("bench", export, "--against", tmp_path, "--json", out), "has no manifest.json")
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------------------
 # Start-up, help text, and faults a newcomer probe found (issue 21)
 # --------------------------------------------------------------------------------------
